@@ -1,0 +1,82 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// Upcoming features the whole package builds with (see STYLE.md).
+let strictSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "harp",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "harp", targets: ["harp"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // Only what Swift's importer cannot reach, plus the system libraries harp links.
+        .target(
+            name: "CShims",
+            linkerSettings: [
+                .linkedLibrary("uring"),
+                .linkedLibrary("ssl"),
+                .linkedLibrary("crypto"),
+                .linkedLibrary("z"),
+                .linkedLibrary("sqlite3"),
+            ]
+        ),
+        .target(
+            name: "HarpKernel",
+            dependencies: [
+                "CShims",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "TCPForward",
+            dependencies: ["HarpKernel"],
+            path: "Sources/Plugins/TCPForward",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "harp",
+            dependencies: [
+                "HarpKernel",
+                "TCPForward",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // Starts the real `harp` binary and talks to it over loopback sockets.
+        .target(
+            name: "HarpTestSupport",
+            dependencies: ["HarpKernel"],
+            path: "Tests/HarpTestSupport",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "HarpKernelTests",
+            dependencies: ["HarpKernel", "HarpTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "TCPForwardTests",
+            dependencies: ["TCPForward", "HarpTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "harpTests",
+            dependencies: ["HarpTestSupport"],
+            swiftSettings: strictSettings
+        ),
+    ]
+)

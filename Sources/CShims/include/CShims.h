@@ -1,0 +1,47 @@
+// CShims: the C surface harp uses. Swift imports liburing's static inline functions and most
+// constants directly; a harp_ wrapper exists only where the importer refuses something
+// (function-like macros, constants built from enums, GNU-only declarations).
+#ifndef HARP_CSHIMS_H
+#define HARP_CSHIMS_H
+
+// System headers come first, without _GNU_SOURCE, so they resolve to the same declarations
+// as Swift's Glibc module; liburing.h (which defines _GNU_SOURCE) then finds them included.
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <liburing.h>
+#include <openssl/evp.h>
+
+// IOSQE_* flags are built from an enum of bit numbers, which Swift does not import as flags.
+static const uint8_t HARP_IOSQE_IO_LINK = IOSQE_IO_LINK;
+static const uint8_t HARP_IOSQE_ASYNC = IOSQE_ASYNC;
+
+// splice(2), pipe2(2) and F_SETPIPE_SZ are GNU extensions that Glibc's Swift overlay hides.
+ssize_t harp_splice(int fd_in, int fd_out, size_t len, unsigned int flags);
+int harp_pipe_nonblocking(int fds[2]);
+int harp_set_pipe_size(int fd, int size);
+static const unsigned int HARP_SPLICE_F_MOVE = 1;      // SPLICE_F_MOVE, <fcntl.h> under _GNU_SOURCE
+static const unsigned int HARP_SPLICE_F_NONBLOCK = 2;  // SPLICE_F_NONBLOCK
+
+// Signals are blocked in every thread and read through a signalfd, so that no Swift code runs
+// inside a signal handler; sigsetops are macros or variadic-looking in glibc.
+int harp_signalfd_for_shutdown(void);
+
+// The thread id of the caller (gettid is not exported to Swift by Glibc).
+int harp_gettid(void);
+
+#endif

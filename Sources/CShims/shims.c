@@ -1,0 +1,34 @@
+#define _GNU_SOURCE 1
+#include <fcntl.h>
+#include <pthread.h>
+#include "CShims.h"
+
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+
+ssize_t harp_splice(int fd_in, int fd_out, size_t len, unsigned int flags) {
+    return splice(fd_in, NULL, fd_out, NULL, len, flags);
+}
+
+int harp_pipe_nonblocking(int fds[2]) {
+    return pipe2(fds, O_NONBLOCK | O_CLOEXEC);
+}
+
+int harp_set_pipe_size(int fd, int size) {
+    return fcntl(fd, F_SETPIPE_SZ, size);
+}
+
+int harp_signalfd_for_shutdown(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) return -1;
+    signal(SIGPIPE, SIG_IGN);
+    return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+int harp_gettid(void) {
+    return (int)syscall(SYS_gettid);
+}

@@ -1,0 +1,63 @@
+import Glibc
+import Logging
+
+/// The `[harp]` section: settings of the kernel itself.
+public struct HarpSettings: Codable, Sendable {
+    /// Event loops (one thread and one io_uring each); 0 means one per CPU core.
+    public var threads: Int
+    public var logLevel: LogLevelName
+    /// How long open connections may go on after SIGINT/SIGTERM before harp exits.
+    public var shutdownGrace: ConfigDuration
+    /// Which plugins run when `--plugins` is not given; nil means those with a config section.
+    public var plugins: [String]?
+    /// Submission queue size of each loop's ring.
+    public var ringEntries: Int
+
+    public init() {
+        threads = 0
+        logLevel = .info
+        shutdownGrace = .seconds(10)
+        plugins = nil
+        ringEntries = 4096
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case threads, logLevel = "log_level", shutdownGrace = "shutdown_grace", plugins, ringEntries = "ring_entries"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let defaults = HarpSettings()
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        threads = try c.decodeIfPresent(Int.self, forKey: .threads) ?? defaults.threads
+        logLevel = try c.decodeIfPresent(LogLevelName.self, forKey: .logLevel) ?? defaults.logLevel
+        shutdownGrace = try c.decodeIfPresent(ConfigDuration.self, forKey: .shutdownGrace) ?? defaults.shutdownGrace
+        plugins = try c.decodeIfPresent([String].self, forKey: .plugins)
+        ringEntries = try c.decodeIfPresent(Int.self, forKey: .ringEntries) ?? defaults.ringEntries
+        guard (0...1024).contains(threads) else {
+            throw ConfigError.invalid(key: "harp.threads", value: "\(threads)", reason: "expected 0 (one per core) to 1024")
+        }
+        guard (64...32768).contains(ringEntries), ringEntries & (ringEntries - 1) == 0 else {
+            throw ConfigError.invalid(key: "harp.ring_entries", value: "\(ringEntries)", reason: "expected a power of two from 64 to 32768")
+        }
+    }
+
+    /// Loops to start: `threads`, or one per online CPU.
+    public var loopCount: Int {
+        threads > 0 ? threads : max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+}
+
+/// A log level as written in config.
+public enum LogLevelName: String, Codable, Sendable, CaseIterable {
+    case trace, debug, info, notice, warning, error, critical
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let level = LogLevelName(rawValue: text) else {
+            throw ConfigValueProblem("expected one of \(Self.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        self = level
+    }
+
+    public var level: Logger.Level { Logger.Level(rawValue: rawValue)! }
+}

@@ -1,0 +1,41 @@
+import CShims
+
+/// Incremental SHA-256 through OpenSSL's EVP interface (libcrypto is linked anyway for TLS;
+/// it is faster than a Swift implementation and adds nothing to build time).
+public final class SHA256 {
+    private let context: OpaquePointer
+
+    public init() {
+        context = EVP_MD_CTX_new()!
+        EVP_DigestInit_ex(context, EVP_sha256(), nil)
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+
+    public func update(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        EVP_DigestUpdate(context, base, bytes.count)
+    }
+
+    public func update(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { update($0) }
+    }
+
+    /// The digest as 64 lowercase hex characters; the hash must not be updated afterwards.
+    public func finalizeHex() -> String {
+        var digest = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        EVP_DigestFinal_ex(context, &digest, &length)
+        let hex = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        for byte in digest { out.append(hex[Int(byte >> 4)]); out.append(hex[Int(byte & 15)]) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    public static func hex(_ bytes: [UInt8]) -> String {
+        let hash = SHA256()
+        hash.update(bytes)
+        return hash.finalizeHex()
+    }
+}

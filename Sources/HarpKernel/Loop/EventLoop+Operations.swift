@@ -1,0 +1,104 @@
+import CShims
+import Glibc
+
+/// The ring operations a connection handler awaits. Each call suspends the task once and
+/// returns the kernel's result: a count, a file descriptor, or `-errno`.
+/// All of them must be called from a task running on this loop.
+extension EventLoop {
+    public func accept(_ listener: Int32, using record: AsyncCompletion) async -> Int32 {
+        await perform(record) { io_uring_prep_accept($0, listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }
+    }
+
+    /// Connects `fd` to `address`; with a `timeout`, the attempt fails with `-ECANCELED`
+    /// (reported as `-ETIMEDOUT`) once it has passed.
+    public func connect(_ fd: Int32, to address: SocketAddress, timeout: Duration? = nil,
+                        using record: AsyncCompletion) async -> Int32 {
+        let length = address.write(to: record.address)
+        let result = await perform(record) { sqe in
+            io_uring_prep_connect(sqe, fd, record.address.assumingMemoryBound(to: sockaddr.self), length)
+            if let timeout {
+                sqe.pointee.flags |= HARP_IOSQE_IO_LINK
+                record.timespec.pointee = __kernel_timespec(timeout)
+                submitUnobserved { io_uring_prep_link_timeout($0, record.timespec, 0) }
+            }
+        }
+        return result == -ECANCELED && timeout != nil ? -ETIMEDOUT : result
+    }
+
+    public func recv(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, using record: AsyncCompletion) async -> Int32 {
+        await perform(record) { io_uring_prep_recv($0, fd, buffer.baseAddress, buffer.count, 0) }
+    }
+
+    public func send(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, using record: AsyncCompletion) async -> Int32 {
+        await perform(record) {
+            io_uring_prep_send($0, fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL))
+        }
+    }
+
+    /// Sends all of `buffer`, resubmitting after short writes. Returns 0 or `-errno`.
+    public func sendAll(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, using record: AsyncCompletion) async -> Int32 {
+        var offset = 0
+        while offset < buffer.count {
+            let sent = await send(fd, UnsafeRawBufferPointer(rebasing: buffer[offset...]), using: record)
+            if sent <= 0 { return sent == 0 ? -EPIPE : sent }
+            offset += Int(sent)
+        }
+        return 0
+    }
+
+    /// `IORING_OP_SPLICE`: one of the two descriptors must be a pipe; an offset of -1 means
+    /// "the file's current position" (and is required for pipes and sockets).
+    public func splice(from input: Int32, offset inputOffset: Int64 = -1, to output: Int32,
+                       offset outputOffset: Int64 = -1, count: Int, flags: UInt32 = 0,
+                       using record: AsyncCompletion) async -> Int32 {
+        await perform(record) {
+            io_uring_prep_splice($0, input, inputOffset, output, outputOffset, UInt32(count), flags)
+        }
+    }
+
+    public func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
+                     using record: AsyncCompletion) async -> Int32 {
+        await perform(record) { io_uring_prep_read($0, fd, buffer.baseAddress, UInt32(buffer.count), offset) }
+    }
+
+    public func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, at offset: UInt64,
+                      using record: AsyncCompletion) async -> Int32 {
+        await perform(record) { io_uring_prep_write($0, fd, buffer.baseAddress, UInt32(buffer.count), offset) }
+    }
+
+    public func close(_ fd: Int32, using record: AsyncCompletion) async -> Int32 {
+        await perform(record) { io_uring_prep_close($0, fd) }
+    }
+
+    /// Waits until `fd` reports one of `events` (POLLIN, POLLOUT, …); returns the revents.
+    public func poll(_ fd: Int32, events: Int32, using record: AsyncCompletion) async -> Int32 {
+        await perform(record) { io_uring_prep_poll_add($0, fd, UInt32(events)) }
+    }
+
+    /// Suspends for `duration`. Returns 0 when the time has passed, `-ECANCELED` when the
+    /// timer was cancelled first.
+    public func sleep(for duration: Duration, using record: AsyncCompletion) async -> Int32 {
+        record.timespec.pointee = __kernel_timespec(duration)
+        let result = await perform(record) { io_uring_prep_timeout($0, record.timespec, 0, 0) }
+        return result == -ETIME ? 0 : result
+    }
+
+    /// Cancels the operation in flight on `target`. The target completes with `-ECANCELED`
+    /// (if it had not completed already); this returns 0, `-ENOENT` (nothing to cancel) or
+    /// `-EALREADY` (already running and about to complete).
+    public func cancel(_ target: IOCompletion, using record: AsyncCompletion) async -> Int32 {
+        await perform(record) { io_uring_prep_cancel64($0, target.userData, 0) }
+    }
+
+    /// Fire-and-forget cancel for kernel state machines: the target still gets its completion.
+    public func cancel(_ target: IOCompletion) {
+        submitUnobserved { io_uring_prep_cancel64($0, target.userData, 0) }
+    }
+}
+
+extension __kernel_timespec {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self.init(tv_sec: seconds, tv_nsec: attoseconds / 1_000_000_000)
+    }
+}

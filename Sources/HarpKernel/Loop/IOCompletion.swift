@@ -1,0 +1,48 @@
+import CShims
+
+/// A caller-owned record for one in-flight ring operation: its address is the SQE's
+/// `user_data`, so the record must stay alive until its completion has been delivered.
+///
+/// Completions are delivered after a whole batch has been reaped (never from inside the reap
+/// loop), on the loop thread. Subclasses decide what a completion means: `AsyncCompletion`
+/// resumes a suspended task; kernel state machines (listeners, the splice relay) override
+/// `complete` directly to stay off the async machinery on hot paths.
+open class IOCompletion: @unchecked Sendable {
+    // @unchecked Sendable: a record is used only on the thread of the loop it was submitted to;
+    // tasks may carry it between their suspension points, which all run on that loop.
+    public init() {}
+
+    /// Called once per CQE: `result` is the syscall result or `-errno`, `flags` the CQE flags.
+    open func complete(result: Int32, flags: UInt32) {}
+
+    /// The `user_data` value naming this record.
+    @inlinable
+    public var userData: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())) }
+}
+
+/// A completion record that a task awaits: one suspension per operation, no allocation.
+public final class AsyncCompletion: IOCompletion, @unchecked Sendable {
+    var continuation: UnsafeContinuation<Int32, Never>?
+    /// Arguments the kernel reads when the entry is submitted (not when it is prepared):
+    /// a timeout's timespec and a socket address. Allocated once per record.
+    let timespec = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
+    let address = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<sockaddr_storage>.size, alignment: 8)
+
+    public override init() {
+        timespec.initialize(to: __kernel_timespec())
+    }
+
+    deinit {
+        timespec.deallocate()
+        address.deallocate()
+    }
+
+    public override func complete(result: Int32, flags: UInt32) {
+        guard let continuation else { return }
+        self.continuation = nil
+        continuation.resume(returning: result)
+    }
+
+    /// True while an operation using this record is in flight.
+    public var isPending: Bool { continuation != nil }
+}

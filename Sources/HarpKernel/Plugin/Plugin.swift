@@ -1,0 +1,64 @@
+import Logging
+
+/// A unit of harp's behaviour, statically registered in the executable's plugin list.
+///
+/// Lifecycle: the kernel decodes the plugin's config section, calls `init` once (validate
+/// everything there: a config problem must stop startup before anything listens), then
+/// `start()` in dependency order. On SIGINT/SIGTERM it calls `stopAccepting()` on every
+/// plugin, waits up to the grace period for open connections to finish, and exits.
+public protocol Plugin: AnyObject, Sendable {
+    associatedtype Configuration: Codable & Sendable
+
+    /// The name used in `--plugins`, as the config section, and in logs and metrics.
+    static var name: String { get }
+    /// One line for `harp plugins`.
+    static var summary: String { get }
+    /// Plugins that must run too; harp refuses a selection that lacks one.
+    static var dependencies: [String] { get }
+    /// The configuration when the file has no section for this plugin.
+    static var defaultConfiguration: Configuration { get }
+
+    /// Builds the plugin from its validated configuration. Throw `ConfigError` for values
+    /// that decode but make no sense (naming the key, the value and what is allowed).
+    init(configuration: Configuration, context: PluginContext) throws
+
+    /// Binds listeners and starts serving. Errors (a port in use) abort startup.
+    func start() async throws
+
+    /// Stops taking new work; open connections go on until they end or the grace period ends.
+    func stopAccepting() async
+
+    /// SIGHUP: re-read whatever can change without a restart (certificates, for example).
+    func reload() async
+
+    /// Human-readable lines for the startup banner: where this plugin listens.
+    var endpoints: [String] { get }
+}
+
+extension Plugin {
+    public static var dependencies: [String] { [] }
+    public func stopAccepting() async {}
+    public func reload() async {}
+    public var endpoints: [String] { [] }
+}
+
+/// What the kernel hands a plugin: the loops to run on, a logger, and the other plugins.
+public struct PluginContext: Sendable {
+    public let loops: [EventLoop]
+    public let logger: Logger
+    public let settings: HarpSettings
+    let instances: PluginInstances
+
+    /// A plugin this one declared as a dependency (started before this one).
+    public func dependency<P: Plugin>(_ type: P.Type) -> P? {
+        instances.first(of: type)
+    }
+}
+
+/// The running plugin instances, in start order.
+final class PluginInstances: @unchecked Sendable {
+    // @unchecked Sendable: appended to only during startup on one thread, read-only after.
+    private(set) var all: [any Plugin] = []
+    func append(_ plugin: any Plugin) { all.append(plugin) }
+    func first<P: Plugin>(of type: P.Type) -> P? { all.lazy.compactMap { $0 as? P }.first }
+}

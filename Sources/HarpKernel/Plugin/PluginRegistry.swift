@@ -1,0 +1,44 @@
+/// The executable's one static list of plugin types (like nginx's `ngx_modules[]`), and the
+/// rules for choosing which of them run.
+public struct PluginRegistry: Sendable {
+    public let types: [any Plugin.Type]
+
+    public init(_ types: [any Plugin.Type]) {
+        self.types = types
+    }
+
+    public var names: [String] { types.map { $0.name } }
+
+    public func type(named name: String) -> (any Plugin.Type)? {
+        types.first { $0.name == name }
+    }
+
+    /// Resolves a selection into start order (dependencies first). Unknown names and missing
+    /// dependencies are errors that name the plugin.
+    public func resolve(_ selection: [String]) throws(ConfigError) -> [any Plugin.Type] {
+        var ordered: [any Plugin.Type] = []
+        for name in selection {
+            guard type(named: name) != nil else {
+                throw .plugins("unknown plugin \"\(name)\"; registered plugins: \(names.joined(separator: ", "))")
+            }
+        }
+        func visit(_ name: String, chain: [String]) throws(ConfigError) {
+            guard !ordered.contains(where: { $0.name == name }) else { return }
+            guard let plugin = type(named: name) else {
+                throw .plugins("plugin \"\(chain.last!)\" depends on \"\(name)\", which is not registered")
+            }
+            guard !chain.contains(name) else {
+                throw .plugins("plugin dependency cycle: \((chain + [name]).joined(separator: " -> "))")
+            }
+            for dependency in plugin.dependencies {
+                guard selection.contains(dependency) else {
+                    throw .plugins("plugin \"\(name)\" needs plugin \"\(dependency)\"; add it to --plugins or [harp] plugins")
+                }
+                try visit(dependency, chain: chain + [name])
+            }
+            ordered.append(plugin)
+        }
+        for name in selection { try visit(name, chain: []) }
+        return ordered
+    }
+}

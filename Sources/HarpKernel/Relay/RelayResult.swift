@@ -1,0 +1,27 @@
+import Glibc
+
+/// How a relay between two connections ended, and how many bytes moved each way.
+public struct RelayResult: Sendable, CustomStringConvertible {
+    public enum Outcome: Sendable, Equatable {
+        /// Both directions reached end-of-stream and every byte was delivered.
+        case finished
+        /// Nothing moved for longer than the idle limit.
+        case idleTimeout
+        /// A syscall on one side failed (`side` 0 is the first descriptor, 1 the second).
+        case failed(side: Int, errno: Int32)
+    }
+
+    public var outcome: Outcome
+    /// Bytes from the first descriptor to the second.
+    public var forwardBytes: Int
+    /// Bytes from the second descriptor to the first.
+    public var backwardBytes: Int
+
+    public var description: String {
+        switch outcome {
+        case .finished: "finished"
+        case .idleTimeout: "idle timeout"
+        case .failed(let side, let errno): "side \(side): \(String(cString: strerror(errno)))"
+        }
+    }
+}

@@ -1,0 +1,152 @@
+import CShims
+import Dispatch
+import Glibc
+import Logging
+import Synchronization
+
+/// `harp serve`: starts the loops and the selected plugins, then waits for signals.
+/// SIGINT/SIGTERM stop accepting, give open connections the grace period, and exit 0;
+/// SIGHUP asks every plugin to reload.
+public final class Server {
+    public enum Failure: Error, CustomStringConvertible {
+        case config(ConfigError)
+        case ring(RingUnavailable)
+        case startup(plugin: String, message: String)
+
+        public var description: String {
+            switch self {
+            case .config(let error): "\(error)"
+            case .ring(let error): "harp: \(error)"
+            case .startup(let plugin, let message): "harp: plugin \(plugin) failed to start: \(message)"
+            }
+        }
+    }
+
+    let config: ConfigFile
+    let order: [any Plugin.Type]
+    let logger: Logger
+    private(set) var loops: [EventLoop] = []
+    private var plugins: [any Plugin] = []
+    private let signals: Int32
+
+    /// Checks the configuration and the plugin selection; nothing is started yet.
+    /// Signals are blocked here, before any thread exists, so every thread inherits the mask.
+    public init(config: ConfigFile, selection: [String]?, registry: PluginRegistry) throws(Failure) {
+        signals = harp_signalfd_for_shutdown()
+        self.config = config
+        do {
+            order = try registry.resolve(config.selection(override: selection))
+        } catch {
+            throw .config(error)
+        }
+        logger = Logger(label: "harp")
+    }
+
+    /// Starts loops and plugins. On failure everything started so far is stopped again.
+    public func start() throws(Failure) {
+        raiseFileLimit()
+        do {
+            for index in 0..<config.settings.loopCount {
+                loops.append(try EventLoop(index: index, ringEntries: UInt32(config.settings.ringEntries)))
+            }
+        } catch {
+            loops.forEach { $0.shutdown() }
+            throw .ring(error)
+        }
+        let instances = PluginInstances()
+        for type in order {
+            let context = PluginContext(loops: loops, logger: Logger(label: "harp.\(type.name)"),
+                                        settings: config.settings, instances: instances)
+            do {
+                let plugin = try PluginLoader.make(type, section: config.sections[type.name], context: context)
+                instances.append(plugin)
+                try blockingAwait { try await plugin.start() }
+                plugins.append(plugin)
+            } catch let error as ConfigError {
+                stopAll()
+                throw .config(error)
+            } catch {
+                stopAll()
+                throw .startup(plugin: type.name, message: "\(error)")
+            }
+        }
+    }
+
+    /// Lines describing what runs where, for the startup banner.
+    public var endpoints: [String] {
+        plugins.flatMap { plugin in plugin.endpoints.map { "\(type(of: plugin).name): \($0)" } }
+    }
+
+    /// Blocks until SIGINT/SIGTERM, then shuts down gracefully. Returns the exit status.
+    public func waitForShutdown() -> Int32 {
+        var info = [UInt8](repeating: 0, count: 128)  // struct signalfd_siginfo
+        var pollFD = pollfd(fd: signals, events: Int16(POLLIN), revents: 0)
+        while true {
+            guard Glibc.poll(&pollFD, 1, -1) > 0 else { continue }
+            guard Glibc.read(signals, &info, 128) == 128 else { continue }
+            let signal = info.withUnsafeBytes { $0.load(as: UInt32.self) }
+            if signal == UInt32(SIGHUP) {
+                logger.info("SIGHUP: reloading")
+                for plugin in plugins { blockingAwait { await plugin.reload() } }
+                continue
+            }
+            logger.info("signal \(signal): stopping; open connections get \(config.settings.shutdownGrace)")
+            break
+        }
+        drain()
+        return 0
+    }
+
+    /// Stops accepting, then waits until no connection is open or the grace period is over.
+    func drain() {
+        for plugin in plugins.reversed() { blockingAwait { await plugin.stopAccepting() } }
+        let deadline = EventLoop.monotonicNanos() + config.settings.shutdownGrace.duration.nanoseconds
+        while openConnections > 0 && EventLoop.monotonicNanos() < deadline {
+            usleep(20_000)
+        }
+        if openConnections > 0 {
+            logger.warning("grace period over: closing \(openConnections) open connection(s)")
+        }
+        loops.forEach { $0.shutdown() }
+    }
+
+    public var openConnections: Int {
+        loops.reduce(0) { $0 + $1.openConnections.load(ordering: .relaxed) }
+    }
+
+    private func stopAll() {
+        for plugin in plugins.reversed() { blockingAwait { await plugin.stopAccepting() } }
+        loops.forEach { $0.shutdown() }
+    }
+}
+
+/// Runs async work from the main thread, which is not part of Swift's cooperative pool and
+/// may block. Used only at startup and shutdown.
+func blockingAwait(_ body: @escaping @Sendable () async throws -> Void) throws {
+    let done = DispatchSemaphore(value: 0)
+    let failure = ErrorBox()
+    Task {
+        do { try await body() } catch { failure.error = error }
+        done.signal()
+    }
+    done.wait()
+    if let error = failure.error { throw error }
+}
+
+func blockingAwait(_ body: @escaping @Sendable () async -> Void) {
+    try? blockingAwait { () async throws in await body() }
+}
+
+private final class ErrorBox: @unchecked Sendable {
+    // @unchecked Sendable: written by the task before it signals, read after the wait.
+    var error: (any Error)?
+}
+
+/// Raises the soft limit on open files to the hard limit: each relayed connection holds two
+/// sockets and two pipes (six descriptors), so the common default of 1024 caps harp at ~170.
+public func raiseFileLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    limit.rlim_cur = min(limit.rlim_max, 1 << 20)
+    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+}

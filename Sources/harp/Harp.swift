@@ -1,0 +1,106 @@
+import ArgumentParser
+import Glibc
+import HarpKernel
+import Logging
+
+@main
+struct Harp: ParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "harp",
+        abstract: "Nextcloud ExApp gateway and peer-to-peer storage node.",
+        version: version,
+        subcommands: [Serve.self, Plugins.self, Config.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// Options shared by commands that read a configuration.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .long, help: "A TOML config file (default: the embedded loopback config).")
+    var config: String?
+
+    func load() throws(ConfigError) -> ConfigFile {
+        if let config {
+            return try ConfigFile.load(path: config, registry: registeredPlugins)
+        }
+        return try ConfigFile(text: defaultConfigTOML, source: "<embedded default config>", registry: registeredPlugins)
+    }
+}
+
+/// Prints one line to standard error and exits non-zero.
+func fail(_ message: String) -> Never {
+    let line = Array((message + "\n").utf8)
+    _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    exit(1)
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the selected plugins until SIGINT/SIGTERM.")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(name: .long, help: "Comma-separated plugins to run (default: [harp] plugins, else every configured plugin).")
+    var plugins: String?
+
+    func run() throws {
+        let config: ConfigFile
+        do { config = try options.load() } catch { fail("\(error)") }
+        let level = config.settings.logLevel.level
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let selection = plugins.map { $0.split(separator: ",").map { String($0).trimmed } }
+        let server: Server
+        do {
+            server = try Server(config: config, selection: selection, registry: registeredPlugins)
+            try server.start()
+        } catch { fail("\(error)") }
+        print("harp \(Harp.version): \(config.settings.loopCount) loop(s)")
+        for line in server.endpoints { print("  \(line)") }
+        print("harp: ready")
+        fflush(nil)
+        Glibc.exit(server.waitForShutdown())
+    }
+}
+
+struct Plugins: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the plugins compiled into harp.")
+
+    func run() {
+        let width = registeredPlugins.names.map(\.count).max() ?? 0
+        for type in registeredPlugins.types {
+            let dependencies = type.dependencies.isEmpty ? "" : " (needs \(type.dependencies.joined(separator: ", ")))"
+            print(type.name + String(repeating: " ", count: width - type.name.count) + "  " + type.summary + dependencies)
+        }
+    }
+}
+
+struct Config: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Work with configuration files.", subcommands: [Check.self])
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Validate a config and print the effective configuration.")
+
+        @OptionGroup var options: ConfigOptions
+
+        func run() {
+            do {
+                let config = try options.load()
+                let text = try EffectiveConfig.render(config, registry: registeredPlugins)
+                print(text, terminator: "")
+            } catch {
+                fail("\(error)")
+            }
+        }
+    }
+}
+
+extension String {
+    var trimmed: String {
+        String(drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}

@@ -1,0 +1,8 @@
+import HarpKernel
+import TCPForward
+
+/// The one static list of plugins compiled into harp. Order here is the order of
+/// `harp plugins`; start order follows dependencies.
+let registeredPlugins = PluginRegistry([
+    TCPForwardPlugin.self,
+])

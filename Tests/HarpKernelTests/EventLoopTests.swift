@@ -1,0 +1,155 @@
+import Foundation
+import Glibc
+@testable import HarpKernel
+import Testing
+
+/// The loop and its ring operations, driven through the public async API.
+@Suite("event loop")
+struct EventLoopTests {
+    static func socketPair() -> (Int32, Int32) {
+        var fds: [Int32] = [0, 0]
+        socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
+        return (fds[0], fds[1])
+    }
+
+    @Test("a timeout fires after its duration, not before")
+    func timeoutFires() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let elapsed = await loop.spawn { () -> Duration in
+            let record = AsyncCompletion()
+            let clock = ContinuousClock()
+            let start = clock.now
+            let result = await loop.sleep(for: .milliseconds(80), using: record)
+            precondition(result == 0, "sleep returned \(result)")
+            return clock.now - start
+        }.value
+        #expect(elapsed >= .milliseconds(79))
+        #expect(elapsed < .seconds(2))
+    }
+
+    @Test("cancel stops a pending receive with ECANCELED")
+    func cancelWorks() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let (a, b) = Self.socketPair()
+        defer { close(a); close(b) }
+        let results = await loop.spawn { () -> (Int32, Int32) in
+            let receive = AsyncCompletion()
+            let received = loop.spawn { () -> Int32 in
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
+                defer { buffer.deallocate() }
+                return await loop.recv(a, into: buffer, using: receive)
+            }
+            let canceller = AsyncCompletion()
+            // Give the receive a moment to reach the kernel, then cancel it.
+            _ = await loop.sleep(for: .milliseconds(20), using: canceller)
+            let cancelResult = await loop.cancel(receive, using: canceller)
+            return (await received.value, cancelResult)
+        }.value
+        #expect(results.0 == -ECANCELED)
+        #expect(results.1 == 0)
+    }
+
+    @Test("a cancelled timer completes early with ECANCELED")
+    func cancelTimer() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let result = await loop.spawn { () -> Int32 in
+            let timer = AsyncCompletion()
+            let slept = loop.spawn { await loop.sleep(for: .seconds(30), using: timer) }
+            let other = AsyncCompletion()
+            _ = await loop.sleep(for: .milliseconds(10), using: other)
+            _ = await loop.cancel(timer, using: other)
+            return await slept.value
+        }.value
+        #expect(result == -ECANCELED)
+    }
+
+    @Test("10,000 concurrent operations across 500 tasks all complete")
+    func manyConcurrentOperations() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let tasks = 500, rounds = 20
+        let total = await withTaskGroup(of: Int.self) { group in
+            for _ in 0..<tasks {
+                group.addTask(executorPreference: loop) {
+                    let (a, b) = Self.socketPair()
+                    defer { close(a); close(b) }
+                    let send = AsyncCompletion(), receive = AsyncCompletion()
+                    let out = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 8)
+                    let inBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 8)
+                    defer { out.deallocate(); inBuffer.deallocate() }
+                    var done = 0
+                    for round in 0..<rounds {
+                        out.storeBytes(of: UInt64(round), as: UInt64.self)
+                        let sent = await loop.send(a, UnsafeRawBufferPointer(out), using: send)
+                        let received = await loop.recv(b, into: inBuffer, using: receive)
+                        if sent == 8, received == 8, inBuffer.load(as: UInt64.self) == UInt64(round) { done += 1 }
+                    }
+                    return done
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(total == tasks * rounds)
+    }
+
+    @Test("read and write at an offset, and splice file -> pipe")
+    func fileOperations() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let path = NSTemporaryDirectory() + "harp-loop-\(getpid())"
+        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+        defer { close(fd); unlink(path) }
+        let (readBack, spliced) = await loop.spawn { () -> ([UInt8], [UInt8]) in
+            let record = AsyncCompletion()
+            let text = Array("hello, ring".utf8)
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: text.count, alignment: 1)
+            defer { scratch.deallocate() }
+            scratch.copyBytes(from: text)
+            _ = await loop.write(fd, UnsafeRawBufferPointer(scratch), at: 100, using: record)
+            scratch.initializeMemory(as: UInt8.self, repeating: 0)
+            _ = await loop.read(fd, into: scratch, at: 100, using: record)
+            let buffer = Array(scratch)
+            var pipeFDs: [Int32] = [0, 0]
+            pipe(&pipeFDs)
+            defer { close(pipeFDs[0]); close(pipeFDs[1]) }
+            let moved = await loop.splice(from: fd, offset: 107, to: pipeFDs[1], count: 4, using: record)
+            var out = [UInt8](repeating: 0, count: 4)
+            _ = Glibc.read(pipeFDs[0], &out, Int(max(moved, 0)))
+            return (buffer, out)
+        }.value
+        #expect(readBack == Array("hello, ring".utf8))
+        #expect(spliced == Array("ring".utf8))
+    }
+
+    @Test("connect to a closed port fails with ECONNREFUSED; connect with a timeout to a live one succeeds")
+    func connectResults() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let listener = try Socket.listen(on: .ipv4(host: UInt32(0x7f000001).bigEndian, port: 0), reusePort: false)
+        let live = SocketAddress.local(of: listener)!
+        close(listener)  // now the port is closed
+        let reopened = try Socket.listen(on: .ipv4(host: UInt32(0x7f000001).bigEndian, port: 0), reusePort: false)
+        defer { close(reopened) }
+        let open = SocketAddress.local(of: reopened)!
+        let (refused, connected) = await loop.spawn { () -> (Int32, Int32) in
+            let record = AsyncCompletion()
+            let a = try! Socket.stream(family: AF_INET), b = try! Socket.stream(family: AF_INET)
+            defer { close(a); close(b) }
+            return (await loop.connect(a, to: live, using: record),
+                    await loop.connect(b, to: open, timeout: .seconds(2), using: record))
+        }.value
+        #expect(refused == -ECONNREFUSED)
+        #expect(connected == 0)
+    }
+
+    @Test("a ring that cannot be created is a clear error")
+    func ringFailureMessage() {
+        // The failure path itself runs in CLITests (a subprocess with HARP_TEST_IO_URING_ERROR).
+        let message = RingUnavailable(errno: EPERM).description
+        #expect(message.contains("io_uring is unavailable"))
+        #expect(message.contains("fix:"))
+    }
+}

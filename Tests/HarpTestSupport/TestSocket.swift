@@ -1,0 +1,81 @@
+import Glibc
+import HarpKernel
+
+/// Blocking loopback sockets for tests, with a receive timeout so a bug fails a test
+/// instead of hanging it.
+public final class TestSocket {
+    public let fd: Int32
+
+    public init(connectingTo address: SocketAddress, timeoutSeconds: Int = 30) throws {
+        let fd = try Socket.stream(family: address.family)
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 8)
+        defer { storage.deallocate() }
+        let length = address.write(to: storage)
+        guard Glibc.connect(fd, storage.assumingMemoryBound(to: sockaddr.self), length) == 0 else {
+            let error = errno
+            Glibc.close(fd)
+            throw TestFailure("connect \(address): \(String(cString: strerror(error)))")
+        }
+        self.fd = fd
+    }
+
+
+    deinit { Glibc.close(fd) }
+
+    public func send(_ bytes: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            guard sent > 0 else { throw TestFailure("send: \(String(cString: strerror(errno)))") }
+            offset += sent
+        }
+    }
+
+    public func send(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try send($0) } }
+
+    /// Reads until end-of-stream or `limit` bytes.
+    public func receiveAll(limit: Int = .max) throws -> [UInt8] {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while out.count < limit {
+            let count = Glibc.recv(fd, &chunk, min(chunk.count, limit - out.count), 0)
+            if count == 0 { break }
+            guard count > 0 else { throw TestFailure("recv: \(String(cString: strerror(errno)))") }
+            out.append(contentsOf: chunk[0..<count])
+        }
+        return out
+    }
+
+    /// Reads exactly `count` bytes.
+    public func receive(exactly count: Int) throws -> [UInt8] {
+        let bytes = try receiveAll(limit: count)
+        guard bytes.count == count else { throw TestFailure("expected \(count) bytes, got \(bytes.count) before EOF") }
+        return bytes
+    }
+
+    /// One recv: returns 0 at end-of-stream, or -errno.
+    public func receiveOnce(into buffer: inout [UInt8]) -> Int {
+        let count = buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0) }
+        return count >= 0 ? count : -Int(errno)
+    }
+
+    public func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Makes the eventual close send RST instead of FIN (SO_LINGER 0).
+    public func abortOnClose() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+    }
+}
+
+/// A free loopback TCP port (bound and released; good enough for tests on one machine).
+public func freePort() -> UInt16 {
+    let fd = try! Socket.listen(on: .ipv4(host: UInt32(0x7f000001).bigEndian, port: 0), reusePort: false)
+    defer { close(fd) }
+    return SocketAddress.local(of: fd)!.port!
+}
+
+public func loopback(_ port: UInt16) -> SocketAddress { .ipv4(host: UInt32(0x7f000001).bigEndian, port: port) }
