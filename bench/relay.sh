@@ -4,6 +4,7 @@
 # throughput and of the relay process's CPU seconds per GB, and harp's ratios to HAProxy.
 #
 #   bench/relay.sh [ROUNDS] [BYTES]     (defaults: 7 rounds, 2 GiB)
+#   HAPROXY_PIPESIZE=1048576 bench/relay.sh   gives HAProxy harp's 1 MiB pipes (tune.pipesize)
 #
 # Needs: a release build of harp (built here), haproxy and gcc (installed if missing).
 set -euo pipefail
@@ -35,6 +36,7 @@ cat > "$OUT/haproxy.cfg" <<CFG
 global
     nbthread 1
     maxconn 1000
+    ${HAPROXY_PIPESIZE:+tune.pipesize $HAPROXY_PIPESIZE}
 defaults
     mode tcp
     timeout connect 5s

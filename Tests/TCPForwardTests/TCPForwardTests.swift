@@ -192,6 +192,24 @@ struct TCPForwardTests {
         #expect(try harp.waitForExit() == 0)
     }
 
+    @Test("SIGTERM with a connection still open: harp exits 0 once the grace period is over")
+    func graceExpires() throws {
+        let echo = try EchoServer()
+        defer { echo.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(listen: port, upstream: echo.address)
+            .replacingOccurrences(of: "shutdown_grace = \"3s\"", with: "shutdown_grace = \"500ms\""))
+        let open = try TestSocket(connectingTo: loopback(port))
+        try open.send(Array("ping".utf8))
+        #expect(try open.receive(exactly: 4) == Array("ping".utf8))
+        let started = Date()
+        #expect(try harp.stop(signal: SIGINT) == 0)
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited >= 0.4 && waited < 5, "exited after \(waited)s")
+        #expect(harp.stderr.contains("grace period over: closing 1 open connection(s)"))
+        #expect(try open.receiveAll().isEmpty, "the connection is closed when harp exits")
+    }
+
     @Test("an idle relay is closed after idle_timeout")
     func idleTimeout() throws {
         let echo = try EchoServer()
