@@ -47,11 +47,18 @@ let package = Package(
             path: "Sources/Plugins/TCPForward",
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "HTTPProxy",
+            dependencies: ["HarpKernel"],
+            path: "Sources/Plugins/HTTPProxy",
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "harp",
             dependencies: [
                 "HarpKernel",
                 "TCPForward",
+                "HTTPProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -71,6 +78,11 @@ let package = Package(
         .testTarget(
             name: "TCPForwardTests",
             dependencies: ["TCPForward", "HarpTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "HTTPProxyTests",
+            dependencies: ["HTTPProxy", "HarpTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,3 +1,4 @@
+import HTTPProxy
 import HarpKernel
 import TCPForward
 
@@ -5,4 +6,5 @@ import TCPForward
 /// `harp plugins`; start order follows dependencies.
 let registeredPlugins = PluginRegistry([
     TCPForwardPlugin.self,
+    HTTPProxyPlugin.self,
 ])

@@ -9,37 +9,49 @@ extension EventLoop {
         await perform(record) { io_uring_prep_accept($0, listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }
     }
 
-    /// Connects `fd` to `address`; with a `timeout`, the attempt fails with `-ECANCELED`
-    /// (reported as `-ETIMEDOUT`) once it has passed.
+    /// Connects `fd` to `address`; with a `timeout`, fails with `-ETIMEDOUT` once it has passed.
     public func connect(_ fd: Int32, to address: SocketAddress, timeout: Duration? = nil,
                         using record: AsyncCompletion) async -> Int32 {
         let length = address.write(to: record.address)
-        let result = await perform(record) { sqe in
-            io_uring_prep_connect(sqe, fd, record.address.assumingMemoryBound(to: sockaddr.self), length)
-            if let timeout {
-                sqe.pointee.flags |= HARP_IOSQE_IO_LINK
-                record.timespec.pointee = __kernel_timespec(timeout)
-                submitUnobserved { io_uring_prep_link_timeout($0, record.timespec, 0) }
-            }
+        return await perform(record, timeout: timeout) {
+            io_uring_prep_connect($0, fd, record.address.assumingMemoryBound(to: sockaddr.self), length)
         }
-        return result == -ECANCELED && timeout != nil ? -ETIMEDOUT : result
     }
 
-    public func recv(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, using record: AsyncCompletion) async -> Int32 {
-        await perform(record) { io_uring_prep_recv($0, fd, buffer.baseAddress, buffer.count, 0) }
+    /// Receives into `buffer`; with a `timeout`, fails with `-ETIMEDOUT` when nothing arrived
+    /// in time. Returns the byte count, 0 at end-of-stream, or `-errno`.
+    public func recv(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil,
+                     using record: AsyncCompletion) async -> Int32 {
+        while true {
+            let result = await perform(record, timeout: timeout) {
+                io_uring_prep_recv($0, fd, buffer.baseAddress, buffer.count, 0)
+            }
+            // A socket left O_NONBLOCK by a splice relay can answer EAGAIN instead of being
+            // polled by the ring: wait for readability ourselves and try again.
+            guard result == -EAGAIN else { return result }
+            let ready = await perform(record, timeout: timeout) { io_uring_prep_poll_add($0, fd, UInt32(POLLIN)) }
+            if ready < 0 { return ready }
+        }
     }
 
-    public func send(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, using record: AsyncCompletion) async -> Int32 {
-        await perform(record) {
-            io_uring_prep_send($0, fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL))
+    public func send(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil,
+                     using record: AsyncCompletion) async -> Int32 {
+        while true {
+            let result = await perform(record, timeout: timeout) {
+                io_uring_prep_send($0, fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL))
+            }
+            guard result == -EAGAIN else { return result }
+            let ready = await perform(record, timeout: timeout) { io_uring_prep_poll_add($0, fd, UInt32(POLLOUT)) }
+            if ready < 0 { return ready }
         }
     }
 
     /// Sends all of `buffer`, resubmitting after short writes. Returns 0 or `-errno`.
-    public func sendAll(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, using record: AsyncCompletion) async -> Int32 {
+    public func sendAll(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil,
+                        using record: AsyncCompletion) async -> Int32 {
         var offset = 0
         while offset < buffer.count {
-            let sent = await send(fd, UnsafeRawBufferPointer(rebasing: buffer[offset...]), using: record)
+            let sent = await send(fd, UnsafeRawBufferPointer(rebasing: buffer[offset...]), timeout: timeout, using: record)
             if sent <= 0 { return sent == 0 ? -EPIPE : sent }
             offset += Int(sent)
         }

@@ -180,14 +180,25 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     }
 
     /// Queues one operation and suspends the calling task until it completes.
-    /// Returns the operation's result: a count or a `-errno`.
+    /// Returns the operation's result: a count or a `-errno`. With a `timeout`, a linked
+    /// timeout cancels the operation when it has not completed in time (`-ETIMEDOUT`).
     @inline(__always)
-    public func perform(_ record: AsyncCompletion, _ prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void) async -> Int32 {
+    public func perform(_ record: AsyncCompletion, timeout: Duration? = nil,
+                        _ prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void) async -> Int32 {
         precondition(record.continuation == nil, "a completion record serves one operation at a time")
-        return await withUnsafeContinuation { continuation in
+        let result = await withUnsafeContinuation { continuation in
             record.continuation = continuation
-            submit(record, prepare)
+            guard let timeout else { return submit(record, prepare) }
+            // The operation and its timeout must be adjacent in the submission queue.
+            ring.reserve(2)
+            submit(record) { sqe in
+                prepare(sqe)
+                sqe.pointee.flags |= HARP_IOSQE_IO_LINK
+            }
+            record.timespec.pointee = __kernel_timespec(timeout)
+            submitUnobserved { io_uring_prep_link_timeout($0, record.timespec, 0) }
         }
+        return result == -ECANCELED && timeout != nil ? -ETIMEDOUT : result
     }
 
     static func monotonicNanos() -> UInt64 {

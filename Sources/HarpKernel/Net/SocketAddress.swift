@@ -122,10 +122,15 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// The address a socket is bound to (to learn the port the kernel chose for port 0).
     public static func local(of fd: Int32) -> SocketAddress? {
+        decode { getsockname(fd, $0, $1) == 0 }
+    }
+
+    /// Reads a sockaddr filled in by `fill` (getsockname, getpeername).
+    static func decode(_ fill: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Bool) -> SocketAddress? {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let ok = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { fill($0, &length) }
         }
         guard ok else { return nil }
         return withUnsafeBytes(of: storage) { raw in
@@ -136,6 +141,8 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
             case AF_INET6:
                 let sin6 = raw.load(as: sockaddr_in6.self)
                 return .ipv6(host: withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }, port: UInt16(bigEndian: sin6.sin6_port))
+            case AF_UNIX:
+                return .unix(path: "")
             default:
                 return nil
             }

@@ -9,6 +9,8 @@ public struct RelayResult: Sendable, CustomStringConvertible {
         case idleTimeout
         /// A syscall on one side failed (`side` 0 is the first descriptor, 1 the second).
         case failed(side: Int, errno: Int32)
+        /// A bounded transfer's source reached end-of-stream before the byte count.
+        case endedEarly(side: Int)
     }
 
     public var outcome: Outcome
@@ -22,6 +24,7 @@ public struct RelayResult: Sendable, CustomStringConvertible {
         case .finished: "finished"
         case .idleTimeout: "idle timeout"
         case .failed(let side, let errno): "side \(side): \(String(cString: strerror(errno)))"
+        case .endedEarly(let side): "side \(side) ended early"
         }
     }
 }

@@ -12,6 +12,9 @@ import Glibc
 /// Half-close: when one side sends FIN, that direction drains its pipe and passes the FIN on
 /// with `shutdown(SHUT_WR)`; the relay ends when both directions have, on the first error,
 /// or when idle for too long. The relay never closes the descriptors: the caller owns them.
+///
+/// The same machinery moves a body of known length one way (`transfer`): one direction with a
+/// byte limit, which ends when the limit is reached and passes no FIN on.
 final class SpliceRelay {
     let loop: EventLoop
     let idleLimit: UInt64
@@ -24,13 +27,18 @@ final class SpliceRelay {
     private(set) var lastActivity: UInt64
     private var continuation: UnsafeContinuation<RelayResult, Never>?
 
-    init(loop: EventLoop, _ first: Int32, _ second: Int32, idleTimeout: Duration, halfClosedTimeout: Duration?) {
+    /// Both ways between `first` and `second`, or, with a `limit`, exactly `limit` bytes from
+    /// `first` to `second`.
+    init(loop: EventLoop, _ first: Int32, _ second: Int32, limit: Int? = nil,
+         idleTimeout: Duration, halfClosedTimeout: Duration?) {
         self.loop = loop
         idleLimit = idleTimeout.nanoseconds
         halfClosedLimit = min(halfClosedTimeout?.nanoseconds ?? idleLimit, idleLimit)
         lastActivity = loop.now
-        directions = [Direction(relay: self, from: first, to: second, side: 0),
-                      Direction(relay: self, from: second, to: first, side: 1)]
+        directions = [Direction(relay: self, from: first, to: second, side: 0, limit: limit)]
+        if limit == nil {
+            directions.append(Direction(relay: self, from: second, to: first, side: 1, limit: nil))
+        }
         timer = IdleTimer(relay: self)
     }
 
@@ -113,7 +121,7 @@ final class SpliceRelay {
         }
         continuation.resume(returning: RelayResult(outcome: outcome ?? .finished,
                                                    forwardBytes: directions[0].bytes,
-                                                   backwardBytes: directions[1].bytes))
+                                                   backwardBytes: directions.count > 1 ? directions[1].bytes : 0))
     }
 
     /// One direction: `source` → pipe → `destination`.
@@ -129,16 +137,19 @@ final class SpliceRelay {
         var sourceEnded = false
         var finished = false
         var polling = false
+        /// Bytes still to read from `source` for a bounded transfer; nil relays until FIN.
+        var remaining: Int?
 
         /// A direction gives the loop back after this many splice rounds even if both sockets
         /// stay ready (up to 64 MiB with 1 MiB pipes), so one fast stream cannot starve others.
         static let roundsPerTurn = 64
 
-        init(relay: SpliceRelay, from source: Int32, to destination: Int32, side: Int) {
+        init(relay: SpliceRelay, from source: Int32, to destination: Int32, side: Int, limit: Int?) {
             self.relay = relay
             self.source = source
             self.destination = destination
             self.side = side
+            self.remaining = limit
         }
 
         override func complete(result: Int32, flags: UInt32) {
@@ -163,15 +174,22 @@ final class SpliceRelay {
                     if error == EAGAIN { return wait(for: destination, events: POLLOUT) }
                     return relay.fail(.failed(side: 1 - side, errno: error))
                 }
+                if remaining == 0 {
+                    finished = true
+                    return relay.directionFinished()
+                }
                 if sourceEnded {
+                    // A bounded transfer that meets EOF early was cut off by the peer.
+                    if remaining != nil { return relay.fail(.endedEarly(side: side)) }
                     // Pass the FIN on: the peer sees end-of-stream, the other way stays open.
                     shutdown(destination, Int32(SHUT_WR))
                     finished = true
                     return relay.directionFinished()
                 }
-                let moved = harp_splice(source, pipe.writeEnd, pipe.capacity, flags)
+                let moved = harp_splice(source, pipe.writeEnd, min(pipe.capacity, remaining ?? .max), flags)
                 if moved > 0 {
                     buffered = moved
+                    if let left = remaining { remaining = left - moved }
                     relay.touch()
                 } else if moved == 0 {
                     sourceEnded = true
@@ -237,6 +255,16 @@ extension EventLoop {
     public func relay(_ first: Int32, _ second: Int32, idleTimeout: Duration,
                       halfClosedTimeout: Duration? = nil) async -> RelayResult {
         let relay = SpliceRelay(loop: self, first, second, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout)
+        return await relay.run()
+    }
+
+    /// Moves exactly `count` bytes from `source` to `destination` with splice (a message body
+    /// of known length). Ends `.finished` when all arrived, `.endedEarly` when `source` sent
+    /// FIN first, `.idleTimeout` when nothing moved for `idleTimeout`.
+    public func transfer(from source: Int32, to destination: Int32, count: Int,
+                         idleTimeout: Duration) async -> RelayResult {
+        guard count > 0 else { return RelayResult(outcome: .finished, forwardBytes: 0, backwardBytes: 0) }
+        let relay = SpliceRelay(loop: self, source, destination, limit: count, idleTimeout: idleTimeout, halfClosedTimeout: nil)
         return await relay.run()
     }
 }

@@ -53,22 +53,29 @@ public final class Server {
             loops.forEach { $0.shutdown() }
             throw .ring(error)
         }
+        // Build every plugin first (in dependency order), then start them: a plugin may
+        // register itself with a dependency (a route provider with http) while being built,
+        // and must do so before that dependency starts serving.
         let instances = PluginInstances()
-        for type in order {
-            let context = PluginContext(loops: loops, logger: Logger(label: "harp.\(type.name)"),
-                                        settings: config.settings, instances: instances)
-            do {
-                let plugin = try PluginLoader.make(type, section: config.sections[type.name], context: context)
-                instances.append(plugin)
+        var current = order.first?.name ?? ""
+        do {
+            for type in order {
+                current = type.name
+                let context = PluginContext(loops: loops, logger: Logger(label: "harp.\(type.name)"),
+                                            settings: config.settings, instances: instances)
+                instances.append(try PluginLoader.make(type, section: config.sections[type.name], context: context))
+            }
+            for plugin in instances.all {
+                current = type(of: plugin).name
                 try blockingAwait { try await plugin.start() }
                 plugins.append(plugin)
-            } catch let error as ConfigError {
-                stopAll()
-                throw .config(error)
-            } catch {
-                stopAll()
-                throw .startup(plugin: type.name, message: "\(error)")
             }
+        } catch let error as ConfigError {
+            stopAll()
+            throw .config(error)
+        } catch {
+            stopAll()
+            throw .startup(plugin: current, message: "\(error)")
         }
     }
 

@@ -1,0 +1,37 @@
+/// Responses harp writes itself: a short `text/plain` body naming the status.
+enum CannedResponse {
+    static func bytes(status: Int, body: String? = nil, keepAlive: Bool, extraHeaders: [(String, String)] = []) -> [UInt8] {
+        let text = (body ?? "\(status) \(reason(status))") + "\n"
+        var head = HTTPResponseHead(status: status, reason: reason(status))
+        head.headers.add("Content-Type", "text/plain; charset=utf-8")
+        head.headers.add("Content-Length", "\(text.utf8.count)")
+        head.headers.add("Connection", keepAlive ? "keep-alive" : "close")
+        for (name, value) in extraHeaders { head.headers.add(name, value) }
+        var out: [UInt8] = []
+        HeadWriter.response(head, into: &out)
+        out.append(contentsOf: text.utf8)
+        return out
+    }
+
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 100: "Continue"
+        case 200: "OK"
+        case 400: "Bad Request"
+        case 401: "Unauthorized"
+        case 403: "Forbidden"
+        case 404: "Not Found"
+        case 408: "Request Timeout"
+        case 413: "Content Too Large"
+        case 414: "URI Too Long"
+        case 431: "Request Header Fields Too Large"
+        case 500: "Internal Server Error"
+        case 501: "Not Implemented"
+        case 502: "Bad Gateway"
+        case 503: "Service Unavailable"
+        case 504: "Gateway Timeout"
+        case 505: "HTTP Version Not Supported"
+        default: "Status \(status)"
+        }
+    }
+}

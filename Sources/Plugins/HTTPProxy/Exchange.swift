@@ -1,0 +1,29 @@
+import HarpKernel
+
+/// What happened to one request, for the access log, metrics and response observers.
+public final class Exchange: @unchecked Sendable {
+    // @unchecked Sendable: filled in on the connection's loop, handed to observers after the
+    // exchange is over and no longer mutated.
+    public let method: String
+    public var target: String
+    public var status = 0
+    public var upstream: Upstream?
+    public var requestBytes = 0
+    public var responseBytes = 0
+    public let started: UInt64
+    public var finished: UInt64 = 0
+
+    init(request: HTTPRequestHead, started: UInt64) {
+        method = request.method
+        target = request.target
+        self.started = started
+    }
+
+    public var durationSeconds: Double { Double(finished &- started) / 1e9 }
+}
+
+/// Sees every finished exchange (access log, brute-force counting). Called on the
+/// connection's loop: keep it short and never block.
+public protocol ResponseObserver: Sendable {
+    func observe(_ exchange: Exchange, client: ClientInfo)
+}

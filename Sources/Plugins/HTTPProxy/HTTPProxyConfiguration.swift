@@ -1,0 +1,114 @@
+import HarpKernel
+
+/// The `[http]` section.
+public struct HTTPProxyConfiguration: Codable, Sendable {
+    public struct Route: Codable, Sendable {
+        /// Matches the Host header without port, case-insensitively; nil matches any host.
+        public var host: String?
+        public var pathPrefix: String
+        /// Remove `path_prefix` from the path before forwarding (keeping a leading `/`).
+        public var stripPrefix: Bool
+        public var upstream: Upstream
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case host, pathPrefix = "path_prefix", stripPrefix = "strip_prefix", upstream
+        }
+
+        public init(host: String? = nil, pathPrefix: String = "/", stripPrefix: Bool = false, upstream: Upstream) {
+            self.host = host?.lowercased()
+            self.pathPrefix = pathPrefix
+            self.stripPrefix = stripPrefix
+            self.upstream = upstream
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let prefix = try c.decode(String.self, forKey: .pathPrefix)
+            guard prefix.hasPrefix("/") else {
+                throw ConfigValueProblem("path_prefix \"\(prefix)\" must start with /")
+            }
+            self.init(host: try c.decodeIfPresent(String.self, forKey: .host), pathPrefix: prefix,
+                      stripPrefix: try c.decodeIfPresent(Bool.self, forKey: .stripPrefix) ?? false,
+                      upstream: try c.decode(Upstream.self, forKey: .upstream))
+        }
+    }
+
+    public var listen: [SocketAddress]
+    public var routes: [Route]
+    /// Request heads above this get 431.
+    public var maxHeaderSize: Int
+    /// Request targets above this get 414.
+    public var maxTargetSize: Int
+    /// Request bodies above this get 413; 0 means no limit.
+    public var maxBodySize: Int
+    /// HaRP's timeouts: connecting to an upstream; waiting for client bytes (also the
+    /// keep-alive idle time); waiting for upstream bytes; idle time of an upgraded tunnel.
+    public var connectTimeout: ConfigDuration
+    public var clientTimeout: ConfigDuration
+    public var serverTimeout: ConfigDuration
+    public var tunnelTimeout: ConfigDuration
+    /// Peers whose X-Forwarded-* headers are kept (extended) instead of replaced.
+    public var trustedProxies: [IPRange]
+    /// Idle keep-alive connections kept per upstream and loop, and for how long.
+    public var upstreamKeepalive: Int
+    public var upstreamIdleTimeout: ConfigDuration
+    /// One line per request on the `harp.http.access` logger.
+    public var accessLog: Bool
+
+    public init() {
+        listen = [.ipv4(host: UInt32(0x7f000001).bigEndian, port: 8080)]
+        routes = []
+        maxHeaderSize = 32 * 1024
+        maxTargetSize = 8 * 1024
+        maxBodySize = 0
+        connectTimeout = .seconds(30)
+        clientTimeout = .seconds(30)
+        serverTimeout = .seconds(1800)
+        tunnelTimeout = .seconds(1800)
+        trustedProxies = []
+        upstreamKeepalive = 32
+        upstreamIdleTimeout = .seconds(60)
+        accessLog = true
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case listen, routes, maxHeaderSize = "max_header_size", maxTargetSize = "max_target_size"
+        case maxBodySize = "max_body_size", connectTimeout = "connect_timeout", clientTimeout = "client_timeout"
+        case serverTimeout = "server_timeout", tunnelTimeout = "tunnel_timeout", trustedProxies = "trusted_proxies"
+        case upstreamKeepalive = "upstream_keepalive", upstreamIdleTimeout = "upstream_idle_timeout"
+        case accessLog = "access_log"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        var d = HTTPProxyConfiguration()
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        d.listen = try c.decodeIfPresent([SocketAddress].self, forKey: .listen) ?? d.listen
+        d.routes = try c.decodeIfPresent([Route].self, forKey: .routes) ?? []
+        d.maxHeaderSize = try c.decodeIfPresent(Int.self, forKey: .maxHeaderSize) ?? d.maxHeaderSize
+        d.maxTargetSize = try c.decodeIfPresent(Int.self, forKey: .maxTargetSize) ?? d.maxTargetSize
+        d.maxBodySize = try c.decodeIfPresent(Int.self, forKey: .maxBodySize) ?? d.maxBodySize
+        d.connectTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .connectTimeout) ?? d.connectTimeout
+        d.clientTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .clientTimeout) ?? d.clientTimeout
+        d.serverTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .serverTimeout) ?? d.serverTimeout
+        d.tunnelTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .tunnelTimeout) ?? d.serverTimeout
+        d.trustedProxies = try c.decodeIfPresent([IPRange].self, forKey: .trustedProxies) ?? []
+        d.upstreamKeepalive = try c.decodeIfPresent(Int.self, forKey: .upstreamKeepalive) ?? d.upstreamKeepalive
+        d.upstreamIdleTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .upstreamIdleTimeout) ?? d.upstreamIdleTimeout
+        d.accessLog = try c.decodeIfPresent(Bool.self, forKey: .accessLog) ?? d.accessLog
+        self = d
+        try validate()
+    }
+
+    func validate() throws(ConfigError) {
+        func range(_ key: String, _ value: Int, _ allowed: ClosedRange<Int>) throws(ConfigError) {
+            guard allowed.contains(value) else {
+                throw .invalid(key: "http.\(key)", value: "\(value)", reason: "expected \(allowed.lowerBound) to \(allowed.upperBound)")
+            }
+        }
+        try range("max_header_size", maxHeaderSize, 1024...1_048_576)
+        try range("max_target_size", maxTargetSize, 256...1_048_576)
+        try range("max_body_size", maxBodySize, 0...Int.max)
+        try range("upstream_keepalive", upstreamKeepalive, 0...100_000)
+        if listen.isEmpty { throw .invalid(key: "http.listen", value: "[]", reason: "expected at least one address") }
+    }
+}

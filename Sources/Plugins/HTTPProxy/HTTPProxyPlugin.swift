@@ -1,0 +1,60 @@
+import Glibc
+import HarpKernel
+import Logging
+import Synchronization
+
+/// `http`: an HTTP/1.1 reverse proxy. Other plugins add route providers and response
+/// observers while they are built (before any plugin starts).
+public final class HTTPProxyPlugin: Plugin {
+    public static let name = "http"
+    public static let summary = "HTTP/1.1 reverse proxy: strict parsing, keep-alive pools, zero-copy bodies"
+    public static var defaultConfiguration: HTTPProxyConfiguration { HTTPProxyConfiguration() }
+
+    let shared: ProxyShared
+    let context: PluginContext
+    private let listeners = Mutex<[ListenerGroup]>([])
+
+    public init(configuration: HTTPProxyConfiguration, context: PluginContext) throws {
+        self.context = context
+        shared = ProxyShared(configuration: configuration, logger: context.logger)
+        // The static table answers first; providers added by other plugins come after it.
+        if !configuration.routes.isEmpty { shared.providers.append(StaticRoutes(routes: configuration.routes)) }
+    }
+
+    /// Adds a route provider (call from another plugin's `init`).
+    public func addRouteProvider(_ provider: any RouteProvider) {
+        shared.providers.append(provider)
+    }
+
+    public func addObserver(_ observer: any ResponseObserver) {
+        shared.observers.append(observer)
+    }
+
+    public func start() async throws {
+        shared.preparePools(loops: context.loops.count)
+        let shared = self.shared
+        for address in shared.configuration.listen {
+            let group = try ListenerGroup(address: address, loops: context.loops, logger: context.logger) { fd, loop in
+                loop.spawn {
+                    loop.openConnections.add(1, ordering: .relaxed)
+                    defer { loop.openConnections.subtract(1, ordering: .relaxed) }
+                    Socket.setNoDelay(fd)
+                    await ProxyConnection(loop: loop, client: fd, shared: shared).run()
+                }
+            }
+            listeners.withLock { $0.append(group) }
+        }
+    }
+
+    public func stopAccepting() async {
+        shared.stopAccepting()
+        for group in listeners.withLock({ $0 }) { await group.stop() }
+    }
+
+    public var endpoints: [String] {
+        let routes = shared.configuration.routes.map { route in
+            "route \(route.host ?? "*")\(route.pathPrefix) -> \(route.upstream)"
+        }
+        return listeners.withLock { $0.map { "http://\($0.boundAddress)" } } + routes
+    }
+}

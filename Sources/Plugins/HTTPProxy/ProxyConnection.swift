@@ -1,0 +1,529 @@
+import Glibc
+import HarpKernel
+import Logging
+
+/// One client connection, from accept to close, on the loop that accepted it: read a request
+/// head, ask the route providers, forward to an upstream from the pool, relay the response,
+/// and repeat while both sides keep the connection alive. Requests are handled one at a time,
+/// so pipelined requests are answered in order.
+final class ProxyConnection {
+    let loop: EventLoop
+    let client: Int32
+    let info: ClientInfo
+    let shared: ProxyShared
+    let inbound: ConnectionBuffer
+    private let clientIO = AsyncCompletion()
+    private let upstreamIO = AsyncCompletion()
+    private var scanned = 0
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+
+    init(loop: EventLoop, client: Int32, shared: ProxyShared) {
+        self.loop = loop
+        self.client = client
+        self.shared = shared
+        let peer = SocketAddress.peer(of: client) ?? .unix(path: "")
+        info = ClientInfo(peer: peer, isTrustedProxy: peer.hostBytes.map { bytes in
+            shared.configuration.trustedProxies.contains { $0.contains(bytes) }
+        } ?? false)
+        inbound = ConnectionBuffer(capacity: shared.configuration.maxHeaderSize + 16 * 1024)
+    }
+
+    deinit { scratch.deallocate() }
+
+    var config: HTTPProxyConfiguration { shared.configuration }
+
+    func run() async {
+        shared.metrics.connectionOpened()
+        defer {
+            close(client)
+            shared.metrics.connectionClosed()
+        }
+        while let (head, length) = await readRequestHead() {
+            inbound.consume(length)
+            scanned = 0
+            let exchange = Exchange(request: head, started: loop.now)
+            let keepAlive = await handle(head, exchange)
+            exchange.finished = loop.now
+            shared.record(exchange, client: info)
+            if !keepAlive { return }
+        }
+    }
+
+    // MARK: Reading the request head
+
+    /// The next request head, or nil when the connection should close (EOF, timeout, a bad
+    /// head — which has been answered).
+    private func readRequestHead() async -> (HTTPRequestHead, Int)? {
+        while true {
+            switch shared.parser.parseRequest(inbound.readable, scanFrom: scanned) {
+            case .complete(let head, let length):
+                return (head, length)
+            case .invalid(let error):
+                shared.logger.info("refused request", metadata: ["client": "\(info.peer)", "error": "\(error)"])
+                shared.metrics.refused(status: error.status)
+                await respond(status: error.status, keepAlive: false)
+                return nil
+            case .incomplete(let scannedSoFar):
+                scanned = scannedSoFar
+            }
+            let space = inbound.writable
+            if space.isEmpty {
+                await respond(status: 431, keepAlive: false)
+                return nil
+            }
+            let received = await loop.recv(client, into: space, timeout: config.clientTimeout.duration, using: clientIO)
+            guard received > 0 else { return nil }  // EOF, idle timeout or reset: just close
+            inbound.didWrite(Int(received))
+        }
+    }
+
+    // MARK: One exchange
+
+    /// Handles one request; returns whether the client connection stays open.
+    private func handle(_ original: HTTPRequestHead, _ exchange: Exchange) async -> Bool {
+        var request = original
+        let framing: BodyFraming
+        do {
+            framing = try MessageFraming.request(request)
+        } catch {
+            shared.logger.info("refused request", metadata: ["client": "\(info.peer)", "error": "\(error)"])
+            exchange.status = error.status
+            await respond(status: error.status, keepAlive: false)
+            return false
+        }
+        if case .length(let count) = framing, config.maxBodySize > 0, count > config.maxBodySize {
+            exchange.status = 413
+            await respond(status: 413, keepAlive: false)
+            return false
+        }
+        let hasBody = framing != .none
+        guard let decision = await shared.route(&request, client: info) else {
+            exchange.status = 404
+            await respond(status: 404, keepAlive: !hasBody && request.wantsKeepAlive)
+            return !hasBody && request.wantsKeepAlive
+        }
+        exchange.target = request.target
+        switch decision {
+        case .drop:
+            exchange.status = 0
+            return false
+        case .respond(let status, let body):
+            exchange.status = status
+            await respond(status: status, body: body, keepAlive: !hasBody && request.wantsKeepAlive)
+            return !hasBody && request.wantsKeepAlive
+        case .forward(let upstream):
+            exchange.upstream = upstream
+            return await forward(request, framing: framing, to: upstream, exchange)
+        }
+    }
+
+    private func forward(_ request: HTTPRequestHead, framing: BodyFraming, to upstream: Upstream,
+                         _ exchange: Exchange) async -> Bool {
+        // Answer 100-continue ourselves (as nginx does): the body then flows straight through.
+        let expectsContinue = request.headers.contains("Expect", token: "100-continue")
+        let answerContinue = expectsContinue && framing != .none && inbound.isEmpty
+        let head = HeaderRewrite.upstreamRequest(request, framing: framing, client: info, scheme: "http",
+                                                 answeredContinue: expectsContinue && framing != .none)
+        var headBytes: [UInt8] = []
+        headBytes.reserveCapacity(1024)
+        HeadWriter.request(head, into: &headBytes)
+
+        // A reused connection may have been closed by the upstream just now; an idempotent
+        // request without a body is retried once on a fresh connection if nothing came back.
+        var attempt = 0
+        while true {
+            attempt += 1
+            let connection: UpstreamConnection
+            switch await connect(upstream) {
+            case .success(let opened): connection = opened
+            case .failure(let status):
+                exchange.status = status
+                await respond(status: status, keepAlive: framing == .none && request.wantsKeepAlive)
+                return framing == .none && request.wantsKeepAlive
+            }
+            let outcome = await exchangeOnce(request, headBytes: headBytes, framing: framing, connection: connection,
+                                             answerContinue: answerContinue && attempt == 1, exchange)
+            switch outcome {
+            case .done(let keepAlive):
+                return keepAlive
+            case .retry where attempt == 1 && connection.reused && request.isIdempotent && framing == .none:
+                shared.logger.debug("reused upstream connection was closed; retrying", metadata: ["upstream": "\(upstream)"])
+                continue
+            case .retry, .upstreamFailed:
+                exchange.status = 502
+                await respond(status: 502, keepAlive: false)
+                return false
+            case .upstreamTimedOut:
+                exchange.status = 504
+                await respond(status: 504, keepAlive: false)
+                return false
+            case .clientGone:
+                return false
+            }
+        }
+    }
+
+    struct UpstreamConnection {
+        let fd: Int32
+        let reused: Bool
+    }
+
+    enum ConnectResult {
+        case success(UpstreamConnection)
+        case failure(status: Int)
+    }
+
+    private func connect(_ upstream: Upstream) async -> ConnectResult {
+        let pool = shared.pool(for: loop)
+        if let fd = pool.take(upstream, now: loop.now) { return .success(UpstreamConnection(fd: fd, reused: true)) }
+        let fd: Int32
+        do {
+            fd = try Socket.stream(family: upstream.address.family)
+        } catch {
+            shared.logger.error("cannot open a socket", metadata: ["upstream": "\(upstream)", "error": "\(error)"])
+            return .failure(status: 502)
+        }
+        let result = await loop.connect(fd, to: upstream.address, timeout: config.connectTimeout.duration, using: upstreamIO)
+        guard result == 0 else {
+            close(fd)
+            shared.metrics.upstreamConnectFailed()
+            shared.logger.warning("upstream connect failed", metadata: [
+                "upstream": "\(upstream)", "error": "\(String(cString: strerror(-result)))"])
+            return .failure(status: result == -ETIMEDOUT ? 504 : 502)
+        }
+        pool.noteOpened()
+        if case .ipv4 = upstream.address { Socket.setNoDelay(fd) } else if case .ipv6 = upstream.address { Socket.setNoDelay(fd) }
+        return .success(UpstreamConnection(fd: fd, reused: false))
+    }
+
+    enum ExchangeOutcome {
+        case done(keepAlive: Bool)
+        /// The upstream closed before answering anything; safe to retry if idempotent.
+        case retry
+        case upstreamFailed
+        case upstreamTimedOut
+        case clientGone
+    }
+
+    private func exchangeOnce(_ request: HTTPRequestHead, headBytes: [UInt8], framing: BodyFraming,
+                              connection: UpstreamConnection, answerContinue: Bool, _ exchange: Exchange) async -> ExchangeOutcome {
+        let upstream = connection.fd
+        var reusable = false
+        defer {
+            if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!, now: loop.now) } else { close(upstream) }
+        }
+        let sent = await send(headBytes, to: upstream, timeout: config.serverTimeout.duration, using: upstreamIO)
+        guard sent == 0 else { return connection.reused ? .retry : .upstreamFailed }
+
+        if answerContinue {
+            guard await sendToClient(Self.continueBytes) else { return .clientGone }
+        }
+        switch await forwardRequestBody(framing, to: upstream, exchange) {
+        case .ok: break
+        case .clientFailed: return .clientGone
+        case .upstreamFailed: return .upstreamFailed
+        case .tooLarge:
+            exchange.status = 413
+            await respond(status: 413, keepAlive: false)
+            return .clientGone
+        case .invalid(let error):
+            exchange.status = error.status
+            await respond(status: error.status, keepAlive: false)
+            return .clientGone
+        }
+
+        let response = ConnectionBuffer(capacity: config.maxHeaderSize + 16 * 1024)
+        while true {
+            let head: HTTPResponseHead
+            switch await readResponseHead(from: upstream, into: response) {
+            case .head(let parsed): head = parsed
+            case .closedEarly: return response.isEmpty && exchange.responseBytes == 0 ? .retry : .upstreamFailed
+            case .timedOut: return .upstreamTimedOut
+            case .invalid(let error):
+                shared.logger.warning("invalid upstream response", metadata: ["upstream": "\(exchange.upstream!)", "error": "\(error)"])
+                return .upstreamFailed
+            }
+            exchange.status = head.status
+            if head.status == 101 {
+                return await tunnel(head, upstream: upstream, buffered: response, exchange)
+            }
+            if head.status < 200 {
+                // 1xx interim responses (103 Early Hints, a 100 we did not answer) pass through.
+                var bytes: [UInt8] = []
+                HeadWriter.response(HeaderRewrite.clientResponse(head, framing: .none, keepAlive: true,
+                                                                 clientMinorVersion: request.minorVersion), into: &bytes)
+                if request.minorVersion >= 1 { guard await sendToClient(bytes) else { return .clientGone } }
+                continue
+            }
+            let responseFraming: BodyFraming
+            do {
+                responseFraming = try MessageFraming.response(head, requestMethod: request.method)
+            } catch {
+                return .upstreamFailed
+            }
+            let chunkedToOldClient = responseFraming == .chunked && request.minorVersion == 0
+            let clientKeepAlive = request.wantsKeepAlive && responseFraming != .untilClose && !chunkedToOldClient
+                && shared.acceptingNewRequests
+            var bytes: [UInt8] = []
+            HeadWriter.response(HeaderRewrite.clientResponse(head, framing: responseFraming, keepAlive: clientKeepAlive,
+                                                             clientMinorVersion: request.minorVersion), into: &bytes)
+            guard await sendToClient(bytes) else { return .clientGone }
+            switch await forwardResponseBody(responseFraming, from: upstream, buffered: response,
+                                             rechunk: !chunkedToOldClient, exchange) {
+            case .ok: break
+            case .clientFailed: return .clientGone
+            case .upstreamFailed, .invalid, .tooLarge: return .clientGone  // head already sent: cut the client off
+            }
+            let upstreamKeepAlive = head.minorVersion >= 1 && !head.headers.contains("Connection", token: "close")
+                && responseFraming != .untilClose && response.isEmpty
+            reusable = upstreamKeepAlive
+            return .done(keepAlive: clientKeepAlive)
+        }
+    }
+
+    static let continueBytes = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+
+    // MARK: Bodies
+
+    enum BodyResult {
+        case ok
+        case clientFailed
+        case upstreamFailed
+        case tooLarge
+        case invalid(HTTPError)
+    }
+
+    private func forwardRequestBody(_ framing: BodyFraming, to upstream: Int32, _ exchange: Exchange) async -> BodyResult {
+        switch framing {
+        case .none, .untilClose:
+            return .ok
+        case .length(let count):
+            let buffered = min(count, inbound.count)
+            if buffered > 0 {
+                let sent = await loop.sendAll(upstream, UnsafeRawBufferPointer(rebasing: inbound.readable[0..<buffered]),
+                                              timeout: config.serverTimeout.duration, using: upstreamIO)
+                inbound.consume(buffered)
+                guard sent == 0 else { return .upstreamFailed }
+            }
+            exchange.requestBytes += buffered
+            guard count > buffered else { return .ok }
+            // The rest goes socket -> pipe -> socket without entering user space.
+            let result = await loop.transfer(from: client, to: upstream, count: count - buffered,
+                                             idleTimeout: config.clientTimeout.duration)
+            exchange.requestBytes += result.forwardBytes
+            switch result.outcome {
+            case .finished: return .ok
+            case .failed(let side, _): return side == 0 ? .clientFailed : .upstreamFailed
+            case .endedEarly, .idleTimeout: return .clientFailed
+            }
+        case .chunked:
+            var decoder = ChunkedDecoder()
+            var out: [UInt8] = []
+            var total = 0
+            while true {
+                out.removeAll(keepingCapacity: true)
+                let consumed: Int
+                do {
+                    consumed = try decoder.feed(inbound.readable) { event in
+                        switch event {
+                        case .data(let range):
+                            total += range.count
+                            Self.appendChunk(inbound.readable, range, to: &out)
+                        case .end(let trailers):
+                            Self.appendLastChunk(trailers, to: &out)
+                        }
+                    }
+                } catch {
+                    return .invalid(error)
+                }
+                inbound.consume(consumed)
+                if config.maxBodySize > 0 && total > config.maxBodySize { return .tooLarge }
+                if !out.isEmpty {
+                    let sent = await send(out, to: upstream, timeout: config.serverTimeout.duration, using: upstreamIO)
+                    guard sent == 0 else { return .upstreamFailed }
+                }
+                if decoder.isDone {
+                    exchange.requestBytes += total
+                    return .ok
+                }
+                let space = inbound.writable
+                guard !space.isEmpty else { return .invalid(.bad("chunk line too long")) }
+                let received = await loop.recv(client, into: space, timeout: config.clientTimeout.duration, using: clientIO)
+                guard received > 0 else { return .clientFailed }
+                inbound.didWrite(Int(received))
+            }
+        }
+    }
+
+    private func forwardResponseBody(_ framing: BodyFraming, from upstream: Int32, buffered response: ConnectionBuffer,
+                                     rechunk: Bool, _ exchange: Exchange) async -> BodyResult {
+        switch framing {
+        case .none:
+            return .ok
+        case .length(let count):
+            let buffered = min(count, response.count)
+            if buffered > 0 {
+                guard await sendToClient(UnsafeRawBufferPointer(rebasing: response.readable[0..<buffered])) else { return .clientFailed }
+                response.consume(buffered)
+            }
+            exchange.responseBytes += buffered
+            guard count > buffered else { return .ok }
+            let result = await loop.transfer(from: upstream, to: client, count: count - buffered,
+                                             idleTimeout: config.serverTimeout.duration)
+            exchange.responseBytes += result.forwardBytes
+            switch result.outcome {
+            case .finished: return .ok
+            case .failed(let side, _): return side == 0 ? .upstreamFailed : .clientFailed
+            case .endedEarly, .idleTimeout: return .upstreamFailed
+            }
+        case .untilClose:
+            if !response.isEmpty {
+                guard await sendToClient(response.readable) else { return .clientFailed }
+                exchange.responseBytes += response.count
+                response.consume(response.count)
+            }
+            let result = await loop.transfer(from: upstream, to: client, count: Int.max, idleTimeout: config.serverTimeout.duration)
+            exchange.responseBytes += result.forwardBytes
+            switch result.outcome {
+            case .endedEarly, .finished: return .ok
+            case .failed(let side, _): return side == 0 ? .upstreamFailed : .clientFailed
+            case .idleTimeout: return .upstreamFailed
+            }
+        case .chunked:
+            var decoder = ChunkedDecoder()
+            var out: [UInt8] = []
+            while true {
+                out.removeAll(keepingCapacity: true)
+                let consumed: Int
+                do {
+                    consumed = try decoder.feed(response.readable) { event in
+                        switch event {
+                        case .data(let range):
+                            exchange.responseBytes += range.count
+                            if rechunk {
+                                Self.appendChunk(response.readable, range, to: &out)
+                            } else {
+                                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: response.readable[range]))
+                            }
+                        case .end(let trailers):
+                            if rechunk { Self.appendLastChunk(trailers, to: &out) }
+                        }
+                    }
+                } catch {
+                    return .invalid(error)
+                }
+                response.consume(consumed)
+                if !out.isEmpty {
+                    guard await sendToClient(out) else { return .clientFailed }
+                }
+                if decoder.isDone { return .ok }
+                let space = response.writable
+                guard !space.isEmpty else { return .upstreamFailed }
+                let received = await loop.recv(upstream, into: space, timeout: config.serverTimeout.duration, using: upstreamIO)
+                guard received > 0 else { return .upstreamFailed }
+                response.didWrite(Int(received))
+            }
+        }
+    }
+
+    /// `<hex size>\r\n<data>\r\n`: harp writes every chunk header itself (no extensions).
+    static func appendChunk(_ source: UnsafeRawBufferPointer, _ range: Range<Int>, to out: inout [UInt8]) {
+        guard !range.isEmpty else { return }
+        out.append(contentsOf: String(range.count, radix: 16).utf8)
+        out.append(0x0D); out.append(0x0A)
+        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: source[range]))
+        out.append(0x0D); out.append(0x0A)
+    }
+
+    static func appendLastChunk(_ trailers: [(String, String)], to out: inout [UInt8]) {
+        out.append(contentsOf: "0\r\n".utf8)
+        for (name, value) in trailers {
+            HeadWriter.append(name, to: &out)
+            out.append(contentsOf: ": ".utf8)
+            HeadWriter.append(value, to: &out)
+            out.append(0x0D); out.append(0x0A)
+        }
+        out.append(0x0D); out.append(0x0A)
+    }
+
+    // MARK: Response head and upgrades
+
+    enum ResponseHeadResult {
+        case head(HTTPResponseHead)
+        case closedEarly
+        case timedOut
+        case invalid(HTTPError)
+    }
+
+    private func readResponseHead(from upstream: Int32, into buffer: ConnectionBuffer) async -> ResponseHeadResult {
+        var scannedResponse = 0
+        while true {
+            switch shared.parser.parseResponse(buffer.readable, scanFrom: scannedResponse) {
+            case .complete(let head, let length):
+                buffer.consume(length)
+                return .head(head)
+            case .invalid(let error):
+                return .invalid(error)
+            case .incomplete(let scannedSoFar):
+                scannedResponse = scannedSoFar
+            }
+            let space = buffer.writable
+            guard !space.isEmpty else { return .invalid(HTTPError(502, "response head too large")) }
+            let received = await loop.recv(upstream, into: space, timeout: config.serverTimeout.duration, using: upstreamIO)
+            if received == -ETIMEDOUT { return .timedOut }
+            guard received > 0 else { return .closedEarly }
+            buffer.didWrite(Int(received))
+        }
+    }
+
+    /// 101 Switching Protocols: pass the head on, flush what each side already sent, then
+    /// splice both ways until both are done (idle limit: the tunnel timeout).
+    private func tunnel(_ head: HTTPResponseHead, upstream: Int32, buffered response: ConnectionBuffer,
+                        _ exchange: Exchange) async -> ExchangeOutcome {
+        var bytes: [UInt8] = []
+        HeadWriter.response(HeaderRewrite.clientResponse(head, framing: .none, keepAlive: true, clientMinorVersion: 1), into: &bytes)
+        if !response.isEmpty { bytes.append(contentsOf: response.readable) }
+        guard await sendToClient(bytes) else { return .clientGone }
+        if !inbound.isEmpty {
+            let sent = await loop.sendAll(upstream, inbound.readable, timeout: config.serverTimeout.duration, using: upstreamIO)
+            inbound.consume(inbound.count)
+            guard sent == 0 else { return .clientGone }
+        }
+        shared.metrics.tunnelOpened()
+        let result = await loop.relay(client, upstream, idleTimeout: config.tunnelTimeout.duration)
+        shared.metrics.tunnelClosed()
+        exchange.requestBytes += result.forwardBytes
+        exchange.responseBytes += result.backwardBytes
+        return .done(keepAlive: false)
+    }
+
+    // MARK: Writing to the client
+
+    private func sendToClient(_ bytes: [UInt8]) async -> Bool {
+        await send(bytes, to: client, timeout: config.clientTimeout.duration, using: clientIO) == 0
+    }
+
+    /// Sends an array through the connection's fixed scratch buffer: the ring needs memory
+    /// that stays put across the await, which an array's storage does not promise.
+    private func send(_ bytes: [UInt8], to fd: Int32, timeout: Duration, using record: AsyncCompletion) async -> Int32 {
+        var offset = 0
+        while offset < bytes.count {
+            let count = min(scratch.count, bytes.count - offset)
+            bytes.withUnsafeBytes { source in
+                scratch.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + count]))
+            }
+            let sent = await loop.sendAll(fd, UnsafeRawBufferPointer(rebasing: scratch[0..<count]), timeout: timeout, using: record)
+            if sent != 0 { return sent }
+            offset += count
+        }
+        return 0
+    }
+
+    private func sendToClient(_ bytes: UnsafeRawBufferPointer) async -> Bool {
+        await loop.sendAll(client, bytes, timeout: config.clientTimeout.duration, using: clientIO) == 0
+    }
+
+    private func respond(status: Int, body: String? = nil, keepAlive: Bool) async {
+        _ = await sendToClient(CannedResponse.bytes(status: status, body: body, keepAlive: keepAlive))
+    }
+}

@@ -1,0 +1,51 @@
+import HarpKernel
+
+/// What a route provider decided for one request.
+public enum RouteDecision: Sendable {
+    /// Proxy to `upstream`, after the provider has rewritten the head as it needs.
+    case forward(Upstream)
+    /// Answer the client directly (`text/plain` body).
+    case respond(status: Int, body: String)
+    /// Close the connection without any response.
+    case drop
+}
+
+/// Who a request came from, as the proxy knows it.
+public struct ClientInfo: Sendable {
+    /// The peer of the TCP connection.
+    public let peer: SocketAddress
+    /// Whether the peer is in the trusted-proxy list (its X-Forwarded-* headers count).
+    public let isTrustedProxy: Bool
+}
+
+/// Decides who handles a request (ExApps, WebDAV, the static route table). Providers are
+/// asked in registration order; the first non-nil decision wins, and nil from all is 404.
+///
+/// `route` runs on the client connection's loop once per request, after the head has been
+/// parsed and validated and before any byte of the body has been read. It may change the
+/// head (path, headers) in place; the proxy then removes hop-by-hop headers and sets the
+/// X-Forwarded-* headers itself.
+public protocol RouteProvider: Sendable {
+    func route(_ request: inout HTTPRequestHead, client: ClientInfo) async -> RouteDecision?
+}
+
+/// The `[[http.routes]]` table: host (optional) and path prefix, first match wins.
+struct StaticRoutes: RouteProvider {
+    let routes: [HTTPProxyConfiguration.Route]
+
+    func route(_ request: inout HTTPRequestHead, client: ClientInfo) async -> RouteDecision? {
+        let host = request.hostWithoutPort
+        let path = request.path
+        for route in routes {
+            if let wanted = route.host, wanted != host { continue }
+            guard path.hasPrefix(route.pathPrefix) else { continue }
+            if route.stripPrefix && route.pathPrefix != "/" {
+                var rest = String(request.target.dropFirst(route.pathPrefix.count))
+                if !rest.hasPrefix("/") { rest = "/" + rest }
+                request.target = rest
+            }
+            return .forward(route.upstream)
+        }
+        return nil
+    }
+}

@@ -1,0 +1,63 @@
+import Glibc
+import HarpKernel
+
+/// Idle keep-alive connections to upstreams, one pool per loop (connections never change
+/// loops, so no lock). Stale connections are noticed when taken: a peek that does not say
+/// "nothing to read yet" means the upstream closed it or sent junk, and it is discarded.
+final class UpstreamPool {
+    private struct Idle {
+        let fd: Int32
+        let since: UInt64
+    }
+
+    private var idle: [Upstream: [Idle]] = [:]
+    private let maxPerUpstream: Int
+    private let idleLimit: UInt64
+    /// Connections opened, for tests and metrics (keep-alive reuse shows as few opens).
+    private(set) var opened = 0
+
+    init(maxPerUpstream: Int, idleTimeout: Duration) {
+        self.maxPerUpstream = maxPerUpstream
+        let (seconds, attoseconds) = idleTimeout.components
+        idleLimit = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+    }
+
+    /// A live idle connection to `upstream`, most recently used first.
+    func take(_ upstream: Upstream, now: UInt64) -> Int32? {
+        while let connection = idle[upstream]?.popLast() {
+            if now &- connection.since <= idleLimit && Self.isQuiet(connection.fd) { return connection.fd }
+            close(connection.fd)
+        }
+        return nil
+    }
+
+    func give(_ fd: Int32, to upstream: Upstream, now: UInt64) {
+        var list = idle[upstream, default: []]
+        // Evict the oldest first when full, and any that outlived the idle limit.
+        list.removeAll { stale in
+            let expired = now &- stale.since > idleLimit
+            if expired { close(stale.fd) }
+            return expired
+        }
+        if list.count >= maxPerUpstream, let oldest = list.first {
+            close(oldest.fd)
+            list.removeFirst()
+        }
+        if maxPerUpstream > 0 { list.append(Idle(fd: fd, since: now)) } else { close(fd) }
+        idle[upstream] = list
+    }
+
+    func noteOpened() { opened += 1 }
+
+    /// An idle keep-alive connection must have nothing to read: EOF or bytes mean it is done.
+    private static func isQuiet(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        let result = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        return result < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+    }
+
+    func closeAll() {
+        for list in idle.values { for connection in list { close(connection.fd) } }
+        idle.removeAll()
+    }
+}
