@@ -56,6 +56,18 @@ public final class TestSocket {
         return bytes
     }
 
+    /// Reads until the received text contains `marker` (or EOF); returns all of it.
+    public func receiveUntil(_ marker: String) throws -> String {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while !String(decoding: out, as: UTF8.self).contains(marker) {
+            let count = Glibc.recv(fd, &chunk, chunk.count, 0)
+            guard count > 0 else { break }
+            out.append(contentsOf: chunk[0..<count])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// One recv: returns 0 at end-of-stream, or -errno.
     public func receiveOnce(into buffer: inout [UInt8]) -> Int {
         let count = buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0) }

@@ -10,6 +10,8 @@ public final class Exchange: @unchecked Sendable {
     public var upstream: Upstream?
     public var requestBytes = 0
     public var responseBytes = 0
+    /// The request body has been read to its end (so the client connection can go on).
+    public var requestBodyDone = false
     public let started: UInt64
     public var finished: UInt64 = 0
 

@@ -149,14 +149,13 @@ final class ProxyConnection {
             case .retry where attempt == 1 && connection.reused && request.isIdempotent && framing == .none:
                 shared.logger.debug("reused upstream connection was closed; retrying", metadata: ["upstream": "\(upstream)"])
                 continue
-            case .retry, .upstreamFailed:
-                exchange.status = 502
-                await respond(status: 502, keepAlive: false)
-                return false
-            case .upstreamTimedOut:
-                exchange.status = 504
-                await respond(status: 504, keepAlive: false)
-                return false
+            case .retry, .upstreamFailed, .upstreamTimedOut:
+                // The client may go on if its whole request has been read.
+                let status = outcome == .upstreamTimedOut ? 504 : 502
+                let keepAlive = request.wantsKeepAlive && (framing == .none || exchange.requestBodyDone)
+                exchange.status = status
+                await respond(status: status, keepAlive: keepAlive)
+                return keepAlive
             case .clientGone:
                 return false
             }
@@ -196,7 +195,7 @@ final class ProxyConnection {
         return .success(UpstreamConnection(fd: fd, reused: false))
     }
 
-    enum ExchangeOutcome {
+    enum ExchangeOutcome: Equatable {
         case done(keepAlive: Bool)
         /// The upstream closed before answering anything; safe to retry if idempotent.
         case retry
@@ -219,7 +218,7 @@ final class ProxyConnection {
             guard await sendToClient(Self.continueBytes) else { return .clientGone }
         }
         switch await forwardRequestBody(framing, to: upstream, exchange) {
-        case .ok: break
+        case .ok: exchange.requestBodyDone = true
         case .clientFailed: return .clientGone
         case .upstreamFailed: return .upstreamFailed
         case .tooLarge:

@@ -1,0 +1,145 @@
+import Foundation
+import Glibc
+import HarpKernel
+import Synchronization
+
+/// A deliberately plain HTTP/1.1 origin (thread per connection, lenient parsing, like many
+/// real backends): it counts the requests it sees, so a smuggled second request shows up.
+///
+/// - `/hash`: answers `<sha256> <bytes>` of the request body (Content-Length or chunked).
+/// - `/headers`: answers the request head it received, verbatim.
+/// - `/chunked/<n>`: answers n bytes of 'x' in chunks of 1000.
+/// - `/slow/<ms>`: waits, then answers "slow".
+/// - `/close`: answers with `Connection: close` and no length (body until close).
+/// - anything else: "ok".
+public final class HTTPTestOrigin: @unchecked Sendable {
+    // @unchecked Sendable: counters are atomics; the rest is immutable after init.
+    public let address: SocketAddress
+    private let listener: Int32
+    public let connections = Atomic<Int>(0)
+    public let requests = Atomic<Int>(0)
+    private let lastHeads = Mutex<[String]>([])
+
+    public init() throws {
+        listener = try Socket.listen(on: loopback(0), reusePort: false)
+        address = SocketAddress.local(of: listener)!
+        Thread { [self] in
+            while true {
+                let client = accept(listener, nil, nil)
+                guard client >= 0 else { return }
+                connections.add(1, ordering: .relaxed)
+                Thread { self.serve(client) }.start()
+            }
+        }.start()
+    }
+
+    public var heads: [String] { lastHeads.withLock { $0 } }
+
+    public func stop() {
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+    }
+
+    private func serve(_ fd: Int32) {
+        defer { close(fd) }
+        var buffer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        func fill() -> Bool {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            guard count > 0 else { return false }
+            buffer.append(contentsOf: chunk[0..<count])
+            return true
+        }
+        while true {
+            var headEnd: Int?
+            while headEnd == nil {
+                headEnd = buffer.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound
+                if headEnd == nil && !fill() { return }
+            }
+            let headText = String(decoding: buffer[0..<headEnd!], as: UTF8.self)
+            buffer.removeFirst(headEnd!)
+            requests.add(1, ordering: .relaxed)
+            lastHeads.withLock { $0.append(headText) }
+            let lines = headText.components(separatedBy: "\r\n")
+            let target = lines[0].split(separator: " ").dropFirst().first.map(String.init) ?? "/"
+            func header(_ name: String) -> String? {
+                lines.dropFirst().first { $0.lowercased().hasPrefix(name.lowercased() + ":") }
+                    .map { String($0.dropFirst(name.count + 1)).trimmingCharacters(in: .whitespaces) }
+            }
+            let hash = SHA256()
+            var bodyBytes = 0
+            if let length = header("Content-Length").flatMap(Int.init) {
+                // Hash as it arrives: bodies may be a gigabyte.
+                while bodyBytes < length {
+                    if buffer.isEmpty && !fill() { return }
+                    let take = min(buffer.count, length - bodyBytes)
+                    buffer.withUnsafeBytes { hash.update(UnsafeRawBufferPointer(rebasing: $0[0..<take])) }
+                    buffer.removeFirst(take)
+                    bodyBytes += take
+                }
+            } else if header("Transfer-Encoding")?.lowercased() == "chunked" {
+                while true {
+                    var lineEnd: Int?
+                    while lineEnd == nil {
+                        lineEnd = buffer.firstRange(of: Array("\r\n".utf8))?.lowerBound
+                        if lineEnd == nil && !fill() { return }
+                    }
+                    let sizeText = String(decoding: buffer[0..<lineEnd!], as: UTF8.self).split(separator: ";").first ?? ""
+                    guard let size = Int(sizeText, radix: 16) else { return }
+                    buffer.removeFirst(lineEnd! + 2)
+                    if size == 0 {
+                        while buffer.firstRange(of: Array("\r\n".utf8)) == nil { if !fill() { return } }
+                        // Skip trailers up to the empty line.
+                        while let end = buffer.firstRange(of: Array("\r\n".utf8)) {
+                            let empty = end.lowerBound == 0
+                            buffer.removeFirst(end.upperBound)
+                            if empty { break }
+                            while buffer.firstRange(of: Array("\r\n".utf8)) == nil { if !fill() { return } }
+                        }
+                        break
+                    }
+                    while buffer.count < size + 2 { if !fill() { return } }
+                    hash.update(Array(buffer[0..<size]))
+                    bodyBytes += size
+                    buffer.removeFirst(size + 2)
+                }
+            }
+            var response: [UInt8]
+            var closeAfter = false
+            if target.hasPrefix("/hash") {
+                response = Self.response("\(hash.finalizeHex()) \(bodyBytes)")
+            } else if target.hasPrefix("/headers") {
+                response = Self.response(headText)
+            } else if target.hasPrefix("/chunked/"), let count = Int(target.dropFirst(9)) {
+                var out = Array("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
+                var left = count
+                while left > 0 {
+                    let size = min(1000, left)
+                    out += Array("\(String(size, radix: 16));ext=1\r\n".utf8) + [UInt8](repeating: 0x78, count: size) + Array("\r\n".utf8)
+                    left -= size
+                }
+                out += Array("0\r\nX-Trailer: done\r\n\r\n".utf8)
+                response = out
+            } else if target.hasPrefix("/slow/"), let ms = UInt32(target.dropFirst(6)) {
+                usleep(ms * 1000)
+                response = Self.response("slow")
+            } else if target.hasPrefix("/close") {
+                response = Array("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close".utf8)
+                closeAfter = true
+            } else {
+                response = Self.response("ok")
+            }
+            var offset = 0
+            while offset < response.count {
+                let sent = response[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if sent <= 0 { return }
+                offset += sent
+            }
+            if closeAfter { return }
+        }
+    }
+
+    static func response(_ body: String) -> [UInt8] {
+        Array("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+    }
+}
