@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Only what Swift's importer cannot reach, plus the system libraries harp links.
@@ -38,18 +39,25 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: strictSettings
         ),
         .target(
             name: "TCPForward",
-            dependencies: ["HarpKernel"],
+            dependencies: ["HarpKernel", .product(name: "CoreMetrics", package: "swift-metrics")],
             path: "Sources/Plugins/TCPForward",
             swiftSettings: strictSettings
         ),
         .target(
-            name: "HTTPProxy",
+            name: "Admin",
             dependencies: ["HarpKernel"],
+            path: "Sources/Plugins/Admin",
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "HTTPProxy",
+            dependencies: ["HarpKernel", .product(name: "CoreMetrics", package: "swift-metrics")],
             path: "Sources/Plugins/HTTPProxy",
             swiftSettings: strictSettings
         ),
@@ -59,6 +67,7 @@ let package = Package(
                 "HarpKernel",
                 "TCPForward",
                 "HTTPProxy",
+                "Admin",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

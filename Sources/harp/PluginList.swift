@@ -1,3 +1,4 @@
+import Admin
 import HTTPProxy
 import HarpKernel
 import TCPForward
@@ -7,4 +8,5 @@ import TCPForward
 let registeredPlugins = PluginRegistry([
     TCPForwardPlugin.self,
     HTTPProxyPlugin.self,
+    AdminPlugin.self,
 ])

@@ -59,7 +59,8 @@ struct HTTPProxyIntegrationTests {
         try FileManager.default.createDirectory(atPath: files, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: files) }
         let port = freePort()
-        let harp = try HarpProcess.serve(Self.config(port: port, routes: Self.route("http://\(origin.address)")))
+        let harp = try HarpProcess.serve(Self.config(port: port, routes: Self.route("http://\(origin.address)"),
+                                                     extra: "").replacingOccurrences(of: "[harp]", with: "[harp]\nlog_level = \"debug\""))
         for (name, size) in [("empty", 0), ("1k", 1024), ("100m", 100 << 20), ("1g", 1 << 30)] {
             let path = files + "/" + name
             try NginxOrigin.writeRandomFile(path, size: size)
@@ -67,7 +68,10 @@ struct HTTPProxyIntegrationTests {
             for method in ["POST", "PUT"] {
                 // -T streams the file (curl would load --data-binary into memory).
                 let got = try shell("curl -sf -X \(method) -T \(path) http://127.0.0.1:\(port)/hash").output
-                #expect(got == "\(expected) \(size)", "\(method) \(name): \(harp.stderr.suffix(1500))")
+                if got != "\(expected) \(size)" {
+                    try? harp.stderr.write(toFile: "/tmp/harp-upload-failure.log", atomically: true, encoding: .utf8)
+                }
+                #expect(got == "\(expected) \(size)", "\(method) \(name); harp's log: /tmp/harp-upload-failure.log")
             }
             if size > 0 && size <= 100 << 20 {
                 let chunked = try shell("curl -sf -X POST -H 'Transfer-Encoding: chunked' -T \(path) http://127.0.0.1:\(port)/hash").output
@@ -202,6 +206,28 @@ struct HTTPProxyIntegrationTests {
         #expect(old == "ok")
         let big = try shell("head -c 1000 /dev/zero | curl -s -o /dev/null -w '%{http_code}' --data-binary @- http://127.0.0.1:\(port)/hash").output
         #expect(big == "413")
+        #expect(try harp.stop() == 0)
+    }
+
+    @Test("the admin endpoint exports request, connection, byte and error metrics")
+    func metrics() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort(), adminPort = freePort(), dead = freePort()
+        let routes = Self.route("http://127.0.0.1:\(dead)", prefix: "/dead/") + "\n" + Self.route("http://\(origin.address)")
+        let harp = try HarpProcess.serve(Self.config(port: port, routes: routes) + "\n[admin]\nlisten = \"127.0.0.1:\(adminPort)\"\n")
+        for _ in 0..<5 { _ = try shell("curl -sf http://127.0.0.1:\(port)/x") }
+        _ = try shell("curl -s http://127.0.0.1:\(port)/dead/x")
+        _ = try shell("printf 'BAD\\r\\n\\r\\n' | curl -s telnet://127.0.0.1:\(port) --max-time 2")
+        let text = try shell("curl -sf http://127.0.0.1:\(adminPort)/metrics").output
+        #expect(text.contains("harp_http_requests_total{class=\"2xx\"} 5"), "\(text)")
+        #expect(text.contains("harp_http_requests_total{class=\"5xx\"} 1"))
+        #expect(text.contains("harp_http_requests_total{class=\"4xx\"} 1"))
+        #expect(text.contains("harp_http_upstream_connect_errors_total 1"))
+        #expect(text.contains("harp_http_bytes_total{direction=\"to_client\"} 10"))
+        #expect(text.contains("harp_http_active_connections 0.0"))
+        #expect(text.contains("harp_http_request_duration_seconds_count 6"), "the refused request is counted, not timed")
+        #expect(try shell("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:\(adminPort)/nope").output == "404")
         #expect(try harp.stop() == 0)
     }
 

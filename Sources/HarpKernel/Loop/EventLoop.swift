@@ -207,6 +207,14 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
+    /// Monotonic nanoseconds at full resolution (vDSO, ~20 ns): for latencies, where the
+    /// coarse clock's few milliseconds of granularity would hide everything.
+    public static func preciseNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
     /// Keeps a read posted on the eventfd so that `enqueue` from another thread wakes the ring.
     private final class WakeRead: IOCompletion, @unchecked Sendable {
         unowned let loop: EventLoop

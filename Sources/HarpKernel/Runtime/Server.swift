@@ -45,6 +45,7 @@ public final class Server {
     /// Starts loops and plugins. On failure everything started so far is stopped again.
     public func start() throws(Failure) {
         raiseFileLimit()
+        MetricsExport.bootstrap()
         do {
             for index in 0..<config.settings.loopCount {
                 loops.append(try EventLoop(index: index, ringEntries: UInt32(config.settings.ringEntries)))

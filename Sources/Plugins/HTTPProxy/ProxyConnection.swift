@@ -41,9 +41,9 @@ final class ProxyConnection {
         while let (head, length) = await readRequestHead() {
             inbound.consume(length)
             scanned = 0
-            let exchange = Exchange(request: head, started: loop.now)
+            let exchange = Exchange(request: head, started: EventLoop.preciseNanos())
             let keepAlive = await handle(head, exchange)
-            exchange.finished = loop.now
+            exchange.finished = EventLoop.preciseNanos()
             shared.record(exchange, client: info)
             if !keepAlive { return }
         }

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Glibc
 import HarpKernel
 import Logging
@@ -45,7 +46,13 @@ public final class TCPForwardPlugin: Plugin {
     }
 
     /// One client connection, from accept to close, on the loop that accepted it.
+    static let connections = Counter(label: "harp_tcp_connections_total")
+    static let connectErrors = Counter(label: "harp_tcp_upstream_connect_errors_total")
+    static let bytesToUpstream = Counter(label: "harp_tcp_bytes_total", dimensions: [("direction", "to_upstream")])
+    static let bytesToClient = Counter(label: "harp_tcp_bytes_total", dimensions: [("direction", "to_client")])
+
     static func serve(client: Int32, forward: TCPForwardConfiguration.Forward, loop: EventLoop, logger: Logger) async {
+        connections.increment()
         loop.openConnections.add(1, ordering: .relaxed)
         defer {
             close(client)
@@ -62,6 +69,7 @@ public final class TCPForwardPlugin: Plugin {
         defer { close(upstream) }
         let connected = await loop.connect(upstream, to: forward.upstream, timeout: forward.connectTimeout.duration, using: record)
         guard connected == 0 else {
+            connectErrors.increment()
             logger.warning("upstream unreachable; closing client",
                            metadata: ["upstream": "\(forward.upstream)", "error": "\(String(cString: strerror(-connected)))"])
             return
@@ -69,6 +77,8 @@ public final class TCPForwardPlugin: Plugin {
         if forward.upstream.family != AF_UNIX { Socket.setNoDelay(upstream) }
         Socket.setNoDelay(client)
         let result = await loop.relay(client, upstream, idleTimeout: forward.idleTimeout.duration)
+        bytesToUpstream.increment(by: result.forwardBytes)
+        bytesToClient.increment(by: result.backwardBytes)
         logger.debug("relay ended", metadata: [
             "upstream": "\(forward.upstream)", "outcome": "\(result)",
             "to_upstream": "\(result.forwardBytes)", "to_client": "\(result.backwardBytes)",

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# bench/http.sh — harp's http plugin vs nginx (proxy) vs HAProxy, each with one worker/loop,
+# in front of one nginx origin on loopback. Rounds alternate the proxies; medians and ratios.
+#
+#   bench/http.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds, 5 s per wrk run)
+#
+# Measures: wrk -t1 -c50 req/s and p99 on 1 KiB; wrk -t1 -c16 req/s on 1 MiB; curl GB/s on
+# 2 GiB; proxy CPU seconds per GB (2 GiB download) and CPU µs per request (1 KiB run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-5}
+SECS=${2:-5}
+OUT=$PWD/bench/out/http
+mkdir -p "$OUT/html" "$OUT/logs"
+
+for tool in haproxy wrk nginx; do
+  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy wrk nginx >/dev/null; }
+done
+swift build -c release --product harp >/dev/null
+HARP=$PWD/.build/release/harp
+
+[ -f "$OUT/html/1k" ] || head -c 1024 /dev/urandom > "$OUT/html/1k"
+[ -f "$OUT/html/1m" ] || head -c $((1 << 20)) /dev/urandom > "$OUT/html/1m"
+[ -f "$OUT/html/2g" ] || head -c $((2 << 30)) /dev/urandom > "$OUT/html/2g"
+
+ORIGIN=19101 HARP_PORT=19102 NGINX_PORT=19103 HAPROXY_PORT=19104
+common_nginx() {
+  cat <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT/$1.pid;
+error_log $OUT/logs/$1-error.log;
+events { worker_connections 4096; }
+CONF
+}
+{ common_nginx origin; cat <<CONF
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  client_body_temp_path $OUT/origin-body;
+  server { listen 127.0.0.1:$ORIGIN backlog=4096; root $OUT/html; }
+}
+CONF
+} > "$OUT/origin.conf"
+{ common_nginx proxy; cat <<CONF
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $OUT/proxy-body;
+  proxy_temp_path $OUT/proxy-temp;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT backlog=4096;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+CONF
+} > "$OUT/proxy.conf"
+cat > "$OUT/haproxy.cfg" <<CFG
+global
+    nbthread 1
+    maxconn 10000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option splice-response
+    http-reuse always
+frontend web
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend origin
+backend origin
+    server origin 127.0.0.1:$ORIGIN
+CFG
+cat > "$OUT/harp.toml" <<TOML
+[harp]
+threads = 1
+log_level = "error"
+[http]
+listen = ["127.0.0.1:$HARP_PORT"]
+access_log = false
+upstream_keepalive = 64
+[[http.routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:$ORIGIN"
+TOML
+
+nginx -p "$OUT" -c "$OUT/origin.conf" & ORIGIN_PID=$!
+nginx -p "$OUT" -c "$OUT/proxy.conf" & NGINX_PID=$!
+haproxy -f "$OUT/haproxy.cfg" -db > "$OUT/logs/haproxy.log" 2>&1 & HAPROXY_PID=$!
+$HARP serve --config "$OUT/harp.toml" > "$OUT/logs/harp.log" 2>&1 & HARP_PID=$!
+trap 'kill $ORIGIN_PID $NGINX_PID $HAPROXY_PID $HARP_PID 2>/dev/null || true' EXIT
+sleep 1
+
+ticks=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+port_of() { case $1 in harp) echo $HARP_PORT;; nginx) echo $NGINX_PORT;; haproxy) echo $HAPROXY_PORT;; esac; }
+pid_of() { case $1 in harp) echo $HARP_PID;; nginx) echo $NGINX_PID;; haproxy) echo $HAPROXY_PID;; esac; }
+
+# wrk run: prints "req/s p99_ms cpu_us_per_request"
+wrk_run() {
+  local who=$1 conns=$2 file=$3 pid; pid=$(pid_of "$who")
+  local before; before=$(cpu "$pid")
+  local text; text=$(wrk -t1 -c"$conns" -d"${SECS}s" --latency "http://127.0.0.1:$(port_of "$who")/$file")
+  local after; after=$(cpu "$pid")
+  echo "$text" | awk -v t="$ticks" -v c=$((after - before)) '
+    /Requests\/sec/ { rps = $2 }
+    /^ +99%/ { v = $2; if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0; else ms = v * 1000 }
+    /requests in/ { n = $1 }
+    END { printf "%.0f %.3f %.2f\n", rps, ms, (c / t) * 1e6 / n }'
+}
+
+# 2 GiB download: prints "GB/s cpu_s_per_GB"
+big_run() {
+  local who=$1 pid; pid=$(pid_of "$who")
+  local before; before=$(cpu "$pid")
+  local speed; speed=$(curl -s -o /dev/null -w '%{speed_download} %{size_download}' "http://127.0.0.1:$(port_of "$who")/2g")
+  local after; after=$(cpu "$pid")
+  echo "$speed" | awk -v t="$ticks" -v c=$((after - before)) '{ gb = $2 / 1e9; printf "%.3f %.4f\n", $1 / 1e9, (c / t) / gb }'
+}
+
+: > "$OUT/results.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  order=(harp nginx haproxy)
+  for ((i = 0; i < round % 3; i++)); do order=("${order[@]:1}" "${order[0]}"); done
+  for who in "${order[@]}"; do
+    small=$(wrk_run "$who" 50 1k); big=$(wrk_run "$who" 16 1m); huge=$(big_run "$who")
+    echo "$who $small $big $huge" >> "$OUT/results.txt"
+    echo "round $round $who: 1k[rps p99ms us/req]=$small 1m[rps p99ms us/req]=$big 2g[GB/s cpu/GB]=$huge"
+  done
+done
+
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+col() { grep "^$1 " "$OUT/results.txt" | awk -v c="$2" '{ print $c }' | median; }
+echo
+printf "%-8s %12s %10s %10s %12s %10s %12s\n" proxy "1KiB req/s" "p99 ms" "us/req" "1MiB req/s" "2GiB GB/s" "CPU s/GB"
+for who in harp nginx haproxy; do
+  printf "%-8s %12s %10s %10s %12s %10s %12s\n" $who "$(col $who 2)" "$(col $who 3)" "$(col $who 4)" "$(col $who 5)" "$(col $who 8)" "$(col $who 9)"
+done
+echo
+for other in nginx haproxy; do
+  awk -v a="$(col harp 2)" -v b="$(col $other 2)" -v p="$(col harp 3)" -v q="$(col $other 3)" -v g="$(col harp 8)" -v h="$(col $other 8)" \
+      -v c="$(col harp 9)" -v d="$(col $other 9)" -v m="$(col harp 5)" -v n="$(col $other 5)" -v other=$other 'BEGIN {
+    printf "harp/%s: 1KiB req/s %.2fx, p99 %.2fx, 1MiB req/s %.2fx, 2GiB GB/s %.2fx, CPU/GB %.2fx\n", other, a / b, p / q, m / n, g / h, c / d }'
+done
