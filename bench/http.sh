@@ -7,6 +7,7 @@
 # Measures: wrk -t1 -c50 req/s and p99 on 1 KiB; wrk -t1 -c16 req/s on 1 MiB; curl GB/s on
 # 2 GiB; proxy CPU seconds per GB (2 GiB download) and CPU µs per request (1 KiB run).
 set -euo pipefail
+ulimit -n 65536 2>/dev/null || true
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 SECS=${2:-5}
@@ -66,7 +67,7 @@ CONF
 cat > "$OUT/haproxy.cfg" <<CFG
 global
     nbthread 1
-    maxconn 10000
+    maxconn 4000
 defaults
     mode http
     timeout connect 5s

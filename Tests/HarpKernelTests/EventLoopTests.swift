@@ -66,6 +66,28 @@ struct EventLoopTests {
         #expect(result == -ECANCELED)
     }
 
+    @Test("an operation with a timeout returns ETIMEDOUT once it passes; one that completes in time keeps its result")
+    func operationTimeout() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let (a, b) = Self.socketPair()
+        defer { close(a); close(b) }
+        let (timedOut, elapsed, received) = await loop.spawn { () -> (Int32, Duration, Int32) in
+            let record = AsyncCompletion()
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
+            defer { buffer.deallocate() }
+            let start = ContinuousClock.now
+            let first = await loop.recv(a, into: buffer, timeout: .milliseconds(150), using: record)
+            let elapsed = ContinuousClock.now - start
+            _ = Glibc.send(b, "hi", 2, 0)
+            let second = await loop.recv(a, into: buffer, timeout: .seconds(5), using: record)
+            return (first, elapsed, second)
+        }.value
+        #expect(timedOut == -ETIMEDOUT)
+        #expect(elapsed >= .milliseconds(140) && elapsed < .seconds(2), "\(elapsed)")
+        #expect(received == 2)
+    }
+
     @Test("10,000 concurrent operations across 500 tasks all complete")
     func manyConcurrentOperations() async throws {
         let loop = try EventLoop(index: 0)

@@ -23,6 +23,12 @@ open class IOCompletion: @unchecked Sendable {
 /// A completion record that a task awaits: one suspension per operation, no allocation.
 public final class AsyncCompletion: IOCompletion, @unchecked Sendable {
     var continuation: UnsafeContinuation<Int32, Never>?
+    /// Monotonic nanoseconds after which the pending operation is cancelled (0: none).
+    var deadline: UInt64 = 0
+    /// Set by the deadline sweep when it cancelled the operation.
+    var timedOut = false
+    /// Whether the record is in its loop's deadline list.
+    var watched = false
     /// Arguments the kernel reads when the entry is submitted (not when it is prepared):
     /// a timeout's timespec and a socket address. Allocated once per record.
     let timespec = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)

@@ -54,11 +54,6 @@ final class Ring {
         return sqe
     }
 
-    /// Makes sure `count` entries can be taken without a submit in between (linked pairs).
-    func reserve(_ count: UInt32) {
-        if io_uring_sq_space_left(&ring) < count { _ = io_uring_submit(&ring) }
-    }
-
     /// Submits what is queued and, when `wait` is true, blocks until one completion arrives.
     func submit(wait: Bool) {
         let rc = io_uring_submit_and_wait(&ring, wait ? 1 : 0)

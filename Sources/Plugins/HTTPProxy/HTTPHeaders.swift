@@ -52,7 +52,16 @@ extension StringProtocol {
     func equalsIgnoringASCIICase<Other: StringProtocol>(_ other: Other) -> Bool {
         let a = utf8, b = other.utf8
         guard a.count == b.count else { return false }
-        return zip(a, b).allSatisfy { x, y in x == y || (x | 0x20 == y | 0x20 && (x | 0x20) >= 0x61 && (x | 0x20) <= 0x7a) }
+        var j = b.startIndex
+        for x in a {
+            let y = b[j]
+            if x != y {
+                let lower = x | 0x20
+                guard lower == y | 0x20, lower >= 0x61, lower <= 0x7a else { return false }
+            }
+            j = b.index(after: j)
+        }
+        return true
     }
 
     /// Without leading and trailing spaces and tabs (optional whitespace, RFC 9110 §5.6.3).

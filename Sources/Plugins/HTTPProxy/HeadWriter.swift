@@ -31,9 +31,12 @@ enum HeadWriter {
 
     @inline(__always)
     static func append(_ text: String, to out: inout [UInt8]) {
-        if text.utf8.allSatisfy({ $0 < 0x80 }) {
-            out.append(contentsOf: text.utf8)
-        } else {
+        let start = out.count
+        out.append(contentsOf: text.utf8)
+        // Rare: obs-text was mapped to Latin-1 scalars by the parser; write those back as
+        // single bytes instead of their UTF-8 encoding.
+        if out[start...].contains(where: { $0 >= 0x80 }) {
+            out.removeSubrange(start...)
             for scalar in text.unicodeScalars { out.append(UInt8(truncatingIfNeeded: scalar.value)) }
         }
     }

@@ -3,15 +3,16 @@ import HarpKernel
 /// Header changes a proxy makes (RFC 9110 §7.6.1): hop-by-hop fields stay on their hop, and
 /// the X-Forwarded-* fields tell the upstream who the client was.
 enum HeaderRewrite {
-    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer",
-                                        "transfer-encoding", "upgrade"]
+    static let hopByHop = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"]
 
-    /// Removes hop-by-hop fields and those the Connection header names.
+    /// Removes hop-by-hop fields and those the Connection header names. Runs on every request
+    /// and response: compares in place, without lower-casing copies.
     static func removeHopByHop(_ headers: inout HTTPHeaders) {
-        let named = Set(headers.values("Connection").map { $0.lowercased() })
+        let named = headers.values("Connection").filter { token in
+            !hopByHop.contains { token.equalsIgnoringASCIICase($0) }
+        }
         headers.removeAll { name in
-            let lower = name.lowercased()
-            return hopByHop.contains(lower) || named.contains(lower)
+            hopByHop.contains { name.equalsIgnoringASCIICase($0) } || named.contains { name.equalsIgnoringASCIICase($0) }
         }
     }
 

@@ -16,6 +16,9 @@ final class ProxyConnection {
     private let upstreamIO = AsyncCompletion()
     private var scanned = 0
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// Upstream bytes of the current exchange; empty between exchanges (a connection whose
+    /// response left bytes behind is not reused), so one buffer serves the whole connection.
+    private lazy var responseBuffer = ConnectionBuffer(capacity: config.maxHeaderSize + 16 * 1024)
 
     init(loop: EventLoop, client: Int32, shared: ProxyShared) {
         self.loop = loop
@@ -208,6 +211,7 @@ final class ProxyConnection {
                               connection: UpstreamConnection, answerContinue: Bool, _ exchange: Exchange) async -> ExchangeOutcome {
         let upstream = connection.fd
         var reusable = false
+        responseBuffer.consume(responseBuffer.count)
         defer {
             if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!, now: loop.now) } else { close(upstream) }
         }
@@ -231,7 +235,7 @@ final class ProxyConnection {
             return .clientGone
         }
 
-        let response = ConnectionBuffer(capacity: config.maxHeaderSize + 16 * 1024)
+        let response = responseBuffer
         while true {
             let head: HTTPResponseHead
             switch await readResponseHead(from: upstream, into: response) {

@@ -22,10 +22,13 @@ final class UpstreamPool {
         idleLimit = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
     }
 
-    /// A live idle connection to `upstream`, most recently used first.
+    /// A live idle connection to `upstream`, most recently used first. The liveness peek
+    /// (a syscall) is skipped for connections idle under a second: an upstream closing one
+    /// that fast is rare, and an idempotent request is retried on a fresh connection anyway.
     func take(_ upstream: Upstream, now: UInt64) -> Int32? {
         while let connection = idle[upstream]?.popLast() {
-            if now &- connection.since <= idleLimit && Self.isQuiet(connection.fd) { return connection.fd }
+            let idleFor = now &- connection.since
+            if idleFor <= idleLimit && (idleFor < 1_000_000_000 || Self.isQuiet(connection.fd)) { return connection.fd }
             close(connection.fd)
         }
         return nil
