@@ -97,6 +97,20 @@ struct HTTPProxyIntegrationTests {
         #expect(try harp.stop() == 0)
     }
 
+    @Test("a server-sent-event stream longer than server_timeout survives: only idle time counts")
+    func longStream() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, routes: Self.route("http://\(origin.address)"),
+                                                     extra: "server_timeout = \"600ms\"\nclient_timeout = \"600ms\""))
+        let started = Date()
+        let events = try shell("curl -sfN http://127.0.0.1:\(port)/sse/8 | grep -c '^data: '").output
+        #expect(events == "8")
+        #expect(Date().timeIntervalSince(started) > 1.4, "the stream lasted longer than both timeouts")
+        #expect(try harp.stop() == 0)
+    }
+
     @Test("keep-alive: many requests on one client connection use one upstream connection")
     func keepAliveReuse() throws {
         let nginx = try NginxOrigin(files: ["a": 100])

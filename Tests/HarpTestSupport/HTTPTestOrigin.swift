@@ -120,6 +120,18 @@ public final class HTTPTestOrigin: @unchecked Sendable {
                 }
                 out += Array("0\r\nX-Trailer: done\r\n\r\n".utf8)
                 response = out
+            } else if target.hasPrefix("/sse/"), let events = Int(target.dropFirst(5)) {
+                // Server-sent events: one chunk every 200 ms; the whole stream outlasts short
+                // idle timeouts while never being idle for long.
+                var head = Array("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
+                for index in 0..<events {
+                    let event = Array("data: \(index)\n\n".utf8)
+                    head += Array("\(String(event.count, radix: 16))\r\n".utf8) + event + Array("\r\n".utf8)
+                    if Self.sendAll(fd, head) == false { return }
+                    head = []
+                    usleep(200_000)
+                }
+                response = Array("0\r\n\r\n".utf8)
             } else if target.hasPrefix("/slow/"), let ms = UInt32(target.dropFirst(6)) {
                 usleep(ms * 1000)
                 response = Self.response("slow")
@@ -137,6 +149,16 @@ public final class HTTPTestOrigin: @unchecked Sendable {
             }
             if closeAfter { return }
         }
+    }
+
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if sent <= 0 { return false }
+            offset += sent
+        }
+        return true
     }
 
     static func response(_ body: String) -> [UInt8] {
