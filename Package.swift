@@ -61,12 +61,19 @@ let package = Package(
             path: "Sources/Plugins/HTTPProxy",
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "WebSocket",
+            dependencies: ["HarpKernel", "HTTPProxy", .product(name: "CoreMetrics", package: "swift-metrics")],
+            path: "Sources/Plugins/WebSocket",
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "harp",
             dependencies: [
                 "HarpKernel",
                 "TCPForward",
                 "HTTPProxy",
+                "WebSocket",
                 "Admin",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -92,6 +99,12 @@ let package = Package(
         .testTarget(
             name: "HTTPProxyTests",
             dependencies: ["HTTPProxy", "HarpTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "WebSocketTests",
+            dependencies: ["WebSocket", "HarpTestSupport"],
+            exclude: ["ws_peer.py"],
             swiftSettings: strictSettings
         ),
         .testTarget(

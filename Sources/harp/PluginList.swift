@@ -2,11 +2,13 @@ import Admin
 import HTTPProxy
 import HarpKernel
 import TCPForward
+import WebSocket
 
 /// The one static list of plugins compiled into harp. Order here is the order of
 /// `harp plugins`; start order follows dependencies.
 let registeredPlugins = PluginRegistry([
     TCPForwardPlugin.self,
     HTTPProxyPlugin.self,
+    WebSocketPlugin.self,
     AdminPlugin.self,
 ])

@@ -19,6 +19,12 @@ public struct RelayResult: Sendable, CustomStringConvertible {
     /// Bytes from the second descriptor to the first.
     public var backwardBytes: Int
 
+    public init(outcome: Outcome, forwardBytes: Int, backwardBytes: Int) {
+        self.outcome = outcome
+        self.forwardBytes = forwardBytes
+        self.backwardBytes = backwardBytes
+    }
+
     public var description: String {
         switch outcome {
         case .finished: "finished"

@@ -30,6 +30,11 @@ public final class HTTPProxyPlugin: Plugin {
         shared.observers.append(observer)
     }
 
+    /// Adds a handler for one `Upgrade` protocol (call from another plugin's `init`).
+    public func addUpgradeHandler(_ handler: any UpgradeHandler) {
+        shared.upgradeHandlers.append(handler)
+    }
+
     public func start() async throws {
         shared.preparePools(loops: context.loops.count)
         let shared = self.shared

@@ -40,7 +40,7 @@ enum HeaderRewrite {
             head.headers.add("Upgrade", upgrade)
             head.headers.add("Connection", "upgrade")
         }
-        let clientAddress = client.peer.hostText
+        let clientAddress = client.address
         if client.isTrustedProxy {
             let existing = head.headers.values("X-Forwarded-For").map(String.init).filter { !$0.isEmpty }
             head.headers.set("X-Forwarded-For", (existing + [clientAddress]).joined(separator: ", "))
@@ -59,14 +59,9 @@ enum HeaderRewrite {
     /// decision re-stated for this hop.
     static func clientResponse(_ response: HTTPResponseHead, framing: BodyFraming, keepAlive: Bool,
                                clientMinorVersion: Int) -> HTTPResponseHead {
+        // 101 goes to the client unchanged: its Connection/Upgrade fields belong to the switch.
+        if response.status == 101 { return response }
         var head = response
-        if response.status == 101 {
-            let upgrade = response.headers["Upgrade"]
-            removeHopByHop(&head.headers)
-            if let upgrade { head.headers.add("Upgrade", upgrade) }
-            head.headers.add("Connection", "upgrade")
-            return head
-        }
         removeHopByHop(&head.headers)
         if case .chunked = framing, clientMinorVersion >= 1 { head.headers.add("Transfer-Encoding", "chunked") }
         if response.status >= 200 {

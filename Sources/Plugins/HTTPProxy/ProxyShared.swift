@@ -15,6 +15,7 @@ final class ProxyShared: @unchecked Sendable {
     let metrics = HTTPMetrics()
     var providers: [any RouteProvider] = []
     var observers: [any ResponseObserver] = []
+    var upgradeHandlers: [any UpgradeHandler] = []
     private var pools: [UpstreamPool] = []
     private let accepting = Atomic<Bool>(true)
 
@@ -49,11 +50,17 @@ final class ProxyShared: @unchecked Sendable {
         return nil
     }
 
+    /// The handler for the protocol a request asks to switch to, if one is registered.
+    func upgradeHandler(for request: HTTPRequestHead) -> (any UpgradeHandler)? {
+        guard !upgradeHandlers.isEmpty, request.headers["Upgrade"] != nil else { return nil }
+        return upgradeHandlers.first { handler in request.headers.contains("Upgrade", token: handler.protocolName) }
+    }
+
     func record(_ exchange: Exchange, client: ClientInfo) {
         metrics.record(exchange)
         if configuration.accessLog {
             accessLogger.info("request", metadata: [
-                "client": "\(client.peer.hostText)", "method": "\(exchange.method)", "path": "\(exchange.target)",
+                "client": "\(client.address)", "method": "\(exchange.method)", "path": "\(exchange.target)",
                 "status": "\(exchange.status)", "bytes_in": "\(exchange.requestBytes)", "bytes_out": "\(exchange.responseBytes)",
                 "upstream": "\(exchange.upstream?.text ?? "-")",
                 "duration_ms": "\(Double(Int(exchange.durationSeconds * 100_000)) / 100)",

@@ -16,6 +16,14 @@ public struct ClientInfo: Sendable {
     public let peer: SocketAddress
     /// Whether the peer is in the trusted-proxy list (its X-Forwarded-* headers count).
     public let isTrustedProxy: Bool
+    /// The peer's address as X-Forwarded-For carries it (computed once per connection).
+    public let address: String
+
+    public init(peer: SocketAddress, isTrustedProxy: Bool) {
+        self.peer = peer
+        self.isTrustedProxy = isTrustedProxy
+        address = peer.hostText
+    }
 }
 
 /// Decides who handles a request (ExApps, WebDAV, the static route table). Providers are
@@ -33,8 +41,15 @@ public protocol RouteProvider: Sendable {
 struct StaticRoutes: RouteProvider {
     let routes: [HTTPProxyConfiguration.Route]
 
+    let matchesHosts: Bool
+
+    init(routes: [HTTPProxyConfiguration.Route]) {
+        self.routes = routes
+        matchesHosts = routes.contains { $0.host != nil }
+    }
+
     func route(_ request: inout HTTPRequestHead, client: ClientInfo) async -> RouteDecision? {
-        let host = request.hostWithoutPort
+        let host = matchesHosts ? request.hostWithoutPort : nil
         let path = request.path
         for route in routes {
             if let wanted = route.host, wanted != host { continue }
