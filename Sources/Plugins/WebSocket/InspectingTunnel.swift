@@ -89,57 +89,79 @@ final class InspectingTunnel: @unchecked Sendable {
             return result == 0
         }
 
+        // Frames that are whole in the buffer are checked and then sent together, from
+        // `start` up to `cursor`: one send for a burst of small messages. A frame that is not
+        // whole streams through on its own (its payload may be far larger than the buffer).
+        var cursor = start
+        func flush() async -> Bool {
+            guard cursor > start else { return true }
+            await gate.acquire()
+            let sent = await send(start..<cursor)
+            gate.release()
+            start = cursor
+            return sent
+        }
+
         frames: while !aborted {
-            // A whole header, and for control frames the whole payload, before deciding.
-            var header: FrameHeader
-            while true {
-                switch FrameHeader.parse(UnsafeRawBufferPointer(rebasing: buffer[start..<end])) {
-                case .header(let parsed):
-                    header = parsed
-                case .invalid(let code, let reason):
-                    return await fail(code, reason)
-                case .incomplete:
-                    guard await fill() else { break frames }
-                    continue
-                }
-                if header.isControl && header.payloadLength <= 125 && end - start < header.length + header.payloadLength {
-                    guard await fill() else { break frames }
-                    continue
-                }
-                break
+            let header: FrameHeader
+            switch FrameHeader.parse(UnsafeRawBufferPointer(rebasing: buffer[cursor..<end])) {
+            case .header(let parsed):
+                header = parsed
+            case .invalid(let code, let reason):
+                return await fail(code, reason)
+            case .incomplete:
+                guard await flush(), await fill() else { break frames }
+                cursor = start
+                continue
+            }
+            let frameEnd = cursor + header.length + header.payloadLength
+            if header.isControl && header.payloadLength <= 125 && frameEnd > end {
+                // Control frames are judged whole (their payload is at most 125 bytes).
+                guard await flush(), await fill() else { break frames }
+                cursor = start
+                continue
             }
             if let problem = check(header, fromClient: fromClient, &message) {
                 return await fail(problem.0, problem.1)
             }
-            if header.opcode == 0x8, let problem = Self.checkClose(header, UnsafeRawBufferPointer(rebasing: buffer[start..<end])) {
+            if header.opcode == 0x8, let problem = Self.checkClose(header, UnsafeRawBufferPointer(rebasing: buffer[cursor..<end])) {
                 return await fail(problem.0, problem.1)
             }
-            // Forward the frame: header, then payload as it arrives, holding the gate so that
-            // no harp-made frame lands in the middle.
-            await gate.acquire()
-            var remaining = header.payloadLength
-            var offset = 0
-            let headerEnd = start + header.length
-            guard await send(start..<headerEnd) else { gate.release(); break frames }
-            start = headerEnd
-            while remaining > 0 {
-                if start == end {
-                    guard await fill() else { gate.release(); break frames }
+            let checksText = message.isText && !message.isCompressed && !header.isControl
+            if frameEnd <= end {
+                let payload = cursor + header.length..<frameEnd
+                if checksText && !Self.validateText(header, UnsafeRawBufferPointer(rebasing: buffer[payload]), maskOffset: 0, &message.utf8) {
+                    return await fail(1007, "invalid UTF-8 in a text message")
                 }
-                let take = min(remaining, end - start)
-                if message.isText && !message.isCompressed && !header.isControl {
-                    if !Self.validateText(header, UnsafeRawBufferPointer(rebasing: buffer[start..<start + take]),
-                                          maskOffset: offset, &message.utf8) {
+                cursor = frameEnd
+            } else {
+                // Stream this frame: header, then payload as it arrives, holding the gate so
+                // that no harp-made frame lands in the middle.
+                guard await flush() else { break frames }
+                await gate.acquire()
+                var remaining = header.payloadLength
+                var offset = 0
+                let headerEnd = start + header.length
+                guard await send(start..<headerEnd) else { gate.release(); break frames }
+                start = headerEnd
+                while remaining > 0 {
+                    if start == end {
+                        guard await fill() else { gate.release(); break frames }
+                    }
+                    let take = min(remaining, end - start)
+                    if checksText && !Self.validateText(header, UnsafeRawBufferPointer(rebasing: buffer[start..<start + take]),
+                                                        maskOffset: offset, &message.utf8) {
                         gate.release()
                         return await fail(1007, "invalid UTF-8 in a text message")
                     }
+                    guard await send(start..<start + take) else { gate.release(); break frames }
+                    start += take
+                    offset += take
+                    remaining -= take
                 }
-                guard await send(start..<start + take) else { gate.release(); break frames }
-                start += take
-                offset += take
-                remaining -= take
+                gate.release()
+                cursor = start
             }
-            gate.release()
             if !header.isControl && header.fin {
                 if message.isText && !message.isCompressed && !message.utf8.isComplete {
                     return await fail(1007, "text message ends inside a UTF-8 sequence")
@@ -147,6 +169,7 @@ final class InspectingTunnel: @unchecked Sendable {
                 message = MessageState()
             }
         }
+        _ = await flush()
         // EOF or error on this side: pass the FIN on; the other direction may finish.
         finished[fromClient ? 0 : 1] = true
         shutdown(destination, Int32(SHUT_WR))
