@@ -60,6 +60,9 @@ struct WebSocketTests {
         #expect(try Self.peer("big ws://127.0.0.1:\(port)/big 67108864") == "ok 67108864")
         #expect(try Self.peer("big ws://127.0.0.1:\(port)/inspect/big 67108864") == "ok 67108864")
         #expect(try Self.peer("concurrent ws://127.0.0.1:\(port)/many 200 20") == "ok 200")
+        // permessage-deflate passes through both modes (compressed frames carry RSV1).
+        #expect(try Self.peer("echo ws://127.0.0.1:\(port)/deflate 500 deflate") == "ok 500")
+        #expect(try Self.peer("echo ws://127.0.0.1:\(port)/inspect/deflate 500 deflate") == "ok 500")
         #expect(try harp.stop() == 0)
     }
 

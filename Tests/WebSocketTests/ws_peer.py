@@ -1,7 +1,8 @@
 """WebSocket peers for harp's tests and bench (Python `websockets`, a real implementation).
 
   ws_peer.py server PORT                       echo server; prints "ready" when listening
-  ws_peer.py echo URL COUNT                    COUNT small text messages, each echoed back
+  ws_peer.py echo URL COUNT [deflate]          COUNT small text messages, each echoed back
+                                               (deflate: negotiate permessage-deflate)
   ws_peer.py big URL BYTES                     one binary message of BYTES, echoed back
   ws_peer.py concurrent URL CONNS MESSAGES     CONNS connections at once, MESSAGES each
   ws_peer.py idle URL SECONDS                  connect, stay silent SECONDS, then echo once
@@ -23,20 +24,24 @@ async def echo_handler(ws):
 
 
 async def server(port):
-    async with serve(echo_handler, "127.0.0.1", port, max_size=None, ping_interval=None,
-                     compression=None):
+    # The server accepts permessage-deflate when a client offers it.
+    async with serve(echo_handler, "127.0.0.1", port, max_size=None, ping_interval=None):
         print("ready", flush=True)
         await asyncio.Future()
 
 
-def client(url, **kw):
-    return connect(url, max_size=None, ping_interval=None, compression=None, open_timeout=10, **kw)
+def client(url, deflate=False, **kw):
+    return connect(url, max_size=None, ping_interval=None, compression="deflate" if deflate else None,
+                   open_timeout=10, **kw)
 
 
-async def echo(url, count):
-    async with client(url) as ws:
+async def echo(url, count, deflate=False):
+    async with client(url, deflate) as ws:
+        if deflate:
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert "permessage-deflate" in extensions, f"not negotiated: {extensions!r}"
         for i in range(count):
-            text = f"message {i} ü"
+            text = f"message {i} ü " + "compressible " * (i % 50)
             await ws.send(text)
             assert await ws.recv() == text, f"echo {i} differs"
     print(f"ok {count}")
@@ -102,7 +107,7 @@ def main():
     if command == "server":
         asyncio.run(server(int(args[0])))
     elif command == "echo":
-        asyncio.run(echo(args[0], int(args[1])))
+        asyncio.run(echo(args[0], int(args[1]), len(args) > 2 and args[2] == "deflate"))
     elif command == "big":
         asyncio.run(big(args[0], int(args[1])))
     elif command == "concurrent":
