@@ -9,6 +9,7 @@
 set -euo pipefail
 ulimit -n 65536 2>/dev/null || true
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 ROUNDS=${1:-5}
 SECS=${2:-5}
 OUT=$PWD/bench/out/http
@@ -101,17 +102,15 @@ $HARP serve --config "$OUT/harp.toml" > "$OUT/logs/harp.log" 2>&1 & HARP_PID=$!
 trap 'kill $ORIGIN_PID $NGINX_PID $HAPROXY_PID $HARP_PID 2>/dev/null || true' EXIT
 sleep 1
 
-ticks=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 port_of() { case $1 in harp) echo $HARP_PORT;; nginx) echo $NGINX_PORT;; haproxy) echo $HAPROXY_PORT;; esac; }
 pid_of() { case $1 in harp) echo $HARP_PID;; nginx) echo $NGINX_PID;; haproxy) echo $HAPROXY_PID;; esac; }
 
 # wrk run: prints "req/s p99_ms cpu_us_per_request"
 wrk_run() {
   local who=$1 conns=$2 file=$3 pid; pid=$(pid_of "$who")
-  local before; before=$(cpu "$pid")
+  local before; before=$(cpu_ticks "$pid")
   local text; text=$(wrk -t1 -c"$conns" -d"${SECS}s" --latency "http://127.0.0.1:$(port_of "$who")/$file")
-  local after; after=$(cpu "$pid")
+  local after; after=$(cpu_ticks "$pid")
   echo "$text" | awk -v t="$ticks" -v c=$((after - before)) '
     /Requests\/sec/ { rps = $2 }
     /^ +99%/ { v = $2; if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0; else ms = v * 1000 }
@@ -122,13 +121,14 @@ wrk_run() {
 # 2 GiB download: prints "GB/s cpu_s_per_GB"
 big_run() {
   local who=$1 pid; pid=$(pid_of "$who")
-  local before; before=$(cpu "$pid")
+  local before; before=$(cpu_ticks "$pid")
   local speed; speed=$(curl -s -o /dev/null -w '%{speed_download} %{size_download}' "http://127.0.0.1:$(port_of "$who")/2g")
-  local after; after=$(cpu "$pid")
+  local after; after=$(cpu_ticks "$pid")
   echo "$speed" | awk -v t="$ticks" -v c=$((after - before)) '{ gb = $2 / 1e9; printf "%.3f %.4f\n", $1 / 1e9, (c / t) / gb }'
 }
 
-: > "$OUT/results.txt"
+RESULTS="$OUT/results.txt"
+: > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
   order=(harp nginx haproxy)
   for ((i = 0; i < round % 3; i++)); do order=("${order[@]:1}" "${order[0]}"); done
@@ -139,16 +139,14 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-col() { grep "^$1 " "$OUT/results.txt" | awk -v c="$2" '{ print $c }' | median; }
 echo
 printf "%-8s %12s %10s %10s %12s %10s %12s\n" proxy "1KiB req/s" "p99 ms" "us/req" "1MiB req/s" "2GiB GB/s" "CPU s/GB"
 for who in harp nginx haproxy; do
-  printf "%-8s %12s %10s %10s %12s %10s %12s\n" $who "$(col $who 2)" "$(col $who 3)" "$(col $who 4)" "$(col $who 5)" "$(col $who 8)" "$(col $who 9)"
+  printf "%-8s %12s %10s %10s %12s %10s %12s\n" $who "$(column_median $who 2)" "$(column_median $who 3)" "$(column_median $who 4)" "$(column_median $who 5)" "$(column_median $who 8)" "$(column_median $who 9)"
 done
 echo
 for other in nginx haproxy; do
-  awk -v a="$(col harp 2)" -v b="$(col $other 2)" -v p="$(col harp 3)" -v q="$(col $other 3)" -v g="$(col harp 8)" -v h="$(col $other 8)" \
-      -v c="$(col harp 9)" -v d="$(col $other 9)" -v m="$(col harp 5)" -v n="$(col $other 5)" -v other=$other 'BEGIN {
+  awk -v a="$(column_median harp 2)" -v b="$(column_median $other 2)" -v p="$(column_median harp 3)" -v q="$(column_median $other 3)" -v g="$(column_median harp 8)" -v h="$(column_median $other 8)" \
+      -v c="$(column_median harp 9)" -v d="$(column_median $other 9)" -v m="$(column_median harp 5)" -v n="$(column_median $other 5)" -v other=$other 'BEGIN {
     printf "harp/%s: 1KiB req/s %.2fx, p99 %.2fx, 1MiB req/s %.2fx, 2GiB GB/s %.2fx, CPU/GB %.2fx\n", other, a / b, p / q, m / n, g / h, c / d }'
 done

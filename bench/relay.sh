@@ -9,6 +9,7 @@
 # Needs: a release build of harp (built here), haproxy and gcc (installed if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 ROUNDS=${1:-7}
 BYTES=${2:-$((2 * 1024 * 1024 * 1024))}
 OUT=bench/out
@@ -58,8 +59,6 @@ HAPROXY_PID=$!
 trap 'kill $SINK $HARP_PID $HAPROXY_PID 2>/dev/null || true' EXIT
 sleep 1
 
-ticks=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # One run: prints "GB/s cpu_s_per_GB" for the relay at PORT (process PID, or none).
 run() {
@@ -74,9 +73,9 @@ run() {
     split(l, f, " "); gb = f[1] / 1e9; printf "%.3f %.4f\n", gb / f[2], (c / t) / gb }'
 }
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-: > "$OUT/results.txt"
+RESULTS="$OUT/results.txt"
+: > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
   # Rotate the order each round so that no contender always runs first or last.
   order=(harp haproxy direct)
@@ -92,8 +91,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-stat() { grep "^$1 " "$OUT/results.txt" | awk -v c="$2" '{ print $c }' | median; }
-hg=$(stat harp 2) hc=$(stat harp 3) pg=$(stat haproxy 2) pc=$(stat haproxy 3) dg=$(stat direct 2)
+hg=$(column_median harp 2) hc=$(column_median harp 3) pg=$(column_median haproxy 2) pc=$(column_median haproxy 3) dg=$(column_median direct 2)
 echo
 printf "%-10s %10s %14s\n" relay "GB/s" "CPU s/GB"
 printf "%-10s %10s %14s\n" harp "$hg" "$hc"

@@ -9,6 +9,7 @@
 # ratios show how little a proxy adds on top of a real application, not the proxy's ceiling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 ROUNDS=${1:-5}
 SECS=${2:-4}
 OUT=$PWD/bench/out/ws
@@ -66,7 +67,8 @@ sleep 1.5
 url_of() { case $1 in direct) echo "ws://127.0.0.1:$ECHO/x";; harp) echo "ws://127.0.0.1:$HARP_PORT/x";;
   harp-inspect) echo "ws://127.0.0.1:$HARP_PORT/inspect/x";; nginx) echo "ws://127.0.0.1:$NGINX_PORT/x";; esac; }
 
-: > "$OUT/results.txt"
+RESULTS="$OUT/results.txt"
+: > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
   order=(direct harp harp-inspect nginx)
   for ((i = 0; i < round % 4; i++)); do order=("${order[@]:1}" "${order[0]}"); done
@@ -77,13 +79,11 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "round $round $who: 64 B msgs/s=$small  64 KiB MB/s=$big"
   done
 done
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-col() { grep "^$1 " "$OUT/results.txt" | awk -v c="$2" '{ print $c }' | median; }
 echo
 printf "%-13s %14s %14s\n" path "64 B msgs/s" "64 KiB MB/s"
-for who in direct harp harp-inspect nginx; do printf "%-13s %14s %14s\n" $who "$(col $who 2)" "$(col $who 3)"; done
+for who in direct harp harp-inspect nginx; do printf "%-13s %14s %14s\n" $who "$(column_median $who 2)" "$(column_median $who 3)"; done
 echo
 for who in harp harp-inspect; do
-  awk -v a="$(col $who 2)" -v b="$(col direct 2)" -v c="$(col nginx 2)" -v x="$(col $who 3)" -v y="$(col direct 3)" -v z="$(col nginx 3)" -v w=$who 'BEGIN {
+  awk -v a="$(column_median $who 2)" -v b="$(column_median direct 2)" -v c="$(column_median nginx 2)" -v x="$(column_median $who 3)" -v y="$(column_median direct 3)" -v z="$(column_median nginx 3)" -v w=$who 'BEGIN {
     printf "%s: msgs/s %.2fx direct, %.2fx nginx; MB/s %.2fx direct, %.2fx nginx\n", w, a / b, a / c, x / y, x / z }'
 done

@@ -317,28 +317,64 @@ final class ProxyConnection {
         case invalid(HTTPError)
     }
 
+    /// One direction a body moves in: where it comes from (with the bytes already read from
+    /// there), where it goes, and which side to blame when a socket fails.
+    struct BodyLeg {
+        let source: Int32
+        let destination: Int32
+        let buffer: ConnectionBuffer
+        let sourceIO: AsyncCompletion
+        let destinationIO: AsyncCompletion
+        let sourceTimeout: Duration
+        let destinationTimeout: Duration
+        let sourceFailed: BodyResult
+        let destinationFailed: BodyResult
+    }
+
     private func forwardRequestBody(_ framing: BodyFraming, to upstream: Int32, _ exchange: Exchange) async -> BodyResult {
+        let leg = BodyLeg(source: client, destination: upstream, buffer: inbound, sourceIO: clientIO, destinationIO: upstreamIO,
+                          sourceTimeout: config.clientTimeout.duration, destinationTimeout: config.serverTimeout.duration,
+                          sourceFailed: .clientFailed, destinationFailed: .upstreamFailed)
+        return await forwardBody(framing, leg, rechunk: true, limit: config.maxBodySize) { exchange.requestBytes += $0 }
+    }
+
+    private func forwardResponseBody(_ framing: BodyFraming, from upstream: Int32, buffered response: ConnectionBuffer,
+                                     rechunk: Bool, _ exchange: Exchange) async -> BodyResult {
+        let leg = BodyLeg(source: upstream, destination: client, buffer: response, sourceIO: upstreamIO, destinationIO: clientIO,
+                          sourceTimeout: config.serverTimeout.duration, destinationTimeout: config.clientTimeout.duration,
+                          sourceFailed: .upstreamFailed, destinationFailed: .clientFailed)
+        return await forwardBody(framing, leg, rechunk: rechunk, limit: 0) { exchange.responseBytes += $0 }
+    }
+
+    /// Moves one body: bytes already buffered first, then the rest — spliced when its length
+    /// is known or it runs to close, decoded and re-framed when chunked (`rechunk: false`
+    /// writes the plain data, for HTTP/1.0 clients). `limit` > 0 caps a chunked body (413).
+    private func forwardBody(_ framing: BodyFraming, _ leg: BodyLeg, rechunk: Bool, limit: Int,
+                             counted: (Int) -> Void) async -> BodyResult {
         switch framing {
-        case .none, .untilClose:
+        case .none:
             return .ok
-        case .length(let count):
-            let buffered = min(count, inbound.count)
+        case .length, .untilClose:
+            let count: Int
+            if case .length(let length) = framing { count = length } else { count = Int.max }
+            let buffered = min(count, leg.buffer.count)
             if buffered > 0 {
-                let sent = await loop.sendAll(upstream, UnsafeRawBufferPointer(rebasing: inbound.readable[0..<buffered]),
-                                              timeout: config.serverTimeout.duration, using: upstreamIO)
-                inbound.consume(buffered)
-                guard sent == 0 else { return .upstreamFailed }
+                let sent = await loop.sendAll(leg.destination, UnsafeRawBufferPointer(rebasing: leg.buffer.readable[0..<buffered]),
+                                              timeout: leg.destinationTimeout, using: leg.destinationIO)
+                leg.buffer.consume(buffered)
+                guard sent == 0 else { return leg.destinationFailed }
+                counted(buffered)
             }
-            exchange.requestBytes += buffered
             guard count > buffered else { return .ok }
             // The rest goes socket -> pipe -> socket without entering user space.
-            let result = await loop.transfer(from: client, to: upstream, count: count - buffered,
-                                             idleTimeout: config.clientTimeout.duration)
-            exchange.requestBytes += result.forwardBytes
+            let result = await loop.transfer(from: leg.source, to: leg.destination, count: count - buffered,
+                                             idleTimeout: leg.sourceTimeout)
+            counted(result.forwardBytes)
             switch result.outcome {
             case .finished: return .ok
-            case .failed(let side, _): return side == 0 ? .clientFailed : .upstreamFailed
-            case .endedEarly, .idleTimeout: return .clientFailed
+            case .endedEarly: return count == Int.max ? .ok : leg.sourceFailed  // until-close ends at EOF
+            case .failed(let side, _): return side == 0 ? leg.sourceFailed : leg.destinationFailed
+            case .idleTimeout: return leg.sourceFailed
             }
         case .chunked:
             var decoder = ChunkedDecoder()
@@ -347,87 +383,16 @@ final class ProxyConnection {
             while true {
                 out.removeAll(keepingCapacity: true)
                 let consumed: Int
+                let readable = leg.buffer.readable
                 do {
-                    consumed = try decoder.feed(inbound.readable) { event in
+                    consumed = try decoder.feed(readable) { event in
                         switch event {
                         case .data(let range):
                             total += range.count
-                            Self.appendChunk(inbound.readable, range, to: &out)
-                        case .end(let trailers):
-                            Self.appendLastChunk(trailers, to: &out)
-                        }
-                    }
-                } catch {
-                    return .invalid(error)
-                }
-                inbound.consume(consumed)
-                if config.maxBodySize > 0 && total > config.maxBodySize { return .tooLarge }
-                if !out.isEmpty {
-                    let sent = await send(out, to: upstream, timeout: config.serverTimeout.duration, using: upstreamIO)
-                    guard sent == 0 else { return .upstreamFailed }
-                }
-                if decoder.isDone {
-                    exchange.requestBytes += total
-                    return .ok
-                }
-                let space = inbound.writable
-                guard !space.isEmpty else { return .invalid(.bad("chunk line too long")) }
-                let received = await loop.recv(client, into: space, timeout: config.clientTimeout.duration, using: clientIO)
-                guard received > 0 else { return .clientFailed }
-                inbound.didWrite(Int(received))
-            }
-        }
-    }
-
-    private func forwardResponseBody(_ framing: BodyFraming, from upstream: Int32, buffered response: ConnectionBuffer,
-                                     rechunk: Bool, _ exchange: Exchange) async -> BodyResult {
-        switch framing {
-        case .none:
-            return .ok
-        case .length(let count):
-            let buffered = min(count, response.count)
-            if buffered > 0 {
-                guard await sendToClient(UnsafeRawBufferPointer(rebasing: response.readable[0..<buffered])) else { return .clientFailed }
-                response.consume(buffered)
-            }
-            exchange.responseBytes += buffered
-            guard count > buffered else { return .ok }
-            let result = await loop.transfer(from: upstream, to: client, count: count - buffered,
-                                             idleTimeout: config.serverTimeout.duration)
-            exchange.responseBytes += result.forwardBytes
-            switch result.outcome {
-            case .finished: return .ok
-            case .failed(let side, _): return side == 0 ? .upstreamFailed : .clientFailed
-            case .endedEarly, .idleTimeout: return .upstreamFailed
-            }
-        case .untilClose:
-            if !response.isEmpty {
-                guard await sendToClient(response.readable) else { return .clientFailed }
-                exchange.responseBytes += response.count
-                response.consume(response.count)
-            }
-            let result = await loop.transfer(from: upstream, to: client, count: Int.max, idleTimeout: config.serverTimeout.duration)
-            exchange.responseBytes += result.forwardBytes
-            switch result.outcome {
-            case .endedEarly, .finished: return .ok
-            case .failed(let side, _): return side == 0 ? .upstreamFailed : .clientFailed
-            case .idleTimeout: return .upstreamFailed
-            }
-        case .chunked:
-            var decoder = ChunkedDecoder()
-            var out: [UInt8] = []
-            while true {
-                out.removeAll(keepingCapacity: true)
-                let consumed: Int
-                do {
-                    consumed = try decoder.feed(response.readable) { event in
-                        switch event {
-                        case .data(let range):
-                            exchange.responseBytes += range.count
                             if rechunk {
-                                Self.appendChunk(response.readable, range, to: &out)
+                                Self.appendChunk(readable, range, to: &out)
                             } else {
-                                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: response.readable[range]))
+                                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: readable[range]))
                             }
                         case .end(let trailers):
                             if rechunk { Self.appendLastChunk(trailers, to: &out) }
@@ -436,16 +401,22 @@ final class ProxyConnection {
                 } catch {
                     return .invalid(error)
                 }
-                response.consume(consumed)
+                leg.buffer.consume(consumed)
+                if limit > 0 && total > limit { return .tooLarge }
                 if !out.isEmpty {
-                    guard await sendToClient(out) else { return .clientFailed }
+                    guard await send(out, to: leg.destination, timeout: leg.destinationTimeout, using: leg.destinationIO) == 0 else {
+                        return leg.destinationFailed
+                    }
                 }
-                if decoder.isDone { return .ok }
-                let space = response.writable
-                guard !space.isEmpty else { return .upstreamFailed }
-                let received = await loop.recv(upstream, into: space, timeout: config.serverTimeout.duration, using: upstreamIO)
-                guard received > 0 else { return .upstreamFailed }
-                response.didWrite(Int(received))
+                if decoder.isDone {
+                    counted(total)
+                    return .ok
+                }
+                let space = leg.buffer.writable
+                guard !space.isEmpty else { return .invalid(.bad("chunk line too long")) }
+                let received = await loop.recv(leg.source, into: space, timeout: leg.sourceTimeout, using: leg.sourceIO)
+                guard received > 0 else { return leg.sourceFailed }
+                leg.buffer.didWrite(Int(received))
             }
         }
     }
