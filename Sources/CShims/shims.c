@@ -32,3 +32,20 @@ int harp_signalfd_for_shutdown(void) {
 int harp_gettid(void) {
     return (int)syscall(SYS_gettid);
 }
+
+int harp_ssl_ctx_set_min_tls12(SSL_CTX *ctx) {
+    return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+}
+
+int harp_ssl_set_host_name(SSL *ssl, const char *name) {
+    return (int)SSL_set_tlsext_host_name(ssl, name);
+}
+
+void harp_ssl_ctx_set_servername_callback(SSL_CTX *ctx, int (*callback)(SSL *, int *, void *), void *arg) {
+    SSL_CTX_set_tlsext_servername_callback(ctx, callback);
+    SSL_CTX_set_tlsext_servername_arg(ctx, arg);
+}
+
+long harp_ssl_session_reused(SSL *ssl) {
+    return SSL_session_reused(ssl);
+}

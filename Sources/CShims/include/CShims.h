@@ -25,6 +25,9 @@
 #include <unistd.h>
 #include <liburing.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 // IOSQE_* flags are built from an enum of bit numbers, which Swift does not import as flags.
 static const uint8_t HARP_IOSQE_IO_LINK = IOSQE_IO_LINK;
@@ -40,6 +43,13 @@ static const unsigned int HARP_SPLICE_F_NONBLOCK = 2;  // SPLICE_F_NONBLOCK
 // Signals are blocked in every thread and read through a signalfd, so that no Swift code runs
 // inside a signal handler; sigsetops are macros or variadic-looking in glibc.
 int harp_signalfd_for_shutdown(void);
+
+// OpenSSL configures these through macros over SSL_CTX_ctrl/SSL_ctrl, which Swift cannot call.
+static const uint64_t HARP_SSL_OP_NO_RENEGOTIATION = SSL_OP_NO_RENEGOTIATION;
+int harp_ssl_ctx_set_min_tls12(SSL_CTX *ctx);
+int harp_ssl_set_host_name(SSL *ssl, const char *name);
+void harp_ssl_ctx_set_servername_callback(SSL_CTX *ctx, int (*callback)(SSL *, int *, void *), void *arg);
+long harp_ssl_session_reused(SSL *ssl);
 
 // The thread id of the caller (gettid is not exported to Swift by Glibc).
 int harp_gettid(void);

@@ -1,0 +1,120 @@
+import CShims
+import Glibc
+
+/// An OpenSSL `SSL_CTX`: certificates, verification and protocol settings shared by many
+/// connections. TLS 1.2 is the floor (RFC 8996 retired 1.0 and 1.1).
+public final class TLSContext: @unchecked Sendable {
+    // @unchecked Sendable: an SSL_CTX is safe to share once configured (OpenSSL locks its
+    // internal caches); harp never changes one after building it.
+    let context: OpaquePointer
+    /// For servers: other contexts chosen by SNI server name (lower-cased).
+    private var byServerName: [String: TLSContext] = [:]
+    /// Protocols offered (client) or accepted (server) with ALPN, in preference order.
+    let alpn: [String]
+
+    private init(method: OpaquePointer, alpn: [String]) throws(TLSError) {
+        guard let context = SSL_CTX_new(method) else { throw TLSError("SSL_CTX_new") }
+        self.context = context
+        self.alpn = alpn
+        _ = harp_ssl_ctx_set_min_tls12(context)
+        SSL_CTX_set_options(context, HARP_SSL_OP_NO_RENEGOTIATION)
+    }
+
+    deinit { SSL_CTX_free(context) }
+
+    /// A server context from a PEM certificate chain and private key. With `clientCA`, clients
+    /// must present a certificate signed by it (mutual TLS).
+    public static func server(certificate: String, key: String, clientCA: String? = nil,
+                              alpn: [String] = ["http/1.1"]) throws(TLSError) -> TLSContext {
+        let tls = try TLSContext(method: TLS_server_method(), alpn: alpn)
+        try tls.loadIdentity(certificate: certificate, key: key)
+        if let clientCA {
+            guard SSL_CTX_load_verify_locations(tls.context, clientCA, nil) == 1 else {
+                throw TLSError("cannot load the client CA file \(clientCA)")
+            }
+            SSL_CTX_set_verify(tls.context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
+        }
+        tls.installServerCallbacks()
+        return tls
+    }
+
+    /// A client context. Verification is on unless `verify` is false; `ca` replaces the
+    /// system trust store. An optional certificate and key identify the client (mutual TLS).
+    public static func client(ca: String? = nil, verify: Bool = true, certificate: String? = nil, key: String? = nil,
+                              alpn: [String] = ["http/1.1"]) throws(TLSError) -> TLSContext {
+        let tls = try TLSContext(method: TLS_client_method(), alpn: alpn)
+        if verify {
+            if let ca {
+                guard SSL_CTX_load_verify_locations(tls.context, ca, nil) == 1 else { throw TLSError("cannot load the CA file \(ca)") }
+            } else {
+                SSL_CTX_set_default_verify_paths(tls.context)
+            }
+            SSL_CTX_set_verify(tls.context, SSL_VERIFY_PEER, nil)
+        }
+        if let certificate, let key { try tls.loadIdentity(certificate: certificate, key: key) }
+        return tls
+    }
+
+    private func loadIdentity(certificate: String, key: String) throws(TLSError) {
+        guard access(certificate, R_OK) == 0 else {
+            throw TLSError(plain: "cannot read the certificate file \(certificate): \(String(cString: strerror(errno)))")
+        }
+        guard access(key, R_OK) == 0 else {
+            throw TLSError(plain: "cannot read the key file \(key): \(String(cString: strerror(errno)))")
+        }
+        guard SSL_CTX_use_certificate_chain_file(context, certificate) == 1 else {
+            throw TLSError("\(certificate) is not a PEM certificate chain")
+        }
+        guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else {
+            let reason = TLSError.drainOpenSSLErrors()
+            if reason.contains("mismatch") {
+                throw TLSError(plain: "the key in \(key) does not match the certificate in \(certificate) (\(reason))")
+            }
+            throw TLSError(plain: "\(key) is not a PEM private key: \(reason)")
+        }
+        guard SSL_CTX_check_private_key(context) == 1 else {
+            throw TLSError("the key in \(key) does not match the certificate in \(certificate)")
+        }
+    }
+
+    /// Serves `name` (SNI, case-insensitive) with `context`'s certificate instead of this one's.
+    public func add(serverName name: String, _ context: TLSContext) {
+        byServerName[name.lowercased()] = context
+    }
+
+    private func installServerCallbacks() {
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        harp_ssl_ctx_set_servername_callback(context, { ssl, _, arg in
+            guard let ssl, let arg, let raw = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) else { return SSL_TLSEXT_ERR_OK }
+            let tls = Unmanaged<TLSContext>.fromOpaque(arg).takeUnretainedValue()
+            if let chosen = tls.byServerName[String(cString: raw).lowercased()] { SSL_set_SSL_CTX(ssl, chosen.context) }
+            return SSL_TLSEXT_ERR_OK
+        }, me)
+        SSL_CTX_set_alpn_select_cb(context, { _, out, outLength, input, inputLength, arg in
+            guard let arg, let input, let out, let outLength else { return SSL_TLSEXT_ERR_NOACK }
+            let tls = Unmanaged<TLSContext>.fromOpaque(arg).takeUnretainedValue()
+            // The client's list is length-prefixed names; pick our first that it offers.
+            var offered: [(String, Int)] = []
+            var i = 0
+            while i < Int(inputLength) {
+                let length = Int(input[i])
+                guard i + 1 + length <= Int(inputLength) else { break }
+                offered.append((String(decoding: UnsafeBufferPointer(start: input + i + 1, count: length), as: UTF8.self), i + 1))
+                i += 1 + length
+            }
+            for wanted in tls.alpn {
+                if let match = offered.first(where: { $0.0 == wanted }) {
+                    out.pointee = input + match.1
+                    outLength.pointee = UInt8(wanted.utf8.count)
+                    return SSL_TLSEXT_ERR_OK
+                }
+            }
+            return SSL_TLSEXT_ERR_NOACK
+        }, me)
+    }
+
+    /// The wire form of the ALPN list (length-prefixed names).
+    var alpnWire: [UInt8] {
+        alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
+    }
+}

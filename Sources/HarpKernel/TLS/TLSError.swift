@@ -1,0 +1,25 @@
+import CShims
+
+/// A TLS problem with what a user needs to fix it: the file, the peer, OpenSSL's reason.
+public struct TLSError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+
+    public init(_ what: String) {
+        description = "\(what): \(TLSError.drainOpenSSLErrors())"
+    }
+
+    init(plain: String) { description = plain }
+
+    /// OpenSSL's error queue as one line (and emptied, so the next failure starts clean).
+    static func drainOpenSSLErrors() -> String {
+        var reasons: [String] = []
+        while true {
+            let code = ERR_get_error()
+            if code == 0 { break }
+            var buffer = [CChar](repeating: 0, count: 256)
+            ERR_error_string_n(code, &buffer, buffer.count)
+            reasons.append(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        return reasons.isEmpty ? "unknown OpenSSL error" : reasons.joined(separator: "; ")
+    }
+}

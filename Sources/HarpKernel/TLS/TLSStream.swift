@@ -1,0 +1,150 @@
+import CShims
+import Glibc
+
+/// TLS over a socket the ring owns: OpenSSL works on two memory BIOs, and this class moves
+/// ciphertext between them and the socket with the loop's recv/send. The plaintext side is
+/// `read`/`write`, so a plugin treats a TLS leg like a socket leg on the copy path (splice
+/// cannot see plaintext; kTLS, which could, is not available here).
+///
+/// Loop-confined: create and use it on the loop that owns `fd`.
+public final class TLSStream: @unchecked Sendable {
+    // @unchecked Sendable: every member is touched only on `loop`'s thread.
+    public let loop: EventLoop
+    public let fd: Int32
+    private let ssl: OpaquePointer
+    private let incoming: OpaquePointer  // network -> OpenSSL
+    private let outgoing: OpaquePointer  // OpenSSL -> network
+    private let receiveIO = AsyncCompletion()
+    private let sendIO = AsyncCompletion()
+    /// Separate buffers for the two directions: a reader and a writer task may both be
+    /// suspended in the middle of their I/O.
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    private let sendBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    private var peerClosed = false
+    /// Kept alive for the lifetime of the connection (OpenSSL holds the pointer).
+    private let context: TLSContext
+
+    /// A server-side stream (`serverName` nil) or a client-side one that sends `serverName`
+    /// as SNI and, when the context verifies, checks the certificate against it.
+    public init(loop: EventLoop, fd: Int32, context: TLSContext, isServer: Bool, serverName: String? = nil) throws(TLSError) {
+        guard let ssl = SSL_new(context.context) else { throw TLSError("SSL_new") }
+        guard let incoming = BIO_new(BIO_s_mem()), let outgoing = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl)
+            throw TLSError("BIO_new")
+        }
+        self.loop = loop
+        self.fd = fd
+        self.ssl = ssl
+        self.incoming = incoming
+        self.outgoing = outgoing
+        self.context = context
+        SSL_set_bio(ssl, incoming, outgoing)  // the SSL now owns both BIOs
+        if isServer {
+            SSL_set_accept_state(ssl)
+        } else {
+            SSL_set_connect_state(ssl)
+            if let serverName {
+                _ = harp_ssl_set_host_name(ssl, serverName)
+                _ = SSL_set1_host(ssl, serverName)
+            }
+            let wire = context.alpnWire
+            if !wire.isEmpty { _ = SSL_set_alpn_protos(ssl, wire, UInt32(wire.count)) }
+        }
+    }
+
+    deinit {
+        SSL_free(ssl)
+        buffer.deallocate()
+        sendBuffer.deallocate()
+    }
+
+    /// Runs the handshake; throws with the peer and OpenSSL's reason when it fails.
+    public func handshake(timeout: Duration) async throws(TLSError) {
+        _ = try await drive(timeout: timeout, during: "TLS handshake") { SSL_do_handshake($0) }
+    }
+
+    /// Reads plaintext; returns 0 when the peer closed (close_notify or end of stream).
+    public func read(into destination: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws(TLSError) -> Int {
+        let count = destination.count
+        return Int(try await drive(timeout: timeout, during: "TLS read") { SSL_read($0, destination.baseAddress, Int32(count)) })
+    }
+
+    /// Writes all of `source` as plaintext.
+    public func write(_ source: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(TLSError) {
+        var offset = 0
+        while offset < source.count {
+            let chunk = min(16 * 1024, source.count - offset)
+            let written = try await drive(timeout: timeout, during: "TLS write") { SSL_write($0, source.baseAddress! + offset, Int32(chunk)) }
+            offset += Int(written)
+        }
+    }
+
+    /// Sends close_notify (a clean end, RFC 8446 §6.1). The socket stays open: the caller closes it.
+    public func close() async {
+        _ = SSL_shutdown(ssl)
+        try? await flush(timeout: .seconds(5))
+    }
+
+    /// The protocol ALPN settled on, if any.
+    public var negotiatedProtocol: String? {
+        var data: UnsafePointer<UInt8>?
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
+    }
+
+    public var protocolVersion: String { String(cString: SSL_get_version(ssl)) }
+    public var sessionReused: Bool { harp_ssl_session_reused(ssl) != 0 }
+
+    /// Calls `operation` until it succeeds, feeding OpenSSL from the socket and flushing
+    /// what it wrote. Returns the operation's positive result, or 0 for a closed peer.
+    private func drive(timeout: Duration?, during what: String, _ operation: (OpaquePointer) -> Int32) async throws(TLSError) -> Int32 {
+        ERR_clear_error()
+        while true {
+            let result = operation(ssl)
+            if result > 0 {
+                try await flush(timeout: timeout)
+                return result
+            }
+            switch SSL_get_error(ssl, result) {
+            case SSL_ERROR_WANT_READ:
+                try await flush(timeout: timeout)
+                if peerClosed { return 0 }
+                try await receive(timeout: timeout, during: what)
+            case SSL_ERROR_WANT_WRITE:
+                try await flush(timeout: timeout)
+            case SSL_ERROR_ZERO_RETURN:
+                return 0
+            default:
+                // Send OpenSSL's alert (if it made one) before giving up.
+                let error = TLSError("\(what) with \(SocketAddress.peer(of: fd).map { "\($0)" } ?? "peer") failed")
+                try? await flush(timeout: .seconds(1))
+                throw error
+            }
+        }
+    }
+
+    private func receive(timeout: Duration?, during what: String) async throws(TLSError) {
+        let received = await loop.recv(fd, into: buffer, timeout: timeout, using: receiveIO)
+        if received == 0 {
+            peerClosed = true
+            // An empty memory BIO at EOF makes OpenSSL report the truncation itself.
+            BIO_ctrl(incoming, BIO_C_SET_BUF_MEM_EOF_RETURN, 0, nil)
+            return
+        }
+        guard received > 0 else {
+            throw TLSError(plain: "\(what): \(received == -ETIMEDOUT ? "timed out" : String(cString: strerror(-received)))")
+        }
+        _ = BIO_write(incoming, buffer.baseAddress, received)
+    }
+
+    private func flush(timeout: Duration?) async throws(TLSError) {
+        while BIO_ctrl_pending(outgoing) > 0 {
+            let count = BIO_read(outgoing, sendBuffer.baseAddress, Int32(sendBuffer.count))
+            guard count > 0 else { return }
+            let sent = await loop.sendAll(fd, UnsafeRawBufferPointer(rebasing: sendBuffer[0..<Int(count)]), timeout: timeout, using: sendIO)
+            guard sent == 0 else { throw TLSError(plain: "sending TLS records: \(String(cString: strerror(-sent)))") }
+        }
+    }
+}

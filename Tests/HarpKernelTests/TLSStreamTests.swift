@@ -1,0 +1,186 @@
+import Foundation
+import Glibc
+@testable import HarpKernel
+import HarpTestSupport
+import Logging
+import Synchronization
+import Testing
+
+/// TLS over the ring: harp's client and server streams against each other, and a TLS echo
+/// server on a real listener against the `openssl s_client` command.
+@Suite("TLS streams", .serialized)
+struct TLSStreamTests {
+    static let pki = Result { try TestCertificates() }
+
+    /// Runs a server and a client stream over a socket pair on one loop; returns both
+    /// handshake results (nil = success, else the error text) and the streams' facts.
+    static func pair(server: TLSContext, client: TLSContext, serverName: String?,
+                     exchange: (@Sendable (TLSStream, TLSStream) async throws -> Void)? = nil) async throws -> (String?, String?) {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let (a, b) = EventLoopTests.socketPair()
+        defer { close(a); close(b) }
+        let serverStream = try await loop.spawn { Result { try TLSStream(loop: loop, fd: a, context: server, isServer: true) } }.value.get()
+        let clientStream = try await loop.spawn {
+            Result { try TLSStream(loop: loop, fd: b, context: client, isServer: false, serverName: serverName) }
+        }.value.get()
+        let serverSide = loop.spawn { () -> String? in
+            do { try await serverStream.handshake(timeout: .seconds(5)); return nil } catch {
+                shutdown(a, Int32(SHUT_RDWR))
+                return "\(error)"
+            }
+        }
+        let clientSide = loop.spawn { () -> String? in
+            do { try await clientStream.handshake(timeout: .seconds(5)); return nil } catch {
+                shutdown(b, Int32(SHUT_RDWR))
+                return "\(error)"
+            }
+        }
+        let results = (await serverSide.value, await clientSide.value)
+        if results == (nil, nil), let exchange {
+            let failure = await loop.spawn { () -> String? in
+                do { try await exchange(serverStream, clientStream); return nil } catch { return "\(error)" }
+            }.value
+            if let failure { throw TestFailure(failure) }
+        }
+        return results
+    }
+
+    @Test("handshake, ALPN, 4 MiB each way intact, close_notify ends the stream")
+    func roundTrip() async throws {
+        let pki = try Self.pki.get()
+        let server = try TLSContext.server(certificate: pki.certificate("localhost"), key: pki.key("localhost"))
+        let client = try TLSContext.client(ca: pki.ca)
+        let facts = Mutex<[String]>([])
+        let results = try await Self.pair(server: server, client: client, serverName: "localhost") { serverStream, clientStream in
+            facts.withLock { $0 = [serverStream.negotiatedProtocol ?? "-", clientStream.protocolVersion] }
+            let size = 4 << 20
+            let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+            let received = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+            defer { payload.deallocate(); received.deallocate() }
+            for i in 0..<size { payload[i] = UInt8(truncatingIfNeeded: i &* 31 &+ i >> 9) }
+            // Client writes while the server reads (two tasks on the loop), then the reverse.
+            let bytes = SharedBytes(pointer: UnsafeRawBufferPointer(payload))
+            let writer = serverStream.loop.spawn { try? await clientStream.write(bytes.pointer) }
+            var total = 0
+            while total < size {
+                let count = try await serverStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[total...]))
+                precondition(count > 0, "early end after \(total)")
+                total += count
+            }
+            await writer.value
+            precondition(memcmp(payload.baseAddress!, received.baseAddress!, size) == 0, "payload differs")
+            await clientStream.close()
+            let end = try await serverStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<16]))
+            precondition(end == 0, "expected close_notify, got \(end) bytes")
+        }
+        #expect(results.0 == nil && results.1 == nil, "\(results)")
+        #expect(facts.withLock { $0 } == ["http/1.1", "TLSv1.3"])
+    }
+
+    @Test("SNI picks the certificate; a name the certificate does not cover fails verification")
+    func serverNameIndication() async throws {
+        let pki = try Self.pki.get()
+        let server = try TLSContext.server(certificate: pki.certificate("localhost"), key: pki.key("localhost"))
+        server.add(serverName: "other.test", try TLSContext.server(certificate: pki.certificate("other"), key: pki.key("other")))
+        let client = try TLSContext.client(ca: pki.ca)
+        let other = try await Self.pair(server: server, client: client, serverName: "other.test")
+        #expect(other.1 == nil, "other.test verified against its own certificate: \(other)")
+        let local = try await Self.pair(server: server, client: client, serverName: "localhost")
+        #expect(local.1 == nil)
+        let wrong = try await Self.pair(server: server, client: client, serverName: "wrong.test")
+        #expect(wrong.1?.contains("certificate verify failed") == true, "\(wrong)")
+    }
+
+    @Test("mutual TLS: a client certificate from the CA is accepted, none is refused")
+    func mutualTLS() async throws {
+        let pki = try Self.pki.get()
+        let server = try TLSContext.server(certificate: pki.certificate("localhost"), key: pki.key("localhost"), clientCA: pki.ca)
+        let anonymous = try TLSContext.client(ca: pki.ca)
+        let identified = try TLSContext.client(ca: pki.ca, certificate: pki.certificate("client"), key: pki.key("client"))
+        let refused = try await Self.pair(server: server, client: anonymous, serverName: "localhost")
+        #expect(refused.0?.contains("certificate") == true, "\(refused)")
+        let accepted = try await Self.pair(server: server, client: identified, serverName: "localhost")
+        #expect(accepted.0 == nil && accepted.1 == nil, "\(accepted)")
+    }
+
+    @Test("certificate problems name the file")
+    func fileErrors() throws {
+        let pki = try Self.pki.get()
+        #expect(throws: TLSError.self) { _ = try TLSContext.server(certificate: "/nope.pem", key: pki.key("localhost")) }
+        do {
+            _ = try TLSContext.server(certificate: pki.certificate("localhost"), key: pki.key("other"))
+            Issue.record("a mismatched key was accepted")
+        } catch {
+            #expect("\(error)".contains("does not match the certificate"), "\(error)")
+        }
+        do {
+            _ = try TLSContext.server(certificate: "/nope.pem", key: pki.key("localhost"))
+        } catch {
+            #expect("\(error)".hasPrefix("cannot read the certificate file /nope.pem"))
+        }
+    }
+
+    /// A TLS echo server on a loopback listener, for the openssl command line.
+    final class EchoServer: @unchecked Sendable {
+        let loop: EventLoop
+        let group: ListenerGroup
+        final class Count: Sendable { let value = Atomic<Int>(0) }
+        let failures = Count()
+        init(context: TLSContext) throws {
+            let loop = try EventLoop(index: 0)
+            self.loop = loop
+            let failures = self.failures
+            group = try ListenerGroup(address: loopback(0), loops: [loop], logger: .init(label: "test")) { fd, loop in
+                loop.spawn {
+                    defer { close(fd) }
+                    guard let stream = try? TLSStream(loop: loop, fd: fd, context: context, isServer: true) else { return }
+                    do {
+                        try await stream.handshake(timeout: .seconds(5))
+                        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 1)
+                        defer { buffer.deallocate() }
+                        // One read echoed, then close_notify: s_client then exits at once.
+                        let count = try await stream.read(into: buffer, timeout: .seconds(5))
+                        if count > 0 { try await stream.write(UnsafeRawBufferPointer(rebasing: buffer[0..<count])) }
+                        await stream.close()
+                    } catch {
+                        failures.value.add(1, ordering: .relaxed)
+                    }
+                }
+            }
+        }
+        var port: UInt16 { group.boundAddress.port! }
+        deinit { loop.shutdown() }
+    }
+
+    @Test("openssl s_client: TLS 1.2 and 1.3 work, 1.1 is refused, sessions resume, garbage is survived")
+    func opensslInterop() throws {
+        let pki = try Self.pki.get()
+        let server = try EchoServer(context: try TLSContext.server(certificate: pki.certificate("localhost"), key: pki.key("localhost")))
+        let base = "openssl s_client -connect 127.0.0.1:\(server.port) -servername localhost -CAfile \(pki.ca) -verify_return_error -alpn http/1.1"
+        for version in ["-tls1_2", "-tls1_3"] {
+            let out = try shell("printf 'hello tls\\n' | timeout 10 \(base) \(version) -ign_eof 2>&1").output
+            #expect(out.contains("hello tls"), "\(version): \(out.suffix(400))")
+            #expect(out.contains("ALPN protocol: http/1.1"))
+            #expect(out.contains("Verify return code: 0 (ok)"))
+        }
+        let old = try shell("printf 'x' | timeout 10 \(base) -tls1_1 -cipher DEFAULT@SECLEVEL=0 2>&1")
+        #expect(old.status != 0 || !old.output.contains("x\n"), "TLS 1.1 must not be served: \(old.output.suffix(300))")
+        let session = pki.directory + "/session.pem"
+        _ = try shell("printf 'one\\n' | timeout 10 \(base) -tls1_2 -ign_eof -sess_out \(session) 2>&1")
+        let resumed = try shell("printf 'two\\n' | timeout 10 \(base) -tls1_2 -ign_eof -sess_in \(session) 2>&1").output
+        #expect(resumed.contains("Reused, TLSv1.2"), "\(resumed.suffix(600))")
+        // Garbage and a cut-off handshake: those connections fail, the server goes on.
+        _ = try shell("head -c 3000 /dev/urandom | timeout 5 curl -s telnet://127.0.0.1:\(server.port) --max-time 2")
+        _ = try shell("printf '\\x16\\x03\\x01\\x02\\x00\\x01\\x00' | timeout 5 curl -s telnet://127.0.0.1:\(server.port) --max-time 1")
+        let after = try shell("printf 'still here\\n' | timeout 10 \(base) -ign_eof 2>&1").output
+        #expect(after.contains("still here"))
+        #expect(server.failures.value.load(ordering: .relaxed) >= 2)
+    }
+}
+
+/// A buffer handed to a second task on the same loop; it outlives both (freed after `await`).
+struct SharedBytes: @unchecked Sendable {
+    // @unchecked Sendable: both tasks run on one loop thread and the owner waits for the other.
+    let pointer: UnsafeRawBufferPointer
+}

@@ -1,0 +1,33 @@
+import Foundation
+
+/// A throwaway PKI made with the openssl command: a CA, server certificates for `localhost`
+/// and `other.test`, and a client certificate, all signed by the CA.
+public struct TestCertificates: Sendable {
+    public let directory: String
+    public var ca: String { directory + "/ca.pem" }
+    public func certificate(_ name: String) -> String { directory + "/\(name).pem" }
+    public func key(_ name: String) -> String { directory + "/\(name).key" }
+
+    public init() throws {
+        directory = NSTemporaryDirectory() + "harp-pki-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let d = directory
+        var script = """
+            set -e
+            cd \(d)
+            openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=harp-test-ca -keyout ca.key -out ca.pem 2>/dev/null
+            """
+        for (name, subject) in [("localhost", "DNS:localhost,IP:127.0.0.1"), ("other", "DNS:other.test"), ("client", "DNS:client.test")] {
+            script += """
+
+                openssl req -newkey rsa:2048 -nodes -subj /CN=\(name) -keyout \(name).key -out \(name).csr 2>/dev/null
+                printf 'subjectAltName=\(subject)\\nextendedKeyUsage=serverAuth,clientAuth\\n' > \(name).ext
+                openssl x509 -req -in \(name).csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile \(name).ext -out \(name).pem 2>/dev/null
+                """
+        }
+        let result = try shell(script)
+        guard result.status == 0 else { throw TestFailure("openssl could not make test certificates: \(result.output)") }
+    }
+
+    public func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
