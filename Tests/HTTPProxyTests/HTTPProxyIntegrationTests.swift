@@ -163,6 +163,22 @@ struct HTTPProxyIntegrationTests {
         #expect(try harp.stop() == 0)
     }
 
+    @Test("an idempotent request on a pooled connection the upstream dropped is retried on a fresh one")
+    func retryOnDeadPooledConnection() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, routes: Self.route("http://\(origin.address)"))
+            .replacingOccurrences(of: "threads = 2", with: "threads = 1"))
+        let first = try shell("curl -sf http://127.0.0.1:\(port)/vanish").output
+        #expect(first == "gone soon")
+        usleep(300_000)  // the origin has closed the pooled connection by now
+        let second = try shell("curl -sf http://127.0.0.1:\(port)/after").output
+        #expect(second == "ok", "the GET was retried on a new connection")
+        #expect(origin.connections.load(ordering: .relaxed) == 2)
+        #expect(try harp.stop() == 0)
+    }
+
     @Test("Host routing and prefix stripping")
     func routing() throws {
         let a = try HTTPTestOrigin(), b = try HTTPTestOrigin()

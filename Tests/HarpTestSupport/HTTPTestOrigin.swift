@@ -135,6 +135,12 @@ public final class HTTPTestOrigin: @unchecked Sendable {
             } else if target.hasPrefix("/slow/"), let ms = UInt32(target.dropFirst(6)) {
                 usleep(ms * 1000)
                 response = Self.response("slow")
+            } else if target.hasPrefix("/vanish") {
+                // Promise keep-alive, answer, then drop the connection: the next request on
+                // the pooled connection finds it dead before any response byte.
+                _ = Self.sendAll(fd, Self.response("gone soon"))
+                usleep(100_000)
+                return
             } else if target.hasPrefix("/close") {
                 response = Array("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close".utf8)
                 closeAfter = true
