@@ -61,21 +61,60 @@ struct TLSStreamTests {
             for i in 0..<size { payload[i] = UInt8(truncatingIfNeeded: i &* 31 &+ i >> 9) }
             // Client writes while the server reads (two tasks on the loop), then the reverse.
             let bytes = SharedBytes(pointer: UnsafeRawBufferPointer(payload))
-            let writer = serverStream.loop.spawn { try? await clientStream.write(bytes.pointer) }
+            let writer = serverStream.loop.spawn { _ = await clientStream.write(bytes.pointer) }
             var total = 0
             while total < size {
-                let count = try await serverStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[total...]))
+                let count = await serverStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[total...]))
                 precondition(count > 0, "early end after \(total)")
                 total += count
             }
             await writer.value
             precondition(memcmp(payload.baseAddress!, received.baseAddress!, size) == 0, "payload differs")
             await clientStream.close()
-            let end = try await serverStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<16]))
+            let end = await serverStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<16]))
             precondition(end == 0, "expected close_notify, got \(end) bytes")
         }
         #expect(results.0 == nil && results.1 == nil, "\(results)")
         #expect(facts.withLock { $0 } == ["http/1.1", "TLSv1.3"])
+    }
+
+    @Test("a relay between a TLS stream and a plain socket copies both ways and passes the end on")
+    func tlsToPlainRelay() async throws {
+        let pki = try Self.pki.get()
+        let server = try TLSContext.server(certificate: pki.certificate("localhost"), key: pki.key("localhost"))
+        let client = try TLSContext.client(ca: pki.ca)
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let (tlsClientFD, tlsServerFD) = EventLoopTests.socketPair()
+        let (plainFD, peerFD) = EventLoopTests.socketPair()
+        defer { [tlsClientFD, tlsServerFD, plainFD, peerFD].forEach { close($0) } }
+        let outcome = await loop.spawn { () -> String in
+            guard let serverStream = try? TLSStream(loop: loop, fd: tlsServerFD, context: server, isServer: true),
+                  let clientStream = try? TLSStream(loop: loop, fd: tlsClientFD, context: client, isServer: false, serverName: "localhost")
+            else { return "streams" }
+            let accept = loop.spawn { try? await serverStream.handshake(timeout: .seconds(5)) }
+            do { try await clientStream.handshake(timeout: .seconds(5)) } catch { return "handshake: \(error)" }
+            await accept.value
+            let relay = loop.spawn { await loop.relay(serverStream, SocketStream(loop: loop, fd: plainFD), idleTimeout: .seconds(5)) }
+            let peer = SocketStream(loop: loop, fd: peerFD)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 1)
+            defer { buffer.deallocate() }
+            buffer.copyBytes(from: Array("hello".utf8))
+            _ = await clientStream.write(UnsafeRawBufferPointer(rebasing: buffer[0..<5]))
+            let atPeer = await peer.read(into: buffer, timeout: .seconds(5))
+            guard atPeer == 5, Array(buffer[0..<5]) == Array("hello".utf8) else { return "plain side got \(atPeer)" }
+            buffer.copyBytes(from: Array("world!".utf8))
+            _ = await peer.write(UnsafeRawBufferPointer(rebasing: buffer[0..<6]), timeout: .seconds(5))
+            let atClient = await clientStream.read(into: buffer, timeout: .seconds(5))
+            guard atClient == 6, Array(buffer[0..<6]) == Array("world!".utf8) else { return "TLS side got \(atClient)" }
+            await clientStream.close()                                 // close_notify ...
+            let end = await peer.read(into: buffer, timeout: .seconds(5))  // ... arrives as FIN
+            guard end == 0 else { return "expected EOF, got \(end)" }
+            await peer.finishWriting()
+            let result = await relay.value
+            return "\(result.outcome) \(result.forwardBytes) \(result.backwardBytes)"
+        }.value
+        #expect(outcome == "finished 5 6")
     }
 
     @Test("SNI picks the certificate; a name the certificate does not cover fails verification")
@@ -140,8 +179,8 @@ struct TLSStreamTests {
                         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 1)
                         defer { buffer.deallocate() }
                         // One read echoed, then close_notify: s_client then exits at once.
-                        let count = try await stream.read(into: buffer, timeout: .seconds(5))
-                        if count > 0 { try await stream.write(UnsafeRawBufferPointer(rebasing: buffer[0..<count])) }
+                        let count = await stream.read(into: buffer, timeout: .seconds(5))
+                        if count > 0 { _ = await stream.write(UnsafeRawBufferPointer(rebasing: buffer[0..<count])) }
                         await stream.close()
                     } catch {
                         failures.value.add(1, ordering: .relaxed)

@@ -6,9 +6,21 @@ public struct TLSError: Error, CustomStringConvertible, Sendable {
 
     public init(_ what: String) {
         description = "\(what): \(TLSError.drainOpenSSLErrors())"
+        timedOut = false
     }
 
-    init(plain: String) { description = plain }
+    /// True for a timeout (not a TLS failure).
+    public let timedOut: Bool
+
+    init(plain: String) {
+        description = plain
+        timedOut = false
+    }
+
+    init(timeoutDuring what: String) {
+        description = "\(what): timed out"
+        timedOut = true
+    }
 
     /// OpenSSL's error queue as one line (and emptied, so the next failure starts clean).
     static func drainOpenSSLErrors() -> String {

@@ -7,7 +7,7 @@ import Glibc
 /// cannot see plaintext; kTLS, which could, is not available here).
 ///
 /// Loop-confined: create and use it on the loop that owns `fd`.
-public final class TLSStream: @unchecked Sendable {
+public final class TLSStream: ByteStream, @unchecked Sendable {
     // @unchecked Sendable: every member is touched only on `loop`'s thread.
     public let loop: EventLoop
     public let fd: Int32
@@ -63,20 +63,38 @@ public final class TLSStream: @unchecked Sendable {
         _ = try await drive(timeout: timeout, during: "TLS handshake") { SSL_do_handshake($0) }
     }
 
-    /// Reads plaintext; returns 0 when the peer closed (close_notify or end of stream).
-    public func read(into destination: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws(TLSError) -> Int {
+    public var isPlain: Bool { false }
+
+    /// The last TLS failure of a read or write (those report only `-EPROTO`), for the log.
+    public private(set) var lastError: TLSError?
+
+    /// Reads plaintext: a count, 0 when the peer closed (close_notify or end of stream), or
+    /// `-errno` (`-ETIMEDOUT`, `-EPROTO` for a TLS failure, see `lastError`).
+    public func read(into destination: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async -> Int {
         let count = destination.count
-        return Int(try await drive(timeout: timeout, during: "TLS read") { SSL_read($0, destination.baseAddress, Int32(count)) })
+        do {
+            return Int(try await drive(timeout: timeout, during: "TLS read") { SSL_read($0, destination.baseAddress, Int32(count)) })
+        } catch {
+            lastError = error
+            return error.timedOut ? -Int(ETIMEDOUT) : -Int(EPROTO)
+        }
     }
 
-    /// Writes all of `source` as plaintext.
-    public func write(_ source: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws(TLSError) {
+    /// Writes all of `source` as plaintext: 0, or `-errno` as for `read`.
+    public func write(_ source: UnsafeRawBufferPointer, timeout: Duration? = nil) async -> Int32 {
         var offset = 0
         while offset < source.count {
             let chunk = min(16 * 1024, source.count - offset)
-            let written = try await drive(timeout: timeout, during: "TLS write") { SSL_write($0, source.baseAddress! + offset, Int32(chunk)) }
-            offset += Int(written)
+            do {
+                let written = try await drive(timeout: timeout, during: "TLS write") { SSL_write($0, source.baseAddress! + offset, Int32(chunk)) }
+                if written == 0 { return -EPIPE }
+                offset += Int(written)
+            } catch {
+                lastError = error
+                return error.timedOut ? -ETIMEDOUT : -EPROTO
+            }
         }
+        return 0
     }
 
     /// Sends close_notify (a clean end, RFC 8446 §6.1). The socket stays open: the caller closes it.
@@ -84,6 +102,8 @@ public final class TLSStream: @unchecked Sendable {
         _ = SSL_shutdown(ssl)
         try? await flush(timeout: .seconds(5))
     }
+
+    public func finishWriting() async { await close() }
 
     /// The protocol ALPN settled on, if any.
     public var negotiatedProtocol: String? {
@@ -134,7 +154,8 @@ public final class TLSStream: @unchecked Sendable {
             return
         }
         guard received > 0 else {
-            throw TLSError(plain: "\(what): \(received == -ETIMEDOUT ? "timed out" : String(cString: strerror(-received)))")
+            if received == -ETIMEDOUT { throw TLSError(timeoutDuring: what) }
+            throw TLSError(plain: "\(what): \(String(cString: strerror(-received)))")
         }
         _ = BIO_write(incoming, buffer.baseAddress, received)
     }
