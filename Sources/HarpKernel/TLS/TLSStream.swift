@@ -44,8 +44,13 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         } else {
             SSL_set_connect_state(ssl)
             if let serverName {
-                _ = harp_ssl_set_host_name(ssl, serverName)
-                _ = SSL_set1_host(ssl, serverName)
+                if IPRange.bytes(of: serverName) != nil {
+                    // An address: no SNI (RFC 6066 §3 allows names only); verify the IP SAN.
+                    _ = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), serverName)
+                } else {
+                    _ = harp_ssl_set_host_name(ssl, serverName)
+                    _ = SSL_set1_host(ssl, serverName)
+                }
             }
             let wire = context.alpnWire
             if !wire.isEmpty { _ = SSL_set_alpn_protos(ssl, wire, UInt32(wire.count)) }

@@ -9,16 +9,23 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         /// Remove `path_prefix` from the path before forwarding (keeping a leading `/`).
         public var stripPrefix: Bool
         public var upstream: Upstream
+        /// https upstreams: a PEM CA file to verify against instead of the system store.
+        public var ca: String?
+        /// https upstreams: verification is on unless set to false (and then logged).
+        public var verify: Bool
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case host, pathPrefix = "path_prefix", stripPrefix = "strip_prefix", upstream
+            case host, pathPrefix = "path_prefix", stripPrefix = "strip_prefix", upstream, ca, verify
         }
 
-        public init(host: String? = nil, pathPrefix: String = "/", stripPrefix: Bool = false, upstream: Upstream) {
+        public init(host: String? = nil, pathPrefix: String = "/", stripPrefix: Bool = false, upstream: Upstream,
+                    ca: String? = nil, verify: Bool = true) {
             self.host = host?.lowercased()
             self.pathPrefix = pathPrefix
             self.stripPrefix = stripPrefix
             self.upstream = upstream
+            self.ca = ca
+            self.verify = verify
         }
 
         public init(from decoder: any Decoder) throws {
@@ -29,11 +36,41 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
             }
             self.init(host: try c.decodeIfPresent(String.self, forKey: .host), pathPrefix: prefix,
                       stripPrefix: try c.decodeIfPresent(Bool.self, forKey: .stripPrefix) ?? false,
-                      upstream: try c.decode(Upstream.self, forKey: .upstream))
+                      upstream: try c.decode(Upstream.self, forKey: .upstream),
+                      ca: try c.decodeIfPresent(String.self, forKey: .ca),
+                      verify: try c.decodeIfPresent(Bool.self, forKey: .verify) ?? true)
+        }
+    }
+
+    /// An HTTPS listener: a default certificate, more chosen by SNI name, optional client CA.
+    public struct TLSListener: Codable, Sendable {
+        public struct NamedCertificate: Codable, Sendable {
+            public var name: String
+            public var cert: String
+            public var key: String
+        }
+
+        public var listen: SocketAddress
+        public var cert: String
+        public var key: String
+        /// Clients must present a certificate signed by this CA (mutual TLS).
+        public var clientCA: String?
+        public var sni: [NamedCertificate]
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case listen, cert, key, clientCA = "client_ca", sni }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            listen = try c.decode(SocketAddress.self, forKey: .listen)
+            cert = try c.decode(String.self, forKey: .cert)
+            key = try c.decode(String.self, forKey: .key)
+            clientCA = try c.decodeIfPresent(String.self, forKey: .clientCA)
+            sni = try c.decodeIfPresent([NamedCertificate].self, forKey: .sni) ?? []
         }
     }
 
     public var listen: [SocketAddress]
+    public var listenTLS: [TLSListener]
     public var routes: [Route]
     /// Request heads above this get 431.
     public var maxHeaderSize: Int
@@ -57,6 +94,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
 
     public init() {
         listen = [.ipv4(host: UInt32(0x7f000001).bigEndian, port: 8080)]
+        listenTLS = []
         routes = []
         maxHeaderSize = 32 * 1024
         maxTargetSize = 8 * 1024
@@ -72,7 +110,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case listen, routes, maxHeaderSize = "max_header_size", maxTargetSize = "max_target_size"
+        case listen, listenTLS = "listen_tls", routes, maxHeaderSize = "max_header_size", maxTargetSize = "max_target_size"
         case maxBodySize = "max_body_size", connectTimeout = "connect_timeout", clientTimeout = "client_timeout"
         case serverTimeout = "server_timeout", tunnelTimeout = "tunnel_timeout", trustedProxies = "trusted_proxies"
         case upstreamKeepalive = "upstream_keepalive", upstreamIdleTimeout = "upstream_idle_timeout"
@@ -82,7 +120,9 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
     public init(from decoder: any Decoder) throws {
         var d = HTTPProxyConfiguration()
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        d.listen = try c.decodeIfPresent([SocketAddress].self, forKey: .listen) ?? d.listen
+        d.listenTLS = try c.decodeIfPresent([TLSListener].self, forKey: .listenTLS) ?? []
+        // With only HTTPS listeners configured, no plain listener is implied.
+        d.listen = try c.decodeIfPresent([SocketAddress].self, forKey: .listen) ?? (d.listenTLS.isEmpty ? d.listen : [])
         d.routes = try c.decodeIfPresent([Route].self, forKey: .routes) ?? []
         d.maxHeaderSize = try c.decodeIfPresent(Int.self, forKey: .maxHeaderSize) ?? d.maxHeaderSize
         d.maxTargetSize = try c.decodeIfPresent(Int.self, forKey: .maxTargetSize) ?? d.maxTargetSize
@@ -109,6 +149,8 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         try range("max_target_size", maxTargetSize, 256...1_048_576)
         try range("max_body_size", maxBodySize, 0...Int.max)
         try range("upstream_keepalive", upstreamKeepalive, 0...100_000)
-        if listen.isEmpty { throw .invalid(key: "http.listen", value: "[]", reason: "expected at least one address") }
+        if listen.isEmpty && listenTLS.isEmpty {
+            throw .invalid(key: "http.listen", value: "[]", reason: "expected at least one address (or an [[http.listen_tls]])")
+        }
     }
 }

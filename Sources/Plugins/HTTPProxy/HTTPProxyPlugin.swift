@@ -1,3 +1,4 @@
+import CoreMetrics
 import Glibc
 import HarpKernel
 import Logging
@@ -19,6 +20,7 @@ public final class HTTPProxyPlugin: Plugin {
         shared = ProxyShared(configuration: configuration, logger: context.logger)
         // The static table answers first; providers added by other plugins come after it.
         if !configuration.routes.isEmpty { shared.providers.append(StaticRoutes(routes: configuration.routes)) }
+        try shared.prepareTLS()
     }
 
     /// Adds a route provider (call from another plugin's `init`).
@@ -44,11 +46,45 @@ public final class HTTPProxyPlugin: Plugin {
                     loop.openConnections.add(1, ordering: .relaxed)
                     defer { loop.openConnections.subtract(1, ordering: .relaxed) }
                     Socket.setNoDelay(fd)
-                    await ProxyConnection(loop: loop, client: fd, shared: shared).run()
+                    await ProxyConnection(loop: loop, client: SocketStream(loop: loop, fd: fd), shared: shared).run()
                 }
             }
             listeners.withLock { $0.append(group) }
         }
+        for (index, listener) in shared.configuration.listenTLS.enumerated() {
+            let group = try ListenerGroup(address: listener.listen, loops: context.loops, logger: context.logger) { fd, loop in
+                loop.spawn {
+                    loop.openConnections.add(1, ordering: .relaxed)
+                    defer { loop.openConnections.subtract(1, ordering: .relaxed) }
+                    Socket.setNoDelay(fd)
+                    guard let stream = await HTTPProxyPlugin.acceptTLS(fd, loop: loop, context: shared.serverContext(index), shared: shared) else {
+                        close(fd)
+                        return
+                    }
+                    await ProxyConnection(loop: loop, client: stream, shared: shared).run()
+                }
+            }
+            listeners.withLock { $0.append(group) }
+        }
+    }
+
+    /// The server side of a TLS handshake; a failure is logged with the peer and OpenSSL's
+    /// reason, counted, and affects no other connection.
+    static func acceptTLS(_ fd: Int32, loop: EventLoop, context: TLSContext, shared: ProxyShared) async -> TLSStream? {
+        do {
+            let stream = try TLSStream(loop: loop, fd: fd, context: context, isServer: true)
+            try await stream.handshake(timeout: shared.configuration.clientTimeout.duration)
+            return stream
+        } catch {
+            shared.tlsHandshakeFailures.increment()
+            shared.logger.info("TLS handshake failed", metadata: [
+                "client": "\(SocketAddress.peer(of: fd).map { "\($0)" } ?? "?")", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    public func reload() async {
+        shared.reloadCertificates()
     }
 
     public func stopAccepting() async {
@@ -60,6 +96,9 @@ public final class HTTPProxyPlugin: Plugin {
         let routes = shared.configuration.routes.map { route in
             "route \(route.host ?? "*")\(route.pathPrefix) -> \(route.upstream)"
         }
-        return listeners.withLock { $0.map { "http://\($0.boundAddress)" } } + routes
+        let plain = shared.configuration.listen.count
+        return listeners.withLock { groups in
+            groups.enumerated().map { index, group in "\(index < plain ? "http" : "https")://\(group.boundAddress)" }
+        } + routes
     }
 }

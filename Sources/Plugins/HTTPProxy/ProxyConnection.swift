@@ -8,11 +8,11 @@ import Logging
 /// so pipelined requests are answered in order.
 final class ProxyConnection {
     let loop: EventLoop
-    let client: Int32
+    /// The client's plaintext: the socket itself, or a TLS stream over it.
+    let client: any ByteStream
     let info: ClientInfo
     let shared: ProxyShared
     let inbound: ConnectionBuffer
-    private let clientIO = AsyncCompletion()
     private let upstreamIO = AsyncCompletion()
     private var scanned = 0
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
@@ -20,11 +20,11 @@ final class ProxyConnection {
     /// response left bytes behind is not reused), so one buffer serves the whole connection.
     private lazy var responseBuffer = ConnectionBuffer(capacity: config.maxHeaderSize + 16 * 1024)
 
-    init(loop: EventLoop, client: Int32, shared: ProxyShared) {
+    init(loop: EventLoop, client: any ByteStream, shared: ProxyShared) {
         self.loop = loop
         self.client = client
         self.shared = shared
-        let peer = SocketAddress.peer(of: client) ?? .unix(path: "")
+        let peer = SocketAddress.peer(of: client.fd) ?? .unix(path: "")
         info = ClientInfo(peer: peer, isTrustedProxy: peer.hostBytes.map { bytes in
             shared.configuration.trustedProxies.contains { $0.contains(bytes) }
         } ?? false)
@@ -38,7 +38,7 @@ final class ProxyConnection {
     func run() async {
         shared.metrics.connectionOpened()
         defer {
-            close(client)
+            close(client.fd)
             shared.metrics.connectionClosed()
         }
         while let (head, length) = await readRequestHead() {
@@ -74,7 +74,7 @@ final class ProxyConnection {
                 await respond(status: 431, keepAlive: false)
                 return nil
             }
-            let received = await loop.recv(client, into: space, timeout: config.clientTimeout.duration, using: clientIO)
+            let received = await client.read(into: space, timeout: config.clientTimeout.duration)
             guard received > 0 else { return nil }  // EOF, idle timeout or reset: just close
             inbound.didWrite(Int(received))
         }
@@ -134,7 +134,7 @@ final class ProxyConnection {
         // Answer 100-continue ourselves (as nginx does): the body then flows straight through.
         let expectsContinue = request.headers.contains("Expect", token: "100-continue")
         let answerContinue = expectsContinue && framing != .none && inbound.isEmpty
-        let head = HeaderRewrite.upstreamRequest(request, framing: framing, client: info, scheme: "http",
+        let head = HeaderRewrite.upstreamRequest(request, framing: framing, client: info, scheme: client.isPlain ? "http" : "https",
                                                  answeredContinue: expectsContinue && framing != .none)
         var headBytes: [UInt8] = []
         headBytes.reserveCapacity(1024)
@@ -175,7 +175,7 @@ final class ProxyConnection {
     }
 
     struct UpstreamConnection {
-        let fd: Int32
+        let stream: any ByteStream
         let reused: Bool
     }
 
@@ -186,7 +186,7 @@ final class ProxyConnection {
 
     private func connect(_ upstream: Upstream) async -> ConnectResult {
         let pool = shared.pool(for: loop)
-        if let fd = pool.take(upstream, now: loop.now) { return .success(UpstreamConnection(fd: fd, reused: true)) }
+        if let stream = pool.take(upstream, now: loop.now) { return .success(UpstreamConnection(stream: stream, reused: true)) }
         let fd: Int32
         do {
             fd = try Socket.stream(family: upstream.address.family)
@@ -204,7 +204,19 @@ final class ProxyConnection {
         }
         pool.noteOpened()
         if case .ipv4 = upstream.address { Socket.setNoDelay(fd) } else if case .ipv6 = upstream.address { Socket.setNoDelay(fd) }
-        return .success(UpstreamConnection(fd: fd, reused: false))
+        guard let tls = shared.upstreamTLS(for: upstream) else {
+            return .success(UpstreamConnection(stream: SocketStream(loop: loop, fd: fd), reused: false))
+        }
+        do {
+            let stream = try TLSStream(loop: loop, fd: fd, context: tls, isServer: false, serverName: upstream.serverName)
+            try await stream.handshake(timeout: config.connectTimeout.duration)
+            return .success(UpstreamConnection(stream: stream, reused: false))
+        } catch {
+            close(fd)
+            shared.metrics.upstreamConnectFailed()
+            shared.logger.warning("upstream TLS handshake failed", metadata: ["upstream": "\(upstream)", "error": "\(error)"])
+            return .failure(status: 502)
+        }
     }
 
     enum ExchangeOutcome: Equatable {
@@ -218,13 +230,13 @@ final class ProxyConnection {
 
     private func exchangeOnce(_ request: HTTPRequestHead, headBytes: [UInt8], framing: BodyFraming,
                               connection: UpstreamConnection, answerContinue: Bool, _ exchange: Exchange) async -> ExchangeOutcome {
-        let upstream = connection.fd
+        let upstream = connection.stream
         var reusable = false
         responseBuffer.consume(responseBuffer.count)
         defer {
-            if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!, now: loop.now) } else { close(upstream) }
+            if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!, now: loop.now) } else { close(upstream.fd) }
         }
-        let sent = await send(headBytes, to: upstream, timeout: config.serverTimeout.duration, using: upstreamIO)
+        let sent = await send(headBytes, to: upstream, timeout: config.serverTimeout.duration)
         guard sent == 0 else { return connection.reused ? .retry : .upstreamFailed }
 
         if answerContinue {
@@ -320,27 +332,25 @@ final class ProxyConnection {
     /// One direction a body moves in: where it comes from (with the bytes already read from
     /// there), where it goes, and which side to blame when a socket fails.
     struct BodyLeg {
-        let source: Int32
-        let destination: Int32
+        let source: any ByteStream
+        let destination: any ByteStream
         let buffer: ConnectionBuffer
-        let sourceIO: AsyncCompletion
-        let destinationIO: AsyncCompletion
         let sourceTimeout: Duration
         let destinationTimeout: Duration
         let sourceFailed: BodyResult
         let destinationFailed: BodyResult
     }
 
-    private func forwardRequestBody(_ framing: BodyFraming, to upstream: Int32, _ exchange: Exchange) async -> BodyResult {
-        let leg = BodyLeg(source: client, destination: upstream, buffer: inbound, sourceIO: clientIO, destinationIO: upstreamIO,
+    private func forwardRequestBody(_ framing: BodyFraming, to upstream: any ByteStream, _ exchange: Exchange) async -> BodyResult {
+        let leg = BodyLeg(source: client, destination: upstream, buffer: inbound,
                           sourceTimeout: config.clientTimeout.duration, destinationTimeout: config.serverTimeout.duration,
                           sourceFailed: .clientFailed, destinationFailed: .upstreamFailed)
         return await forwardBody(framing, leg, rechunk: true, limit: config.maxBodySize) { exchange.requestBytes += $0 }
     }
 
-    private func forwardResponseBody(_ framing: BodyFraming, from upstream: Int32, buffered response: ConnectionBuffer,
+    private func forwardResponseBody(_ framing: BodyFraming, from upstream: any ByteStream, buffered response: ConnectionBuffer,
                                      rechunk: Bool, _ exchange: Exchange) async -> BodyResult {
-        let leg = BodyLeg(source: upstream, destination: client, buffer: response, sourceIO: upstreamIO, destinationIO: clientIO,
+        let leg = BodyLeg(source: upstream, destination: client, buffer: response,
                           sourceTimeout: config.serverTimeout.duration, destinationTimeout: config.clientTimeout.duration,
                           sourceFailed: .upstreamFailed, destinationFailed: .clientFailed)
         return await forwardBody(framing, leg, rechunk: rechunk, limit: 0) { exchange.responseBytes += $0 }
@@ -359,8 +369,8 @@ final class ProxyConnection {
             if case .length(let length) = framing { count = length } else { count = Int.max }
             let buffered = min(count, leg.buffer.count)
             if buffered > 0 {
-                let sent = await loop.sendAll(leg.destination, UnsafeRawBufferPointer(rebasing: leg.buffer.readable[0..<buffered]),
-                                              timeout: leg.destinationTimeout, using: leg.destinationIO)
+                let sent = await leg.destination.write(UnsafeRawBufferPointer(rebasing: leg.buffer.readable[0..<buffered]),
+                                                       timeout: leg.destinationTimeout)
                 leg.buffer.consume(buffered)
                 guard sent == 0 else { return leg.destinationFailed }
                 counted(buffered)
@@ -404,7 +414,7 @@ final class ProxyConnection {
                 leg.buffer.consume(consumed)
                 if limit > 0 && total > limit { return .tooLarge }
                 if !out.isEmpty {
-                    guard await send(out, to: leg.destination, timeout: leg.destinationTimeout, using: leg.destinationIO) == 0 else {
+                    guard await send(out, to: leg.destination, timeout: leg.destinationTimeout) == 0 else {
                         return leg.destinationFailed
                     }
                 }
@@ -414,7 +424,7 @@ final class ProxyConnection {
                 }
                 let space = leg.buffer.writable
                 guard !space.isEmpty else { return .invalid(.bad("chunk line too long")) }
-                let received = await loop.recv(leg.source, into: space, timeout: leg.sourceTimeout, using: leg.sourceIO)
+                let received = await leg.source.read(into: space, timeout: leg.sourceTimeout)
                 guard received > 0 else { return leg.sourceFailed }
                 leg.buffer.didWrite(Int(received))
             }
@@ -450,7 +460,7 @@ final class ProxyConnection {
         case invalid(HTTPError)
     }
 
-    private func readResponseHead(from upstream: Int32, into buffer: ConnectionBuffer) async -> ResponseHeadResult {
+    private func readResponseHead(from upstream: any ByteStream, into buffer: ConnectionBuffer) async -> ResponseHeadResult {
         var scannedResponse = 0
         while true {
             switch shared.parser.parseResponse(buffer.readable, scanFrom: scannedResponse) {
@@ -464,8 +474,8 @@ final class ProxyConnection {
             }
             let space = buffer.writable
             guard !space.isEmpty else { return .invalid(HTTPError(502, "response head too large")) }
-            let received = await loop.recv(upstream, into: space, timeout: config.serverTimeout.duration, using: upstreamIO)
-            if received == -ETIMEDOUT { return .timedOut }
+            let received = await upstream.read(into: space, timeout: config.serverTimeout.duration)
+            if received == -Int(ETIMEDOUT) { return .timedOut }
             guard received > 0 else { return .closedEarly }
             buffer.didWrite(Int(received))
         }
@@ -473,14 +483,14 @@ final class ProxyConnection {
 
     /// 101 Switching Protocols: pass the head on, flush what each side already sent, then
     /// splice both ways until both are done (idle limit: the tunnel timeout).
-    private func tunnel(_ request: HTTPRequestHead, _ head: HTTPResponseHead, upstream: Int32,
+    private func tunnel(_ request: HTTPRequestHead, _ head: HTTPResponseHead, upstream: any ByteStream,
                         buffered response: ConnectionBuffer, _ exchange: Exchange) async -> ExchangeOutcome {
         var bytes: [UInt8] = []
         HeadWriter.response(HeaderRewrite.clientResponse(head, framing: .none, keepAlive: true, clientMinorVersion: 1), into: &bytes)
         if !response.isEmpty { bytes.append(contentsOf: response.readable) }
         guard await sendToClient(bytes) else { return .clientGone }
         if !inbound.isEmpty {
-            let sent = await loop.sendAll(upstream, inbound.readable, timeout: config.serverTimeout.duration, using: upstreamIO)
+            let sent = await upstream.write(inbound.readable, timeout: config.serverTimeout.duration)
             inbound.consume(inbound.count)
             guard sent == 0 else { return .clientGone }
         }
@@ -501,19 +511,19 @@ final class ProxyConnection {
     // MARK: Writing to the client
 
     private func sendToClient(_ bytes: [UInt8]) async -> Bool {
-        await send(bytes, to: client, timeout: config.clientTimeout.duration, using: clientIO) == 0
+        await send(bytes, to: client, timeout: config.clientTimeout.duration) == 0
     }
 
     /// Sends an array through the connection's fixed scratch buffer: the ring needs memory
     /// that stays put across the await, which an array's storage does not promise.
-    private func send(_ bytes: [UInt8], to fd: Int32, timeout: Duration, using record: AsyncCompletion) async -> Int32 {
+    private func send(_ bytes: [UInt8], to stream: any ByteStream, timeout: Duration) async -> Int32 {
         var offset = 0
         while offset < bytes.count {
             let count = min(scratch.count, bytes.count - offset)
             bytes.withUnsafeBytes { source in
                 scratch.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + count]))
             }
-            let sent = await loop.sendAll(fd, UnsafeRawBufferPointer(rebasing: scratch[0..<count]), timeout: timeout, using: record)
+            let sent = await stream.write(UnsafeRawBufferPointer(rebasing: scratch[0..<count]), timeout: timeout)
             if sent != 0 { return sent }
             offset += count
         }
@@ -521,7 +531,7 @@ final class ProxyConnection {
     }
 
     private func sendToClient(_ bytes: UnsafeRawBufferPointer) async -> Bool {
-        await loop.sendAll(client, bytes, timeout: config.clientTimeout.duration, using: clientIO) == 0
+        await client.write(bytes, timeout: config.clientTimeout.duration) == 0
     }
 
     private func respond(status: Int, body: String? = nil, keepAlive: Bool) async {

@@ -1,3 +1,4 @@
+import CoreMetrics
 import HarpKernel
 import Logging
 import Synchronization
@@ -17,6 +18,12 @@ final class ProxyShared: @unchecked Sendable {
     var observers: [any ResponseObserver] = []
     var upgradeHandlers: [any UpgradeHandler] = []
     private var pools: [UpstreamPool] = []
+    /// Client contexts for https upstreams named by routes; others get `defaultUpstreamTLS`.
+    private var upstreamContexts: [Upstream: TLSContext] = [:]
+    private var defaultUpstreamTLS: TLSContext?
+    /// Server contexts of the HTTPS listeners, replaced on reload (SIGHUP).
+    private let serverContexts = Mutex<[TLSContext]>([])
+    let tlsHandshakeFailures = CoreMetrics.Counter(label: "harp_http_tls_handshake_failures_total")
     private let accepting = Atomic<Bool>(true)
 
     init(configuration: HTTPProxyConfiguration, logger: Logger) {
@@ -26,6 +33,60 @@ final class ProxyShared: @unchecked Sendable {
         var access = Logger(label: "harp.http.access")
         access.logLevel = logger.logLevel
         accessLogger = access
+    }
+
+    /// Builds every TLS context the configuration names; a bad file is a startup error.
+    func prepareTLS() throws {
+        for (index, route) in configuration.routes.enumerated() where route.upstream.isTLS {
+            do {
+                upstreamContexts[route.upstream] = try TLSContext.client(ca: route.ca, verify: route.verify)
+            } catch {
+                throw ConfigError.invalid(key: "http.routes[\(index)].ca", value: "\"\(route.ca ?? "")\"", reason: "\(error)")
+            }
+            if !route.verify {
+                logger.warning("TLS verification is off for an upstream", metadata: ["upstream": "\(route.upstream)"])
+            }
+        }
+        serverContexts.withLock { $0 = [] }
+        let contexts = try configuration.listenTLS.enumerated().map { index, listener in
+            do {
+                return try Self.serverContext(listener)
+            } catch {
+                throw ConfigError.invalid(key: "http.listen_tls[\(index)]", value: "\"\(listener.cert)\"", reason: "\(error)")
+            }
+        }
+        serverContexts.withLock { $0 = contexts }
+    }
+
+    static func serverContext(_ listener: HTTPProxyConfiguration.TLSListener) throws(TLSError) -> TLSContext {
+        let context = try TLSContext.server(certificate: listener.cert, key: listener.key, clientCA: listener.clientCA)
+        for named in listener.sni {
+            context.add(serverName: named.name, try TLSContext.server(certificate: named.cert, key: named.key, clientCA: listener.clientCA))
+        }
+        return context
+    }
+
+    /// SIGHUP: re-read the HTTPS certificates. New connections get the new ones; open
+    /// connections keep theirs. A file that fails keeps the old context and is logged.
+    func reloadCertificates() {
+        for (index, listener) in configuration.listenTLS.enumerated() {
+            do {
+                let context = try Self.serverContext(listener)
+                serverContexts.withLock { $0[index] = context }
+                logger.info("reloaded TLS certificate", metadata: ["listen": "\(listener.listen)", "cert": "\(listener.cert)"])
+            } catch {
+                logger.error("TLS certificate reload failed; keeping the old one", metadata: ["cert": "\(listener.cert)", "error": "\(error)"])
+            }
+        }
+    }
+
+    func serverContext(_ index: Int) -> TLSContext { serverContexts.withLock { $0[index] } }
+
+    func upstreamTLS(for upstream: Upstream) -> TLSContext? {
+        guard upstream.isTLS else { return nil }
+        if let context = upstreamContexts[upstream] { return context }
+        if defaultUpstreamTLS == nil { defaultUpstreamTLS = try? TLSContext.client() }
+        return defaultUpstreamTLS
     }
 
     func preparePools(loops: Int) {

@@ -37,8 +37,8 @@ public struct UpgradeRefusal: Sendable {
 public struct UpgradedConnection: @unchecked Sendable {
     // @unchecked Sendable: descriptors and heads are only used on `loop`.
     public let loop: EventLoop
-    public let client: Int32
-    public let upstream: Int32
+    public let client: any ByteStream
+    public let upstream: any ByteStream
     public let request: HTTPRequestHead
     public let response: HTTPResponseHead
     /// The http plugin's `tunnel_timeout`: the idle limit after the switch.

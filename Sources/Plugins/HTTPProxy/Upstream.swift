@@ -1,25 +1,34 @@
 import HarpKernel
 
-/// Where a route sends requests: `http://host:port` or `unix:/path/to/socket`.
+/// Where a route sends requests: `http://host:port`, `https://host:port` or `unix:/path`.
 public struct Upstream: Codable, Hashable, Sendable, CustomStringConvertible {
     public let address: SocketAddress
     /// The text the user wrote, used as the pool key and in logs.
     public let text: String
+    /// Whether requests go over TLS (`https://`).
+    public let isTLS: Bool
+    /// The host as written, for SNI and certificate verification of TLS upstreams.
+    public let serverName: String?
 
-    static let allowedForms = "an upstream like http://127.0.0.1:9000, http://[::1]:9000 or unix:/run/app.sock"
+    static let allowedForms = "an upstream like http://127.0.0.1:9000, https://app.internal:8443, http://[::1]:9000 or unix:/run/app.sock"
 
     public init(parsing text: String) throws(ConfigValueProblem) {
         var rest = text
-        if rest.hasPrefix("http://") {
-            rest = String(rest.dropFirst(7))
+        var tls = false
+        var host: String?
+        if rest.hasPrefix("http://") || rest.hasPrefix("https://") {
+            tls = rest.hasPrefix("https://")
+            rest = String(rest.dropFirst(tls ? 8 : 7))
             if rest.hasSuffix("/") { rest = String(rest.dropLast()) }
             guard !rest.contains("/") else { throw ConfigValueProblem("an upstream has no path; expected \(Self.allowedForms)") }
-            if !rest.contains(":") || rest.hasSuffix("]") { rest += ":80" }
-        } else if rest.hasPrefix("https://") {
-            throw ConfigValueProblem("https:// upstreams need TLS, which this build does not have yet; expected \(Self.allowedForms)")
+            if !rest.contains(":") || rest.hasSuffix("]") { rest += tls ? ":443" : ":80" }
+            let hostPart = String(rest[..<rest.lastIndex(of: ":")!])
+            host = hostPart.hasPrefix("[") ? String(hostPart.dropFirst().dropLast()) : hostPart
         } else if !rest.hasPrefix("unix:") {
             throw ConfigValueProblem("expected \(Self.allowedForms)")
         }
+        isTLS = tls
+        serverName = host
         do {
             address = try SocketAddress(parsing: rest)
         } catch {
@@ -31,6 +40,8 @@ public struct Upstream: Codable, Hashable, Sendable, CustomStringConvertible {
     public init(address: SocketAddress) {
         self.address = address
         text = address.family == AF_UNIX_FAMILY ? "\(address)" : "http://\(address)"
+        isTLS = false
+        serverName = nil
     }
 
     public init(from decoder: any Decoder) throws {

@@ -6,7 +6,7 @@ import HarpKernel
 /// "nothing to read yet" means the upstream closed it or sent junk, and it is discarded.
 final class UpstreamPool {
     private struct Idle {
-        let fd: Int32
+        let stream: any ByteStream
         let since: UInt64
     }
 
@@ -25,28 +25,30 @@ final class UpstreamPool {
     /// A live idle connection to `upstream`, most recently used first. The liveness peek
     /// (a syscall) is skipped for connections idle under a second: an upstream closing one
     /// that fast is rare, and an idempotent request is retried on a fresh connection anyway.
-    func take(_ upstream: Upstream, now: UInt64) -> Int32? {
+    /// (TLS connections are never peeked: a session ticket may legitimately be waiting.)
+    func take(_ upstream: Upstream, now: UInt64) -> (any ByteStream)? {
         while let connection = idle[upstream]?.popLast() {
             let idleFor = now &- connection.since
-            if idleFor <= idleLimit && (idleFor < 1_000_000_000 || Self.isQuiet(connection.fd)) { return connection.fd }
-            close(connection.fd)
+            let fresh = idleFor < 1_000_000_000 || !connection.stream.isPlain || Self.isQuiet(connection.stream.fd)
+            if idleFor <= idleLimit && fresh { return connection.stream }
+            close(connection.stream.fd)
         }
         return nil
     }
 
-    func give(_ fd: Int32, to upstream: Upstream, now: UInt64) {
+    func give(_ stream: any ByteStream, to upstream: Upstream, now: UInt64) {
         var list = idle[upstream, default: []]
         // Evict the oldest first when full, and any that outlived the idle limit.
         list.removeAll { stale in
             let expired = now &- stale.since > idleLimit
-            if expired { close(stale.fd) }
+            if expired { close(stale.stream.fd) }
             return expired
         }
         if list.count >= maxPerUpstream, let oldest = list.first {
-            close(oldest.fd)
+            close(oldest.stream.fd)
             list.removeFirst()
         }
-        if maxPerUpstream > 0 { list.append(Idle(fd: fd, since: now)) } else { close(fd) }
+        if maxPerUpstream > 0 { list.append(Idle(stream: stream, since: now)) } else { close(stream.fd) }
         idle[upstream] = list
     }
 
@@ -60,7 +62,7 @@ final class UpstreamPool {
     }
 
     func closeAll() {
-        for list in idle.values { for connection in list { close(connection.fd) } }
+        for list in idle.values { for connection in list { close(connection.stream.fd) } }
         idle.removeAll()
     }
 }

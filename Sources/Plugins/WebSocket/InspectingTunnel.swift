@@ -52,7 +52,6 @@ final class InspectingTunnel: @unchecked Sendable {
         let source = fromClient ? connection.client : connection.upstream
         let destination = fromClient ? connection.upstream : connection.client
         let gate = gates[fromClient ? 1 : 0]
-        let record = AsyncCompletion(), sendRecord = AsyncCompletion()
         let capacity = 64 * 1024
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
         defer { buffer.deallocate() }
@@ -69,22 +68,20 @@ final class InspectingTunnel: @unchecked Sendable {
             }
             while !aborted {
                 let limit = waitLimit(fromClient: fromClient)
-                let received = await loop.recv(source, into: UnsafeMutableRawBufferPointer(rebasing: buffer[end...]),
-                                               timeout: limit, using: record)
+                let received = await source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[end...]), timeout: limit)
                 if received > 0 {
                     end += Int(received)
                     lastActivity = loop.now
                     return true
                 }
-                guard received == -ETIMEDOUT else { return false }
+                guard received == -Int(ETIMEDOUT) else { return false }
                 if await idleExpired(fromClient: fromClient) { return false }
             }
             return false
         }
 
         func send(_ range: Range<Int>) async -> Bool {
-            let result = await loop.sendAll(destination, UnsafeRawBufferPointer(rebasing: buffer[range]),
-                                            timeout: connection.idleTimeout, using: sendRecord)
+            let result = await destination.write(UnsafeRawBufferPointer(rebasing: buffer[range]), timeout: connection.idleTimeout)
             bytes[fromClient ? 0 : 1] += range.count
             return result == 0
         }
@@ -172,7 +169,7 @@ final class InspectingTunnel: @unchecked Sendable {
         _ = await flush()
         // EOF or error on this side: pass the FIN on; the other direction may finish.
         finished[fromClient ? 0 : 1] = true
-        shutdown(destination, Int32(SHUT_WR))
+        await destination.finishWriting()
     }
 
     /// Returns a close code and reason when the frame breaks a rule; updates message state.
@@ -267,8 +264,8 @@ final class InspectingTunnel: @unchecked Sendable {
     private func abort() {
         guard !aborted else { return }
         aborted = true
-        shutdown(connection.client, Int32(SHUT_RDWR))
-        shutdown(connection.upstream, Int32(SHUT_RDWR))
+        shutdown(connection.client.fd, Int32(SHUT_RDWR))
+        shutdown(connection.upstream.fd, Int32(SHUT_RDWR))
     }
 
     private func write(_ frame: [UInt8], toClient: Bool) async {
@@ -278,8 +275,7 @@ final class InspectingTunnel: @unchecked Sendable {
         let out = UnsafeMutableRawBufferPointer.allocate(byteCount: frame.count, alignment: 1)
         defer { out.deallocate() }
         out.copyBytes(from: frame)
-        _ = await loop.sendAll(toClient ? connection.client : connection.upstream, UnsafeRawBufferPointer(out),
-                               timeout: .seconds(5), using: AsyncCompletion())
+        _ = await (toClient ? connection.client : connection.upstream).write(UnsafeRawBufferPointer(out), timeout: .seconds(5))
     }
 }
 
