@@ -12,7 +12,8 @@ public final class NginxOrigin: @unchecked Sendable {
     private let process = Process()
     private let statusQueries = Mutex<Int>(0)
 
-    public init(files: [String: Int] = [:]) throws {
+    /// With `tls` (certificate and key files), nginx serves HTTPS on `port`.
+    public init(files: [String: Int] = [:], tls: (cert: String, key: String)? = nil) throws {
         port = freePort()
         let prefix = NSTemporaryDirectory() + "harp-nginx-\(UUID().uuidString)"
         root = prefix + "/html"
@@ -35,7 +36,8 @@ public final class NginxOrigin: @unchecked Sendable {
                 scgi_temp_path \(prefix)/scgi;
                 keepalive_requests 100000;
                 server {
-                    listen 127.0.0.1:\(port);
+                    listen 127.0.0.1:\(port)\(tls == nil ? "" : " ssl");
+                    \(tls.map { "ssl_certificate \($0.cert); ssl_certificate_key \($0.key);" } ?? "")
                     root \(root);
                     location = /status { stub_status; }
                 }
