@@ -49,6 +49,26 @@ struct SpliceRelayTests {
         #expect(result.backwardBytes == 200_000)
     }
 
+    @Test("a bounded transfer that ends on a turn's last round finishes at once (regression: it waited for the idle timeout)")
+    func transferEndsOnTurnBoundary() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let (source, sourcePeer) = EventLoopTests.socketPair()
+        let (destination, destinationPeer) = EventLoopTests.socketPair()
+        defer { [source, sourcePeer, destination, destinationPeer].forEach { close($0) } }
+        let payload = [UInt8](repeating: 9, count: 1000)
+        _ = payload.withUnsafeBytes { sendAll(sourcePeer, $0) }
+        let started = ContinuousClock.now
+        // One round per turn: every turn ends right after the pipe was emptied.
+        let result = await loop.spawn {
+            await SpliceRelay(loop: loop, source, destination, limit: 1000, idleTimeout: .seconds(10),
+                              halfClosedTimeout: nil, roundsPerTurn: 1).run()
+        }.value
+        #expect(result.outcome == .finished)
+        #expect(result.forwardBytes == 1000)
+        #expect(ContinuousClock.now - started < .seconds(2))
+    }
+
     @Test("an idle relay ends with idleTimeout")
     func idleEnds() async throws {
         let started = ContinuousClock.now

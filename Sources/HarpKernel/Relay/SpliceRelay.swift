@@ -17,6 +17,9 @@ import Glibc
 /// byte limit, which ends when the limit is reached and passes no FIN on.
 final class SpliceRelay {
     let loop: EventLoop
+    /// A direction gives the loop back after this many splice rounds even if both sockets
+    /// stay ready (up to 64 MiB with 1 MiB pipes), so one fast stream cannot starve others.
+    let roundsPerTurn: Int
     let idleLimit: UInt64
     let halfClosedLimit: UInt64
     private var directions: [Direction] = []
@@ -30,8 +33,9 @@ final class SpliceRelay {
     /// Both ways between `first` and `second`, or, with a `limit`, exactly `limit` bytes from
     /// `first` to `second`.
     init(loop: EventLoop, _ first: Int32, _ second: Int32, limit: Int? = nil,
-         idleTimeout: Duration, halfClosedTimeout: Duration?) {
+         idleTimeout: Duration, halfClosedTimeout: Duration?, roundsPerTurn: Int = 64) {
         self.loop = loop
+        self.roundsPerTurn = roundsPerTurn
         idleLimit = idleTimeout.nanoseconds
         halfClosedLimit = min(halfClosedTimeout?.nanoseconds ?? idleLimit, idleLimit)
         lastActivity = loop.now
@@ -140,10 +144,6 @@ final class SpliceRelay {
         /// Bytes still to read from `source` for a bounded transfer; nil relays until FIN.
         var remaining: Int?
 
-        /// A direction gives the loop back after this many splice rounds even if both sockets
-        /// stay ready (up to 64 MiB with 1 MiB pipes), so one fast stream cannot starve others.
-        static let roundsPerTurn = 64
-
         init(relay: SpliceRelay, from source: Int32, to destination: Int32, side: Int, limit: Int?) {
             self.relay = relay
             self.source = source
@@ -161,7 +161,7 @@ final class SpliceRelay {
         func pump() {
             guard let pipe else { return }
             let flags = HARP_SPLICE_F_MOVE | HARP_SPLICE_F_NONBLOCK
-            for _ in 0..<Self.roundsPerTurn {
+            for _ in 0..<relay.roundsPerTurn {
                 if buffered > 0 {
                     let moved = harp_splice(pipe.readEnd, destination, buffered, flags)
                     if moved > 0 {
@@ -198,6 +198,12 @@ final class SpliceRelay {
                 } else {
                     return relay.fail(.failed(side: side, errno: errno))
                 }
+            }
+            // A bounded transfer can end on the turn's last round: waiting for the source then
+            // would wait for bytes that are not coming (the peer now waits for a response).
+            if buffered == 0 && remaining == 0 {
+                finished = true
+                return relay.directionFinished()
             }
             // Still ready after a full turn: a poll on a ready socket completes in the next
             // loop round, after the other connections' completions.
