@@ -58,15 +58,14 @@ struct SpliceRelayTests {
         defer { [source, sourcePeer, destination, destinationPeer].forEach { close($0) } }
         let payload = [UInt8](repeating: 9, count: 1000)
         _ = payload.withUnsafeBytes { sendAll(sourcePeer, $0) }
-        let started = ContinuousClock.now
-        // One round per turn: every turn ends right after the pipe was emptied.
+        // One round per turn: every turn ends right after the pipe was emptied. Before the fix
+        // the relay then waited on the source and ended by the idle timer (.idleTimeout).
         let result = await loop.spawn {
             await SpliceRelay(loop: loop, source, destination, limit: 1000, idleTimeout: .seconds(10),
                               halfClosedTimeout: nil, roundsPerTurn: 1).run()
         }.value
         #expect(result.outcome == .finished)
         #expect(result.forwardBytes == 1000)
-        #expect(ContinuousClock.now - started < .seconds(2))
     }
 
     @Test("an idle relay ends with idleTimeout")
