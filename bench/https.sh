@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# bench/https.sh — HTTPS termination in front of an nginx origin: harp vs nginx
+# (ssl_session_cache, 1 worker) vs HAProxy (nbthread 1), alternating rounds, medians, ratios.
+#
+#   bench/https.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds, 5 s per wrk run)
+#
+# Measures: new-handshake rate (wrk -H "Connection: close"), keep-alive 1 KiB req/s (wrk -c50),
+# 2 GiB download GB/s (curl) and the proxy's CPU seconds per GB. ECDSA P-256 certificate.
+set -euo pipefail
+ulimit -n 65536 2>/dev/null || true
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+ROUNDS=${1:-5}
+SECS=${2:-5}
+OUT=$PWD/bench/out/https
+mkdir -p "$OUT/html" "$OUT/logs"
+for tool in haproxy wrk nginx openssl; do
+  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy wrk nginx openssl >/dev/null; }
+done
+swift build -c release --product harp >/dev/null
+HARP=$PWD/.build/release/harp
+
+[ -f "$OUT/html/1k" ] || head -c 1024 /dev/urandom > "$OUT/html/1k"
+[ -f "$OUT/html/2g" ] || head -c $((2 << 30)) /dev/urandom > "$OUT/html/2g"
+if [ ! -f "$OUT/cert.pem" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
+  cat "$OUT/cert.pem" "$OUT/key.pem" > "$OUT/combined.pem"
+fi
+
+ORIGIN=19401 HARP_PORT=19402 NGINX_PORT=19403 HAPROXY_PORT=19404
+nginx_head() {
+  cat <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT/$1.pid;
+error_log $OUT/logs/$1-error.log;
+events { worker_connections 4096; }
+CONF
+}
+{ nginx_head origin; cat <<CONF
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $OUT/origin-body;
+  server { listen 127.0.0.1:$ORIGIN backlog=4096; root $OUT/html; }
+}
+CONF
+} > "$OUT/origin.conf"
+{ nginx_head proxy; cat <<CONF
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $OUT/proxy-body;
+  proxy_temp_path $OUT/proxy-temp;
+  ssl_session_cache shared:SSL:10m;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT ssl backlog=4096;
+    ssl_certificate $OUT/cert.pem;
+    ssl_certificate_key $OUT/key.pem;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+CONF
+} > "$OUT/proxy.conf"
+cat > "$OUT/haproxy.cfg" <<CFG
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend web
+    bind 127.0.0.1:$HAPROXY_PORT ssl crt $OUT/combined.pem alpn http/1.1
+    default_backend origin
+backend origin
+    server origin 127.0.0.1:$ORIGIN
+CFG
+cat > "$OUT/harp.toml" <<TOML
+[harp]
+threads = 1
+log_level = "error"
+[http]
+listen = []
+access_log = false
+upstream_keepalive = 64
+[[http.listen_tls]]
+listen = "127.0.0.1:$HARP_PORT"
+cert = "$OUT/cert.pem"
+key = "$OUT/key.pem"
+[[http.routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:$ORIGIN"
+TOML
+
+nginx -p "$OUT" -c "$OUT/origin.conf" & ORIGIN_PID=$!
+nginx -p "$OUT" -c "$OUT/proxy.conf" & NGINX_PID=$!
+haproxy -f "$OUT/haproxy.cfg" -db > "$OUT/logs/haproxy.log" 2>&1 & HAPROXY_PID=$!
+$HARP serve --config "$OUT/harp.toml" > "$OUT/logs/harp.log" 2>&1 & HARP_PID=$!
+trap 'kill $ORIGIN_PID $NGINX_PID $HAPROXY_PID $HARP_PID 2>/dev/null || true' EXIT
+sleep 1
+
+port_of() { case $1 in harp) echo $HARP_PORT;; nginx) echo $NGINX_PORT;; haproxy) echo $HAPROXY_PORT;; esac; }
+pid_of() { case $1 in harp) echo $HARP_PID;; nginx) echo $NGINX_PID;; haproxy) echo $HAPROXY_PID;; esac; }
+
+rate() {  # wrk req/s: $1 proxy, $2 connections, extra wrk args after
+  local who=$1 conns=$2; shift 2
+  wrk -t1 -c"$conns" -d"${SECS}s" "$@" "https://127.0.0.1:$(port_of "$who")/1k" | awk '/Requests\/sec/ { printf "%.0f\n", $2 }'
+}
+big() {  # "GB/s cpu_s_per_GB"
+  local who=$1 pid; pid=$(pid_of "$who")
+  local before; before=$(cpu_ticks "$pid")
+  local speed; speed=$(curl -sk -o /dev/null -w '%{speed_download} %{size_download}' "https://127.0.0.1:$(port_of "$who")/2g")
+  local after; after=$(cpu_ticks "$pid")
+  echo "$speed" | awk -v t="$ticks" -v c=$((after - before)) '{ gb = $2 / 1e9; printf "%.3f %.4f\n", $1 / 1e9, (c / t) / gb }'
+}
+
+RESULTS="$OUT/results.txt"
+: > "$RESULTS"
+for round in $(seq 1 "$ROUNDS"); do
+  order=(harp nginx haproxy)
+  for ((i = 0; i < round % 3; i++)); do order=("${order[@]:1}" "${order[0]}"); done
+  for who in "${order[@]}"; do
+    handshakes=$(rate "$who" 50 -H "Connection: close")
+    keepalive=$(rate "$who" 50)
+    download=$(big "$who")
+    echo "$who $handshakes $keepalive $download" >> "$RESULTS"
+    echo "round $round $who: handshakes/s=$handshakes keep-alive req/s=$keepalive 2GiB[GB/s CPU/GB]=$download"
+  done
+done
+echo
+printf "%-8s %14s %16s %10s %10s\n" proxy "handshakes/s" "keep-alive req/s" "GB/s" "CPU s/GB"
+for who in harp nginx haproxy; do
+  printf "%-8s %14s %16s %10s %10s\n" $who "$(column_median $who 2)" "$(column_median $who 3)" "$(column_median $who 4)" "$(column_median $who 5)"
+done
+echo
+for other in nginx haproxy; do
+  awk -v a="$(column_median harp 2)" -v b="$(column_median $other 2)" -v c="$(column_median harp 3)" -v d="$(column_median $other 3)" \
+      -v e="$(column_median harp 4)" -v f="$(column_median $other 4)" -v g="$(column_median harp 5)" -v h="$(column_median $other 5)" -v o=$other 'BEGIN {
+    printf "harp/%s: handshakes %.2fx, keep-alive req/s %.2fx, GB/s %.2fx, CPU/GB %.2fx\n", o, a / b, c / d, e / f, g / h }'
+done
