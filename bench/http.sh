@@ -26,27 +26,8 @@ HARP=$PWD/.build/release/harp
 [ -f "$OUT/html/2g" ] || head -c $((2 << 30)) /dev/urandom > "$OUT/html/2g"
 
 ORIGIN=19101 HARP_PORT=19102 NGINX_PORT=19103 HAPROXY_PORT=19104
-common_nginx() {
-  cat <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $OUT/$1.pid;
-error_log $OUT/logs/$1-error.log;
-events { worker_connections 4096; }
-CONF
-}
-{ common_nginx origin; cat <<CONF
-http {
-  access_log off;
-  sendfile on;
-  keepalive_requests 1000000;
-  client_body_temp_path $OUT/origin-body;
-  server { listen 127.0.0.1:$ORIGIN backlog=4096; root $OUT/html; }
-}
-CONF
-} > "$OUT/origin.conf"
-{ common_nginx proxy; cat <<CONF
+nginx_origin_conf $ORIGIN > "$OUT/origin.conf"
+{ nginx_head proxy; cat <<CONF
 http {
   access_log off;
   keepalive_requests 1000000;

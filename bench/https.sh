@@ -29,25 +29,7 @@ if [ ! -f "$OUT/cert.pem" ]; then
 fi
 
 ORIGIN=19401 HARP_PORT=19402 NGINX_PORT=19403 HAPROXY_PORT=19404
-nginx_head() {
-  cat <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $OUT/$1.pid;
-error_log $OUT/logs/$1-error.log;
-events { worker_connections 4096; }
-CONF
-}
-{ nginx_head origin; cat <<CONF
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $OUT/origin-body;
-  server { listen 127.0.0.1:$ORIGIN backlog=4096; root $OUT/html; }
-}
-CONF
-} > "$OUT/origin.conf"
+nginx_origin_conf $ORIGIN > "$OUT/origin.conf"
 { nginx_head proxy; cat <<CONF
 http {
   access_log off;

@@ -10,3 +10,29 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 column_median() { grep "^$1 " "$RESULTS" | awk -v c="$2" '{ print $c }' | median; }
 
 ticks=$(getconf CLK_TCK)
+
+# The top of an nginx config for a single-process, single-worker instance named $1 under $OUT.
+nginx_head() {
+  cat <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT/$1.pid;
+error_log $OUT/logs/$1-error.log;
+events { worker_connections 4096; }
+CONF
+}
+
+# A whole nginx config serving $OUT/html on 127.0.0.1:$1 (the benchmarks' origin).
+nginx_origin_conf() {
+  nginx_head origin
+  cat <<CONF
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  client_body_temp_path $OUT/origin-body;
+  server { listen 127.0.0.1:$1 backlog=4096; root $OUT/html; }
+}
+CONF
+}

@@ -35,13 +35,7 @@ ping_interval = 0
 [[websocket.inspect]]
 path_prefix = "/inspect/"
 TOML
-cat > "$OUT/nginx.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $OUT/nginx.pid;
-error_log $OUT/logs/nginx-error.log;
-events { worker_connections 1024; }
+{ nginx_head nginx; cat <<CONF
 http {
   access_log off;
   client_body_temp_path $OUT/body;
@@ -58,6 +52,7 @@ http {
   }
 }
 CONF
+} > "$OUT/nginx.conf"
 python3 "$PEER" server $ECHO > "$OUT/logs/echo.log" 2>&1 & ECHO_PID=$!
 .build/release/harp serve --config "$OUT/harp.toml" > "$OUT/logs/harp.log" 2>&1 & HARP_PID=$!
 nginx -p "$OUT" -c "$OUT/nginx.conf" & NGINX_PID=$!
