@@ -13,7 +13,6 @@ final class ConnectionBuffer {
 
     var count: Int { writeIndex - readIndex }
     var isEmpty: Bool { readIndex == writeIndex }
-    var isFull: Bool { readIndex == 0 && writeIndex == storage.count }
 
     var readable: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: storage[readIndex..<writeIndex]) }
 

@@ -9,6 +9,8 @@ struct HTTPMetrics: Sendable {
     private let bytesIn: Counter
     private let bytesOut: Counter
     private let connectErrors: Counter
+    /// Few opens for many requests is keep-alive reuse at work.
+    private let upstreamOpens: Counter
     private let latency: Timer
 
     init() {
@@ -21,6 +23,7 @@ struct HTTPMetrics: Sendable {
         bytesIn = Counter(label: "harp_http_bytes_total", dimensions: [("direction", "to_upstream")])
         bytesOut = Counter(label: "harp_http_bytes_total", dimensions: [("direction", "to_client")])
         connectErrors = Counter(label: "harp_http_upstream_connect_errors_total")
+        upstreamOpens = Counter(label: "harp_http_upstream_connections_opened_total")
         latency = Timer(label: "harp_http_request_duration_seconds", preferredDisplayUnit: .seconds)
     }
 
@@ -42,4 +45,5 @@ struct HTTPMetrics: Sendable {
     func tunnelOpened() { openTunnels.increment() }
     func tunnelClosed() { openTunnels.decrement() }
     func upstreamConnectFailed() { connectErrors.increment() }
+    func upstreamConnectionOpened() { upstreamOpens.increment() }
 }

@@ -202,7 +202,7 @@ final class ProxyConnection {
                 "upstream": "\(upstream)", "error": "\(String(cString: strerror(-result)))"])
             return .failure(status: result == -ETIMEDOUT ? 504 : 502)
         }
-        pool.noteOpened()
+        shared.metrics.upstreamConnectionOpened()
         if case .ipv4 = upstream.address { Socket.setNoDelay(fd) } else if case .ipv6 = upstream.address { Socket.setNoDelay(fd) }
         guard let tls = shared.upstreamTLS(for: upstream) else {
             return .success(UpstreamConnection(stream: SocketStream(loop: loop, fd: fd), reused: false))

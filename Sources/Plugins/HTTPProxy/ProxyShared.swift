@@ -97,8 +97,6 @@ final class ProxyShared: @unchecked Sendable {
 
     func pool(for loop: EventLoop) -> UpstreamPool { pools[loop.index] }
 
-    /// Upstream connections opened so far, over all loops (tests read keep-alive reuse here).
-    var upstreamConnectionsOpened: Int { pools.reduce(0) { $0 + $1.opened } }
 
     /// During shutdown, responses say `Connection: close` so clients go elsewhere.
     var acceptingNewRequests: Bool { accepting.load(ordering: .relaxed) }

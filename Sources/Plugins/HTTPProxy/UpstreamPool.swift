@@ -13,8 +13,6 @@ final class UpstreamPool {
     private var idle: [Upstream: [Idle]] = [:]
     private let maxPerUpstream: Int
     private let idleLimit: UInt64
-    /// Connections opened, for tests and metrics (keep-alive reuse shows as few opens).
-    private(set) var opened = 0
 
     init(maxPerUpstream: Int, idleTimeout: Duration) {
         self.maxPerUpstream = maxPerUpstream
@@ -52,17 +50,10 @@ final class UpstreamPool {
         idle[upstream] = list
     }
 
-    func noteOpened() { opened += 1 }
-
     /// An idle keep-alive connection must have nothing to read: EOF or bytes mean it is done.
     private static func isQuiet(_ fd: Int32) -> Bool {
         var byte: UInt8 = 0
         let result = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
         return result < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
-    }
-
-    func closeAll() {
-        for list in idle.values { for connection in list { close(connection.stream.fd) } }
-        idle.removeAll()
     }
 }
