@@ -162,6 +162,7 @@ struct TLSStreamTests {
 
     /// A TLS echo server on a loopback listener, for the openssl command line.
     final class EchoServer: @unchecked Sendable {
+        // @unchecked Sendable: immutable after init; the listener runs on its own loop.
         let loop: EventLoop
         let group: ListenerGroup
         final class Count: Sendable { let value = Atomic<Int>(0) }

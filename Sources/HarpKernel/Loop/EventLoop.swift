@@ -223,6 +223,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
 
     /// Keeps a read posted on the eventfd so that `enqueue` from another thread wakes the ring.
     private final class WakeRead: IOCompletion, @unchecked Sendable {
+        // @unchecked Sendable: restated from IOCompletion; used only on its loop's thread.
         unowned let loop: EventLoop
         var counter: UInt64 = 0
         let buffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)

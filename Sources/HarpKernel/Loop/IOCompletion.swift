@@ -22,6 +22,7 @@ open class IOCompletion: @unchecked Sendable {
 
 /// A completion record that a task awaits: one suspension per operation, no allocation.
 public final class AsyncCompletion: IOCompletion, @unchecked Sendable {
+    // @unchecked Sendable: restated from IOCompletion; used only on its loop's thread.
     var continuation: UnsafeContinuation<Int32, Never>?
     /// Monotonic nanoseconds after which the pending operation is cancelled (0: none).
     var deadline: UInt64 = 0

@@ -57,6 +57,7 @@ public final class Listener: IOCompletion, @unchecked Sendable {
     }
 
     private final class Backoff: IOCompletion, @unchecked Sendable {
+        // @unchecked Sendable: restated from IOCompletion; used only on its loop's thread.
         unowned let listener: Listener
         let timespec = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
         init(listener: Listener) {

@@ -130,6 +130,7 @@ final class SpliceRelay {
 
     /// One direction: `source` → pipe → `destination`.
     final class Direction: IOCompletion, @unchecked Sendable {
+        // @unchecked Sendable: restated from IOCompletion; used only on its loop's thread.
         unowned let relay: SpliceRelay
         let source: Int32
         let destination: Int32
@@ -219,6 +220,7 @@ final class SpliceRelay {
 
     /// Re-arms itself until the relay has been idle for the whole limit.
     final class IdleTimer: IOCompletion, @unchecked Sendable {
+        // @unchecked Sendable: restated from IOCompletion; used only on its loop's thread.
         unowned let relay: SpliceRelay
         let timespec = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
         var armed = false
