@@ -45,6 +45,8 @@ struct HTTPSTests {
         let curl = "curl -sf --cacert \(pki.ca) https://localhost:\(port)/x --resolve localhost:\(port):127.0.0.1"
         #expect(try shell("\(curl) --tlsv1.2 --tls-max 1.2").output == "ok")
         #expect(try shell("\(curl) --tlsv1.3").output == "ok")
+        let verbose = try shell("\(curl) -v -H 'Connection: close' 2>&1").output
+        #expect(verbose.contains("(IN), TLS alert, close notify"), "harp ends TLS connections with close_notify")
         let other = try shell("curl -sf --cacert \(pki.ca) --resolve other.test:\(port):127.0.0.1 https://other.test:\(port)/x").output
         #expect(other == "ok", "SNI other.test is served with its own certificate")
         let base = "openssl s_client -connect 127.0.0.1:\(port) -CAfile \(pki.ca) -alpn http/1.1"

@@ -48,8 +48,11 @@ final class ProxyConnection {
             let keepAlive = await handle(head, exchange)
             exchange.finished = EventLoop.preciseNanos()
             shared.record(exchange, client: info)
-            if !keepAlive { return }
+            if !keepAlive { break }
         }
+        // A TLS connection ends with close_notify (RFC 8446 §6.1): without it the client
+        // cannot tell a finished connection from a truncated one.
+        if !client.isPlain { await client.finishWriting() }
     }
 
     // MARK: Reading the request head
