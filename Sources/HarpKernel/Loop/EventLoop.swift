@@ -152,6 +152,16 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         Task(executorPreference: self, operation: body)
     }
 
+    /// Runs a connection's handler as a task on this loop, counted in `openConnections` (what
+    /// a graceful shutdown waits for) while it runs.
+    public func serveConnection(_ body: @escaping @Sendable () async -> Void) {
+        spawn { [self] in
+            openConnections.add(1, ordering: .relaxed)
+            defer { openConnections.subtract(1, ordering: .relaxed) }
+            await body()
+        }
+    }
+
     /// Asks the loop to stop after the current round and waits until its thread has ended.
     public func shutdown() {
         if stopRequested.exchange(true, ordering: .acquiringAndReleasing) { return }

@@ -48,7 +48,8 @@ public enum Socket {
         return fd
     }
 
-    /// Disables Nagle: a proxy must not add latency to small writes.
+    /// Disables Nagle: a proxy must not add latency to small writes. (On a Unix socket the
+    /// option does not exist; the call then fails harmlessly, so callers need not check.)
     public static func setNoDelay(_ fd: Int32) {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))

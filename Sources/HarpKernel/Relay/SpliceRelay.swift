@@ -249,7 +249,9 @@ final class SpliceRelay {
 }
 
 extension Duration {
-    var nanoseconds: UInt64 {
+    /// The duration in whole nanoseconds (negative durations count as 0), for comparisons
+    /// with the loop's monotonic clock.
+    public var nanoseconds: UInt64 {
         let (seconds, attoseconds) = components
         return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds / 1_000_000_000))
     }

@@ -41,31 +41,31 @@ public final class HTTPProxyPlugin: Plugin {
         shared.preparePools(loops: context.loops.count)
         let shared = self.shared
         for address in shared.configuration.listen {
-            let group = try ListenerGroup(address: address, loops: context.loops, logger: context.logger) { fd, loop in
-                loop.spawn {
-                    loop.openConnections.add(1, ordering: .relaxed)
-                    defer { loop.openConnections.subtract(1, ordering: .relaxed) }
-                    Socket.setNoDelay(fd)
-                    await ProxyConnection(loop: loop, client: SocketStream(loop: loop, fd: fd), shared: shared).run()
-                }
-            }
-            listeners.withLock { $0.append(group) }
+            try listen(on: address) { fd, loop in SocketStream(loop: loop, fd: fd) }
         }
         for (index, listener) in shared.configuration.listenTLS.enumerated() {
-            let group = try ListenerGroup(address: listener.listen, loops: context.loops, logger: context.logger) { fd, loop in
-                loop.spawn {
-                    loop.openConnections.add(1, ordering: .relaxed)
-                    defer { loop.openConnections.subtract(1, ordering: .relaxed) }
-                    Socket.setNoDelay(fd)
-                    guard let stream = await HTTPProxyPlugin.acceptTLS(fd, loop: loop, context: shared.serverContext(index), shared: shared) else {
-                        close(fd)
-                        return
-                    }
-                    await ProxyConnection(loop: loop, client: stream, shared: shared).run()
-                }
+            try listen(on: listener.listen) { fd, loop in
+                await HTTPProxyPlugin.acceptTLS(fd, loop: loop, context: shared.serverContext(index), shared: shared)
             }
-            listeners.withLock { $0.append(group) }
         }
+    }
+
+    /// Serves one listen address: each accepted socket becomes a client stream (nil: the
+    /// connection is closed, e.g. a failed TLS handshake) and then a `ProxyConnection`.
+    private func listen(on address: SocketAddress,
+                        stream: @escaping @Sendable (Int32, EventLoop) async -> (any ByteStream)?) throws {
+        let shared = self.shared
+        let group = try ListenerGroup(address: address, loops: context.loops, logger: context.logger) { fd, loop in
+            loop.serveConnection {
+                Socket.setNoDelay(fd)
+                guard let client = await stream(fd, loop) else {
+                    close(fd)
+                    return
+                }
+                await ProxyConnection(loop: loop, client: client, shared: shared).run()
+            }
+        }
+        listeners.withLock { $0.append(group) }
     }
 
     /// The server side of a TLS handshake; a failure is logged with the peer and OpenSSL's

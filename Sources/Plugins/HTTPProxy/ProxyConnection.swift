@@ -206,7 +206,7 @@ final class ProxyConnection {
             return .failure(status: result == -ETIMEDOUT ? 504 : 502)
         }
         shared.metrics.upstreamConnectionOpened()
-        if case .ipv4 = upstream.address { Socket.setNoDelay(fd) } else if case .ipv6 = upstream.address { Socket.setNoDelay(fd) }
+        Socket.setNoDelay(fd)
         guard let tls = shared.upstreamTLS(for: upstream) else {
             return .success(UpstreamConnection(stream: SocketStream(loop: loop, fd: fd), reused: false))
         }

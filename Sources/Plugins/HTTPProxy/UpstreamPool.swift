@@ -16,8 +16,7 @@ final class UpstreamPool {
 
     init(maxPerUpstream: Int, idleTimeout: Duration) {
         self.maxPerUpstream = maxPerUpstream
-        let (seconds, attoseconds) = idleTimeout.components
-        idleLimit = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+        idleLimit = idleTimeout.nanoseconds
     }
 
     /// A live idle connection to `upstream`, most recently used first. The liveness peek

@@ -30,7 +30,7 @@ public final class TCPForwardPlugin: Plugin {
         for forward in configuration.forward {
             let logger = context.logger
             let group = try ListenerGroup(address: forward.listen, loops: context.loops, logger: logger) { client, loop in
-                loop.spawn { await TCPForwardPlugin.serve(client: client, forward: forward, loop: loop, logger: logger) }
+                loop.serveConnection { await TCPForwardPlugin.serve(client: client, forward: forward, loop: loop, logger: logger) }
             }
             groups.withLock { $0.append(group) }
         }
@@ -53,11 +53,7 @@ public final class TCPForwardPlugin: Plugin {
 
     static func serve(client: Int32, forward: TCPForwardConfiguration.Forward, loop: EventLoop, logger: Logger) async {
         connections.increment()
-        loop.openConnections.add(1, ordering: .relaxed)
-        defer {
-            close(client)
-            loop.openConnections.subtract(1, ordering: .relaxed)
-        }
+        defer { close(client) }
         let record = AsyncCompletion()
         let upstream: Int32
         do {
@@ -74,7 +70,7 @@ public final class TCPForwardPlugin: Plugin {
                            metadata: ["upstream": "\(forward.upstream)", "error": "\(String(cString: strerror(-connected)))"])
             return
         }
-        if forward.upstream.family != AF_UNIX { Socket.setNoDelay(upstream) }
+        Socket.setNoDelay(upstream)
         Socket.setNoDelay(client)
         let result = await loop.relay(client, upstream, idleTimeout: forward.idleTimeout.duration)
         bytesToUpstream.increment(by: result.forwardBytes)

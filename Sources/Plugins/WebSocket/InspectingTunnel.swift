@@ -241,7 +241,7 @@ final class InspectingTunnel: @unchecked Sendable {
         let idle = loop.now &- lastActivity
         let halfClosed = finished[0] || finished[1]
         let limit = halfClosed ? min(settings.clientFinTimeout.duration, connection.idleTimeout) : connection.idleTimeout
-        if idle >= limit.nanosecondCount {
+        if idle >= limit.nanoseconds {
             abort()
             return true
         }
@@ -276,12 +276,5 @@ final class InspectingTunnel: @unchecked Sendable {
         defer { out.deallocate() }
         out.copyBytes(from: frame)
         _ = await (toClient ? connection.client : connection.upstream).write(UnsafeRawBufferPointer(out), timeout: .seconds(5))
-    }
-}
-
-extension Duration {
-    var nanosecondCount: UInt64 {
-        let (seconds, attoseconds) = components
-        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds / 1_000_000_000))
     }
 }
