@@ -149,7 +149,8 @@ struct HTTPProxyIntegrationTests {
     func errorStatuses() throws {
         let origin = try HTTPTestOrigin()
         defer { origin.stop() }
-        let dead = freePort()
+        let refusing = try RefusingPort()
+        let dead = refusing.port
         let port = freePort()
         let routes = Self.route("http://127.0.0.1:\(dead)", prefix: "/dead/") + "\n" + Self.route("http://\(origin.address)", prefix: "/ok/", strip: true)
         let harp = try HarpProcess.serve(Self.config(port: port, routes: routes, extra: "server_timeout = \"300ms\""))
@@ -243,7 +244,8 @@ struct HTTPProxyIntegrationTests {
     func metrics() throws {
         let origin = try HTTPTestOrigin()
         defer { origin.stop() }
-        let port = freePort(), adminPort = freePort(), dead = freePort()
+        let refusing = try RefusingPort()
+        let port = freePort(), adminPort = freePort(), dead = refusing.port
         let routes = Self.route("http://127.0.0.1:\(dead)", prefix: "/dead/") + "\n" + Self.route("http://\(origin.address)")
         let harp = try HarpProcess.serve(Self.config(port: port, routes: routes) + "\n[admin]\nlisten = \"127.0.0.1:\(adminPort)\"\n")
         for _ in 0..<5 { _ = try shell("curl -sf http://127.0.0.1:\(port)/x") }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 @testable import HarpKernel
+import HarpTestSupport
 import Testing
 
 /// The loop and its ring operations, driven through the public async API.
@@ -150,9 +151,8 @@ struct EventLoopTests {
     func connectResults() async throws {
         let loop = try EventLoop(index: 0)
         defer { loop.shutdown() }
-        let listener = try Socket.listen(on: .ipv4(host: UInt32(0x7f000001).bigEndian, port: 0), reusePort: false)
-        let live = SocketAddress.local(of: listener)!
-        close(listener)  // now the port is closed
+        let refusingPort = try RefusingPort()
+        let refusing = SocketAddress.ipv4(host: UInt32(0x7f000001).bigEndian, port: refusingPort.port)
         let reopened = try Socket.listen(on: .ipv4(host: UInt32(0x7f000001).bigEndian, port: 0), reusePort: false)
         defer { close(reopened) }
         let open = SocketAddress.local(of: reopened)!
@@ -160,7 +160,7 @@ struct EventLoopTests {
             let record = AsyncCompletion()
             let a = try! Socket.stream(family: AF_INET), b = try! Socket.stream(family: AF_INET)
             defer { close(a); close(b) }
-            return (await loop.connect(a, to: live, using: record),
+            return (await loop.connect(a, to: refusing, using: record),
                     await loop.connect(b, to: open, timeout: .seconds(2), using: record))
         }.value
         #expect(refused == -ECONNREFUSED)

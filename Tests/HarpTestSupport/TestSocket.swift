@@ -91,3 +91,26 @@ public func freePort() -> UInt16 {
 }
 
 public func loopback(_ port: UInt16) -> SocketAddress { .ipv4(host: UInt32(0x7f000001).bigEndian, port: port) }
+
+/// A loopback port that refuses connections for as long as this object lives: a socket bound
+/// to it that never listens. (A port from `freePort()` could be taken by a test running
+/// alongside before the refusal is observed.)
+public final class RefusingPort: @unchecked Sendable {
+    // @unchecked Sendable: immutable after init.
+    private let fd: Int32
+    public let port: UInt16
+
+    public init() throws {
+        let fd = try Socket.stream(family: AF_INET)
+        self.fd = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f000001).bigEndian
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        port = SocketAddress.local(of: fd)!.port!
+    }
+
+    deinit { close(fd) }
+}

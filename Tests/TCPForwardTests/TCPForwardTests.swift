@@ -79,7 +79,8 @@ struct TCPForwardTests {
     @Test("upstream refused: the client is closed promptly and the event is logged")
     func upstreamRefused() throws {
         let port = freePort()
-        let deadPort = freePort()
+        let refusing = try RefusingPort()
+        let deadPort = refusing.port
         let harp = try HarpProcess.serve(Self.config(listen: port, upstream: loopback(deadPort)))
         let started = Date()
         let client = try TestSocket(connectingTo: loopback(port), timeoutSeconds: 10)
