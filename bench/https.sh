@@ -37,6 +37,9 @@ http {
   client_body_temp_path $OUT/proxy-body;
   proxy_temp_path $OUT/proxy-temp;
   ssl_session_cache shared:SSL:10m;
+  # nginx before 1.23.4 defaults to TLS 1.0-1.2: without this line it would be measured on
+  # TLS 1.2 (resumption without any key exchange) against TLS 1.3 for harp and HAProxy.
+  ssl_protocols TLSv1.2 TLSv1.3;
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
   server {
     listen 127.0.0.1:$NGINX_PORT ssl backlog=4096;

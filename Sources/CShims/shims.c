@@ -33,8 +33,8 @@ int harp_gettid(void) {
     return (int)syscall(SYS_gettid);
 }
 
-int harp_ssl_ctx_set_min_tls12(SSL_CTX *ctx) {
-    return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+int harp_ssl_ctx_set_versions(SSL_CTX *ctx, int lowest, int highest) {
+    return SSL_CTX_set_min_proto_version(ctx, lowest) == 1 && SSL_CTX_set_max_proto_version(ctx, highest) == 1;
 }
 
 int harp_ssl_set_host_name(SSL *ssl, const char *name) {

@@ -169,6 +169,27 @@ struct HTTPSTests {
         #expect(try harp.stop() == 0)
     }
 
+    @Test("protocols limits the TLS versions; naming one below 1.2 is a config error")
+    func protocols() throws {
+        let pki = try Self.pki.get()
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(pki: pki, port: port, upstream: "http://\(origin.address)",
+                                                     listener: "protocols = [\"TLSv1.3\"]"))
+        let curl = "curl -s --cacert \(pki.ca) https://localhost:\(port)/x --resolve localhost:\(port):127.0.0.1"
+        #expect(try shell("\(curl) --tlsv1.3").output == "ok")
+        #expect(try shell("\(curl) --tlsv1.2 --tls-max 1.2").output != "ok", "TLS 1.2 is not offered")
+        #expect(try harp.stop() == 0)
+        for (value, complaint) in [("[\"TLSv1.1\"]", "below TLS 1.2 are refused (RFC 8996)"), ("[]", "at least one of TLSv1.2, TLSv1.3"),
+                                   ("[\"TLSv9\"]", "expected one of TLSv1.2, TLSv1.3")] {
+            let bad = try HarpProcess.run(["serve"], config: Self.config(pki: pki, port: freePort(), upstream: "http://127.0.0.1:9",
+                                                                        listener: "protocols = \(value)"))
+            #expect(bad.status == 1)
+            #expect(bad.stderr.contains(complaint), "\(value): \(bad.stderr)")
+        }
+    }
+
     @Test("a missing certificate or a key that does not match is a startup error naming the file")
     func startupErrors() throws {
         let pki = try Self.pki.get()

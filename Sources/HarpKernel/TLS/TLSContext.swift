@@ -2,7 +2,7 @@ import CShims
 import Glibc
 
 /// An OpenSSL `SSL_CTX`: certificates, verification and protocol settings shared by many
-/// connections. TLS 1.2 is the floor (RFC 8996 retired 1.0 and 1.1).
+/// connections. TLS 1.2 is the floor (RFC 8996 retired 1.0 and 1.1; see `TLSVersion`).
 public final class TLSContext: @unchecked Sendable {
     // @unchecked Sendable: an SSL_CTX is safe to share once configured (OpenSSL locks its
     // internal caches); harp never changes one after building it.
@@ -12,11 +12,13 @@ public final class TLSContext: @unchecked Sendable {
     /// Protocols offered (client) or accepted (server) with ALPN, in preference order.
     let alpn: [String]
 
-    private init(method: OpaquePointer, alpn: [String]) throws(TLSError) {
+    private init(method: OpaquePointer, alpn: [String], versions: ClosedRange<TLSVersion>) throws(TLSError) {
         guard let context = SSL_CTX_new(method) else { throw TLSError("SSL_CTX_new") }
         self.context = context
         self.alpn = alpn
-        _ = harp_ssl_ctx_set_min_tls12(context)
+        guard harp_ssl_ctx_set_versions(context, versions.lowerBound.wire, versions.upperBound.wire) == 1 else {
+            throw TLSError("setting TLS versions \(versions.lowerBound.rawValue)-\(versions.upperBound.rawValue)")
+        }
         SSL_CTX_set_options(context, HARP_SSL_OP_NO_RENEGOTIATION)
     }
 
@@ -25,8 +27,8 @@ public final class TLSContext: @unchecked Sendable {
     /// A server context from a PEM certificate chain and private key. With `clientCA`, clients
     /// must present a certificate signed by it (mutual TLS).
     public static func server(certificate: String, key: String, clientCA: String? = nil,
-                              alpn: [String] = ["http/1.1"]) throws(TLSError) -> TLSContext {
-        let tls = try TLSContext(method: TLS_server_method(), alpn: alpn)
+                              alpn: [String] = ["http/1.1"], versions: ClosedRange<TLSVersion> = TLSVersion.all) throws(TLSError) -> TLSContext {
+        let tls = try TLSContext(method: TLS_server_method(), alpn: alpn, versions: versions)
         try tls.loadIdentity(certificate: certificate, key: key)
         if let clientCA {
             guard SSL_CTX_load_verify_locations(tls.context, clientCA, nil) == 1 else {
@@ -41,8 +43,8 @@ public final class TLSContext: @unchecked Sendable {
     /// A client context. Verification is on unless `verify` is false; `ca` replaces the
     /// system trust store. An optional certificate and key identify the client (mutual TLS).
     public static func client(ca: String? = nil, verify: Bool = true, certificate: String? = nil, key: String? = nil,
-                              alpn: [String] = ["http/1.1"]) throws(TLSError) -> TLSContext {
-        let tls = try TLSContext(method: TLS_client_method(), alpn: alpn)
+                              alpn: [String] = ["http/1.1"], versions: ClosedRange<TLSVersion> = TLSVersion.all) throws(TLSError) -> TLSContext {
+        let tls = try TLSContext(method: TLS_client_method(), alpn: alpn, versions: versions)
         if verify {
             if let ca {
                 guard SSL_CTX_load_verify_locations(tls.context, ca, nil) == 1 else { throw TLSError("cannot load the CA file \(ca)") }

@@ -56,8 +56,10 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         /// Clients must present a certificate signed by this CA (mutual TLS).
         public var clientCA: String?
         public var sni: [NamedCertificate]
+        /// The TLS versions offered (`protocols = ["TLSv1.2", "TLSv1.3"]`, the default).
+        public var protocols: ClosedRange<TLSVersion>
 
-        enum CodingKeys: String, CodingKey, CaseIterable { case listen, cert, key, clientCA = "client_ca", sni }
+        enum CodingKeys: String, CodingKey, CaseIterable { case listen, cert, key, clientCA = "client_ca", sni, protocols }
 
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -66,6 +68,11 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
             key = try c.decode(String.self, forKey: .key)
             clientCA = try c.decodeIfPresent(String.self, forKey: .clientCA)
             sni = try c.decodeIfPresent([NamedCertificate].self, forKey: .sni) ?? []
+            let versions = try c.decodeIfPresent([TLSVersion].self, forKey: .protocols) ?? TLSVersion.allCases
+            guard let range = TLSVersion.range(of: versions) else {
+                throw ConfigValueProblem("protocols must name at least one of \(TLSVersion.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            protocols = range
         }
     }
 

@@ -59,9 +59,11 @@ final class ProxyShared: @unchecked Sendable {
     }
 
     static func serverContext(_ listener: HTTPProxyConfiguration.TLSListener) throws(TLSError) -> TLSContext {
-        let context = try TLSContext.server(certificate: listener.cert, key: listener.key, clientCA: listener.clientCA)
+        let context = try TLSContext.server(certificate: listener.cert, key: listener.key, clientCA: listener.clientCA,
+                                            versions: listener.protocols)
         for named in listener.sni {
-            context.add(serverName: named.name, try TLSContext.server(certificate: named.cert, key: named.key, clientCA: listener.clientCA))
+            context.add(serverName: named.name, try TLSContext.server(certificate: named.cert, key: named.key, clientCA: listener.clientCA,
+                                                                      versions: listener.protocols))
         }
         return context
     }
