@@ -3,6 +3,8 @@
 # (ssl_session_cache, 1 worker) vs HAProxy (nbthread 1), alternating rounds, medians, ratios.
 #
 #   bench/https.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds, 5 s per wrk run)
+#   TLS=1.2 bench/https.sh ...             all three limited to TLS 1.2 (default: 1.2 and 1.3
+#                                          offered, so clients settle on 1.3)
 #
 # Measures: new-handshake rate (wrk -H "Connection: close"), keep-alive 1 KiB req/s (wrk -c50),
 # 2 GiB download GB/s (curl) and the proxy's CPU seconds per GB. ECDSA P-256 certificate.
@@ -28,6 +30,12 @@ if [ ! -f "$OUT/cert.pem" ]; then
   cat "$OUT/cert.pem" "$OUT/key.pem" > "$OUT/combined.pem"
 fi
 
+case ${TLS:-1.3} in
+  1.2) NGINX_PROTOCOLS="TLSv1.2" HAPROXY_MAX="ssl-max-ver TLSv1.2" HARP_PROTOCOLS='["TLSv1.2"]' ;;
+  1.3) NGINX_PROTOCOLS="TLSv1.2 TLSv1.3" HAPROXY_MAX="" HARP_PROTOCOLS='["TLSv1.2", "TLSv1.3"]' ;;
+  *) echo "TLS must be 1.2 or 1.3" >&2; exit 2 ;;
+esac
+
 ORIGIN=19401 HARP_PORT=19402 NGINX_PORT=19403 HAPROXY_PORT=19404
 nginx_origin_conf $ORIGIN > "$OUT/origin.conf"
 { nginx_head proxy; cat <<CONF
@@ -39,7 +47,7 @@ http {
   ssl_session_cache shared:SSL:10m;
   # nginx before 1.23.4 defaults to TLS 1.0-1.2: without this line it would be measured on
   # TLS 1.2 (resumption without any key exchange) against TLS 1.3 for harp and HAProxy.
-  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_protocols $NGINX_PROTOCOLS;
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
   server {
     listen 127.0.0.1:$NGINX_PORT ssl backlog=4096;
@@ -66,7 +74,7 @@ defaults
     timeout server 60s
     http-reuse always
 frontend web
-    bind 127.0.0.1:$HAPROXY_PORT ssl crt $OUT/combined.pem alpn http/1.1
+    bind 127.0.0.1:$HAPROXY_PORT ssl crt $OUT/combined.pem alpn http/1.1 $HAPROXY_MAX
     default_backend origin
 backend origin
     server origin 127.0.0.1:$ORIGIN
@@ -83,6 +91,7 @@ upstream_keepalive = 64
 listen = "127.0.0.1:$HARP_PORT"
 cert = "$OUT/cert.pem"
 key = "$OUT/key.pem"
+protocols = $HARP_PROTOCOLS
 [[http.routes]]
 path_prefix = "/"
 upstream = "http://127.0.0.1:$ORIGIN"
@@ -110,7 +119,14 @@ big() {  # "GB/s cpu_s_per_GB"
   echo "$speed" | awk -v t="$ticks" -v c=$((after - before)) '{ gb = $2 / 1e9; printf "%.3f %.4f\n", $1 / 1e9, (c / t) / gb }'
 }
 
-RESULTS="$OUT/results.txt"
+# Each proxy must have settled on the version this run is about (nginx 1.22 silently used 1.2).
+for who in harp nginx haproxy; do
+  got=$(openssl s_client -connect 127.0.0.1:$(port_of $who) </dev/null 2>/dev/null | awk '/^New, /{ sub(",", "", $2); print $2 }')
+  echo "$who speaks $got"
+  [ "$got" = "TLSv${TLS:-1.3}" ] || { echo "$who negotiated '$got', expected TLSv${TLS:-1.3}" >&2; exit 1; }
+done
+
+RESULTS="$OUT/results-tls${TLS:-1.3}.txt"
 : > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
   order=(harp nginx haproxy)

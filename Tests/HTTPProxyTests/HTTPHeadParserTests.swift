@@ -33,6 +33,28 @@ struct HTTPHeadParserTests {
         #expect(head.hostWithoutPort == "example.org")
     }
 
+    @Test("known field names are recognised in any case, look-alikes are not; lists split on commas")
+    func knownFields() throws {
+        for field in KnownField.allCases {
+            #expect(KnownField(name: field.name) == field)
+            #expect(KnownField(name: field.name.uppercased()) == field)
+            #expect(KnownField(name: field.name.lowercased()) == field)
+        }
+        for other in ["Hosts", "Connectio", "X-Forwarded-Fox", "Content_Length", "", "T", "TF"] {
+            #expect(KnownField(name: other) == nil, "\(other)")
+        }
+        var headers = HTTPHeaders([("connection", " keep-alive ,X-Private"), ("X-Private", "1"), ("Keep-Alive", "timeout=5"),
+                                   ("Content-length", "5"), ("content-LENGTH", "5, 5"), ("X-List", "a,, b ,c")])
+        #expect(headers.values(.connection) == ["keep-alive", "X-Private"])
+        #expect(headers.values("x-list") == ["a", "", "b", "c"])
+        #expect(headers.count(of: "CONTENT-LENGTH") == 2)
+        #expect(headers.contains("Connection", token: "x-private"))
+        #expect(!headers.contains(.connection, token: "close"))
+        #expect(try MessageFraming.length(headers) == 5)
+        HeaderRewrite.removeHopByHop(&headers)
+        #expect(headers.fields.map(\.name) == ["Content-length", "content-LENGTH", "X-List"], "Connection, what it names and Keep-Alive go")
+    }
+
     @Test("an incomplete head asks for more bytes")
     func incomplete() {
         guard case .incomplete = parse("GET / HTTP/1.1\r\nHost: a\r\n") else { Issue.record("expected incomplete"); return }

@@ -235,6 +235,12 @@ struct HTTPProxyIntegrationTests {
         #expect(ok.lowerBound < hash.lowerBound && hash.lowerBound < untilClose.lowerBound)
         let old = try shell("curl -sf -0 http://127.0.0.1:\(port)/x").output
         #expect(old == "ok")
+        // HTTP/1.0 may omit Host; the HTTP/1.1 request sent upstream gets the upstream's.
+        let bare = try TestSocket(connectingTo: loopback(port))
+        try bare.send(Array("GET /headers HTTP/1.0\r\n\r\n".utf8))
+        let seen = String(decoding: try bare.receiveAll(), as: UTF8.self)
+        #expect(seen.hasPrefix("HTTP/1.1 200"), "\(seen)")
+        #expect(seen.contains("GET /headers HTTP/1.1\r\n") && seen.contains("Host: \(origin.address)\r\n"), "\(seen)")
         let big = try shell("head -c 1000 /dev/zero | curl -s -o /dev/null -w '%{http_code}' --data-binary @- http://127.0.0.1:\(port)/hash").output
         #expect(big == "413")
         #expect(try harp.stop() == 0)

@@ -4,8 +4,8 @@ enum CannedResponse {
         let text = (body ?? "\(status) \(reason(status))") + "\n"
         var head = HTTPResponseHead(status: status, reason: reason(status))
         head.headers.add("Content-Type", "text/plain; charset=utf-8")
-        head.headers.add("Content-Length", "\(text.utf8.count)")
-        head.headers.add("Connection", keepAlive ? "keep-alive" : "close")
+        head.headers.add(.contentLength, "\(text.utf8.count)")
+        head.headers.add(.connection, keepAlive ? "keep-alive" : "close")
         for (name, value) in extraHeaders { head.headers.add(name, value) }
         var out: [UInt8] = []
         HeadWriter.response(head, into: &out)

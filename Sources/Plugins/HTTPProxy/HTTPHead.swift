@@ -21,15 +21,15 @@ public struct HTTPRequestHead: Sendable {
 
     /// The Host header without its port, lower-cased.
     public var hostWithoutPort: String? {
-        guard let host = headers["Host"] else { return nil }
+        guard let host = headers[.host] else { return nil }
         if host.hasPrefix("[") { return host.split(separator: "]").first.map { String($0.dropFirst()).lowercased() } }
         return String(host.split(separator: ":", maxSplits: 1).first ?? "").lowercased()
     }
 
     /// Whether the client wants the connection kept open after this exchange (RFC 9112 §9.3).
     public var wantsKeepAlive: Bool {
-        if headers.contains("Connection", token: "close") { return false }
-        return minorVersion >= 1 || headers.contains("Connection", token: "keep-alive")
+        if headers.contains(.connection, token: "close") { return false }
+        return minorVersion >= 1 || headers.contains(.connection, token: "keep-alive")
     }
 
     /// Methods whose repetition is harmless (RFC 9110 §9.2.2): only these are retried.

@@ -170,10 +170,10 @@ public struct HTTPHeadParser: Sendable {
 
     /// RFC 9112 §3.2: exactly one Host in HTTP/1.1 requests, with a sane value.
     private func checkHost(_ request: HTTPRequestHead) throws {
-        let count = request.headers.count(of: "Host")
+        let count = request.headers.count(of: .host)
         if request.minorVersion >= 1 && count != 1 { throw HTTPError.bad(count == 0 ? "missing Host header" : "several Host headers") }
         if count > 1 { throw HTTPError.bad("several Host headers") }
-        if let host = request.headers["Host"], host.contains(where: { $0 == " " || $0 == "\t" || $0 == "/" || $0 == "@" }) {
+        if let host = request.headers[.host], host.contains(where: { $0 == " " || $0 == "\t" || $0 == "/" || $0 == "@" }) {
             throw HTTPError.bad("invalid Host header")
         }
     }

@@ -17,11 +17,11 @@ enum HeadWriter {
     }
 
     private static func fields(_ headers: HTTPHeaders, into out: inout [UInt8]) {
-        for (name, value) in headers {
-            append(name, to: &out)
+        for field in headers {
+            append(field.name, to: &out)
             out.append(0x3A)
             out.append(0x20)
-            append(value, to: &out)
+            append(field.value, to: &out)
             out.append(0x0D)
             out.append(0x0A)
         }

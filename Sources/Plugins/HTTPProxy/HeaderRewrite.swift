@@ -3,54 +3,56 @@ import HarpKernel
 /// Header changes a proxy makes (RFC 9110 §7.6.1): hop-by-hop fields stay on their hop, and
 /// the X-Forwarded-* fields tell the upstream who the client was.
 enum HeaderRewrite {
-    static let hopByHop = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"]
-
     /// Removes hop-by-hop fields and those the Connection header names. Runs on every request
-    /// and response: compares in place, without lower-casing copies.
+    /// and response: the usual `Connection: keep-alive` or `close` names nothing more, so
+    /// nothing is collected.
     static func removeHopByHop(_ headers: inout HTTPHeaders) {
-        let named = headers.values("Connection").filter { token in
-            !hopByHop.contains { token.equalsIgnoringASCIICase($0) }
+        var named: [Substring] = []
+        headers.forEachValue(.connection) { token in
+            if KnownField(name: token)?.isHopByHop != true { named.append(token) }
+            return true
         }
-        headers.removeAll { name in
-            hopByHop.contains { name.equalsIgnoringASCIICase($0) } || named.contains { name.equalsIgnoringASCIICase($0) }
+        headers.removeAll { field in
+            field.known?.isHopByHop == true || named.contains { field.name.equalsIgnoringASCIICase($0) }
         }
     }
 
     /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
     static func upgradeProtocol(_ request: HTTPRequestHead) -> String? {
-        guard request.headers.contains("Connection", token: "upgrade"), let value = request.headers["Upgrade"] else { return nil }
+        guard request.headers.contains(.connection, token: "upgrade"), let value = request.headers[.upgrade] else { return nil }
         return value
     }
 
     /// The head sent upstream: HTTP/1.1, hop-by-hop removed, framing re-stated, forwarded-for
     /// set. From a trusted proxy the existing X-Forwarded-* values are kept (and extended).
     static func upstreamRequest(_ request: HTTPRequestHead, framing: BodyFraming, client: ClientInfo,
-                                scheme: String, answeredContinue: Bool) -> HTTPRequestHead {
+                                scheme: String, answeredContinue: Bool, upstream: Upstream) -> HTTPRequestHead {
         var head = request
         let upgrade = upgradeProtocol(request)
         removeHopByHop(&head.headers)
-        head.headers.remove("Content-Length")
-        if answeredContinue { head.headers.remove("Expect") }
+        head.headers.remove(.contentLength)
+        if answeredContinue { head.headers.remove(.expect) }
         switch framing {
-        case .length(let count): head.headers.add("Content-Length", "\(count)")
-        case .chunked: head.headers.add("Transfer-Encoding", "chunked")
+        case .length(let count): head.headers.add(.contentLength, String(count))
+        case .chunked: head.headers.add(.transferEncoding, "chunked")
         case .none, .untilClose: break
         }
         if let upgrade {
-            head.headers.add("Upgrade", upgrade)
-            head.headers.add("Connection", "upgrade")
+            head.headers.add(.upgrade, upgrade)
+            head.headers.add(.connection, "upgrade")
         }
         let clientAddress = client.address
         if client.isTrustedProxy {
-            let existing = head.headers.values("X-Forwarded-For").map(String.init).filter { !$0.isEmpty }
-            head.headers.set("X-Forwarded-For", (existing + [clientAddress]).joined(separator: ", "))
-            if head.headers["X-Forwarded-Proto"] == nil { head.headers.add("X-Forwarded-Proto", scheme) }
-            if head.headers["X-Forwarded-Host"] == nil, let host = request.headers["Host"] { head.headers.add("X-Forwarded-Host", host) }
+            let existing = head.headers.values(.xForwardedFor).map(String.init).filter { !$0.isEmpty }
+            head.headers.set(.xForwardedFor, (existing + [clientAddress]).joined(separator: ", "))
+            if head.headers[.xForwardedProto] == nil { head.headers.add(.xForwardedProto, scheme) }
+            if head.headers[.xForwardedHost] == nil, let host = request.headers[.host] { head.headers.add(.xForwardedHost, host) }
         } else {
-            head.headers.set("X-Forwarded-For", clientAddress)
-            head.headers.set("X-Forwarded-Proto", scheme)
-            if let host = request.headers["Host"] { head.headers.set("X-Forwarded-Host", host) } else { head.headers.remove("X-Forwarded-Host") }
+            head.headers.set(.xForwardedFor, clientAddress)
+            head.headers.set(.xForwardedProto, scheme)
+            if let host = request.headers[.host] { head.headers.set(.xForwardedHost, host) } else { head.headers.remove(.xForwardedHost) }
         }
+        if head.minorVersion == 0, head.headers[.host] == nil { head.headers.add(.host, upstream.authority) }
         head.minorVersion = 1
         return head
     }
@@ -63,9 +65,9 @@ enum HeaderRewrite {
         if response.status == 101 { return response }
         var head = response
         removeHopByHop(&head.headers)
-        if case .chunked = framing, clientMinorVersion >= 1 { head.headers.add("Transfer-Encoding", "chunked") }
+        if case .chunked = framing, clientMinorVersion >= 1 { head.headers.add(.transferEncoding, "chunked") }
         if response.status >= 200 {
-            if !keepAlive { head.headers.add("Connection", "close") } else if clientMinorVersion == 0 { head.headers.add("Connection", "keep-alive") }
+            if !keepAlive { head.headers.add(.connection, "close") } else if clientMinorVersion == 0 { head.headers.add(.connection, "keep-alive") }
         }
         return head
     }

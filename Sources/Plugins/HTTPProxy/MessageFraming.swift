@@ -2,12 +2,12 @@
 /// request smuggling possible.
 enum MessageFraming {
     static func request(_ head: HTTPRequestHead) throws(HTTPError) -> BodyFraming {
-        let transferEncodings = head.headers.count(of: "Transfer-Encoding")
+        let transferEncodings = head.headers.count(of: .transferEncoding)
         let contentLength = try length(head.headers)
         if transferEncodings > 0 {
             if contentLength != nil { throw .bad("both Content-Length and Transfer-Encoding") }
             if head.minorVersion == 0 { throw .bad("Transfer-Encoding in an HTTP/1.0 request") }
-            let codings = head.headers.values("Transfer-Encoding")
+            let codings = head.headers.values(.transferEncoding)
             // Only a single `chunked` is accepted: any other coding would have to be
             // understood to find the end of the body, and a proxy must not guess.
             guard codings.count == 1, codings[0].equalsIgnoringASCIICase("chunked") else {
@@ -21,8 +21,8 @@ enum MessageFraming {
 
     static func response(_ head: HTTPResponseHead, requestMethod: String) throws(HTTPError) -> BodyFraming {
         if requestMethod == "HEAD" || head.status < 200 || head.status == 204 || head.status == 304 { return .none }
-        if head.headers.count(of: "Transfer-Encoding") > 0 {
-            let codings = head.headers.values("Transfer-Encoding")
+        if head.headers.count(of: .transferEncoding) > 0 {
+            let codings = head.headers.values(.transferEncoding)
             // RFC 9112 §6.3: chunked last means chunked; otherwise the body runs to close.
             return codings.last?.equalsIgnoringASCIICase("chunked") == true ? .chunked : .untilClose
         }
@@ -36,16 +36,22 @@ enum MessageFraming {
 
     /// Content-Length: every value (repeated headers, comma lists) must be the same digits.
     static func length(_ headers: HTTPHeaders) throws(HTTPError) -> Int? {
-        guard headers.count(of: "Content-Length") > 0 else { return nil }
         var found: Int?
-        for value in headers.values("Content-Length") {
-            guard !value.isEmpty, value.count <= 18, value.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+        var problem: String?
+        headers.forEachValue(.contentLength) { value in
+            guard !value.isEmpty, value.utf8.count <= 18, value.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
                   let number = Int(value) else {
-                throw .bad("invalid Content-Length")
+                problem = "invalid Content-Length"
+                return false
             }
-            if let found, found != number { throw .bad("differing Content-Length values") }
+            if let found, found != number {
+                problem = "differing Content-Length values"
+                return false
+            }
             found = number
+            return true
         }
+        if let problem { throw .bad(problem) }
         return found
     }
 }

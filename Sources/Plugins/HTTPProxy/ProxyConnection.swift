@@ -135,10 +135,10 @@ final class ProxyConnection {
     private func forward(_ request: HTTPRequestHead, framing: BodyFraming, to upstream: Upstream,
                          _ exchange: Exchange) async -> Bool {
         // Answer 100-continue ourselves (as nginx does): the body then flows straight through.
-        let expectsContinue = request.headers.contains("Expect", token: "100-continue")
+        let expectsContinue = request.headers.contains(.expect, token: "100-continue")
         let answerContinue = expectsContinue && framing != .none && inbound.isEmpty
         let head = HeaderRewrite.upstreamRequest(request, framing: framing, client: info, scheme: client.isPlain ? "http" : "https",
-                                                 answeredContinue: expectsContinue && framing != .none)
+                                                 answeredContinue: expectsContinue && framing != .none, upstream: upstream)
         var headBytes: [UInt8] = []
         headBytes.reserveCapacity(1024)
         HeadWriter.request(head, into: &headBytes)
@@ -313,7 +313,7 @@ final class ProxyConnection {
             case .clientFailed: return .clientGone
             case .upstreamFailed, .invalid, .tooLarge: return .clientGone  // head already sent: cut the client off
             }
-            let upstreamKeepAlive = head.minorVersion >= 1 && !head.headers.contains("Connection", token: "close")
+            let upstreamKeepAlive = head.minorVersion >= 1 && !head.headers.contains(.connection, token: "close")
                 && responseFraming != .untilClose && response.isEmpty
             reusable = upstreamKeepAlive
             return .done(keepAlive: clientKeepAlive)

@@ -113,8 +113,8 @@ final class ProxyShared: @unchecked Sendable {
 
     /// The handler for the protocol a request asks to switch to, if one is registered.
     func upgradeHandler(for request: HTTPRequestHead) -> (any UpgradeHandler)? {
-        guard !upgradeHandlers.isEmpty, request.headers["Upgrade"] != nil else { return nil }
-        return upgradeHandlers.first { handler in request.headers.contains("Upgrade", token: handler.protocolName) }
+        guard !upgradeHandlers.isEmpty, request.headers[.upgrade] != nil else { return nil }
+        return upgradeHandlers.first { handler in request.headers.contains(.upgrade, token: handler.protocolName) }
     }
 
     func record(_ exchange: Exchange, client: ClientInfo) {

@@ -9,6 +9,9 @@ public struct Upstream: Codable, Hashable, Sendable, CustomStringConvertible {
     public let isTLS: Bool
     /// The host as written, for SNI and certificate verification of TLS upstreams.
     public let serverName: String?
+    /// The Host for a request that came without one (HTTP/1.0 allows that; the HTTP/1.1
+    /// request harp sends upstream must have one, RFC 9112 §3.2).
+    public let authority: String
 
     static let allowedForms = "an upstream like http://127.0.0.1:9000, https://app.internal:8443, http://[::1]:9000 or unix:/run/app.sock"
 
@@ -29,6 +32,7 @@ public struct Upstream: Codable, Hashable, Sendable, CustomStringConvertible {
         }
         isTLS = tls
         serverName = host
+        authority = host == nil ? "localhost" : rest
         do {
             address = try SocketAddress(parsing: rest)
         } catch {
@@ -42,6 +46,7 @@ public struct Upstream: Codable, Hashable, Sendable, CustomStringConvertible {
         text = address.family == AF_UNIX_FAMILY ? "\(address)" : "http://\(address)"
         isTLS = false
         serverName = nil
+        authority = address.family == AF_UNIX_FAMILY ? "localhost" : "\(address)"
     }
 
     public init(from decoder: any Decoder) throws {
