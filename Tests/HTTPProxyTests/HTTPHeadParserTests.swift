@@ -52,7 +52,20 @@ struct HTTPHeadParserTests {
         #expect(!headers.contains(.connection, token: "close"))
         #expect(try MessageFraming.length(headers) == 5)
         HeaderRewrite.removeHopByHop(&headers)
-        #expect(headers.fields.map(\.name) == ["Content-length", "content-LENGTH", "X-List"], "Connection, what it names and Keep-Alive go")
+        #expect(headers.pairs.map(\.name) == ["Content-length", "content-LENGTH", "X-List"], "Connection, what it names and Keep-Alive go")
+    }
+
+    @Test("obs-text in a header value is forwarded byte for byte")
+    func obsText() throws {
+        let raw = Array("GET / HTTP/1.1\r\nHost: x\r\nX-Name: caf".utf8) + [0xE9, 0x20, 0xFF] + Array("\r\n\r\n".utf8)
+        guard case .complete(let head, _) = raw.withUnsafeBytes({ parser.parseRequest($0) }) else {
+            Issue.record("not parsed")
+            return
+        }
+        #expect(head.headers["x-name"] == "caf\u{E9} \u{FF}", "Latin-1 as a String")
+        var out: [UInt8] = []
+        HeadWriter.request(head, into: &out)
+        #expect(out == raw, "written back unchanged")
     }
 
     @Test("an incomplete head asks for more bytes")

@@ -161,6 +161,13 @@ struct HTTPProxyIntegrationTests {
         #expect(lines.dropFirst().allSatisfy { $0.hasSuffix(" 0") }, "one client connection for all: \(lines)")
         let body = try shell("curl -s http://127.0.0.1:\(port)/dead/x").output
         #expect(body == "502 Bad Gateway")
+        // A small body is sent with its head, so harp waits for the rest of it: within
+        // server_timeout that is invisible, beyond it (or when the upstream dies first)
+        // nothing has reached the client yet and it gets a clean 504/502.
+        let split = ["/ok/split/100", "/ok/split/1000", "/ok/short"].map { "-o - http://127.0.0.1:\(port)\($0)" }
+        let splitCodes = try shell("curl -s -w ' %{http_code}\\n' " + split.joined(separator: " ")).output
+        // (harp's own error bodies end with a newline.)
+        #expect(splitCodes == "0123456789 200\n504 Gateway Timeout\n 504\n502 Bad Gateway\n 502", "\(splitCodes)")
         #expect(try harp.stop() == 0)
     }
 

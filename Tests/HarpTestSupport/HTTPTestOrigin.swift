@@ -10,6 +10,8 @@ import Synchronization
 /// - `/headers`: answers the request head it received, verbatim.
 /// - `/chunked/<n>`: answers n bytes of 'x' in chunks of 1000.
 /// - `/slow/<ms>`: waits, then answers "slow".
+/// - `/split/<ms>`: sends the head and half of a 10-byte body, waits, then the rest.
+/// - `/short`: promises 10 bytes, sends 5 and closes.
 /// - `/close`: answers with `Connection: close` and no length (body until close).
 /// - anything else: "ok".
 public final class HTTPTestOrigin: @unchecked Sendable {
@@ -135,6 +137,13 @@ public final class HTTPTestOrigin: @unchecked Sendable {
             } else if target.hasPrefix("/slow/"), let ms = UInt32(target.dropFirst(6)) {
                 usleep(ms * 1000)
                 response = Self.response("slow")
+            } else if target.hasPrefix("/split/"), let ms = UInt32(target.dropFirst(7)) {
+                guard Self.sendAll(fd, Array("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234".utf8)) else { return }
+                usleep(ms * 1000)
+                response = Array("56789".utf8)
+            } else if target.hasPrefix("/short") {
+                _ = Self.sendAll(fd, Array("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234".utf8))
+                return
             } else if target.hasPrefix("/vanish") {
                 // Promise keep-alive, answer, then drop the connection: the next request on
                 // the pooled connection finds it dead before any response byte.

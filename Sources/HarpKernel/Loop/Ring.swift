@@ -19,6 +19,7 @@ final class Ring {
         if let forced = RingUnavailable.forcedFailure() { throw forced }
         // Preferred flags first; older kernels reject unknown setup flags with EINVAL.
         let flagSets: [UInt32] = [
+            IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
             IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
             IORING_SETUP_COOP_TASKRUN,
             0,

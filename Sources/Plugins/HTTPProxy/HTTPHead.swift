@@ -16,7 +16,7 @@ public struct HTTPRequestHead: Sendable {
 
     /// The path part of the target, without the query.
     public var path: Substring {
-        target.firstIndex(of: "?").map { target[..<$0] } ?? target[...]
+        target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? target[...]
     }
 
     /// The Host header without its port, lower-cased.

@@ -145,7 +145,7 @@ public struct HTTPHeadParser: Sendable {
     }
 
     private func parseFields(_ bytes: UnsafeRawBufferPointer, _ lines: inout LineReader) throws -> HTTPHeaders {
-        var headers = HTTPHeaders()
+        var headers = HTTPHeaders(reservingBytes: lines.end - lines.position)
         while let line = try lines.next() {
             if line.isEmpty { break }
             let first = bytes[line.lowerBound]
@@ -163,7 +163,8 @@ public struct HTTPHeadParser: Sendable {
             for i in valueStart..<valueEnd where !Self.isFieldValueByte(bytes[i]) {
                 throw HTTPError.bad("invalid byte 0x\(String(bytes[i], radix: 16)) in header \(Self.ascii(bytes, line.lowerBound..<colon))")
             }
-            headers.add(Self.ascii(bytes, line.lowerBound..<colon), Self.text(bytes, valueStart..<valueEnd))
+            headers.append(name: UnsafeRawBufferPointer(rebasing: bytes[line.lowerBound..<colon]),
+                           value: UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd]))
         }
         return headers
     }
@@ -173,7 +174,8 @@ public struct HTTPHeadParser: Sendable {
         let count = request.headers.count(of: .host)
         if request.minorVersion >= 1 && count != 1 { throw HTTPError.bad(count == 0 ? "missing Host header" : "several Host headers") }
         if count > 1 { throw HTTPError.bad("several Host headers") }
-        if let host = request.headers[.host], host.contains(where: { $0 == " " || $0 == "\t" || $0 == "/" || $0 == "@" }) {
+        if let host = request.headers.firstValueBytes(.host),
+           host.contains(where: { $0 == 0x20 || $0 == 0x09 || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "@") }) {
             throw HTTPError.bad("invalid Host header")
         }
     }

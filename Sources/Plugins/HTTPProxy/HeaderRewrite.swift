@@ -7,13 +7,14 @@ enum HeaderRewrite {
     /// and response: the usual `Connection: keep-alive` or `close` names nothing more, so
     /// nothing is collected.
     static func removeHopByHop(_ headers: inout HTTPHeaders) {
-        var named: [Substring] = []
+        var named: [ArraySlice<UInt8>] = []
         headers.forEachValue(.connection) { token in
             if KnownField(name: token)?.isHopByHop != true { named.append(token) }
             return true
         }
-        headers.removeAll { field in
-            field.known?.isHopByHop == true || named.contains { field.name.equalsIgnoringASCIICase($0) }
+        let storage = headers.storage
+        headers.removeFields { field in
+            field.known?.isHopByHop == true || named.contains { storage[field.name].equalsIgnoringASCIICase($0) }
         }
     }
 
@@ -43,7 +44,7 @@ enum HeaderRewrite {
         }
         let clientAddress = client.address
         if client.isTrustedProxy {
-            let existing = head.headers.values(.xForwardedFor).map(String.init).filter { !$0.isEmpty }
+            let existing = head.headers.values(.xForwardedFor).filter { !$0.isEmpty }
             head.headers.set(.xForwardedFor, (existing + [clientAddress]).joined(separator: ", "))
             if head.headers[.xForwardedProto] == nil { head.headers.add(.xForwardedProto, scheme) }
             if head.headers[.xForwardedHost] == nil, let host = request.headers[.host] { head.headers.add(.xForwardedHost, host) }

@@ -33,12 +33,14 @@ public enum KnownField: UInt8, Sendable, CaseIterable {
         }
     }
 
+    public init?(name: String) { self.init(name: name.utf8) }
+
     /// The known field `name` spells, in any case; nil for every other name.
-    public init?<Name: StringProtocol>(name: Name) {
+    public init?(name: some Collection<UInt8>) {
         // The length picks the one or two candidates, so an unknown name costs at most two
         // compares (and nothing is allocated: this runs for every parsed field).
         let first: KnownField, second: KnownField?
-        switch name.utf8.count {
+        switch name.count {
         case 2: (first, second) = (.te, nil)
         case 4: (first, second) = (.host, nil)
         case 6: (first, second) = (.expect, nil)
@@ -50,9 +52,9 @@ public enum KnownField: UInt8, Sendable, CaseIterable {
         case 17: (first, second) = (.transferEncoding, .xForwardedProto)
         default: return nil
         }
-        if name.equalsIgnoringASCIICase(first.name) {
+        if name.equalsIgnoringASCIICase(first.name.utf8) {
             self = first
-        } else if let second, name.equalsIgnoringASCIICase(second.name) {
+        } else if let second, name.equalsIgnoringASCIICase(second.name.utf8) {
             self = second
         } else {
             return nil

@@ -39,11 +39,12 @@ enum MessageFraming {
         var found: Int?
         var problem: String?
         headers.forEachValue(.contentLength) { value in
-            guard !value.isEmpty, value.utf8.count <= 18, value.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
-                  let number = Int(value) else {
+            // At most 18 digits: always fits an Int.
+            guard !value.isEmpty, value.count <= 18, value.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
                 problem = "invalid Content-Length"
                 return false
             }
+            let number = value.reduce(0) { $0 * 10 + Int($1 - 0x30) }
             if let found, found != number {
                 problem = "differing Content-Length values"
                 return false

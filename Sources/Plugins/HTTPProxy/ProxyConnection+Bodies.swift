@@ -126,9 +126,9 @@ extension ProxyConnection {
     static func appendLastChunk(_ trailers: [(String, String)], to out: inout [UInt8]) {
         out.append(contentsOf: "0\r\n".utf8)
         for (name, value) in trailers {
-            HeadWriter.append(name, to: &out)
+            HTTPHeaders.appendBytes(of: name, to: &out)
             out.append(contentsOf: ": ".utf8)
-            HeadWriter.append(value, to: &out)
+            HTTPHeaders.appendBytes(of: value, to: &out)
             out.append(0x0D); out.append(0x0A)
         }
         out.append(0x0D); out.append(0x0A)

@@ -59,6 +59,11 @@ public struct Upstream: Codable, Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { text }
+
+    // Identity is the text the user wrote (everything else is derived from it); hashing only
+    // that keeps the per-request pool lookups cheap.
+    public static func == (a: Upstream, b: Upstream) -> Bool { a.text == b.text }
+    public func hash(into hasher: inout Hasher) { hasher.combine(text) }
 }
 
 private let AF_UNIX_FAMILY = SocketAddress.unix(path: "/").family

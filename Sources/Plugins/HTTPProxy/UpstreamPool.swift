@@ -34,19 +34,29 @@ final class UpstreamPool {
     }
 
     func give(_ stream: any ByteStream, to upstream: Upstream, now: UInt64) {
-        var list = idle[upstream, default: []]
-        // Evict the oldest first when full, and any that outlived the idle limit.
-        list.removeAll { stale in
-            let expired = now &- stale.since > idleLimit
-            if expired { close(stale.stream.fd) }
-            return expired
+        guard maxPerUpstream > 0 else {
+            close(stream.fd)
+            return
         }
-        if list.count >= maxPerUpstream, let oldest = list.first {
+        // In place: copying the list out of the dictionary and back would copy its storage.
+        Self.keep(Idle(stream: stream, since: now), in: &idle[upstream, default: []], limit: maxPerUpstream, idleLimit: idleLimit)
+    }
+
+    private static func keep(_ connection: Idle, in list: inout [Idle], limit: Int, idleLimit: UInt64) {
+        // Evict any that outlived the idle limit, and the oldest when full.
+        let now = connection.since
+        if list.contains(where: { now &- $0.since > idleLimit }) {
+            list.removeAll { stale in
+                let expired = now &- stale.since > idleLimit
+                if expired { close(stale.stream.fd) }
+                return expired
+            }
+        }
+        if list.count >= limit, let oldest = list.first {
             close(oldest.stream.fd)
             list.removeFirst()
         }
-        if maxPerUpstream > 0 { list.append(Idle(stream: stream, since: now)) } else { close(stream.fd) }
-        idle[upstream] = list
+        list.append(connection)
     }
 
     /// An idle keep-alive connection must have nothing to read: EOF or bytes mean it is done.
