@@ -115,8 +115,9 @@ public struct HTTPHeadParser: Sendable {
 
     /// `HTTP/1.0` or `HTTP/1.1`; another well-formed version is 505, anything else 400.
     private func parseVersion(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) throws -> Int {
-        let prefix: [UInt8] = Array("HTTP/".utf8)
-        guard range.count == 8, zip(range.prefix(5), prefix).allSatisfy({ bytes[$0] == $1 }),
+        let at = range.lowerBound
+        guard range.count == 8, bytes[at] == UInt8(ascii: "H"), bytes[at + 1] == UInt8(ascii: "T"), bytes[at + 2] == UInt8(ascii: "T"),
+              bytes[at + 3] == UInt8(ascii: "P"), bytes[at + 4] == UInt8(ascii: "/"),
               Self.isDigit(bytes[range.lowerBound + 5]), bytes[range.lowerBound + 6] == 0x2E,
               Self.isDigit(bytes[range.lowerBound + 7]) else {
             throw HTTPError.bad("malformed HTTP version")
@@ -145,7 +146,8 @@ public struct HTTPHeadParser: Sendable {
     }
 
     private func parseFields(_ bytes: UnsafeRawBufferPointer, _ lines: inout LineReader) throws -> HTTPHeaders {
-        var headers = HTTPHeaders(reservingBytes: lines.end - lines.position)
+        // Room for what the proxy adds (X-Forwarded-*, framing) without growing.
+        var headers = HTTPHeaders(reservingBytes: lines.end - lines.position + 256)
         while let line = try lines.next() {
             if line.isEmpty { break }
             let first = bytes[line.lowerBound]

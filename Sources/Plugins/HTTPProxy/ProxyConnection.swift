@@ -293,7 +293,11 @@ final class ProxyConnection {
             let clientKeepAlive = request.wantsKeepAlive && responseFraming != .untilClose && !chunkedToOldClient
                 && shared.acceptingNewRequests
             var bytes: [UInt8] = []
-            bytes.reserveCapacity(512)
+            if case .length(let count) = responseFraming, count <= Self.coalescedResponseLimit {
+                bytes.reserveCapacity(1024 + count)
+            } else {
+                bytes.reserveCapacity(1024)
+            }
             HeadWriter.response(HeaderRewrite.clientResponse(head, framing: responseFraming, keepAlive: clientKeepAlive,
                                                              clientMinorVersion: request.minorVersion), into: &bytes)
             // A small body goes out in the same send as the head: one syscall, one ring

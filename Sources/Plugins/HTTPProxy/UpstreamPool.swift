@@ -10,7 +10,13 @@ final class UpstreamPool {
         let since: UInt64
     }
 
-    private var idle: [Upstream: [Idle]] = [:]
+    /// A box per upstream: the dictionary is only read per request (mutating a value in
+    /// place goes through an accessor that allocates).
+    private final class IdleList {
+        var connections: [Idle] = []
+    }
+
+    private var idle: [Upstream: IdleList] = [:]
     private let maxPerUpstream: Int
     private let idleLimit: UInt64
 
@@ -24,7 +30,8 @@ final class UpstreamPool {
     /// that fast is rare, and an idempotent request is retried on a fresh connection anyway.
     /// (TLS connections are never peeked: a session ticket may legitimately be waiting.)
     func take(_ upstream: Upstream, now: UInt64) -> (any ByteStream)? {
-        while let connection = idle[upstream]?.popLast() {
+        guard let list = idle[upstream] else { return nil }
+        while let connection = list.connections.popLast() {
             let idleFor = now &- connection.since
             let fresh = idleFor < 1_000_000_000 || !connection.stream.isPlain || Self.isQuiet(connection.stream.fd)
             if idleFor <= idleLimit && fresh { return connection.stream }
@@ -38,8 +45,14 @@ final class UpstreamPool {
             close(stream.fd)
             return
         }
-        // In place: copying the list out of the dictionary and back would copy its storage.
-        Self.keep(Idle(stream: stream, since: now), in: &idle[upstream, default: []], limit: maxPerUpstream, idleLimit: idleLimit)
+        let list: IdleList
+        if let existing = idle[upstream] {
+            list = existing
+        } else {
+            list = IdleList()
+            idle[upstream] = list
+        }
+        Self.keep(Idle(stream: stream, since: now), in: &list.connections, limit: maxPerUpstream, idleLimit: idleLimit)
     }
 
     private static func keep(_ connection: Idle, in list: inout [Idle], limit: Int, idleLimit: UInt64) {
