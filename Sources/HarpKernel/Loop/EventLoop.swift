@@ -31,6 +31,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     public private(set) var now: UInt64 = EventLoop.monotonicNanos()
     /// Pipes for splice relays, reused across connections of this loop.
     public private(set) var pipes: PipePool!
+    /// Buffers for copying through user space (TLS legs), reused across connections of this loop.
+    public let copyBuffers = CopyBuffers()
     /// Connections that plugins have registered as open; shutdown waits for this to reach 0.
     public let openConnections = Atomic<Int>(0)
 

@@ -65,8 +65,9 @@ extension EventLoop {
         if source.isPlain && destination.isPlain {
             return await transfer(from: source.fd, to: destination.fd, count: count, idleTimeout: idleTimeout)
         }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
-        defer { buffer.deallocate() }
+        let scratch = copyBuffers.take()
+        defer { copyBuffers.give(scratch) }
+        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[..<CopyBuffers.chunk])
         var moved = 0
         while moved < count {
             let want = min(buffer.count, count - moved)
@@ -116,8 +117,9 @@ final class CopyRelay: @unchecked Sendable {
 
     private func pump(_ side: Int) async {
         let source = streams[side], destination = streams[1 - side]
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
-        defer { buffer.deallocate() }
+        let scratch = loop.copyBuffers.take()
+        defer { loop.copyBuffers.give(scratch) }
+        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[..<CopyBuffers.chunk])
         while outcome == nil {
             let halfClosed = finished[0] || finished[1]
             let limit = halfClosed ? halfClosedLimit : idleLimit

@@ -16,10 +16,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     private let outgoing: OpaquePointer  // OpenSSL -> network
     private let receiveIO = AsyncCompletion()
     private let sendIO = AsyncCompletion()
-    /// Separate buffers for the two directions: a reader and a writer task may both be
-    /// suspended in the middle of their I/O.
+    /// Ciphertext comes in here; a recv is posted on it whenever the reader waits. Sending
+    /// borrows a loop buffer for the flush only (a reader and a writer task may both be
+    /// suspended in the middle of their I/O, so the two never share one).
     private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
-    private let sendBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     private var peerClosed = false
     /// Kept alive for the lifetime of the connection (OpenSSL holds the pointer).
     private let context: TLSContext
@@ -60,7 +60,6 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     deinit {
         SSL_free(ssl)
         buffer.deallocate()
-        sendBuffer.deallocate()
     }
 
     /// Runs the handshake; throws with the peer and OpenSSL's reason when it fails.
@@ -90,7 +89,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         var offset = 0
         do {
             // Encrypt every record first (the memory BIO takes them all), then send them in
-            // one go: a 64 KiB write is one send instead of four.
+            // one go: a 256 KiB write is one send instead of sixteen.
             while offset < source.count {
                 let chunk = min(16 * 1024, source.count - offset)
                 let written = try await drive(timeout: timeout, during: "TLS write", flush: false) {
@@ -172,6 +171,9 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     }
 
     private func flush(timeout: Duration?) async throws(TLSError) {
+        guard BIO_ctrl_pending(outgoing) > 0 else { return }
+        let sendBuffer = loop.copyBuffers.take()
+        defer { loop.copyBuffers.give(sendBuffer) }
         while BIO_ctrl_pending(outgoing) > 0 {
             let count = BIO_read(outgoing, sendBuffer.baseAddress, Int32(sendBuffer.count))
             guard count > 0 else { return }
