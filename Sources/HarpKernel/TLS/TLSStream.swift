@@ -77,7 +77,21 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     public func read(into destination: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async -> Int {
         let count = destination.count
         do {
-            return Int(try await drive(timeout: timeout, during: "TLS read") { SSL_read($0, destination.baseAddress, Int32(count)) })
+            var total = Int(try await drive(timeout: timeout, during: "TLS read") { SSL_read($0, destination.baseAddress, Int32(count)) })
+            // SSL_read returns one record (16 KiB at most): take the others already received
+            // too, so a large read is one large write downstream instead of many small ones.
+            while total > 0 && total < count && (SSL_pending(ssl) > 0 || BIO_ctrl_pending(incoming) > 0) {
+                let more = SSL_read(ssl, destination.baseAddress! + total, Int32(count - total))
+                guard more > 0 else {
+                    // A partial record or an alert: the next read meets it (and reports it).
+                    ERR_clear_error()
+                    break
+                }
+                total += Int(more)
+            }
+            // Records handled on the way may have produced some (a KeyUpdate answer).
+            if BIO_ctrl_pending(outgoing) > 0 { try await flush(timeout: timeout) }
+            return total
         } catch {
             lastError = error
             return error.timedOut ? -Int(ETIMEDOUT) : -Int(EPROTO)
