@@ -7,7 +7,7 @@
 #                                          offered, so clients settle on 1.3)
 #
 # Measures: new-handshake rate (wrk -H "Connection: close"), keep-alive 1 KiB req/s (wrk -c50),
-# 2 GiB download GB/s (curl) and the proxy's CPU seconds per GB. ECDSA P-256 certificate.
+# 2 GiB download and upload GB/s (curl) and the proxy's CPU seconds per GB. ECDSA P-256 certificate.
 set -euo pipefail
 ulimit -n 65536 2>/dev/null || true
 cd "$(dirname "$0")/.."
@@ -58,6 +58,8 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_buffering off;
+      proxy_request_buffering off;
+      client_max_body_size 0;
     }
   }
 }
@@ -101,7 +103,7 @@ nginx -p "$OUT" -c "$OUT/origin.conf" & ORIGIN_PID=$!
 nginx -p "$OUT" -c "$OUT/proxy.conf" & NGINX_PID=$!
 haproxy -f "$OUT/haproxy.cfg" -db > "$OUT/logs/haproxy.log" 2>&1 & HAPROXY_PID=$!
 $HARP serve --config "$OUT/harp.toml" > "$OUT/logs/harp.log" 2>&1 & HARP_PID=$!
-trap 'kill $ORIGIN_PID $NGINX_PID $HAPROXY_PID $HARP_PID 2>/dev/null || true' EXIT
+trap 'kill $ORIGIN_PID $NGINX_PID $HAPROXY_PID $HARP_PID 2>/dev/null || true; rm -rf "${UPLOADS:?}"' EXIT
 sleep 1
 
 port_of() { case $1 in harp) echo $HARP_PORT;; nginx) echo $NGINX_PORT;; haproxy) echo $HAPROXY_PORT;; esac; }
@@ -111,11 +113,15 @@ rate() {  # wrk req/s: $1 proxy, $2 connections, extra wrk args after
   local who=$1 conns=$2; shift 2
   wrk -t1 -c"$conns" -d"${SECS}s" "$@" "https://127.0.0.1:$(port_of "$who")/1k" | awk '/Requests\/sec/ { printf "%.0f\n", $2 }'
 }
-big() {  # "GB/s cpu_s_per_GB"
+bulk() {  # "GB/s cpu_s_per_GB" for 2 GiB: $1 proxy, $2 down or up (the origin stores uploads in tmpfs)
   local who=$1 pid; pid=$(pid_of "$who")
+  local url="https://127.0.0.1:$(port_of "$who")"
+  local args=(-w '%{speed_download} %{size_download}' "$url/2g")
+  [ "$2" = up ] && args=(-T "$OUT/html/2g" -w '%{speed_upload} %{size_upload}' "$url/upload/2g")
   local before; before=$(cpu_ticks "$pid")
-  local speed; speed=$(curl -sk -o /dev/null -w '%{speed_download} %{size_download}' "https://127.0.0.1:$(port_of "$who")/2g")
+  local speed; speed=$(curl -sk -o /dev/null "${args[@]}")
   local after; after=$(cpu_ticks "$pid")
+  rm -rf "${UPLOADS:?}/upload"
   echo "$speed" | awk -v t="$ticks" -v c=$((after - before)) '{ gb = $2 / 1e9; printf "%.3f %.4f\n", $1 / 1e9, (c / t) / gb }'
 }
 
@@ -134,19 +140,25 @@ for round in $(seq 1 "$ROUNDS"); do
   for who in "${order[@]}"; do
     handshakes=$(rate "$who" 50 -H "Connection: close")
     keepalive=$(rate "$who" 50)
-    download=$(big "$who")
-    echo "$who $handshakes $keepalive $download" >> "$RESULTS"
-    echo "round $round $who: handshakes/s=$handshakes keep-alive req/s=$keepalive 2GiB[GB/s CPU/GB]=$download"
+    download=$(bulk "$who" down)
+    upload=$(bulk "$who" up)
+    echo "$who $handshakes $keepalive $download $upload" >> "$RESULTS"
+    echo "round $round $who: handshakes/s=$handshakes keep-alive req/s=$keepalive 2GiB down[GB/s CPU/GB]=$download up=$upload"
   done
 done
 echo
-printf "%-8s %14s %16s %10s %10s\n" proxy "handshakes/s" "keep-alive req/s" "GB/s" "CPU s/GB"
+columns=("handshakes/s" "keep-alive req/s" "down GB/s" "down CPU s/GB" "up GB/s" "up CPU s/GB")
+printf "%-8s" proxy; printf " %16s" "${columns[@]}"; echo
 for who in harp nginx haproxy; do
-  printf "%-8s %14s %16s %10s %10s\n" $who "$(column_median $who 2)" "$(column_median $who 3)" "$(column_median $who 4)" "$(column_median $who 5)"
+  printf "%-8s" $who
+  for c in 2 3 4 5 6 7; do printf " %16s" "$(column_median $who $c)"; done
+  echo
 done
 echo
 for other in nginx haproxy; do
-  awk -v a="$(column_median harp 2)" -v b="$(column_median $other 2)" -v c="$(column_median harp 3)" -v d="$(column_median $other 3)" \
-      -v e="$(column_median harp 4)" -v f="$(column_median $other 4)" -v g="$(column_median harp 5)" -v h="$(column_median $other 5)" -v o=$other 'BEGIN {
-    printf "harp/%s: handshakes %.2fx, keep-alive req/s %.2fx, GB/s %.2fx, CPU/GB %.2fx\n", o, a / b, c / d, e / f, g / h }'
+  printf "harp/%s:" $other
+  for c in 2 3 4 5 6 7; do
+    printf " %s %.2fx," "${columns[$((c - 2))]}" "$(awk -v a="$(column_median harp $c)" -v b="$(column_median $other $c)" 'BEGIN { print a / b }')"
+  done
+  echo
 done

@@ -24,7 +24,10 @@ CONF
 }
 
 # A whole nginx config serving $OUT/html on 127.0.0.1:$1 (the benchmarks' origin).
+# Where the origin stores uploads: tmpfs, so disk speed never enters a proxy's figure.
+UPLOADS=/dev/shm/harp-bench-uploads
 nginx_origin_conf() {
+  mkdir -p "$UPLOADS/tmp"
   nginx_head origin
   cat <<CONF
 http {
@@ -32,7 +35,20 @@ http {
   sendfile on;
   keepalive_requests 1000000;
   client_body_temp_path $OUT/origin-body;
-  server { listen 127.0.0.1:$1 backlog=4096; root $OUT/html; }
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    root $OUT/html;
+    client_max_body_size 0;
+    # Uploads are stored (WebDAV PUT to tmpfs): the origin reads every byte before it
+    # answers, so a proxy must really forward the body (with an early answer nginx as proxy
+    # would just drop the rest).
+    location /upload {
+      root $UPLOADS;
+      dav_methods PUT;
+      create_full_put_path on;
+      client_body_temp_path $UPLOADS/tmp;
+    }
+  }
 }
 CONF
 }
