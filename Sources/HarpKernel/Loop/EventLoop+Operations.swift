@@ -20,11 +20,16 @@ extension EventLoop {
 
     /// Receives into `buffer`; with a `timeout`, fails with `-ETIMEDOUT` when nothing arrived
     /// in time. Returns the byte count, 0 at end-of-stream, or `-errno`.
+    ///
+    /// `expectingWait`: the caller knows nothing has arrived yet (a response right after its
+    /// request was sent, the next request on a kept-alive connection), so the ring waits for
+    /// readability before trying instead of failing a receive first (`RECVSEND_POLL_FIRST`).
     public func recv(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil,
-                     using record: AsyncCompletion) async -> Int32 {
+                     expectingWait: Bool = false, using record: AsyncCompletion) async -> Int32 {
         while true {
             let result = await perform(record, timeout: timeout) {
                 io_uring_prep_recv($0, fd, buffer.baseAddress, buffer.count, 0)
+                if expectingWait { $0.pointee.ioprio |= UInt16(IORING_RECVSEND_POLL_FIRST) }
             }
             // A socket left O_NONBLOCK by a splice relay can answer EAGAIN instead of being
             // polled by the ring: wait for readability ourselves and try again.

@@ -12,11 +12,18 @@ public protocol ByteStream: AnyObject, Sendable {
     /// True when the bytes on the socket are the plaintext itself.
     var isPlain: Bool { get }
     /// Bytes read (> 0), 0 at end of stream, or `-errno` (`-ETIMEDOUT` after `timeout`).
-    func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async -> Int
+    /// `expectingWait`: nothing is expected to have arrived yet (see `EventLoop.recv`).
+    func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int
     /// Writes all of `bytes`: 0, or `-errno`.
     func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32
     /// Ends this direction (FIN for a socket, close_notify for TLS); reading goes on.
     func finishWriting() async
+}
+
+extension ByteStream {
+    public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async -> Int {
+        await read(into: buffer, timeout: timeout, expectingWait: false)
+    }
 }
 
 /// A plain socket as a `ByteStream`, with its own completion records for each direction.
@@ -34,8 +41,8 @@ public final class SocketStream: ByteStream, @unchecked Sendable {
 
     public var isPlain: Bool { true }
 
-    public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async -> Int {
-        Int(await loop.recv(fd, into: buffer, timeout: timeout, using: readIO))
+    public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int {
+        Int(await loop.recv(fd, into: buffer, timeout: timeout, expectingWait: expectingWait, using: readIO))
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32 {

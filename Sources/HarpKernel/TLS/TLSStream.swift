@@ -74,10 +74,12 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     /// Reads plaintext: a count, 0 when the peer closed (close_notify or end of stream), or
     /// `-errno` (`-ETIMEDOUT`, `-EPROTO` for a TLS failure, see `lastError`).
-    public func read(into destination: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async -> Int {
+    public func read(into destination: UnsafeMutableRawBufferPointer, timeout: Duration? = nil, expectingWait: Bool = false) async -> Int {
         let count = destination.count
         do {
-            var total = Int(try await drive(timeout: timeout, during: "TLS read") { SSL_read($0, destination.baseAddress, Int32(count)) })
+            var total = Int(try await drive(timeout: timeout, during: "TLS read", expectingWait: expectingWait) {
+                SSL_read($0, destination.baseAddress, Int32(count))
+            })
             // SSL_read returns one record (16 KiB at most): take the others already received
             // too, so a large read is one large write downstream instead of many small ones.
             while total > 0 && total < count && (SSL_pending(ssl) > 0 || BIO_ctrl_pending(incoming) > 0) {
@@ -142,9 +144,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     /// Calls `operation` until it succeeds, feeding OpenSSL from the socket and flushing
     /// what it wrote. Returns the operation's positive result, or 0 for a closed peer.
-    private func drive(timeout: Duration?, during what: String, flush flushOnSuccess: Bool = true,
+    private func drive(timeout: Duration?, during what: String, flush flushOnSuccess: Bool = true, expectingWait: Bool = false,
                        _ operation: (OpaquePointer) -> Int32) async throws(TLSError) -> Int32 {
         ERR_clear_error()
+        var expectingWait = expectingWait  // only the first receive: later ones continue a record
         while true {
             let result = operation(ssl)
             if result > 0 {
@@ -155,7 +158,8 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             case SSL_ERROR_WANT_READ:
                 try await flush(timeout: timeout)
                 if peerClosed { return 0 }
-                try await receive(timeout: timeout, during: what)
+                try await receive(timeout: timeout, during: what, expectingWait: expectingWait)
+                expectingWait = false
             case SSL_ERROR_WANT_WRITE:
                 try await flush(timeout: timeout)
             case SSL_ERROR_ZERO_RETURN:
@@ -169,8 +173,8 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         }
     }
 
-    private func receive(timeout: Duration?, during what: String) async throws(TLSError) {
-        let received = await loop.recv(fd, into: buffer, timeout: timeout, using: receiveIO)
+    private func receive(timeout: Duration?, during what: String, expectingWait: Bool) async throws(TLSError) {
+        let received = await loop.recv(fd, into: buffer, timeout: timeout, expectingWait: expectingWait, using: receiveIO)
         if received == 0 {
             peerClosed = true
             // An empty memory BIO at EOF makes OpenSSL report the truncation itself.

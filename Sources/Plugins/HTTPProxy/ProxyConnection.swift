@@ -77,7 +77,8 @@ final class ProxyConnection {
                 await respond(status: 431, keepAlive: false)
                 return nil
             }
-            let received = await client.read(into: space, timeout: config.clientTimeout.duration)
+            // Nothing buffered: the client has yet to send (the usual keep-alive pause).
+            let received = await client.read(into: space, timeout: config.clientTimeout.duration, expectingWait: inbound.isEmpty)
             guard received > 0 else { return nil }  // EOF, idle timeout or reset: just close
             inbound.didWrite(Int(received))
         }
@@ -365,7 +366,8 @@ final class ProxyConnection {
             }
             let space = buffer.writable
             guard !space.isEmpty else { return .invalid(HTTPError(502, "response head too large")) }
-            let received = await upstream.read(into: space, timeout: config.serverTimeout.duration)
+            // The request has just gone out: the response cannot be there yet.
+            let received = await upstream.read(into: space, timeout: config.serverTimeout.duration, expectingWait: buffer.isEmpty)
             if received == -Int(ETIMEDOUT) { return .timedOut }
             guard received > 0 else { return .closedEarly }
             buffer.didWrite(Int(received))
