@@ -55,6 +55,30 @@ struct HTTPHeadParserTests {
         #expect(headers.pairs.map(\.name) == ["Content-length", "content-LENGTH", "X-List"], "Connection, what it names and Keep-Alive go")
     }
 
+    @Test("tchar is exactly RFC 9110's token set")
+    func tokenCharacters() {
+        let tokens = Set("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
+        for byte in UInt8.min...UInt8.max {
+            #expect(HTTPHeadParser.isTchar(byte) == tokens.contains(byte), "byte \(byte)")
+        }
+    }
+
+    @Test("a bad header name says what is wrong with it", arguments: [
+        ("Host : a", "whitespace between a header name and the colon"),
+        ("Ho@st: a", "invalid byte in a header name"),
+        (": a", "header line without a name and colon"),
+        ("Host a", "header line without a name and colon"),
+        ("Host", "header line without a name and colon"),
+    ])
+    func headerNameErrors(line: String, reason: String) {
+        guard case .invalid(let error) = parse("GET / HTTP/1.1\r\n\(line)\r\n\r\n") else {
+            Issue.record("\(line) was accepted")
+            return
+        }
+        #expect(error.status == 400)
+        #expect(error.reason == reason)
+    }
+
     @Test("obs-text in a header value is forwarded byte for byte")
     func obsText() throws {
         let raw = Array("GET / HTTP/1.1\r\nHost: x\r\nX-Name: caf".utf8) + [0xE9, 0x20, 0xFF] + Array("\r\n\r\n".utf8)

@@ -152,11 +152,15 @@ public struct HTTPHeadParser: Sendable {
             if line.isEmpty { break }
             let first = bytes[line.lowerBound]
             if first == 0x20 || first == 0x09 { throw HTTPError.bad("obsolete line folding") }
-            guard let colon = line.first(where: { bytes[$0] == 0x3A }), colon > line.lowerBound else {
-                throw HTTPError.bad("header line without a name and colon")
-            }
-            for i in line.lowerBound..<colon where !Self.isTchar(bytes[i]) {
-                throw HTTPError.bad(bytes[i] == 0x20 || bytes[i] == 0x09
+            // One pass over the name: it ends at the first byte that is not a tchar, which
+            // must be the colon; the line is looked at again only to word an error.
+            var colon = line.lowerBound
+            while colon < line.upperBound && Self.isTchar(bytes[colon]) { colon += 1 }
+            guard colon > line.lowerBound, colon < line.upperBound, bytes[colon] == 0x3A else {
+                guard colon > line.lowerBound, line[colon...].contains(where: { bytes[$0] == 0x3A }) else {
+                    throw HTTPError.bad("header line without a name and colon")
+                }
+                throw HTTPError.bad(bytes[colon] == 0x20 || bytes[colon] == 0x09
                     ? "whitespace between a header name and the colon" : "invalid byte in a header name")
             }
             var valueStart = colon + 1, valueEnd = line.upperBound
@@ -216,17 +220,17 @@ public struct HTTPHeadParser: Sendable {
 
     @inline(__always) static func isDigit(_ byte: UInt8) -> Bool { byte >= 0x30 && byte <= 0x39 }
 
-    @inline(__always) static func isTchar(_ byte: UInt8) -> Bool { tchar[Int(byte)] }
+    /// RFC 9110 §5.6.2 token characters as two bit sets (bytes 0-63 and 64-127): a shift
+    /// and a mask per byte, no table to load.
+    @inline(__always) static func isTchar(_ byte: UInt8) -> Bool {
+        if byte < 64 { return (0x03FF_6CFA_0000_0000 as UInt64) >> byte & 1 == 1 }
+        if byte < 128 { return (0x57FF_FFFF_C7FF_FFFE as UInt64) >> (byte - 64) & 1 == 1 }
+        return false
+    }
 
     /// field-vchar, SP and HTAB; obs-text (0x80–0xFF) is kept as opaque bytes.
     @inline(__always) static func isFieldValueByte(_ byte: UInt8) -> Bool {
         byte == 0x09 || (byte >= 0x20 && byte != 0x7F)
-    }
-
-    private static let tchar: [Bool] = (0..<256).map { value in
-        let byte = UInt8(value)
-        if (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte) { return true }
-        return Array("!#$%&'*+-.^_`|~".utf8).contains(byte)
     }
 
     static func ascii(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> String {
