@@ -35,14 +35,36 @@ struct HTTPSTests {
         """
     }
 
+    /// harp terminating HTTPS on a free port in front of a test origin (answers "ok").
+    struct Served {
+        let pki: TestCertificates
+        let origin: HTTPTestOrigin
+        let port: UInt16
+        let harp: HarpProcess
+        /// curl trusting the test CA, with localhost resolved to loopback, fetching `path`.
+        func curl(_ path: String = "/x") -> String {
+            "curl -s --cacert \(pki.ca) --resolve localhost:\(port):127.0.0.1 https://localhost:\(port)\(path)"
+        }
+    }
+
+    static func serve(listener: String = "") throws -> Served {
+        let pki = try pki.get()
+        let origin = try HTTPTestOrigin()
+        let port = freePort()
+        do {
+            let harp = try HarpProcess.serve(config(pki: pki, port: port, upstream: "http://\(origin.address)", listener: listener))
+            return Served(pki: pki, origin: origin, port: port, harp: harp)
+        } catch {
+            origin.stop()
+            throw error
+        }
+    }
+
     @Test("curl and s_client: TLS 1.2 and 1.3, SNI picks the certificate, ALPN, resumption")
     func handshakes() throws {
-        let pki = try Self.pki.get()
-        let origin = try HTTPTestOrigin()
-        defer { origin.stop() }
-        let port = freePort()
-        let harp = try HarpProcess.serve(Self.config(pki: pki, port: port, upstream: "http://\(origin.address)"))
-        let curl = "curl -sf --cacert \(pki.ca) https://localhost:\(port)/x --resolve localhost:\(port):127.0.0.1"
+        let served = try Self.serve()
+        defer { served.origin.stop() }
+        let (pki, port, harp, curl) = (served.pki, served.port, served.harp, served.curl())
         #expect(try shell("\(curl) --tlsv1.2 --tls-max 1.2").output == "ok")
         #expect(try shell("\(curl) --tlsv1.3").output == "ok")
         let other = try shell("curl -sf --cacert \(pki.ca) --resolve other.test:\(port):127.0.0.1 https://other.test:\(port)/x").output
@@ -65,13 +87,9 @@ struct HTTPSTests {
 
     @Test("mutual TLS: a client certificate is required and checked")
     func mutualTLS() throws {
-        let pki = try Self.pki.get()
-        let origin = try HTTPTestOrigin()
-        defer { origin.stop() }
-        let port = freePort()
-        let harp = try HarpProcess.serve(Self.config(pki: pki, port: port, upstream: "http://\(origin.address)",
-                                                     listener: "client_ca = \"\(pki.ca)\""))
-        let curl = "curl -s --cacert \(pki.ca) --resolve localhost:\(port):127.0.0.1 https://localhost:\(port)/x"
+        let served = try Self.serve(listener: "client_ca = \"\(try Self.pki.get().ca)\"")
+        defer { served.origin.stop() }
+        let (pki, harp, curl) = (served.pki, served.harp, served.curl())
         #expect(try shell("\(curl) --cert \(pki.certificate("client")) --key \(pki.key("client"))").output == "ok")
         let refused = try shell("\(curl)")
         #expect(refused.output != "ok")
@@ -123,16 +141,13 @@ struct HTTPSTests {
 
     @Test("garbage and a truncated handshake on the TLS port: closed, counted, server fine")
     func badClients() throws {
-        let pki = try Self.pki.get()
-        let origin = try HTTPTestOrigin()
-        defer { origin.stop() }
-        let port = freePort()
-        let harp = try HarpProcess.serve(Self.config(pki: pki, port: port, upstream: "http://\(origin.address)"))
+        let served = try Self.serve()
+        defer { served.origin.stop() }
+        let (port, harp) = (served.port, served.harp)
         _ = try shell("head -c 5000 /dev/urandom | timeout 5 curl -s telnet://127.0.0.1:\(port) --max-time 2")
         _ = try shell("printf '\\x16\\x03\\x01\\x02\\x00\\x01\\x00' | timeout 5 curl -s telnet://127.0.0.1:\(port) --max-time 1")
         _ = try shell("printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' | timeout 5 curl -s telnet://127.0.0.1:\(port) --max-time 2")
-        let curl = "curl -sf --cacert \(pki.ca) --resolve localhost:\(port):127.0.0.1 https://localhost:\(port)/x"
-        #expect(try shell(curl).output == "ok")
+        #expect(try shell(served.curl()).output == "ok")
         #expect(try harp.stop() == 0)
         #expect(harp.stderr.components(separatedBy: "TLS handshake failed").count - 1 >= 2)
     }
@@ -171,13 +186,9 @@ struct HTTPSTests {
 
     @Test("protocols limits the TLS versions; naming one below 1.2 is a config error")
     func protocols() throws {
-        let pki = try Self.pki.get()
-        let origin = try HTTPTestOrigin()
-        defer { origin.stop() }
-        let port = freePort()
-        let harp = try HarpProcess.serve(Self.config(pki: pki, port: port, upstream: "http://\(origin.address)",
-                                                     listener: "protocols = [\"TLSv1.3\"]"))
-        let curl = "curl -s --cacert \(pki.ca) https://localhost:\(port)/x --resolve localhost:\(port):127.0.0.1"
+        let served = try Self.serve(listener: "protocols = [\"TLSv1.3\"]")
+        defer { served.origin.stop() }
+        let (pki, harp, curl) = (served.pki, served.harp, served.curl())
         #expect(try shell("\(curl) --tlsv1.3").output == "ok")
         #expect(try shell("\(curl) --tlsv1.2 --tls-max 1.2").output != "ok", "TLS 1.2 is not offered")
         #expect(try harp.stop() == 0)
