@@ -23,9 +23,10 @@ events { worker_connections 4096; }
 CONF
 }
 
-# A whole nginx config serving $OUT/html on 127.0.0.1:$1 (the benchmarks' origin).
 # Where the origin stores uploads: tmpfs, so disk speed never enters a proxy's figure.
 UPLOADS=/dev/shm/harp-bench-uploads
+
+# A whole nginx config serving $OUT/html on 127.0.0.1:$1 (the benchmarks' origin).
 nginx_origin_conf() {
   mkdir -p "$UPLOADS/tmp"
   nginx_head origin
