@@ -85,6 +85,20 @@ struct HTTPSTests {
         #expect(try harp.stop() == 0)
     }
 
+    @Test("TLS 1.3 KeyUpdate mid-connection: harp updates its keys too and goes on serving")
+    func keyUpdate() throws {
+        let served = try Self.serve()
+        defer { served.origin.stop() }
+        // s_client's interactive K asks the peer to update as well (RFC 8446 §4.6.3).
+        let request = "GET /x HTTP/1.1\\nHost: localhost\\n"
+        let script = "(printf '\(request)\\n'; sleep 0.5; printf 'K\\n'; sleep 0.5; printf '\(request)Connection: close\\n\\n'; sleep 1)"
+            + " | timeout 10 openssl s_client -connect 127.0.0.1:\(served.port) -CAfile \(served.pki.ca) -servername localhost -crlf -msg 2>&1"
+        let output = try shell(script).output
+        #expect(output.components(separatedBy: "HTTP/1.1 200").count - 1 == 2, "both requests answered: \(output.suffix(600))")
+        #expect(output.contains("<<< TLS 1.3, Handshake [length 0005], KeyUpdate"), "harp's own KeyUpdate")
+        #expect(try served.harp.stop() == 0)
+    }
+
     @Test("mutual TLS: a client certificate is required and checked")
     func mutualTLS() throws {
         let served = try Self.serve(listener: "client_ca = \"\(try Self.pki.get().ca)\"")
