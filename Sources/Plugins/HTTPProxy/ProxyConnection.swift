@@ -15,6 +15,9 @@ final class ProxyConnection {
     let inbound: ConnectionBuffer
     private let upstreamIO = AsyncCompletion()
     private var scanned = 0
+    /// Whether a request has been answered on this connection (the next one is then a
+    /// keep-alive wait; the first usually came with the connection).
+    private var answeredOne = false
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     /// Upstream bytes of the current exchange; empty between exchanges (a connection whose
     /// response left bytes behind is not reused), so one buffer serves the whole connection.
@@ -46,6 +49,7 @@ final class ProxyConnection {
             scanned = 0
             let exchange = Exchange(request: head, started: EventLoop.preciseNanos())
             let keepAlive = await handle(head, exchange)
+            answeredOne = true
             exchange.finished = EventLoop.preciseNanos()
             shared.record(exchange, client: info)
             if !keepAlive { break }
@@ -77,8 +81,9 @@ final class ProxyConnection {
                 await respond(status: 431, keepAlive: false)
                 return nil
             }
-            // Nothing buffered: the client has yet to send (the usual keep-alive pause).
-            let received = await client.read(into: space, timeout: config.clientTimeout.duration, expectingWait: inbound.isEmpty)
+            // Nothing buffered after an answer: the client has yet to send (the keep-alive pause).
+            let received = await client.read(into: space, timeout: config.clientTimeout.duration,
+                                             expectingWait: answeredOne && inbound.isEmpty)
             guard received > 0 else { return nil }  // EOF, idle timeout or reset: just close
             inbound.didWrite(Int(received))
         }
