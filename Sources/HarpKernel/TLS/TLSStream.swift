@@ -12,8 +12,8 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     public let loop: EventLoop
     public let fd: Int32
     private let ssl: OpaquePointer
-    private let incoming: OpaquePointer  // network -> OpenSSL
-    private let outgoing: OpaquePointer  // OpenSSL -> network
+    private var incoming: OpaquePointer  // network -> OpenSSL
+    private var outgoing: OpaquePointer  // OpenSSL -> network
     private let receiveIO = AsyncCompletion()
     private let sendIO = AsyncCompletion()
     /// Ciphertext comes in here; a recv is posted on it whenever the reader waits. Sending
@@ -158,6 +158,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             case SSL_ERROR_WANT_READ:
                 try await flush(timeout: timeout)
                 if peerClosed { return 0 }
+                if expectingWait { releaseGrownBuffers() }
                 try await receive(timeout: timeout, during: what, expectingWait: expectingWait)
                 expectingWait = false
             case SSL_ERROR_WANT_WRITE:
@@ -172,6 +173,33 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             }
         }
     }
+
+    /// Memory BIOs never shrink: after a bulk transfer each holds its peak (a 256 KiB flush,
+    /// a 64 KiB receive) for the rest of the connection. Before a wait that is expected to be
+    /// long, empty ones that grew are swapped for fresh ones, so an idle connection costs
+    /// kilobytes whatever it once carried. (Never mid-transfer: regrowing costs copies.)
+    private func releaseGrownBuffers() {
+        if BIO_ctrl_pending(outgoing) == 0, Self.capacity(of: outgoing) > Self.keptCapacity, let fresh = BIO_new(BIO_s_mem()) {
+            SSL_set0_wbio(ssl, fresh)  // frees the old one
+            outgoing = fresh
+        }
+        if BIO_ctrl_pending(incoming) == 0, Self.capacity(of: incoming) > Self.keptCapacity, let fresh = BIO_new(BIO_s_mem()) {
+            SSL_set0_rbio(ssl, fresh)
+            incoming = fresh
+        }
+    }
+
+    /// Room for a few records: what request/response traffic needs without regrowing.
+    static let keptCapacity = 64 * 1024
+
+    private static func capacity(of bio: OpaquePointer) -> Int {
+        var memory: UnsafeMutablePointer<BUF_MEM>?
+        BIO_ctrl(bio, BIO_C_GET_BUF_MEM_PTR, 0, &memory)
+        return memory.map { Int($0.pointee.max) } ?? 0
+    }
+
+    /// Bytes the two memory BIOs hold room for (for tests).
+    var bufferCapacity: Int { Self.capacity(of: incoming) + Self.capacity(of: outgoing) }
 
     private func receive(timeout: Duration?, during what: String, expectingWait: Bool) async throws(TLSError) {
         let received = await loop.recv(fd, into: buffer, timeout: timeout, expectingWait: expectingWait, using: receiveIO)
