@@ -16,9 +16,7 @@ gcc -O2 -o "$OUT/blast" bench/tools/blast.c
 gcc -O2 -shared -fPIC -o "$OUT/malloccount.so" bench/tools/malloccount.c
 swift build -c release --product harp >/dev/null
 cat > "$OUT/allocs.toml" <<TOML
-[harp]
-threads = 1
-log_level = "warning"
+$(harp_head)
 [[tcp.forward]]
 listen = "127.0.0.1:19012"
 upstream = "127.0.0.1:19011"
@@ -41,17 +39,13 @@ kill $HARP $SINK 2>/dev/null || true
 wait $HARP 2>/dev/null || true
 
 # 2. Per request through the http plugin.
-for tool in wrk nginx openssl; do
-  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx openssl >/dev/null; }
-done
+need wrk nginx openssl
 head -c 1024 /dev/urandom > "$OUT/html/1k"
 [ -f "$OUT/cert.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
   -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
 nginx_origin_conf 19013 > "$OUT/origin.conf"
 cat > "$OUT/http.toml" <<TOML
-[harp]
-threads = 1
-log_level = "error"
+$(harp_head)
 [http]
 listen = ["127.0.0.1:19014"]
 access_log = false

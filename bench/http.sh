@@ -15,9 +15,7 @@ SECS=${2:-5}
 OUT=$PWD/bench/out/http
 mkdir -p "$OUT/html" "$OUT/logs"
 
-for tool in haproxy wrk nginx; do
-  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy wrk nginx >/dev/null; }
-done
+need haproxy wrk nginx
 swift build -c release --product harp >/dev/null
 HARP=$PWD/.build/release/harp
 
@@ -64,9 +62,7 @@ backend origin
     server origin 127.0.0.1:$ORIGIN
 CFG
 cat > "$OUT/harp.toml" <<TOML
-[harp]
-threads = 1
-log_level = "error"
+$(harp_head)
 [http]
 listen = ["127.0.0.1:$HARP_PORT"]
 access_log = false

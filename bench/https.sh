@@ -16,9 +16,7 @@ ROUNDS=${1:-5}
 SECS=${2:-5}
 OUT=$PWD/bench/out/https
 mkdir -p "$OUT/html" "$OUT/logs"
-for tool in haproxy wrk nginx openssl; do
-  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy wrk nginx openssl >/dev/null; }
-done
+need haproxy wrk nginx openssl
 swift build -c release --product harp >/dev/null
 HARP=$PWD/.build/release/harp
 
@@ -82,9 +80,7 @@ backend origin
     server origin 127.0.0.1:$ORIGIN
 CFG
 cat > "$OUT/harp.toml" <<TOML
-[harp]
-threads = 1
-log_level = "error"
+$(harp_head)
 [http]
 listen = []
 access_log = false

@@ -11,6 +11,16 @@ column_median() { grep "^$1 " "$RESULTS" | awk -v c="$2" '{ print $c }' | median
 
 ticks=$(getconf CLK_TCK)
 
+# The [harp] section every benchmark runs harp with: one loop, quiet logs.
+harp_head() { printf '[harp]\nthreads = 1\nlog_level = "error"\n'; }
+
+# Installs the Debian packages named (each provides the command of its name) if one is missing.
+need() {
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$@" >/dev/null; return; }
+  done
+}
+
 # The top of an nginx config for a single-process, single-worker instance named $1 under $OUT.
 nginx_head() {
   cat <<CONF

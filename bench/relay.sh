@@ -15,8 +15,7 @@ BYTES=${2:-$((2 * 1024 * 1024 * 1024))}
 OUT=bench/out
 mkdir -p "$OUT"
 
-command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
-command -v gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc >/dev/null; }
+need haproxy gcc
 gcc -O2 -o "$OUT/blast" bench/tools/blast.c
 swift build -c release --product harp >/dev/null
 HARP=.build/release/harp
@@ -26,9 +25,7 @@ SINK_PORT=19001 HARP_PORT=19002 HAPROXY_PORT=19003
 SINK=$!
 
 cat > "$OUT/harp.toml" <<TOML
-[harp]
-threads = 1
-log_level = "warning"
+$(harp_head)
 [[tcp.forward]]
 listen = "127.0.0.1:$HARP_PORT"
 upstream = "127.0.0.1:$SINK_PORT"

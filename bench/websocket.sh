@@ -20,9 +20,7 @@ swift build -c release --product harp >/dev/null
 
 ECHO=19301 HARP_PORT=19302 NGINX_PORT=19303
 cat > "$OUT/harp.toml" <<TOML
-[harp]
-threads = 1
-log_level = "error"
+$(harp_head)
 [http]
 listen = ["127.0.0.1:$HARP_PORT"]
 access_log = false
