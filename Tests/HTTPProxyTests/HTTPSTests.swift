@@ -181,6 +181,10 @@ struct HTTPSTests {
         let harp = try HarpProcess.serve(config)
         let subject = "printf '' | timeout 10 openssl s_client -connect 127.0.0.1:\(port) -servername localhost 2>&1 | grep -m1 'subject='"
         #expect(try shell(subject).output.contains("localhost"))
+        // A TLS 1.3 session from before the reload, to resume after it.
+        let session = pki.directory + "/reload-session.pem"
+        let sClient = "timeout 10 openssl s_client -connect 127.0.0.1:\(port) -servername localhost -CAfile \(pki.ca)"
+        _ = try shell("printf 'GET /x HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' | \(sClient) -ign_eof -sess_out \(session) 2>&1")
         // An open keep-alive connection from before the reload.
         let open = Process()
         open.executableURL = URL(fileURLWithPath: "/bin/bash")
@@ -193,6 +197,8 @@ struct HTTPSTests {
         kill(harp.pid, SIGHUP)
         try harp.waitForOutput("reloaded TLS certificate")
         #expect(try shell(subject).output.contains("other"), "new connections get the new certificate")
+        let resumed = try shell("printf '' | \(sClient) -sess_in \(session) 2>&1").output
+        #expect(resumed.contains("Reused, TLSv1.3"), "a ticket from before the reload still resumes: \(resumed.prefix(400))")
         open.waitUntilExit()
         #expect(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) == "slowok")
         #expect(try harp.stop() == 0)

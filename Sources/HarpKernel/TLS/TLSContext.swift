@@ -79,6 +79,15 @@ public final class TLSContext: @unchecked Sendable {
         }
     }
 
+    /// Takes over `other`'s session-ticket keys, so that clients holding tickets from it still
+    /// resume here (a certificate reload would otherwise cost every client a full handshake).
+    public func adoptTicketKeys(from other: TLSContext) {
+        // 80 bytes: key name, HMAC key, AES key — OpenSSL's layout for this control.
+        var keys = [UInt8](repeating: 0, count: 80)
+        guard SSL_CTX_ctrl(other.context, SSL_CTRL_GET_TLSEXT_TICKET_KEYS, 80, &keys) == 1 else { return }
+        _ = SSL_CTX_ctrl(context, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80, &keys)
+    }
+
     /// Serves `name` (SNI, case-insensitive) with `context`'s certificate instead of this one's.
     public func add(serverName name: String, _ context: TLSContext) {
         byServerName[name.lowercased()] = context

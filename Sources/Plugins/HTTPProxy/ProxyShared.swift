@@ -74,7 +74,10 @@ final class ProxyShared: @unchecked Sendable {
         for (index, listener) in configuration.listenTLS.enumerated() {
             do {
                 let context = try Self.serverContext(listener)
-                serverContexts.withLock { $0[index] = context }
+                serverContexts.withLock { contexts in
+                    context.adoptTicketKeys(from: contexts[index])  // tickets from before still resume
+                    contexts[index] = context
+                }
                 logger.info("reloaded TLS certificate", metadata: ["listen": "\(listener.listen)", "cert": "\(listener.cert)"])
             } catch {
                 logger.error("TLS certificate reload failed; keeping the old one", metadata: ["cert": "\(listener.cert)", "error": "\(error)"])
