@@ -16,6 +16,9 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     private var outgoing: OpaquePointer  // OpenSSL -> network
     private let receiveIO = AsyncCompletion()
     private let sendIO = AsyncCompletion()
+    /// The reader (an alert, a KeyUpdate answer) and the writer both flush: one at a time, or
+    /// a partial send of one could be overtaken by the other's records.
+    private let sendGate = WriteGate()
     /// Ciphertext comes in here; a recv is posted on it whenever the reader waits. Sending
     /// borrows a loop buffer for the flush only (a reader and a writer task may both be
     /// suspended in the middle of their I/O, so the two never share one).
@@ -218,8 +221,12 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     private func flush(timeout: Duration?) async throws(TLSError) {
         guard BIO_ctrl_pending(outgoing) > 0 else { return }
+        await sendGate.acquire()
         let sendBuffer = loop.copyBuffers.take()
-        defer { loop.copyBuffers.give(sendBuffer) }
+        defer {
+            loop.copyBuffers.give(sendBuffer)
+            sendGate.release()
+        }
         while BIO_ctrl_pending(outgoing) > 0 {
             let count = BIO_read(outgoing, sendBuffer.baseAddress, Int32(sendBuffer.count))
             guard count > 0 else { return }

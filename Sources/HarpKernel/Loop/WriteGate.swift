@@ -1,11 +1,13 @@
-/// Serializes writers of one socket within a loop: a frame that went out in several sends
-/// must not be interleaved with a frame from another task (a ping, a close).
+/// Serializes writers of one socket within a loop: bytes that go out in several sends (a
+/// WebSocket frame, a run of TLS records) must not be interleaved with another task's.
 /// Loop-confined, so a flag and a queue of waiting continuations are enough.
-final class WriteGate {
+public final class WriteGate {
     private var busy = false
     private var waiters: [UnsafeContinuation<Void, Never>] = []
 
-    func acquire() async {
+    public init() {}
+
+    public func acquire() async {
         if !busy {
             busy = true
             return
@@ -13,7 +15,7 @@ final class WriteGate {
         await withUnsafeContinuation { waiters.append($0) }
     }
 
-    func release() {
+    public func release() {
         if waiters.isEmpty {
             busy = false
         } else {
