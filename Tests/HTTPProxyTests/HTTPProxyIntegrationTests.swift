@@ -248,6 +248,11 @@ struct HTTPProxyIntegrationTests {
         let seen = String(decoding: try bare.receiveAll(), as: UTF8.self)
         #expect(seen.hasPrefix("HTTP/1.1 200"), "\(seen)")
         #expect(seen.contains("GET /headers HTTP/1.1\r\n") && seen.contains("Host: \(origin.address)\r\n"), "\(seen)")
+        // A Host the client named in Connection is dropped as hop-by-hop and replaced the same way.
+        let named = try TestSocket(connectingTo: loopback(port))
+        try named.send(Array("GET /headers HTTP/1.1\r\nHost: x\r\nConnection: host, close\r\n\r\n".utf8))
+        let seenNamed = String(decoding: try named.receiveAll(), as: UTF8.self)
+        #expect(seenNamed.contains("Host: \(origin.address)\r\n") && !seenNamed.contains("\r\nHost: x\r\n"), "\(seenNamed)")
         let big = try shell("head -c 1000 /dev/zero | curl -s -o /dev/null -w '%{http_code}' --data-binary @- http://127.0.0.1:\(port)/hash").output
         #expect(big == "413")
         #expect(try harp.stop() == 0)

@@ -94,8 +94,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                 }
                 total += Int(more)
             }
-            // Records handled on the way may have produced some (a KeyUpdate answer).
-            if BIO_ctrl_pending(outgoing) > 0 { try await flush(timeout: timeout) }
+            // Records handled on the way may have produced some (a KeyUpdate answer). The
+            // plaintext is already the caller's: a failed send here must not lose it — the
+            // next read or write meets the failure again and reports it.
+            if BIO_ctrl_pending(outgoing) > 0 { try? await flush(timeout: timeout) }
             return total
         } catch {
             lastError = error

@@ -53,7 +53,9 @@ enum HeaderRewrite {
             head.headers.set(.xForwardedProto, scheme)
             if let host = request.headers[.host] { head.headers.set(.xForwardedHost, host) } else { head.headers.remove(.xForwardedHost) }
         }
-        if head.minorVersion == 0, head.headers[.host] == nil { head.headers.add(.host, upstream.authority) }
+        // HTTP/1.0 may omit Host, and a client may name it in Connection (removed above): the
+        // HTTP/1.1 request sent upstream must have one (RFC 9112 §3.2).
+        if head.headers[.host] == nil { head.headers.add(.host, upstream.authority) }
         head.minorVersion = 1
         return head
     }
