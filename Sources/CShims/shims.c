@@ -4,7 +4,6 @@
 #include "CShims.h"
 
 #include <sys/signalfd.h>
-#include <sys/syscall.h>
 
 ssize_t harp_splice(int fd_in, int fd_out, size_t len, unsigned int flags) {
     return splice(fd_in, NULL, fd_out, NULL, len, flags);
@@ -27,10 +26,6 @@ int harp_signalfd_for_shutdown(void) {
     if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) return -1;
     signal(SIGPIPE, SIG_IGN);
     return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-}
-
-int harp_gettid(void) {
-    return (int)syscall(SYS_gettid);
 }
 
 int harp_ssl_ctx_set_versions(SSL_CTX *ctx, int lowest, int highest) {

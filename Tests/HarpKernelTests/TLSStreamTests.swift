@@ -19,20 +19,22 @@ struct TLSStreamTests {
         let loop = try EventLoop(index: 0)
         defer { loop.shutdown() }
         let (a, b) = EventLoopTests.socketPair()
-        defer { close(a); close(b) }
-        let serverStream = try await loop.spawn { Result { try TLSStream(loop: loop, fd: a, context: server, isServer: true) } }.value.get()
+        // The streams own the sockets from here on (and close them when they go).
+        let serverStream = try await loop.spawn {
+            Result { try TLSStream(transport: SocketStream(loop: loop, fd: a), context: server, isServer: true) }
+        }.value.get()
         let clientStream = try await loop.spawn {
-            Result { try TLSStream(loop: loop, fd: b, context: client, isServer: false, serverName: serverName) }
+            Result { try TLSStream(transport: SocketStream(loop: loop, fd: b), context: client, isServer: false, serverName: serverName) }
         }.value.get()
         let serverSide = loop.spawn { () -> String? in
             do { try await serverStream.handshake(timeout: .seconds(5)); return nil } catch {
-                shutdown(a, Int32(SHUT_RDWR))
+                serverStream.abort()
                 return "\(error)"
             }
         }
         let clientSide = loop.spawn { () -> String? in
             do { try await clientStream.handshake(timeout: .seconds(5)); return nil } catch {
-                shutdown(b, Int32(SHUT_RDWR))
+                clientStream.abort()
                 return "\(error)"
             }
         }
@@ -95,10 +97,10 @@ struct TLSStreamTests {
         defer { loop.shutdown() }
         let (tlsClientFD, tlsServerFD) = EventLoopTests.socketPair()
         let (plainFD, peerFD) = EventLoopTests.socketPair()
-        defer { [tlsClientFD, tlsServerFD, plainFD, peerFD].forEach { close($0) } }
         let outcome = await loop.spawn { () -> String in
-            guard let serverStream = try? TLSStream(loop: loop, fd: tlsServerFD, context: server, isServer: true),
-                  let clientStream = try? TLSStream(loop: loop, fd: tlsClientFD, context: client, isServer: false, serverName: "localhost")
+            guard let serverStream = try? TLSStream(transport: SocketStream(loop: loop, fd: tlsServerFD), context: server, isServer: true),
+                  let clientStream = try? TLSStream(transport: SocketStream(loop: loop, fd: tlsClientFD), context: client, isServer: false,
+                                                    serverName: "localhost")
             else { return "streams" }
             let accept = loop.spawn { try? await serverStream.handshake(timeout: .seconds(5)) }
             do { try await clientStream.handshake(timeout: .seconds(5)) } catch { return "handshake: \(error)" }
@@ -181,8 +183,7 @@ struct TLSStreamTests {
             let failures = self.failures
             group = try ListenerGroup(address: loopback(0), loops: [loop], logger: .init(label: "test")) { fd, loop in
                 loop.spawn {
-                    defer { close(fd) }
-                    guard let stream = try? TLSStream(loop: loop, fd: fd, context: context, isServer: true) else { return }
+                    guard let stream = try? TLSStream(transport: SocketStream(loop: loop, fd: fd), context: context, isServer: true) else { return }
                     do {
                         try await stream.handshake(timeout: .seconds(5))
                         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 1)

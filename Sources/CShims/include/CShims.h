@@ -29,10 +29,6 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
-// IOSQE_* flags are built from an enum of bit numbers, which Swift does not import as flags.
-static const uint8_t HARP_IOSQE_IO_LINK = IOSQE_IO_LINK;
-static const uint8_t HARP_IOSQE_ASYNC = IOSQE_ASYNC;
-
 // splice(2), pipe2(2) and F_SETPIPE_SZ are GNU extensions that Glibc's Swift overlay hides.
 ssize_t harp_splice(int fd_in, int fd_out, size_t len, unsigned int flags);
 int harp_pipe_nonblocking(int fds[2]);
@@ -50,8 +46,5 @@ int harp_ssl_ctx_set_versions(SSL_CTX *ctx, int lowest, int highest);
 int harp_ssl_set_host_name(SSL *ssl, const char *name);
 void harp_ssl_ctx_set_servername_callback(SSL_CTX *ctx, int (*callback)(SSL *, int *, void *), void *arg);
 long harp_ssl_session_reused(SSL *ssl);
-
-// The thread id of the caller (gettid is not exported to Swift by Glibc).
-int harp_gettid(void);
 
 #endif

@@ -32,7 +32,9 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     /// Pipes for splice relays, reused across connections of this loop.
     public private(set) var pipes: PipePool!
     /// Buffers for copying through user space (TLS legs), reused across connections of this loop.
-    public let copyBuffers = CopyBuffers()
+    public let copyBuffers = BufferPool(size: BufferPool.copySize, maxFree: 32)
+    /// Small buffers for writes that need stable memory (an array's bytes), reused likewise.
+    public let smallBuffers = BufferPool(size: BufferPool.smallSize, maxFree: 256)
     /// Connections that plugins have registered as open; shutdown waits for this to reach 0.
     public let openConnections = Atomic<Int>(0)
 
@@ -148,6 +150,13 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     @inline(__always)
     public var isCurrent: Bool { pthread_equal(pthread_self(), thread) != 0 }
 
+    /// Debug builds stop here when loop-confined state is touched from another thread (as
+    /// swift-nio's `assertInEventLoop`); release builds compile it away.
+    @inline(__always)
+    public func assertInLoop(file: StaticString = #fileID, line: UInt = #line) {
+        assert(isCurrent, "loop-confined state used off loop \(index)'s thread", file: file, line: line)
+    }
+
     /// Runs `body` as a new task whose jobs run on this loop.
     @discardableResult
     public func spawn<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> Task<T, Never> {
@@ -186,6 +195,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     /// Queues an entry whose completion nobody reads (user_data 0), e.g. a linked timeout.
     @inline(__always)
     func submitUnobserved(_ prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void) {
+        assert(isCurrent, "ring operations must be submitted on the loop's own thread")
         let sqe = ring.sqe()
         prepare(sqe)
         io_uring_sqe_set_data64(sqe, 0)

@@ -1,80 +1,119 @@
 import CShims
 import Glibc
 
-/// A connection's plaintext, whatever carries it: a socket as is (`SocketStream`), or the
-/// plaintext side of a TLS session (`TLSStream`). Relays and body transfers take two streams
-/// and splice when both are plain sockets, copying otherwise — so a plugin does not care which
-/// kind it holds. Loop-confined, like the socket under it.
+/// A connection's plaintext, whatever carries it: a socket as is (`SocketStream`), the
+/// plaintext side of a TLS session (`TLSStream`), and later a stream multiplexed over another
+/// connection. Relays and body transfers take two streams and splice when both offer a
+/// `spliceDescriptor`, copying otherwise — so a plugin does not care which kind it holds.
+///
+/// A stream owns what carries it: `close()` and `abort()` release it, and nobody else closes
+/// its socket (for a multiplexed stream, "its socket" is the whole session's).
+///
+/// Loop-confined: every member is used only on `loop`'s thread.
 public protocol ByteStream: AnyObject, Sendable {
     var loop: EventLoop { get }
-    /// The socket underneath (for splice when `isPlain`, and for closing).
-    var fd: Int32 { get }
-    /// True when the bytes on the socket are the plaintext itself.
-    var isPlain: Bool { get }
+
+    /// The socket to splice from and to, present only while the bytes on that socket are this
+    /// stream's plaintext (a plain socket; never TLS or a multiplexed stream).
+    var spliceDescriptor: Int32? { get }
+
+    /// The remote end, for logs and access decisions (nil when it is not known).
+    var peer: SocketAddress? { get }
+
     /// Bytes read (> 0), 0 at end of stream, or `-errno` (`-ETIMEDOUT` after `timeout`).
     /// `expectingWait`: nothing is expected to have arrived yet (see `EventLoop.recv`).
     func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int
+
+    /// Waits until a read would not wait (bytes or end of stream have arrived) without
+    /// reading, so that no buffer is held meanwhile. > 0 when ready, `-errno` (`-ETIMEDOUT`).
+    func waitReadable(timeout: Duration?) async -> Int32
+
     /// Writes all of `bytes`: 0, or `-errno`.
+    ///
+    /// Buffer lifetime: the memory must stay valid and unchanged until this returns — the ring
+    /// reads it while the task is suspended. Memory a caller owns (an allocation, a pooled
+    /// buffer) qualifies; an `Array`'s storage reached through `withUnsafeBytes` does not
+    /// (the pointer is only valid inside that closure). Use `write(_: [UInt8], …)` for arrays.
     func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32
+
+    /// Writes an array's bytes (0 or `-errno`), copying them into stable memory first where
+    /// the stream needs that (see `write(_:timeout:)` on buffer lifetime).
+    func write(_ bytes: [UInt8], timeout: Duration?) async -> Int32
+
     /// Ends this direction (FIN for a socket, close_notify for TLS); reading goes on.
     func finishWriting() async
+
+    /// Ends the stream cleanly (TLS: close_notify first) and releases what carries it.
+    /// Idempotent; the stream must not be used afterwards.
+    func close() async
+
+    /// Ends the stream at once, without a goodbye: an operation pending on it returns (end of
+    /// stream or an error), later ones fail with `-EBADF`, and what carries it is released.
+    /// Synchronous and idempotent — for a failed relay, a discarded pooled connection, a
+    /// protocol violation.
+    func abort()
+
+    /// For an idle kept-alive stream about to be reused: false when the peer has closed it or
+    /// sent bytes nobody asked for. Costs at most one non-blocking syscall.
+    func isQuietWhileIdle() -> Bool
 }
 
 extension ByteStream {
     public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async -> Int {
         await read(into: buffer, timeout: timeout, expectingWait: false)
     }
-}
 
-/// A plain socket as a `ByteStream`, with its own completion records for each direction.
-public final class SocketStream: ByteStream, @unchecked Sendable {
-    // @unchecked Sendable: used only on `loop`, which owns the socket.
-    public let loop: EventLoop
-    public let fd: Int32
-    private let readIO = AsyncCompletion()
-    private let writeIO = AsyncCompletion()
-
-    public init(loop: EventLoop, fd: Int32) {
-        self.loop = loop
-        self.fd = fd
+    public func write(_ bytes: [UInt8], timeout: Duration?) async -> Int32 {
+        await writeCopying(bytes, timeout: timeout)
     }
 
-    public var isPlain: Bool { true }
-
-    public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int {
-        Int(await loop.recv(fd, into: buffer, timeout: timeout, expectingWait: expectingWait, using: readIO))
+    /// The default array write: copy into a buffer borrowed from the loop (no allocation once
+    /// the pools are warm), in as many rounds as the array needs.
+    public func writeCopying(_ bytes: [UInt8], timeout: Duration?) async -> Int32 {
+        let pool = bytes.count <= BufferPool.smallSize ? loop.smallBuffers : loop.copyBuffers
+        let scratch = pool.take()
+        defer { pool.give(scratch) }
+        var offset = 0
+        while offset < bytes.count {
+            let count = min(scratch.count, bytes.count - offset)
+            bytes.withUnsafeBytes { source in
+                scratch.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + count]))
+            }
+            let sent = await write(UnsafeRawBufferPointer(rebasing: scratch[0..<count]), timeout: timeout)
+            if sent != 0 { return sent }
+            offset += count
+        }
+        return 0
     }
 
-    public func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32 {
-        await loop.sendAll(fd, bytes, timeout: timeout, using: writeIO)
-    }
+    public func isQuietWhileIdle() -> Bool { true }
 
-    public func finishWriting() async {
-        shutdown(fd, Int32(SHUT_WR))
-    }
+    /// Streams that cannot wait without reading say "ready": the caller's read then waits.
+    public func waitReadable(timeout: Duration?) async -> Int32 { 1 }
 }
 
 extension EventLoop {
-    /// `relay(_:_:)` for streams: spliced when both are plain sockets, copied otherwise
-    /// (one task per direction, on this loop).
+    /// `relay(_:_:)` for streams: spliced when both offer a splice descriptor, copied
+    /// otherwise (a `Pump`, one task per direction, on this loop).
     public func relay(_ first: any ByteStream, _ second: any ByteStream, idleTimeout: Duration,
                       halfClosedTimeout: Duration? = nil) async -> RelayResult {
-        if first.isPlain && second.isPlain {
-            return await relay(first.fd, second.fd, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout)
+        if let a = first.spliceDescriptor, let b = second.spliceDescriptor {
+            return await relay(a, b, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout)
         }
-        return await CopyRelay(loop: self, first, second, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout).run()
+        let pump = Pump(loop: self, first, second, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout)
+        return await pump.run { side in await pump.copy(side) }
     }
 
-    /// `transfer(from:to:count:)` for streams: spliced when both are plain sockets, copied
-    /// otherwise. `count` may be `Int.max` for "until end of stream" (`.endedEarly` then).
+    /// `transfer(from:to:count:)` for streams: spliced when both offer a splice descriptor,
+    /// copied otherwise. `count` may be `Int.max` for "until end of stream" (`.endedEarly` then).
     public func transfer(from source: any ByteStream, to destination: any ByteStream, count: Int,
                          idleTimeout: Duration) async -> RelayResult {
-        if source.isPlain && destination.isPlain {
-            return await transfer(from: source.fd, to: destination.fd, count: count, idleTimeout: idleTimeout)
+        if let from = source.spliceDescriptor, let to = destination.spliceDescriptor {
+            return await transfer(from: from, to: to, count: count, idleTimeout: idleTimeout)
         }
         let scratch = copyBuffers.take()
         defer { copyBuffers.give(scratch) }
-        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[..<CopyBuffers.chunk])
+        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[..<BufferPool.copyChunk])
         var moved = 0
         while moved < count {
             let want = min(buffer.count, count - moved)
@@ -89,66 +128,5 @@ extension EventLoop {
             moved += got
         }
         return RelayResult(outcome: .finished, forwardBytes: moved, backwardBytes: 0)
-    }
-}
-
-/// Both directions between two streams by copying, for when one of them is TLS. Each
-/// direction is a task on the loop; end of stream is passed on with `finishWriting`, and
-/// any error ends both (their sockets are shut down so the other task's read returns).
-final class CopyRelay: @unchecked Sendable {
-    // @unchecked Sendable: both direction tasks run on `loop`; state is touched only there.
-    let loop: EventLoop
-    let streams: [any ByteStream]
-    let idleLimit: UInt64
-    let halfClosedLimit: UInt64
-    private var lastActivity: UInt64
-    private var finished = [false, false]
-    private var bytes = [0, 0]
-    private var outcome: RelayResult.Outcome?
-
-    init(loop: EventLoop, _ first: any ByteStream, _ second: any ByteStream, idleTimeout: Duration, halfClosedTimeout: Duration?) {
-        self.loop = loop
-        streams = [first, second]
-        idleLimit = idleTimeout.nanoseconds
-        halfClosedLimit = min(halfClosedTimeout?.nanoseconds ?? idleLimit, idleLimit)
-        lastActivity = loop.now
-    }
-
-    func run() async -> RelayResult {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.pump(0) }
-            group.addTask { await self.pump(1) }
-        }
-        return RelayResult(outcome: outcome ?? .finished, forwardBytes: bytes[0], backwardBytes: bytes[1])
-    }
-
-    private func pump(_ side: Int) async {
-        let source = streams[side], destination = streams[1 - side]
-        let scratch = loop.copyBuffers.take()
-        defer { loop.copyBuffers.give(scratch) }
-        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[..<CopyBuffers.chunk])
-        while outcome == nil {
-            let halfClosed = finished[0] || finished[1]
-            let limit = halfClosed ? halfClosedLimit : idleLimit
-            let got = await source.read(into: buffer, timeout: .nanoseconds(Int64(limit)))
-            if got == 0 { break }
-            if got == -Int(ETIMEDOUT) {
-                if loop.now &- lastActivity >= limit { return end(.idleTimeout) }
-                continue
-            }
-            if got < 0 { return end(.failed(side: side, errno: Int32(-got))) }
-            lastActivity = loop.now
-            let sent = await destination.write(UnsafeRawBufferPointer(rebasing: buffer[0..<got]), timeout: .nanoseconds(Int64(idleLimit)))
-            if sent != 0 { return end(.failed(side: 1 - side, errno: -sent)) }
-            bytes[side] += got
-        }
-        finished[side] = true
-        await destination.finishWriting()
-    }
-
-    private func end(_ reason: RelayResult.Outcome) {
-        guard outcome == nil else { return }
-        outcome = reason
-        for stream in streams { shutdown(stream.fd, Int32(SHUT_RDWR)) }
     }
 }

@@ -6,7 +6,7 @@ import Glibc
 ///
 /// Each direction is a small state machine driven by readiness: it calls `splice()` with
 /// `SPLICE_F_NONBLOCK` until the kernel says EAGAIN, then posts a one-shot poll on the ring
-/// and resumes when it fires. Measured here (DESIGN.md): `IORING_OP_SPLICE` runs on io-wq
+/// and resumes when it fires. Measured here (docs/design.md): `IORING_OP_SPLICE` runs on io-wq
 /// workers and costs ~50% more CPU per GB than direct splice on a ready socket.
 ///
 /// Half-close: when one side sends FIN, that direction drains its pipe and passes the FIN on

@@ -2,20 +2,20 @@ import CShims
 import Glibc
 
 /// TLS over a socket the ring owns: OpenSSL works on two memory BIOs, and this class moves
-/// ciphertext between them and the socket with the loop's recv/send. The plaintext side is
-/// `read`/`write`, so a plugin treats a TLS leg like a socket leg on the copy path (splice
-/// cannot see plaintext; kTLS, which could, is not available here).
+/// ciphertext between them and the socket (`transport`) with the loop's recv/send. The
+/// plaintext side is `read`/`write`, so a plugin treats a TLS leg like a socket leg on the copy
+/// path (splice cannot see plaintext: no `spliceDescriptor`; kTLS, which could, is not
+/// available here). The stream owns its transport: `close()` sends close_notify and closes it.
 ///
-/// Loop-confined: create and use it on the loop that owns `fd`.
+/// Loop-confined: create and use it on the loop that owns the transport.
 public final class TLSStream: ByteStream, @unchecked Sendable {
     // @unchecked Sendable: every member is touched only on `loop`'s thread.
     public let loop: EventLoop
-    public let fd: Int32
+    /// The socket carrying the ciphertext.
+    let transport: SocketStream
     private let ssl: OpaquePointer
     private var incoming: OpaquePointer  // network -> OpenSSL
     private var outgoing: OpaquePointer  // OpenSSL -> network
-    private let receiveIO = AsyncCompletion()
-    private let sendIO = AsyncCompletion()
     /// The reader (an alert, a KeyUpdate answer) and the writer both flush: one at a time, or
     /// a partial send of one could be overtaken by the other's records.
     private let sendGate = WriteGate()
@@ -29,14 +29,14 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     /// A server-side stream (`serverName` nil) or a client-side one that sends `serverName`
     /// as SNI and, when the context verifies, checks the certificate against it.
-    public init(loop: EventLoop, fd: Int32, context: TLSContext, isServer: Bool, serverName: String? = nil) throws(TLSError) {
+    public init(transport: SocketStream, context: TLSContext, isServer: Bool, serverName: String? = nil) throws(TLSError) {
         guard let ssl = SSL_new(context.context) else { throw TLSError("SSL_new") }
         guard let incoming = BIO_new(BIO_s_mem()), let outgoing = BIO_new(BIO_s_mem()) else {
             SSL_free(ssl)
             throw TLSError("BIO_new")
         }
-        self.loop = loop
-        self.fd = fd
+        self.loop = transport.loop
+        self.transport = transport
         self.ssl = ssl
         self.incoming = incoming
         self.outgoing = outgoing
@@ -70,7 +70,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         _ = try await drive(timeout: timeout, during: "TLS handshake") { SSL_do_handshake($0) }
     }
 
-    public var isPlain: Bool { false }
+    /// Ciphertext on the socket: nothing to splice.
+    public var spliceDescriptor: Int32? { nil }
+
+    public var peer: SocketAddress? { transport.peer }
 
     /// The last TLS failure of a read or write (those report only `-EPROTO`), for the log.
     public private(set) var lastError: TLSError?
@@ -127,13 +130,76 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         return 0
     }
 
-    /// Sends close_notify (a clean end, RFC 8446 §6.1). The socket stays open: the caller closes it.
-    public func close() async {
+    /// An array needs no stable copy here: SSL_write encrypts into the memory BIO before
+    /// anything is awaited. (Only if OpenSSL wants to read first — not after the handshake,
+    /// renegotiation is off — does the rest take the copying path.)
+    public func write(_ bytes: [UInt8], timeout: Duration?) async -> Int32 {
+        var offset = 0
+        let encrypted = bytes.withUnsafeBytes { raw -> Bool in
+            ERR_clear_error()
+            while offset < raw.count {
+                let written = SSL_write(ssl, raw.baseAddress! + offset, Int32(min(16 * 1024, raw.count - offset)))
+                guard written > 0 else { return false }
+                offset += Int(written)
+            }
+            return true
+        }
+        guard encrypted else { return await writeCopying(Array(bytes[offset...]), timeout: timeout) }
+        do {
+            try await flush(timeout: timeout)
+        } catch {
+            lastError = error
+            return error.timedOut ? -ETIMEDOUT : -EPROTO
+        }
+        return 0
+    }
+
+    /// Sends close_notify (a clean end, RFC 8446 §6.1); the socket stays open for reading.
+    public func finishWriting() async {
+        guard !sentCloseNotify, transport.fd >= 0 else { return }
+        sentCloseNotify = true
         _ = SSL_shutdown(ssl)
         try? await flush(timeout: .seconds(5))
     }
 
-    public func finishWriting() async { await close() }
+    private var sentCloseNotify = false
+
+    /// close_notify (without it a client cannot tell a finished connection from a truncated
+    /// one), then the socket is closed.
+    public func close() async {
+        await finishWriting()
+        await transport.close()
+    }
+
+    public func abort() { transport.abort() }
+
+    /// Ready at once when OpenSSL holds plaintext or ciphertext not yet decrypted; otherwise
+    /// when the socket is.
+    public func waitReadable(timeout: Duration?) async -> Int32 {
+        if SSL_pending(ssl) > 0 || BIO_ctrl_pending(incoming) > 0 || peerClosed { return 1 }
+        return await transport.waitReadable(timeout: timeout)
+    }
+
+    /// A TLS 1.3 server may send session tickets after the handshake, so bytes on an idle
+    /// socket are not by themselves a sign of trouble: they are fed to OpenSSL, and only
+    /// application data, close_notify, an alert or end of stream make the stream unusable.
+    public func isQuietWhileIdle() -> Bool {
+        guard transport.fd >= 0 else { return false }
+        while true {
+            let received = Glibc.recv(transport.fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            if received < 0 { return errno == EAGAIN || errno == EWOULDBLOCK }
+            if received == 0 { return false }
+            _ = BIO_write(incoming, buffer.baseAddress, Int32(received))
+            var byte: UInt8 = 0
+            ERR_clear_error()
+            let result = SSL_peek(ssl, &byte, 1)
+            if result > 0 { return false }
+            guard SSL_get_error(ssl, result) == SSL_ERROR_WANT_READ else {
+                ERR_clear_error()
+                return false
+            }
+        }
+    }
 
     /// The protocol ALPN settled on, if any.
     public var negotiatedProtocol: String? {
@@ -172,7 +238,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                 return 0
             default:
                 // Send OpenSSL's alert (if it made one) before giving up.
-                let error = TLSError("\(what) with \(SocketAddress.peer(of: fd).map { "\($0)" } ?? "peer") failed")
+                let error = TLSError("\(what) with \(transport.peer.map { "\($0)" } ?? "peer") failed")
                 try? await flush(timeout: .seconds(1))
                 throw error
             }
@@ -207,7 +273,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     var bufferCapacity: Int { Self.capacity(of: incoming) + Self.capacity(of: outgoing) }
 
     private func receive(timeout: Duration?, during what: String, expectingWait: Bool) async throws(TLSError) {
-        let received = await loop.recv(fd, into: buffer, timeout: timeout, expectingWait: expectingWait, using: receiveIO)
+        let received = await transport.read(into: buffer, timeout: timeout, expectingWait: expectingWait)
         if received == 0 {
             peerClosed = true
             // An empty memory BIO at EOF makes OpenSSL report the truncation itself.
@@ -215,10 +281,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             return
         }
         guard received > 0 else {
-            if received == -ETIMEDOUT { throw TLSError(timeoutDuring: what) }
-            throw TLSError(plain: "\(what): \(String(cString: strerror(-received)))")
+            if received == -Int(ETIMEDOUT) { throw TLSError(timeoutDuring: what) }
+            throw TLSError(plain: "\(what): \(String(cString: strerror(Int32(-received))))")
         }
-        _ = BIO_write(incoming, buffer.baseAddress, received)
+        _ = BIO_write(incoming, buffer.baseAddress, Int32(received))
     }
 
     private func flush(timeout: Duration?) async throws(TLSError) {
@@ -232,7 +298,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         while BIO_ctrl_pending(outgoing) > 0 {
             let count = BIO_read(outgoing, sendBuffer.baseAddress, Int32(sendBuffer.count))
             guard count > 0 else { return }
-            let sent = await loop.sendAll(fd, UnsafeRawBufferPointer(rebasing: sendBuffer[0..<Int(count)]), timeout: timeout, using: sendIO)
+            let sent = await transport.write(UnsafeRawBufferPointer(rebasing: sendBuffer[0..<Int(count)]), timeout: timeout)
             guard sent == 0 else { throw TLSError(plain: "sending TLS records: \(String(cString: strerror(-sent)))") }
         }
     }

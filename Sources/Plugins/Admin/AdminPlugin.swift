@@ -1,7 +1,6 @@
 import Glibc
 import HarpKernel
 import Logging
-import Synchronization
 
 /// `admin`: `GET /metrics` (Prometheus text format 0.0.4) and `GET /healthz`, one request per
 /// connection. Deliberately tiny: it must keep answering when everything else is busy.
@@ -11,46 +10,37 @@ public final class AdminPlugin: Plugin {
     public static var defaultConfiguration: AdminConfiguration { AdminConfiguration() }
 
     let configuration: AdminConfiguration
-    let context: PluginContext
-    private let group = Mutex<ListenerGroup?>(nil)
+    private let listeners: ListenerSet
 
     public init(configuration: AdminConfiguration, context: PluginContext) throws {
         self.configuration = configuration
-        self.context = context
+        listeners = ListenerSet(loops: context.loops, logger: context.logger)
     }
 
     public func start() async throws {
-        let logger = context.logger
-        // One loop is plenty for scrapes.
-        let listeners = try ListenerGroup(address: configuration.listen, loops: Array(context.loops.prefix(1)), logger: logger) { fd, loop in
-            loop.spawn { await AdminPlugin.serve(fd, loop: loop) }
-        }
-        group.withLock { $0 = listeners }
+        // One loop is plenty for scrapes. Connections are counted like any plugin's, so a
+        // graceful shutdown lets a scrape in progress finish.
+        try listeners.listen(on: configuration.listen, loopCount: 1) { await AdminPlugin.serve($0) }
     }
 
     public func stopAccepting() async {
-        await group.withLock { $0 }?.stop()
+        await listeners.stop()
     }
 
     public var endpoints: [String] {
-        group.withLock { $0 }.map { ["http://\($0.boundAddress)/metrics"] } ?? []
+        listeners.boundAddresses.map { "http://\($0)/metrics" }
     }
 
-    static func serve(_ fd: Int32, loop: EventLoop) async {
-        defer { close(fd) }
-        let record = AsyncCompletion()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 16)
-        defer { buffer.deallocate() }
-        var length = 0
+    static func serve(_ stream: SocketStream) async {
+        let reader = FramedReader(stream: stream, capacity: 8192)
+        var decoder = HeadEnd()
         // Read until the end of the request head (or 8 KiB, or 5 s of silence).
-        while length < buffer.count {
-            let received = await loop.recv(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[length...]),
-                                           timeout: .seconds(5), using: record)
-            guard received > 0 else { return }
-            length += Int(received)
-            if UnsafeRawBufferPointer(rebasing: buffer[0..<length]).firstRange(of: [0x0D, 0x0A, 0x0D, 0x0A]) != nil { break }
+        guard case .frame(_, let length, _) = await reader.next(&decoder, timeout: .seconds(5)) else {
+            await stream.close()
+            return
         }
-        let requestLine = String(decoding: UnsafeRawBufferPointer(rebasing: buffer[0..<length]).prefix { $0 != 0x0D }, as: UTF8.self)
+        let head = UnsafeRawBufferPointer(rebasing: reader.buffer.readable[0..<length])
+        let requestLine = String(decoding: head.prefix { $0 != 0x0D }, as: UTF8.self)
         let parts = requestLine.split(separator: " ")
         let (status, contentType, body): (String, String, [UInt8])
         switch (parts.first, parts.count > 1 ? parts[1].split(separator: "?").first : nil) {
@@ -62,9 +52,15 @@ public final class AdminPlugin: Plugin {
             (status, contentType, body) = ("404 Not Found", "text/plain", Array("404 Not Found\n".utf8))
         }
         let response = Array("HTTP/1.1 \(status)\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body
-        let out = UnsafeMutableRawBufferPointer.allocate(byteCount: response.count, alignment: 16)
-        defer { out.deallocate() }
-        out.copyBytes(from: response)
-        _ = await loop.sendAll(fd, UnsafeRawBufferPointer(out), timeout: .seconds(5), using: record)
+        _ = await stream.write(response, timeout: .seconds(5))
+        await stream.close()
+    }
+}
+
+/// The end of a request head (the blank line); the admin endpoint looks at nothing else.
+struct HeadEnd: FrameDecoder {
+    mutating func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<Void, Never> {
+        guard let end = bytes.firstRange(of: [0x0D, 0x0A, 0x0D, 0x0A]) else { return .needMore }
+        return .frame((), headerLength: end.upperBound, payloadLength: 0)
     }
 }

@@ -1,3 +1,4 @@
+import HarpKernel
 /// Strict HTTP/1.1 head parsing (RFC 9112 §2–§5), on bytes, without buffering beyond the head.
 ///
 /// Strictness is the defence against request smuggling: anything two implementations could
@@ -245,5 +246,38 @@ public struct HTTPHeadParser: Sendable {
         var out = String.UnicodeScalarView()
         for byte in slice { out.append(Unicode.Scalar(byte)) }
         return String(out)
+    }
+}
+
+/// The request-head parser as a `FrameDecoder` for the kernel's `FramedReader`: it remembers
+/// how far it scanned, so bytes that trickle in are not scanned again.
+struct RequestHeadDecoder: FrameDecoder {
+    let parser: HTTPHeadParser
+    var scanned = 0
+
+    mutating func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<HTTPRequestHead, HTTPError> {
+        switch parser.parseRequest(bytes, scanFrom: scanned) {
+        case .complete(let head, let length): return .frame(head, headerLength: length, payloadLength: 0)
+        case .invalid(let error): return .invalid(error)
+        case .incomplete(let scannedSoFar):
+            scanned = scannedSoFar
+            return .needMore
+        }
+    }
+}
+
+/// The response-head parser as a `FrameDecoder` (see `RequestHeadDecoder`).
+struct ResponseHeadDecoder: FrameDecoder {
+    let parser: HTTPHeadParser
+    var scanned = 0
+
+    mutating func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<HTTPResponseHead, HTTPError> {
+        switch parser.parseResponse(bytes, scanFrom: scanned) {
+        case .complete(let head, let length): return .frame(head, headerLength: length, payloadLength: 0)
+        case .invalid(let error): return .invalid(error)
+        case .incomplete(let scannedSoFar):
+            scanned = scannedSoFar
+            return .needMore
+        }
     }
 }

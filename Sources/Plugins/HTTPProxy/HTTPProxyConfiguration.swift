@@ -42,42 +42,8 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         }
     }
 
-    /// An HTTPS listener: a default certificate, more chosen by SNI name, optional client CA.
-    public struct TLSListener: Codable, Sendable {
-        public struct NamedCertificate: Codable, Sendable {
-            public var name: String
-            public var cert: String
-            public var key: String
-        }
-
-        public var listen: SocketAddress
-        public var cert: String
-        public var key: String
-        /// Clients must present a certificate signed by this CA (mutual TLS).
-        public var clientCA: String?
-        public var sni: [NamedCertificate]
-        /// The TLS versions offered (`protocols = ["TLSv1.2", "TLSv1.3"]`, the default).
-        public var protocols: ClosedRange<TLSVersion>
-
-        enum CodingKeys: String, CodingKey, CaseIterable { case listen, cert, key, clientCA = "client_ca", sni, protocols }
-
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            listen = try c.decode(SocketAddress.self, forKey: .listen)
-            cert = try c.decode(String.self, forKey: .cert)
-            key = try c.decode(String.self, forKey: .key)
-            clientCA = try c.decodeIfPresent(String.self, forKey: .clientCA)
-            sni = try c.decodeIfPresent([NamedCertificate].self, forKey: .sni) ?? []
-            let versions = try c.decodeIfPresent([TLSVersion].self, forKey: .protocols) ?? TLSVersion.allCases
-            guard let range = TLSVersion.range(of: versions) else {
-                throw ConfigValueProblem("protocols must name at least one of \(TLSVersion.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            protocols = range
-        }
-    }
-
     public var listen: [SocketAddress]
-    public var listenTLS: [TLSListener]
+    public var listenTLS: [TLSListenerConfiguration]
     public var routes: [Route]
     /// Request heads above this get 431.
     public var maxHeaderSize: Int
@@ -89,6 +55,10 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
     /// keep-alive idle time); waiting for upstream bytes; idle time of an upgraded tunnel.
     public var connectTimeout: ConfigDuration
     public var clientTimeout: ConfigDuration
+    /// A whole request head must arrive within this of its first byte (nginx's
+    /// `client_header_timeout`): `client_timeout` alone restarts on every byte, so a client
+    /// trickling a head could hold a connection for hours. Default: `client_timeout`.
+    public var clientHeaderTimeout: ConfigDuration
     public var serverTimeout: ConfigDuration
     public var tunnelTimeout: ConfigDuration
     /// Peers whose X-Forwarded-* headers are kept (extended) instead of replaced.
@@ -108,6 +78,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         maxBodySize = 0
         connectTimeout = .seconds(30)
         clientTimeout = .seconds(30)
+        clientHeaderTimeout = .seconds(30)
         serverTimeout = .seconds(1800)
         tunnelTimeout = .seconds(1800)
         trustedProxies = []
@@ -118,7 +89,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, listenTLS = "listen_tls", routes, maxHeaderSize = "max_header_size", maxTargetSize = "max_target_size"
-        case maxBodySize = "max_body_size", connectTimeout = "connect_timeout", clientTimeout = "client_timeout"
+        case maxBodySize = "max_body_size", connectTimeout = "connect_timeout", clientTimeout = "client_timeout", clientHeaderTimeout = "client_header_timeout"
         case serverTimeout = "server_timeout", tunnelTimeout = "tunnel_timeout", trustedProxies = "trusted_proxies"
         case upstreamKeepalive = "upstream_keepalive", upstreamIdleTimeout = "upstream_idle_timeout"
         case accessLog = "access_log"
@@ -127,7 +98,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
     public init(from decoder: any Decoder) throws {
         var d = HTTPProxyConfiguration()
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        d.listenTLS = try c.decodeIfPresent([TLSListener].self, forKey: .listenTLS) ?? []
+        d.listenTLS = try c.decodeIfPresent([TLSListenerConfiguration].self, forKey: .listenTLS) ?? []
         // With only HTTPS listeners configured, no plain listener is implied.
         d.listen = try c.decodeIfPresent([SocketAddress].self, forKey: .listen) ?? (d.listenTLS.isEmpty ? d.listen : [])
         d.routes = try c.decodeIfPresent([Route].self, forKey: .routes) ?? []
@@ -136,6 +107,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         d.maxBodySize = try c.decodeIfPresent(Int.self, forKey: .maxBodySize) ?? d.maxBodySize
         d.connectTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .connectTimeout) ?? d.connectTimeout
         d.clientTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .clientTimeout) ?? d.clientTimeout
+        d.clientHeaderTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .clientHeaderTimeout) ?? d.clientTimeout
         d.serverTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .serverTimeout) ?? d.serverTimeout
         d.tunnelTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .tunnelTimeout) ?? d.serverTimeout
         d.trustedProxies = try c.decodeIfPresent([IPRange].self, forKey: .trustedProxies) ?? []

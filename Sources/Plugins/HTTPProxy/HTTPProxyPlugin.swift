@@ -2,7 +2,6 @@ import CoreMetrics
 import Glibc
 import HarpKernel
 import Logging
-import Synchronization
 
 /// `http`: an HTTP/1.1 reverse proxy. Other plugins add route providers and response
 /// observers while they are built (before any plugin starts).
@@ -13,14 +12,14 @@ public final class HTTPProxyPlugin: Plugin {
 
     let shared: ProxyShared
     let context: PluginContext
-    private let listeners = Mutex<[ListenerGroup]>([])
+    private let listeners: ListenerSet
 
     public init(configuration: HTTPProxyConfiguration, context: PluginContext) throws {
         self.context = context
-        shared = ProxyShared(configuration: configuration, logger: context.logger)
+        shared = try ProxyShared(configuration: configuration, logger: context.logger)
+        listeners = ListenerSet(loops: context.loops, logger: context.logger)
         // The static table answers first; providers added by other plugins come after it.
         if !configuration.routes.isEmpty { shared.providers.append(StaticRoutes(routes: configuration.routes)) }
-        try shared.prepareTLS()
     }
 
     /// Adds a route provider (call from another plugin's `init`).
@@ -38,47 +37,35 @@ public final class HTTPProxyPlugin: Plugin {
     }
 
     public func start() async throws {
-        shared.preparePools(loops: context.loops.count)
+        shared.preparePools(loops: context.loops)
         let shared = self.shared
         for address in shared.configuration.listen {
-            try listen(on: address) { fd, loop in SocketStream(loop: loop, fd: fd) }
+            try listeners.listen(on: address) { socket in
+                Socket.setNoDelay(socket.fd)
+                await ProxyConnection(client: socket, shared: shared).run()
+            }
         }
         for (index, listener) in shared.configuration.listenTLS.enumerated() {
-            try listen(on: listener.listen) { fd, loop in
-                await HTTPProxyPlugin.acceptTLS(fd, loop: loop, context: shared.serverContext(index), shared: shared)
+            try listeners.listen(on: listener.listen) { socket in
+                Socket.setNoDelay(socket.fd)
+                guard let client = await HTTPProxyPlugin.acceptTLS(socket, context: shared.certificates.context(index), shared: shared) else { return }
+                await ProxyConnection(client: client, shared: shared).run()
             }
         }
-    }
-
-    /// Serves one listen address: each accepted socket becomes a client stream (nil: the
-    /// connection is closed, e.g. a failed TLS handshake) and then a `ProxyConnection`.
-    private func listen(on address: SocketAddress,
-                        stream: @escaping @Sendable (Int32, EventLoop) async -> (any ByteStream)?) throws {
-        let shared = self.shared
-        let group = try ListenerGroup(address: address, loops: context.loops, logger: context.logger) { fd, loop in
-            loop.serveConnection {
-                Socket.setNoDelay(fd)
-                guard let client = await stream(fd, loop) else {
-                    close(fd)
-                    return
-                }
-                await ProxyConnection(loop: loop, client: client, shared: shared).run()
-            }
-        }
-        listeners.withLock { $0.append(group) }
     }
 
     /// The server side of a TLS handshake; a failure is logged with the peer and OpenSSL's
-    /// reason, counted, and affects no other connection.
-    static func acceptTLS(_ fd: Int32, loop: EventLoop, context: TLSContext, shared: ProxyShared) async -> TLSStream? {
+    /// reason, counted, closes the socket, and affects no other connection.
+    static func acceptTLS(_ socket: SocketStream, context: TLSContext, shared: ProxyShared) async -> TLSStream? {
         do {
-            let stream = try TLSStream(loop: loop, fd: fd, context: context, isServer: true)
+            let stream = try TLSStream(transport: socket, context: context, isServer: true)
             try await stream.handshake(timeout: shared.configuration.clientTimeout.duration)
             return stream
         } catch {
             shared.tlsHandshakeFailures.increment()
             shared.logger.info("TLS handshake failed", metadata: [
-                "client": "\(SocketAddress.peer(of: fd).map { "\($0)" } ?? "?")", "error": "\(error)"])
+                "client": "\(socket.peer.map { "\($0)" } ?? "?")", "error": "\(error)"])
+            socket.abort()
             return nil
         }
     }
@@ -89,7 +76,7 @@ public final class HTTPProxyPlugin: Plugin {
 
     public func stopAccepting() async {
         shared.stopAccepting()
-        for group in listeners.withLock({ $0 }) { await group.stop() }
+        await listeners.stop()
     }
 
     public var endpoints: [String] {
@@ -97,8 +84,7 @@ public final class HTTPProxyPlugin: Plugin {
             "route \(route.host ?? "*")\(route.pathPrefix) -> \(route.upstream)"
         }
         let plain = shared.configuration.listen.count
-        return listeners.withLock { groups in
-            groups.enumerated().map { index, group in "\(index < plain ? "http" : "https")://\(group.boundAddress)" }
-        } + routes
+        return listeners.boundAddresses.enumerated().map { index, address in "\(index < plain ? "http" : "https")://\(address)" }
+            + routes
     }
 }

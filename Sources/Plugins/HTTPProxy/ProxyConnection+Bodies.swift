@@ -17,7 +17,7 @@ extension ProxyConnection {
     struct BodyLeg {
         let source: any ByteStream
         let destination: any ByteStream
-        let buffer: ConnectionBuffer
+        let buffer: ReadBuffer
         let sourceTimeout: Duration
         let destinationTimeout: Duration
         let sourceFailed: BodyResult
@@ -31,7 +31,7 @@ extension ProxyConnection {
         return await forwardBody(framing, leg, rechunk: true, limit: config.maxBodySize) { exchange.requestBytes += $0 }
     }
 
-    func forwardResponseBody(_ framing: BodyFraming, from upstream: any ByteStream, buffered response: ConnectionBuffer,
+    func forwardResponseBody(_ framing: BodyFraming, from upstream: any ByteStream, buffered response: ReadBuffer,
                                      rechunk: Bool, _ exchange: Exchange) async -> BodyResult {
         let leg = BodyLeg(source: upstream, destination: client, buffer: response,
                           sourceTimeout: config.serverTimeout.duration, destinationTimeout: config.clientTimeout.duration,
@@ -97,7 +97,7 @@ extension ProxyConnection {
                 leg.buffer.consume(consumed)
                 if limit > 0 && total > limit { return .tooLarge }
                 if !out.isEmpty {
-                    guard await send(out, to: leg.destination, timeout: leg.destinationTimeout) == 0 else {
+                    guard await leg.destination.write(out, timeout: leg.destinationTimeout) == 0 else {
                         return leg.destinationFailed
                     }
                 }

@@ -12,41 +12,35 @@ final class ProxyConnection {
     let client: any ByteStream
     let info: ClientInfo
     let shared: ProxyShared
-    let inbound: ConnectionBuffer
-    private let upstreamIO = AsyncCompletion()
-    private var scanned = 0
+    /// The client's bytes: request heads are decoded here; body bytes that came with a head
+    /// are forwarded from here before the rest is spliced.
+    let requests: FramedReader
+    var inbound: ReadBuffer { requests.buffer }
     /// Whether a request has been answered on this connection (the next one is then a
     /// keep-alive wait; the first usually came with the connection).
     private var answeredOne = false
-    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     /// Upstream bytes of the current exchange; empty between exchanges (a connection whose
     /// response left bytes behind is not reused), so one buffer serves the whole connection.
-    private lazy var responseBuffer = ConnectionBuffer(capacity: config.maxHeaderSize + 16 * 1024)
+    private lazy var responseBuffer = ReadBuffer(capacity: config.maxHeaderSize + 16 * 1024)
 
-    init(loop: EventLoop, client: any ByteStream, shared: ProxyShared) {
-        self.loop = loop
+    init(client: any ByteStream, shared: ProxyShared) {
+        loop = client.loop
         self.client = client
         self.shared = shared
-        let peer = SocketAddress.peer(of: client.fd) ?? .unix(path: "")
+        let peer = client.peer ?? .unix(path: "")
         info = ClientInfo(peer: peer, isTrustedProxy: peer.hostBytes.map { bytes in
             shared.configuration.trustedProxies.contains { $0.contains(bytes) }
         } ?? false)
-        inbound = ConnectionBuffer(capacity: shared.configuration.maxHeaderSize + 16 * 1024)
+        // No buffer until the first bytes arrive: a connection that sends nothing costs little.
+        requests = FramedReader(stream: client, capacity: shared.configuration.maxHeaderSize + 16 * 1024, allocatesWhenReadable: true)
     }
-
-    deinit { scratch.deallocate() }
 
     var config: HTTPProxyConfiguration { shared.configuration }
 
     func run() async {
         shared.metrics.connectionOpened()
-        defer {
-            close(client.fd)
-            shared.metrics.connectionClosed()
-        }
         while let (head, length) = await readRequestHead() {
             inbound.consume(length)
-            scanned = 0
             let exchange = Exchange(request: head, started: EventLoop.preciseNanos())
             let keepAlive = await handle(head, exchange)
             answeredOne = true
@@ -54,9 +48,9 @@ final class ProxyConnection {
             shared.record(exchange, client: info)
             if !keepAlive { break }
         }
-        // A TLS connection ends with close_notify (RFC 8446 §6.1): without it the client
-        // cannot tell a finished connection from a truncated one.
-        if !client.isPlain { await client.finishWriting() }
+        // A TLS connection ends with close_notify (RFC 8446 §6.1), sent by close().
+        await client.close()
+        shared.metrics.connectionClosed()
     }
 
     // MARK: Reading the request head
@@ -64,28 +58,22 @@ final class ProxyConnection {
     /// The next request head, or nil when the connection should close (EOF, timeout, a bad
     /// head — which has been answered).
     private func readRequestHead() async -> (HTTPRequestHead, Int)? {
-        while true {
-            switch shared.parser.parseRequest(inbound.readable, scanFrom: scanned) {
-            case .complete(let head, let length):
-                return (head, length)
-            case .invalid(let error):
-                shared.logger.info("refused request", metadata: ["client": "\(info.peer)", "error": "\(error)"])
-                shared.metrics.refused(status: error.status)
-                await respond(status: error.status, keepAlive: false)
-                return nil
-            case .incomplete(let scannedSoFar):
-                scanned = scannedSoFar
-            }
-            let space = inbound.writable
-            if space.isEmpty {
-                await respond(status: 431, keepAlive: false)
-                return nil
-            }
-            // Nothing buffered after an answer: the client has yet to send (the keep-alive pause).
-            let received = await client.read(into: space, timeout: config.clientTimeout.duration,
-                                             expectingWait: answeredOne && inbound.isEmpty)
-            guard received > 0 else { return nil }  // EOF, idle timeout or reset: just close
-            inbound.didWrite(Int(received))
+        var decoder = RequestHeadDecoder(parser: shared.parser)
+        // Nothing buffered after an answer: the client has yet to send (the keep-alive pause).
+        switch await requests.next(&decoder, timeout: config.clientTimeout.duration, frameTimeout: config.clientHeaderTimeout.duration,
+                                   expectingWait: answeredOne) {
+        case .frame(let head, let length, _):
+            return (head, length)
+        case .invalid(let error):
+            shared.logger.info("refused request", metadata: ["client": "\(info.peer)", "error": "\(error)"])
+            shared.metrics.refused(status: error.status)
+            await respond(status: error.status, keepAlive: false)
+            return nil
+        case .full:
+            await respond(status: 431, keepAlive: false)
+            return nil
+        case .ended:
+            return nil  // EOF, idle timeout, a head that took too long, or reset: just close
         }
     }
 
@@ -143,7 +131,7 @@ final class ProxyConnection {
         // Answer 100-continue ourselves (as nginx does): the body then flows straight through.
         let expectsContinue = request.headers.contains(.expect, token: "100-continue")
         let answerContinue = expectsContinue && framing != .none && inbound.isEmpty
-        let head = HeaderRewrite.upstreamRequest(request, framing: framing, client: info, scheme: client.isPlain ? "http" : "https",
+        let head = HeaderRewrite.upstreamRequest(request, framing: framing, client: info, scheme: client is TLSStream ? "https" : "http",
                                                  answeredContinue: expectsContinue && framing != .none, upstream: upstream)
         var headBytes: [UInt8] = []
         headBytes.reserveCapacity(1024)
@@ -193,38 +181,17 @@ final class ProxyConnection {
         case failure(status: Int)
     }
 
-    private func connect(_ upstream: Upstream) async -> ConnectResult {
-        let pool = shared.pool(for: loop)
-        if let stream = pool.take(upstream, now: loop.now) { return .success(UpstreamConnection(stream: stream, reused: true)) }
-        let fd: Int32
+    private func connect(_ upstream: Upstream, fresh: Bool = false) async -> ConnectResult {
+        if !fresh, let stream = shared.pool(for: loop).take(upstream) { return .success(UpstreamConnection(stream: stream, reused: true)) }
         do {
-            fd = try Socket.stream(family: upstream.address.family)
-        } catch {
-            shared.logger.error("cannot open a socket", metadata: ["upstream": "\(upstream)", "error": "\(error)"])
-            return .failure(status: 502)
-        }
-        let result = await loop.connect(fd, to: upstream.address, timeout: config.connectTimeout.duration, using: upstreamIO)
-        guard result == 0 else {
-            close(fd)
-            shared.metrics.upstreamConnectFailed()
-            shared.logger.warning("upstream connect failed", metadata: [
-                "upstream": "\(upstream)", "error": "\(String(cString: strerror(-result)))"])
-            return .failure(status: result == -ETIMEDOUT ? 504 : 502)
-        }
-        shared.metrics.upstreamConnectionOpened()
-        Socket.setNoDelay(fd)
-        guard let tls = shared.upstreamTLS(for: upstream) else {
-            return .success(UpstreamConnection(stream: SocketStream(loop: loop, fd: fd), reused: false))
-        }
-        do {
-            let stream = try TLSStream(loop: loop, fd: fd, context: tls, isServer: false, serverName: upstream.serverName)
-            try await stream.handshake(timeout: config.connectTimeout.duration)
+            let stream = try await shared.dialer.dial(upstream.address, on: loop, tls: shared.upstreamTLS(for: upstream),
+                                                      serverName: upstream.serverName)
+            shared.metrics.upstreamConnectionOpened()
             return .success(UpstreamConnection(stream: stream, reused: false))
         } catch {
-            close(fd)
             shared.metrics.upstreamConnectFailed()
-            shared.logger.warning("upstream TLS handshake failed", metadata: ["upstream": "\(upstream)", "error": "\(error)"])
-            return .failure(status: 502)
+            shared.logger.warning("upstream connect failed", metadata: ["upstream": "\(upstream)", "error": "\(error)"])
+            return .failure(status: error.timedOut ? 504 : 502)
         }
     }
 
@@ -243,9 +210,9 @@ final class ProxyConnection {
         var reusable = false
         responseBuffer.consume(responseBuffer.count)
         defer {
-            if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!, now: loop.now) } else { close(upstream.fd) }
+            if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!) } else { upstream.abort() }
         }
-        let sent = await send(headBytes, to: upstream, timeout: config.serverTimeout.duration)
+        let sent = await upstream.write(headBytes, timeout: config.serverTimeout.duration)
         guard sent == 0 else { return connection.reused ? .retry : .upstreamFailed }
 
         if answerContinue {
@@ -322,7 +289,7 @@ final class ProxyConnection {
                     response.didWrite(received)
                 }
             }
-            if case .length(let count) = responseFraming, !response.isEmpty, bytes.count + min(count, response.count) <= scratch.count {
+            if case .length(let count) = responseFraming, !response.isEmpty, bytes.count + min(count, response.count) <= Self.coalescedWriteLimit {
                 let take = min(count, response.count)
                 bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: response.readable[0..<take]))
                 response.consume(take)
@@ -347,6 +314,9 @@ final class ProxyConnection {
 
     /// Responses up to this size (head and body) are sent with one write: one TLS record.
     static let coalescedResponseLimit = 16 * 1024
+    /// Body bytes that came with a response head are sent with it while the write stays
+    /// under this.
+    static let coalescedWriteLimit = 64 * 1024
 
     // MARK: Response head and upgrades
 
@@ -357,32 +327,27 @@ final class ProxyConnection {
         case invalid(HTTPError)
     }
 
-    private func readResponseHead(from upstream: any ByteStream, into buffer: ConnectionBuffer) async -> ResponseHeadResult {
-        var scannedResponse = 0
-        while true {
-            switch shared.parser.parseResponse(buffer.readable, scanFrom: scannedResponse) {
-            case .complete(let head, let length):
-                buffer.consume(length)
-                return .head(head)
-            case .invalid(let error):
-                return .invalid(error)
-            case .incomplete(let scannedSoFar):
-                scannedResponse = scannedSoFar
-            }
-            let space = buffer.writable
-            guard !space.isEmpty else { return .invalid(HTTPError(502, "response head too large")) }
-            // The request has just gone out: the response cannot be there yet.
-            let received = await upstream.read(into: space, timeout: config.serverTimeout.duration, expectingWait: buffer.isEmpty)
-            if received == -Int(ETIMEDOUT) { return .timedOut }
-            guard received > 0 else { return .closedEarly }
-            buffer.didWrite(Int(received))
+    private func readResponseHead(from upstream: any ByteStream, into buffer: ReadBuffer) async -> ResponseHeadResult {
+        var decoder = ResponseHeadDecoder(parser: shared.parser)
+        // The request has just gone out: the response cannot be there yet.
+        switch await FramedReader(stream: upstream, buffer: buffer).next(&decoder, timeout: config.serverTimeout.duration,
+                                                                          expectingWait: true) {
+        case .frame(let head, let length, _):
+            buffer.consume(length)
+            return .head(head)
+        case .invalid(let error):
+            return .invalid(error)
+        case .full:
+            return .invalid(HTTPError(502, "response head too large"))
+        case .ended(let result):
+            return result == -Int(ETIMEDOUT) ? .timedOut : .closedEarly
         }
     }
 
     /// 101 Switching Protocols: pass the head on, flush what each side already sent, then
     /// splice both ways until both are done (idle limit: the tunnel timeout).
     private func tunnel(_ request: HTTPRequestHead, _ head: HTTPResponseHead, upstream: any ByteStream,
-                        buffered response: ConnectionBuffer, _ exchange: Exchange) async -> ExchangeOutcome {
+                        buffered response: ReadBuffer, _ exchange: Exchange) async -> ExchangeOutcome {
         var bytes: [UInt8] = []
         HeadWriter.response(HeaderRewrite.clientResponse(head, framing: .none, keepAlive: true, clientMinorVersion: 1), into: &bytes)
         if !response.isEmpty { bytes.append(contentsOf: response.readable) }
@@ -409,23 +374,7 @@ final class ProxyConnection {
     // MARK: Writing to the client
 
     private func sendToClient(_ bytes: [UInt8]) async -> Bool {
-        await send(bytes, to: client, timeout: config.clientTimeout.duration) == 0
-    }
-
-    /// Sends an array through the connection's fixed scratch buffer: the ring needs memory
-    /// that stays put across the await, which an array's storage does not promise.
-    func send(_ bytes: [UInt8], to stream: any ByteStream, timeout: Duration) async -> Int32 {
-        var offset = 0
-        while offset < bytes.count {
-            let count = min(scratch.count, bytes.count - offset)
-            bytes.withUnsafeBytes { source in
-                scratch.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[offset..<offset + count]))
-            }
-            let sent = await stream.write(UnsafeRawBufferPointer(rebasing: scratch[0..<count]), timeout: timeout)
-            if sent != 0 { return sent }
-            offset += count
-        }
-        return 0
+        await client.write(bytes, timeout: config.clientTimeout.duration) == 0
     }
 
     private func sendToClient(_ bytes: UnsafeRawBufferPointer) async -> Bool {

@@ -18,85 +18,77 @@ final class ProxyShared: @unchecked Sendable {
     var observers: [any ResponseObserver] = []
     var upgradeHandlers: [any UpgradeHandler] = []
     private var pools: [UpstreamPool] = []
-    /// Client contexts for https upstreams named by routes; others get `defaultUpstreamTLS`.
-    private var upstreamContexts: [Upstream: TLSContext] = [:]
-    private var defaultUpstreamTLS: TLSContext?
+    /// Client contexts for the https upstreams routes name, and one (system trust store) for
+    /// https upstreams other providers return. All are built in `init`: a failure stops
+    /// startup, so no request can reach an https upstream without TLS.
+    private let upstreamContexts: [Upstream: TLSContext]
+    private let defaultUpstreamTLS: TLSContext
     /// Server contexts of the HTTPS listeners, replaced on reload (SIGHUP).
-    private let serverContexts = Mutex<[TLSContext]>([])
+    let certificates: ServerCertificates
+    /// How upstream connections are opened (connect timeout, no-delay, TLS without fallback).
+    let dialer: Dialer
     let tlsHandshakeFailures = CoreMetrics.Counter(label: "harp_http_tls_handshake_failures_total")
     private let accepting = Atomic<Bool>(true)
 
-    init(configuration: HTTPProxyConfiguration, logger: Logger) {
+    init(configuration: HTTPProxyConfiguration, logger: Logger) throws {
         self.configuration = configuration
         parser = HTTPHeadParser(maxHeadBytes: configuration.maxHeaderSize, maxTargetBytes: configuration.maxTargetSize)
         self.logger = logger
         var access = Logger(label: "harp.http.access")
         access.logLevel = logger.logLevel
         accessLogger = access
+        upstreamContexts = try Self.upstreamContexts(configuration.routes, logger: logger)
+        do {
+            defaultUpstreamTLS = try TLSContext.client()
+        } catch {
+            throw ConfigError.invalid(key: "http", value: "https upstreams", reason: "cannot set up TLS with the system trust store: \(error)")
+        }
+        dialer = Dialer(connectTimeout: configuration.connectTimeout.duration)
+        certificates = try ServerCertificates(configuration.listenTLS, keyPrefix: "http.listen_tls", alpn: ["http/1.1"])
     }
 
-    /// Builds every TLS context the configuration names; a bad file is a startup error.
-    func prepareTLS() throws {
-        for (index, route) in configuration.routes.enumerated() where route.upstream.isTLS {
+    /// One client context per https upstream. Two routes to one upstream with different TLS
+    /// settings are refused: their connections share a pool, so one would silently get the
+    /// other's verification.
+    private static func upstreamContexts(_ routes: [HTTPProxyConfiguration.Route], logger: Logger) throws(ConfigError) -> [Upstream: TLSContext] {
+        var contexts: [Upstream: TLSContext] = [:]
+        var settings: [Upstream: (index: Int, ca: String?, verify: Bool)] = [:]
+        for (index, route) in routes.enumerated() where route.upstream.isTLS {
+            if let earlier = settings[route.upstream] {
+                guard earlier.ca == route.ca && earlier.verify == route.verify else {
+                    throw .invalid(key: "http.routes[\(index)]", value: "\"\(route.upstream)\"",
+                                   reason: "http.routes[\(earlier.index)] names the same upstream with other ca/verify settings; give both routes the same ones")
+                }
+                continue
+            }
+            settings[route.upstream] = (index, route.ca, route.verify)
             do {
-                upstreamContexts[route.upstream] = try TLSContext.client(ca: route.ca, verify: route.verify)
+                contexts[route.upstream] = try TLSContext.client(ca: route.ca, verify: route.verify)
             } catch {
-                throw ConfigError.invalid(key: "http.routes[\(index)].ca", value: "\"\(route.ca ?? "")\"", reason: "\(error)")
+                throw .invalid(key: "http.routes[\(index)].ca", value: "\"\(route.ca ?? "")\"", reason: "\(error)")
             }
             if !route.verify {
                 logger.warning("TLS verification is off for an upstream", metadata: ["upstream": "\(route.upstream)"])
             }
         }
-        serverContexts.withLock { $0 = [] }
-        let contexts = try configuration.listenTLS.enumerated().map { index, listener in
-            do {
-                return try Self.serverContext(listener)
-            } catch {
-                throw ConfigError.invalid(key: "http.listen_tls[\(index)]", value: "\"\(listener.cert)\"", reason: "\(error)")
-            }
-        }
-        serverContexts.withLock { $0 = contexts }
-    }
-
-    static func serverContext(_ listener: HTTPProxyConfiguration.TLSListener) throws(TLSError) -> TLSContext {
-        let context = try TLSContext.server(certificate: listener.cert, key: listener.key, clientCA: listener.clientCA,
-                                            versions: listener.protocols)
-        for named in listener.sni {
-            context.add(serverName: named.name, try TLSContext.server(certificate: named.cert, key: named.key, clientCA: listener.clientCA,
-                                                                      versions: listener.protocols))
-        }
-        return context
+        return contexts
     }
 
     /// SIGHUP: re-read the HTTPS certificates. New connections get the new ones; open
     /// connections keep theirs. A file that fails keeps the old context and is logged.
     func reloadCertificates() {
-        for (index, listener) in configuration.listenTLS.enumerated() {
-            do {
-                let context = try Self.serverContext(listener)
-                serverContexts.withLock { contexts in
-                    context.adoptTicketKeys(from: contexts[index])  // tickets from before still resume
-                    contexts[index] = context
-                }
-                logger.info("reloaded TLS certificate", metadata: ["listen": "\(listener.listen)", "cert": "\(listener.cert)"])
-            } catch {
-                logger.error("TLS certificate reload failed; keeping the old one", metadata: ["cert": "\(listener.cert)", "error": "\(error)"])
-            }
-        }
+        certificates.reload(logger: logger)
     }
 
-    func serverContext(_ index: Int) -> TLSContext { serverContexts.withLock { $0[index] } }
-
+    /// The TLS context for an https upstream; nil only for plain ones.
     func upstreamTLS(for upstream: Upstream) -> TLSContext? {
         guard upstream.isTLS else { return nil }
-        if let context = upstreamContexts[upstream] { return context }
-        if defaultUpstreamTLS == nil { defaultUpstreamTLS = try? TLSContext.client() }
-        return defaultUpstreamTLS
+        return upstreamContexts[upstream] ?? defaultUpstreamTLS
     }
 
-    func preparePools(loops: Int) {
-        pools = (0..<loops).map { _ in
-            UpstreamPool(maxPerUpstream: configuration.upstreamKeepalive, idleTimeout: configuration.upstreamIdleTimeout.duration)
+    func preparePools(loops: [EventLoop]) {
+        pools = loops.map { loop in
+            UpstreamPool(loop: loop, maxPerUpstream: configuration.upstreamKeepalive, idleTimeout: configuration.upstreamIdleTimeout.duration)
         }
     }
 

@@ -1,9 +1,13 @@
-import Glibc
 import HarpKernel
 
 /// Idle keep-alive connections to upstreams, one pool per loop (connections never change
-/// loops, so no lock). Stale connections are noticed when taken: a peek that does not say
-/// "nothing to read yet" means the upstream closed it or sent junk, and it is discarded.
+/// loops, so no lock).
+///
+/// Liveness is checked on every reuse: an upstream may close a kept-alive connection at any
+/// moment (right after its response, or at a keep-alive timeout near the client's request
+/// gap), and a request sent into a closed connection costs a retry at best. The check is one
+/// non-blocking peek (`isQuietWhileIdle`). Connections idle past the limit are closed by a
+/// timer on the loop, not only when the pool is next used, so none lingers in CLOSE-WAIT.
 final class UpstreamPool {
     private struct Idle {
         let stream: any ByteStream
@@ -16,33 +20,36 @@ final class UpstreamPool {
         var connections: [Idle] = []
     }
 
+    let loop: EventLoop
     private var idle: [Upstream: IdleList] = [:]
+    private var idleCount = 0
     private let maxPerUpstream: Int
     private let idleLimit: UInt64
+    private lazy var pruneTimer = LoopTimer(loop: loop) { [unowned self] in prune() }
 
-    init(maxPerUpstream: Int, idleTimeout: Duration) {
+    init(loop: EventLoop, maxPerUpstream: Int, idleTimeout: Duration) {
+        self.loop = loop
         self.maxPerUpstream = maxPerUpstream
         idleLimit = idleTimeout.nanoseconds
     }
 
-    /// A live idle connection to `upstream`, most recently used first. The liveness peek
-    /// (a syscall) is skipped for connections idle under a second: an upstream closing one
-    /// that fast is rare, and an idempotent request is retried on a fresh connection anyway.
-    /// (TLS connections are never peeked: a session ticket may legitimately be waiting.)
-    func take(_ upstream: Upstream, now: UInt64) -> (any ByteStream)? {
+    /// A live idle connection to `upstream`, most recently used first.
+    func take(_ upstream: Upstream) -> (any ByteStream)? {
+        loop.assertInLoop()
         guard let list = idle[upstream] else { return nil }
+        let now = loop.now
         while let connection = list.connections.popLast() {
-            let idleFor = now &- connection.since
-            let fresh = idleFor < 1_000_000_000 || !connection.stream.isPlain || Self.isQuiet(connection.stream.fd)
-            if idleFor <= idleLimit && fresh { return connection.stream }
-            close(connection.stream.fd)
+            idleCount -= 1
+            if now &- connection.since <= idleLimit && connection.stream.isQuietWhileIdle() { return connection.stream }
+            connection.stream.abort()
         }
         return nil
     }
 
-    func give(_ stream: any ByteStream, to upstream: Upstream, now: UInt64) {
+    func give(_ stream: any ByteStream, to upstream: Upstream) {
+        loop.assertInLoop()
         guard maxPerUpstream > 0 else {
-            close(stream.fd)
+            stream.abort()
             return
         }
         let list: IdleList
@@ -52,30 +59,35 @@ final class UpstreamPool {
             list = IdleList()
             idle[upstream] = list
         }
-        Self.keep(Idle(stream: stream, since: now), in: &list.connections, limit: maxPerUpstream, idleLimit: idleLimit)
+        if list.connections.count >= maxPerUpstream {
+            list.connections.removeFirst().stream.abort()
+            idleCount -= 1
+        }
+        list.connections.append(Idle(stream: stream, since: loop.now))
+        idleCount += 1
+        if !pruneTimer.armed { pruneTimer.arm(after: pruneInterval) }
     }
 
-    private static func keep(_ connection: Idle, in list: inout [Idle], limit: Int, idleLimit: UInt64) {
-        // Evict any that outlived the idle limit, and the oldest when full.
-        let now = connection.since
-        if list.contains(where: { now &- $0.since > idleLimit }) {
-            list.removeAll { stale in
-                let expired = now &- stale.since > idleLimit
-                if expired { close(stale.stream.fd) }
-                return expired
+    /// Half the idle limit (at least 100 ms): a connection is closed at most 1.5 × the limit
+    /// after its last use.
+    private var pruneInterval: Duration { .nanoseconds(Int64(max(idleLimit / 2, 100_000_000))) }
+
+    /// Closes connections idle past the limit, and those the upstream has closed meanwhile.
+    private func prune() {
+        let now = loop.now
+        for list in idle.values where !list.connections.isEmpty {
+            list.connections.removeAll { connection in
+                let stale = now &- connection.since > idleLimit || !connection.stream.isQuietWhileIdle()
+                if stale {
+                    connection.stream.abort()
+                    idleCount -= 1
+                }
+                return stale
             }
         }
-        if list.count >= limit, let oldest = list.first {
-            close(oldest.stream.fd)
-            list.removeFirst()
-        }
-        list.append(connection)
+        if idleCount > 0 { pruneTimer.arm(after: pruneInterval) }
     }
 
-    /// An idle keep-alive connection must have nothing to read: EOF or bytes mean it is done.
-    private static func isQuiet(_ fd: Int32) -> Bool {
-        var byte: UInt8 = 0
-        let result = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
-        return result < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
-    }
+    /// Idle connections held now (for tests).
+    var count: Int { idleCount }
 }

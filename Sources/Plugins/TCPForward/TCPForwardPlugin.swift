@@ -2,7 +2,6 @@ import CoreMetrics
 import Glibc
 import HarpKernel
 import Logging
-import Synchronization
 
 /// `tcp`: L4 forwarding. Every accepted connection is connected to its upstream and relayed
 /// with splice both ways; an unreachable upstream closes the client at once (and is logged).
@@ -13,7 +12,7 @@ public final class TCPForwardPlugin: Plugin {
 
     let configuration: TCPForwardConfiguration
     let context: PluginContext
-    private let groups = Mutex<[ListenerGroup]>([])
+    private let listeners: ListenerSet
 
     public init(configuration: TCPForwardConfiguration, context: PluginContext) throws {
         for (index, forward) in configuration.forward.enumerated() {
@@ -24,25 +23,24 @@ public final class TCPForwardPlugin: Plugin {
         }
         self.configuration = configuration
         self.context = context
+        listeners = ListenerSet(loops: context.loops, logger: context.logger)
     }
 
     public func start() async throws {
+        let logger = context.logger
         for forward in configuration.forward {
-            let logger = context.logger
-            let group = try ListenerGroup(address: forward.listen, loops: context.loops, logger: logger) { client, loop in
-                loop.serveConnection { await TCPForwardPlugin.serve(client: client, forward: forward, loop: loop, logger: logger) }
+            try listeners.listen(on: forward.listen) { client in
+                await TCPForwardPlugin.serve(client: client, forward: forward, logger: logger)
             }
-            groups.withLock { $0.append(group) }
         }
     }
 
     public func stopAccepting() async {
-        for group in groups.withLock({ $0 }) { await group.stop() }
+        await listeners.stop()
     }
 
     public var endpoints: [String] {
-        let bound = groups.withLock { $0.map(\.boundAddress) }
-        return zip(configuration.forward, bound).map { forward, address in "\(address) -> \(forward.upstream)" }
+        zip(configuration.forward, listeners.boundAddresses).map { forward, address in "\(address) -> \(forward.upstream)" }
     }
 
     /// One client connection, from accept to close, on the loop that accepted it.
@@ -51,28 +49,22 @@ public final class TCPForwardPlugin: Plugin {
     static let bytesToUpstream = Counter(label: "harp_tcp_bytes_total", dimensions: [("direction", "to_upstream")])
     static let bytesToClient = Counter(label: "harp_tcp_bytes_total", dimensions: [("direction", "to_client")])
 
-    static func serve(client: Int32, forward: TCPForwardConfiguration.Forward, loop: EventLoop, logger: Logger) async {
+    static func serve(client: SocketStream, forward: TCPForwardConfiguration.Forward, logger: Logger) async {
         connections.increment()
-        defer { close(client) }
-        let record = AsyncCompletion()
-        let upstream: Int32
+        let loop = client.loop
+        let upstream: any ByteStream
         do {
-            upstream = try Socket.stream(family: forward.upstream.family)
+            upstream = try await Dialer(connectTimeout: forward.connectTimeout.duration).dial(forward.upstream, on: loop)
         } catch {
-            logger.error("cannot open upstream socket", metadata: ["upstream": "\(forward.upstream)", "error": "\(error)"])
-            return
-        }
-        defer { close(upstream) }
-        let connected = await loop.connect(upstream, to: forward.upstream, timeout: forward.connectTimeout.duration, using: record)
-        guard connected == 0 else {
             connectErrors.increment()
-            logger.warning("upstream unreachable; closing client",
-                           metadata: ["upstream": "\(forward.upstream)", "error": "\(String(cString: strerror(-connected)))"])
+            logger.warning("upstream unreachable; closing client", metadata: ["upstream": "\(forward.upstream)", "error": "\(error)"])
+            await client.close()
             return
         }
-        Socket.setNoDelay(upstream)
-        Socket.setNoDelay(client)
+        Socket.setNoDelay(client.fd)
         let result = await loop.relay(client, upstream, idleTimeout: forward.idleTimeout.duration)
+        await client.close()
+        await upstream.close()
         bytesToUpstream.increment(by: result.forwardBytes)
         bytesToClient.increment(by: result.backwardBytes)
         logger.debug("relay ended", metadata: [

@@ -1,3 +1,5 @@
+import HarpKernel
+
 /// A WebSocket frame header (RFC 6455 §5.2).
 struct FrameHeader {
     var fin: Bool
@@ -65,6 +67,23 @@ struct FrameHeader {
         switch code {
         case 1000...1003, 1007...1014, 3000...4999: true
         default: false
+        }
+    }
+}
+
+/// A broken protocol rule: the close code to send and why.
+struct CloseReason {
+    let code: UInt16
+    let reason: String
+}
+
+/// `FrameHeader.parse` as a kernel `FrameDecoder` (the payload length follows the header).
+struct FrameHeaderDecoder: FrameDecoder {
+    func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<FrameHeader, CloseReason> {
+        switch FrameHeader.parse(bytes) {
+        case .incomplete: .needMore
+        case .header(let header): .frame(header, headerLength: header.length, payloadLength: header.payloadLength)
+        case .invalid(let code, let reason): .invalid(CloseReason(code: code, reason: reason))
         }
     }
 }

@@ -8,35 +8,29 @@ import HarpKernel
 /// limits message size and pings quiet clients. Frames are forwarded unchanged; payloads
 /// stream through without being collected, so message size costs no memory.
 final class InspectingTunnel: @unchecked Sendable {
-    // @unchecked Sendable: both pumps run as child tasks on the connection's loop; every
-    // field is touched only there.
+    // @unchecked Sendable: both directions run as the pump's child tasks on the connection's
+    // loop; every field is touched only there.
     let connection: UpgradedConnection
     let settings: WebSocketConfiguration
     let compressed: Bool
-    private var lastActivity: UInt64
-    private var finished = [false, false]
-    private var failure: (code: UInt16, reason: String)?
-    private let gates = [WriteGate(), WriteGate()]  // writers of [client, upstream]
-    private var bytes = [0, 0]                       // [to upstream, to client]
-    private var aborted = false
+    private let pump: Pump
+    /// Writers of `[client, upstream]`: harp's own pings and closes never land inside a
+    /// forwarded frame.
+    private let writers: [FrameWriter]
+    private var failure: CloseReason?
 
     init(_ connection: UpgradedConnection, settings: WebSocketConfiguration) {
         self.connection = connection
         self.settings = settings
         compressed = connection.response.headers.values("Sec-WebSocket-Extensions")
             .contains { $0.lowercased().hasPrefix("permessage-deflate") }
-        lastActivity = connection.loop.now
+        pump = Pump(loop: connection.loop, connection.client, connection.upstream, idleTimeout: connection.idleTimeout,
+                    halfClosedTimeout: settings.clientFinTimeout.duration)
+        writers = [FrameWriter(stream: connection.client), FrameWriter(stream: connection.upstream)]
     }
 
-    var loop: EventLoop { connection.loop }
-
     func run() async -> RelayResult {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.pump(fromClient: true) }
-            group.addTask { await self.pump(fromClient: false) }
-        }
-        let outcome: RelayResult.Outcome = failure.map { .failed(side: 0, errno: Int32($0.code)) } ?? .finished
-        return RelayResult(outcome: outcome, forwardBytes: bytes[0], backwardBytes: bytes[1])
+        await pump.run { side in await self.inspect(fromClient: side == 0) }
     }
 
     /// Message state of one direction.
@@ -48,30 +42,25 @@ final class InspectingTunnel: @unchecked Sendable {
         var utf8 = UTF8Validator()
     }
 
-    private func pump(fromClient: Bool) async {
-        let source = fromClient ? connection.client : connection.upstream
-        let destination = fromClient ? connection.upstream : connection.client
-        let gate = gates[fromClient ? 1 : 0]
-        let capacity = 64 * 1024
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
-        defer { buffer.deallocate() }
-        var start = 0, end = 0
+    /// One direction: frames are read into a buffer, checked, and sent on. Frames that are
+    /// whole in the buffer go out together (`pending` bytes at its front: one send for a burst
+    /// of small messages); a frame that is not whole streams through on its own (its payload
+    /// may be far larger than the buffer), holding the writer so nothing lands inside it.
+    private func inspect(fromClient: Bool) async {
+        let side = fromClient ? 0 : 1
+        let writer = writers[fromClient ? 1 : 0]
+        let reader = FramedReader(stream: pump.streams[side], capacity: 64 * 1024)
+        let buffer = reader.buffer
+        let decoder = FrameHeaderDecoder()
         var message = MessageState()
+        var pending = 0
 
-        /// Receives more bytes after the buffered ones; false at EOF, error or abort.
+        /// Receives more bytes after the buffered ones; false at EOF, error or the pump's end.
         func fill() async -> Bool {
-            if start > 0 && start == end { start = 0; end = 0 }
-            if end == capacity {
-                buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start)
-                end -= start
-                start = 0
-            }
-            while !aborted {
-                let limit = waitLimit(fromClient: fromClient)
-                let received = await source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[end...]), timeout: limit)
+            while pump.outcome == nil {
+                let received = await reader.fill(timeout: waitLimit(fromClient: fromClient))
                 if received > 0 {
-                    end += Int(received)
-                    lastActivity = loop.now
+                    pump.touch()
                     return true
                 }
                 guard received == -Int(ETIMEDOUT) else { return false }
@@ -80,84 +69,77 @@ final class InspectingTunnel: @unchecked Sendable {
             return false
         }
 
-        func send(_ range: Range<Int>) async -> Bool {
-            let result = await destination.write(UnsafeRawBufferPointer(rebasing: buffer[range]), timeout: connection.idleTimeout)
-            bytes[fromClient ? 0 : 1] += range.count
+        /// Sends the first `count` buffered bytes on and consumes them.
+        func send(_ count: Int) async -> Bool {
+            let result = await writer.stream.write(UnsafeRawBufferPointer(rebasing: buffer.readable[0..<count]),
+                                                   timeout: connection.idleTimeout)
+            buffer.consume(count)
+            pump.moved(count, side: side)
             return result == 0
         }
 
-        // Frames that are whole in the buffer are checked and then sent together, from
-        // `start` up to `cursor`: one send for a burst of small messages. A frame that is not
-        // whole streams through on its own (its payload may be far larger than the buffer).
-        var cursor = start
         func flush() async -> Bool {
-            guard cursor > start else { return true }
-            await gate.acquire()
-            let sent = await send(start..<cursor)
-            gate.release()
-            start = cursor
-            return sent
+            guard pending > 0 else { return true }
+            let count = pending
+            pending = 0
+            return await writer.exclusive { await send(count) }
         }
 
-        frames: while !aborted {
+        frames: while pump.outcome == nil {
             let header: FrameHeader
-            switch FrameHeader.parse(UnsafeRawBufferPointer(rebasing: buffer[cursor..<end])) {
-            case .header(let parsed):
+            switch decoder.decode(UnsafeRawBufferPointer(rebasing: buffer.readable[pending...])) {
+            case .frame(let parsed, _, _):
                 header = parsed
-            case .invalid(let code, let reason):
-                return await fail(code, reason)
-            case .incomplete:
+            case .invalid(let broken):
+                return await fail(broken.code, broken.reason)
+            case .needMore:
                 guard await flush(), await fill() else { break frames }
-                cursor = start
                 continue
             }
-            let frameEnd = cursor + header.length + header.payloadLength
-            if header.isControl && header.payloadLength <= 125 && frameEnd > end {
+            let frameEnd = pending + header.length + header.payloadLength
+            if header.isControl && header.payloadLength <= 125 && frameEnd > buffer.count {
                 // Control frames are judged whole (their payload is at most 125 bytes).
                 guard await flush(), await fill() else { break frames }
-                cursor = start
                 continue
             }
             if let problem = check(header, fromClient: fromClient, &message) {
                 return await fail(problem.0, problem.1)
             }
-            if header.opcode == 0x8, let problem = Self.checkClose(header, UnsafeRawBufferPointer(rebasing: buffer[cursor..<end])) {
+            if header.opcode == 0x8, let problem = Self.checkClose(header, UnsafeRawBufferPointer(rebasing: buffer.readable[pending...])) {
                 return await fail(problem.0, problem.1)
             }
             let checksText = message.isText && !message.isCompressed && !header.isControl
-            if frameEnd <= end {
-                let payload = cursor + header.length..<frameEnd
-                if checksText && !Self.validateText(header, UnsafeRawBufferPointer(rebasing: buffer[payload]), maskOffset: 0, &message.utf8) {
+            if frameEnd <= buffer.count {
+                let payload = pending + header.length..<frameEnd
+                if checksText && !Self.validateText(header, UnsafeRawBufferPointer(rebasing: buffer.readable[payload]), maskOffset: 0, &message.utf8) {
                     return await fail(1007, "invalid UTF-8 in a text message")
                 }
-                cursor = frameEnd
+                pending = frameEnd
             } else {
-                // Stream this frame: header, then payload as it arrives, holding the gate so
-                // that no harp-made frame lands in the middle.
                 guard await flush() else { break frames }
-                await gate.acquire()
-                var remaining = header.payloadLength
-                var offset = 0
-                let headerEnd = start + header.length
-                guard await send(start..<headerEnd) else { gate.release(); break frames }
-                start = headerEnd
-                while remaining > 0 {
-                    if start == end {
-                        guard await fill() else { gate.release(); break frames }
+                var invalidText = false
+                let streamed = await writer.exclusive { () async -> Bool in
+                    guard await send(header.length) else { return false }
+                    var remaining = header.payloadLength
+                    var offset = 0
+                    while remaining > 0 {
+                        if buffer.isEmpty {
+                            guard await fill() else { return false }
+                        }
+                        let take = min(remaining, buffer.count)
+                        if checksText && !Self.validateText(header, UnsafeRawBufferPointer(rebasing: buffer.readable[0..<take]),
+                                                            maskOffset: offset, &message.utf8) {
+                            invalidText = true
+                            return false
+                        }
+                        guard await send(take) else { return false }
+                        offset += take
+                        remaining -= take
                     }
-                    let take = min(remaining, end - start)
-                    if checksText && !Self.validateText(header, UnsafeRawBufferPointer(rebasing: buffer[start..<start + take]),
-                                                        maskOffset: offset, &message.utf8) {
-                        gate.release()
-                        return await fail(1007, "invalid UTF-8 in a text message")
-                    }
-                    guard await send(start..<start + take) else { gate.release(); break frames }
-                    start += take
-                    offset += take
-                    remaining -= take
+                    return true
                 }
-                gate.release()
-                cursor = start
+                if invalidText { return await fail(1007, "invalid UTF-8 in a text message") }
+                guard streamed else { break frames }
             }
             if !header.isControl && header.fin {
                 if message.isText && !message.isCompressed && !message.utf8.isComplete {
@@ -166,10 +148,8 @@ final class InspectingTunnel: @unchecked Sendable {
                 message = MessageState()
             }
         }
+        // EOF or error on this side: what was checked goes on; the pump passes the FIN on.
         _ = await flush()
-        // EOF or error on this side: pass the FIN on; the other direction may finish.
-        finished[fromClient ? 0 : 1] = true
-        await destination.finishWriting()
     }
 
     /// Returns a close code and reason when the frame breaks a rule; updates message state.
@@ -229,24 +209,19 @@ final class InspectingTunnel: @unchecked Sendable {
         return out
     }
 
+    /// How long a read may wait: the pump's limit, or the ping interval on the client side.
     private func waitLimit(fromClient: Bool) -> Duration {
-        if finished[0] || finished[1] { return min(settings.clientFinTimeout.duration, connection.idleTimeout) }
-        if fromClient && settings.pingInterval.duration > .zero { return min(settings.pingInterval.duration, connection.idleTimeout) }
-        return connection.idleTimeout
+        let ping = settings.pingInterval.duration
+        if fromClient && !pump.isHalfClosed && ping > .zero { return min(ping, pump.readLimit) }
+        return pump.readLimit
     }
 
     /// After a receive timed out: true when the tunnel has been idle too long (and is being
     /// closed); otherwise pings the client if that side has been quiet.
     private func idleExpired(fromClient: Bool) async -> Bool {
-        let idle = loop.now &- lastActivity
-        let halfClosed = finished[0] || finished[1]
-        let limit = halfClosed ? min(settings.clientFinTimeout.duration, connection.idleTimeout) : connection.idleTimeout
-        if idle >= limit.nanoseconds {
-            abort()
-            return true
-        }
-        if fromClient && !halfClosed && settings.pingInterval.duration > .zero {
-            await write(FrameHeader.serverFrame(opcode: 0x9, payload: Array("harp".utf8)), toClient: true)
+        if pump.idleExpired() { return true }
+        if fromClient && !pump.isHalfClosed && settings.pingInterval.duration > .zero {
+            _ = await writers[0].write(FrameHeader.serverFrame(opcode: 0x9, payload: Array("harp".utf8)), timeout: .seconds(5))
         }
         return false
     }
@@ -254,27 +229,10 @@ final class InspectingTunnel: @unchecked Sendable {
     /// A rule was broken: the offending side gets a close frame with the code, the other
     /// side a 1001 (going away), and the connection ends.
     private func fail(_ code: UInt16, _ reason: String) async {
-        guard failure == nil, !aborted else { return }
-        failure = (code, reason)
-        await write(FrameHeader.serverFrame(opcode: 0x8, payload: FrameHeader.closePayload(code, reason)), toClient: true)
-        await write(FrameHeader.clientFrame(opcode: 0x8, payload: FrameHeader.closePayload(1001, "")), toClient: false)
-        abort()
-    }
-
-    private func abort() {
-        guard !aborted else { return }
-        aborted = true
-        shutdown(connection.client.fd, Int32(SHUT_RDWR))
-        shutdown(connection.upstream.fd, Int32(SHUT_RDWR))
-    }
-
-    private func write(_ frame: [UInt8], toClient: Bool) async {
-        let gate = gates[toClient ? 0 : 1]
-        await gate.acquire()
-        defer { gate.release() }
-        let out = UnsafeMutableRawBufferPointer.allocate(byteCount: frame.count, alignment: 1)
-        defer { out.deallocate() }
-        out.copyBytes(from: frame)
-        _ = await (toClient ? connection.client : connection.upstream).write(UnsafeRawBufferPointer(out), timeout: .seconds(5))
+        guard failure == nil, pump.outcome == nil else { return }
+        failure = CloseReason(code: code, reason: reason)
+        _ = await writers[0].write(FrameHeader.serverFrame(opcode: 0x8, payload: FrameHeader.closePayload(code, reason)), timeout: .seconds(5))
+        _ = await writers[1].write(FrameHeader.clientFrame(opcode: 0x8, payload: FrameHeader.closePayload(1001, "")), timeout: .seconds(5))
+        pump.end(.failed(side: 0, errno: Int32(code)))
     }
 }

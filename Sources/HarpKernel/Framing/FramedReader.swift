@@ -1,0 +1,87 @@
+import Glibc
+
+/// How `FramedReader.next` ended.
+public enum FramedRead<Frame, Failure> {
+    case frame(Frame, headerLength: Int, payloadLength: Int)
+    case invalid(Failure)
+    /// The buffer is full and the decoder still needs more (a head over the size limit).
+    case full
+    /// The stream ended first: 0 at end of stream, or `-errno` (`-ETIMEDOUT`).
+    case ended(Int)
+}
+
+/// A read buffer over a stream, filled on demand for a `FrameDecoder`: the one loop that
+/// HTTP heads, WebSocket frames, frp messages and yamux headers are read with.
+///
+/// A value (two references): making one per exchange costs no allocation. Loop-confined.
+public struct FramedReader {
+    public let stream: any ByteStream
+    public let buffer: ReadBuffer
+    /// While the buffer holds no memory, wait for the stream to be readable before taking
+    /// any (one more ring operation per wait; an idle connection then costs no buffer).
+    public let allocatesWhenReadable: Bool
+
+    public init(stream: any ByteStream, capacity: Int, allocatesWhenReadable: Bool = false) {
+        self.stream = stream
+        buffer = ReadBuffer(capacity: capacity)
+        self.allocatesWhenReadable = allocatesWhenReadable
+    }
+
+    /// A reader over `stream` that uses (and leaves behind its unread bytes in) `buffer`.
+    public init(stream: any ByteStream, buffer: ReadBuffer) {
+        self.stream = stream
+        self.buffer = buffer
+        allocatesWhenReadable = false
+    }
+
+    /// Reads what has arrived after the buffered bytes: a count, 0 at end of stream, `-errno`,
+    /// or `-ENOBUFS` when the buffer is full.
+    public func fill(timeout: Duration?, expectingWait: Bool = false) async -> Int {
+        if allocatesWhenReadable && !buffer.isAllocated {
+            let ready = await stream.waitReadable(timeout: timeout)
+            if ready < 0 { return Int(ready) }
+        }
+        let space = buffer.writable
+        guard !space.isEmpty else { return -Int(ENOBUFS) }
+        let received = await stream.read(into: space, timeout: timeout, expectingWait: expectingWait && buffer.isAllocated)
+        if received > 0 { buffer.didWrite(received) }
+        return received
+    }
+
+    /// Decodes the next frame, reading until the decoder decides. Each read may wait up to
+    /// `timeout`; with `frameTimeout`, the whole header must arrive within that much time of
+    /// its first byte (so a peer trickling one byte at a time cannot hold the connection:
+    /// `.ended(-ETIMEDOUT)`). `expectingWait` applies to the first read, when nothing is
+    /// buffered (see `EventLoop.recv`).
+    public func next<D: FrameDecoder>(_ decoder: inout D, timeout: Duration?, frameTimeout: Duration? = nil,
+                                      expectingWait: Bool = false) async -> FramedRead<D.Frame, D.Failure> {
+        var waitExpected = expectingWait
+        var deadline: UInt64 = 0
+        while true {
+            if deadline == 0, !buffer.isEmpty, let frameTimeout {
+                deadline = stream.loop.now &+ frameTimeout.nanoseconds
+            }
+            if !buffer.isEmpty {
+                switch decoder.decode(buffer.readable) {
+                case .frame(let frame, let headerLength, let payloadLength):
+                    return .frame(frame, headerLength: headerLength, payloadLength: payloadLength)
+                case .invalid(let failure):
+                    return .invalid(failure)
+                case .needMore:
+                    break
+                }
+            }
+            var wait = timeout
+            if deadline != 0 {
+                let now = stream.loop.now
+                guard now < deadline else { return .ended(-Int(ETIMEDOUT)) }
+                let left = Duration.nanoseconds(Int64(deadline - now))
+                wait = timeout.map { min($0, left) } ?? left
+            }
+            let received = await fill(timeout: wait, expectingWait: waitExpected && buffer.isEmpty)
+            waitExpected = false
+            if received == -Int(ENOBUFS) { return .full }
+            if received <= 0 { return .ended(received) }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+/// Bytes received but not yet consumed: `[readIndex, writeIndex)` of one allocation that is
+/// made on first use, starts small and grows (×4) up to `capacity` only while a message
+/// needs the room. An idle connection that has not sent anything holds no buffer at all, and
+/// one that carried a large head once gives the room back with `shrinkIfIdle()`.
+///
+/// Loop-confined, like the connection it belongs to.
+public final class ReadBuffer {
+    /// Most of what this buffer may ever hold (a message larger than this is refused).
+    public let capacity: Int
+    private let initialSize: Int
+    private var storage: UnsafeMutableRawBufferPointer?
+    public private(set) var readIndex = 0
+    public private(set) var writeIndex = 0
+
+    /// 4 KiB holds a typical request or response head and a small body in one allocation.
+    public init(capacity: Int, initialSize: Int = 4096) {
+        self.capacity = capacity
+        self.initialSize = min(initialSize, capacity)
+    }
+
+    deinit { storage?.deallocate() }
+
+    public var count: Int { writeIndex - readIndex }
+    public var isEmpty: Bool { readIndex == writeIndex }
+    /// Whether any memory is held now.
+    public var isAllocated: Bool { storage != nil }
+    /// Bytes of memory held now (for tests and memory accounting).
+    public var allocatedBytes: Int { storage?.count ?? 0 }
+
+    public var readable: UnsafeRawBufferPointer {
+        guard let storage else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(rebasing: storage[readIndex..<writeIndex])
+    }
+
+    /// Free space after the data: allocated on first use, the data moved to the front or the
+    /// allocation grown when that makes room. Empty only when `capacity` bytes are buffered.
+    public var writable: UnsafeMutableRawBufferPointer {
+        guard var current = storage else {
+            let fresh = UnsafeMutableRawBufferPointer.allocate(byteCount: initialSize, alignment: 16)
+            storage = fresh
+            return fresh
+        }
+        if writeIndex == current.count {
+            if readIndex > 0 {
+                compact()
+            } else if current.count < capacity {
+                let grown = UnsafeMutableRawBufferPointer.allocate(byteCount: min(capacity, current.count * 4), alignment: 16)
+                grown.baseAddress!.copyMemory(from: current.baseAddress!, byteCount: writeIndex)
+                current.deallocate()
+                current = grown
+                storage = grown
+            }
+        }
+        return UnsafeMutableRawBufferPointer(rebasing: current[writeIndex...])
+    }
+
+    public func didWrite(_ count: Int) {
+        assert(count >= 0 && writeIndex + count <= (storage?.count ?? 0), "wrote past the writable space")
+        writeIndex += count
+    }
+
+    public func consume(_ count: Int) {
+        assert(count >= 0 && count <= self.count, "consumed more than was buffered")
+        readIndex += count
+        if readIndex == writeIndex { readIndex = 0; writeIndex = 0 }
+    }
+
+    /// Moves the data to the front of the allocation.
+    public func compact() {
+        guard readIndex > 0, let storage else { return }
+        let length = count
+        if length > 0 { storage.baseAddress!.copyMemory(from: storage.baseAddress! + readIndex, byteCount: length) }
+        readIndex = 0
+        writeIndex = length
+    }
+
+    /// Before a long wait: an empty buffer that grew past its initial size is freed (the next
+    /// read starts small again), so a connection keeps no message's peak while idle.
+    public func shrinkIfIdle() {
+        guard isEmpty, let storage, storage.count > initialSize else { return }
+        storage.deallocate()
+        self.storage = nil
+    }
+
+    /// Frees the memory of an empty buffer (a connection about to wait a long time).
+    public func release() {
+        guard isEmpty, let storage else { return }
+        storage.deallocate()
+        self.storage = nil
+    }
+}
