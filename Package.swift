@@ -37,6 +37,8 @@ let package = Package(
             name: "HarpKernel",
             dependencies: [
                 "CShims",
+                // Plugins contribute CLI subcommands through the Plugin protocol.
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -89,7 +91,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HarpKernelTests",
-            dependencies: ["HarpKernel", "HarpTestSupport"],
+            dependencies: ["HarpKernel", "HarpTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -7,13 +7,28 @@ import Logging
 struct Harp: ParsableCommand {
     static let version = "0.1.0"
 
+    /// harp's own commands; plugins add theirs through the plugin list (`Plugin.commands`).
+    static let builtIn: [any ParsableCommand.Type] = [Serve.self, Plugins.self, Config.self]
+
     static let configuration = CommandConfiguration(
         commandName: "harp",
         abstract: "Nextcloud ExApp gateway and peer-to-peer storage node.",
         version: version,
-        subcommands: [Serve.self, Plugins.self, Config.self],
+        subcommands: builtIn + registeredPlugins.commands,
         defaultSubcommand: Serve.self
     )
+
+    static func main() {
+        // Two commands with one name would make one of them unreachable: refuse to run.
+        let conflicts = registeredPlugins.commandConflicts(reserved: builtIn.map { $0._commandName })
+        if !conflicts.isEmpty { fail("harp: command names claimed twice: \(conflicts.joined(separator: "; "))") }
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// Options shared by commands that read a configuration.

@@ -16,6 +16,7 @@ public final class WriteGate {
     }
 
     public func release() {
+        assert(busy, "released a gate nobody held")
         if waiters.isEmpty {
             busy = false
         } else {

@@ -24,6 +24,7 @@ public final class DeadlineSweep: IOCompletion, @unchecked Sendable {
     deinit { timespec.deallocate() }
 
     func watch(_ record: AsyncCompletion, until deadline: UInt64) {
+        loop.assertInLoop()
         record.deadline = deadline
         record.timedOut = false
         if !record.watched {

@@ -26,6 +26,8 @@ public final class Listener: IOCompletion, @unchecked Sendable {
     }
 
     func arm() {
+        loop.assertInLoop()
+        assert(!armed, "one accept series at a time")
         armed = true
         loop.submit(self) { io_uring_prep_multishot_accept($0, fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }
     }

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Logging
 
 /// A unit of harp's behaviour, statically registered in the executable's plugin list.
@@ -18,6 +19,12 @@ public protocol Plugin: AnyObject, Sendable {
     /// The configuration when the file has no section for this plugin.
     static var defaultConfiguration: Configuration { get }
 
+    /// Subcommands this plugin adds to `harp` (`harp tunnel`, `harp storage …`), listed with
+    /// the plugin in the executable's one static list — `Harp.swift` names none of them. A
+    /// command runs in its own process (it may talk to a running node); it does not need the
+    /// plugin to be selected. Two plugins may not add commands with the same name.
+    static var commands: [any ParsableCommand.Type] { get }
+
     /// Builds the plugin from its validated configuration. Throw `ConfigError` for values
     /// that decode but make no sense (naming the key, the value and what is allowed).
     init(configuration: Configuration, context: PluginContext) throws
@@ -37,6 +44,7 @@ public protocol Plugin: AnyObject, Sendable {
 
 extension Plugin {
     public static var dependencies: [String] { [] }
+    public static var commands: [any ParsableCommand.Type] { [] }
     public func stopAccepting() async {}
     public func reload() async {}
     public var endpoints: [String] { [] }
@@ -48,6 +56,18 @@ public struct PluginContext: Sendable {
     public let logger: Logger
     public let settings: HarpSettings
     let instances: PluginInstances
+
+    init(loops: [EventLoop], logger: Logger, settings: HarpSettings, instances: PluginInstances) {
+        self.loops = loops
+        self.logger = logger
+        self.settings = settings
+        self.instances = instances
+    }
+
+    /// A context for a plugin run on its own (embedding, tests): it has no other plugins.
+    public init(loops: [EventLoop], logger: Logger, settings: HarpSettings) {
+        self.init(loops: loops, logger: logger, settings: settings, instances: PluginInstances())
+    }
 
     /// A plugin this one declared as a dependency (started before this one).
     public func dependency<P: Plugin>(_ type: P.Type) -> P? {

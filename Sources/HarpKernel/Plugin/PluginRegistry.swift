@@ -1,3 +1,5 @@
+import ArgumentParser
+
 /// The executable's one static list of plugin types (like nginx's `ngx_modules[]`), and the
 /// rules for choosing which of them run.
 public struct PluginRegistry: Sendable {
@@ -5,6 +7,23 @@ public struct PluginRegistry: Sendable {
 
     public init(_ types: [any Plugin.Type]) {
         self.types = types
+    }
+
+    /// Every plugin's subcommands, in list order. A name used twice (by two plugins, or by a
+    /// plugin and one of `reserved`, the executable's own commands) is a programming error
+    /// caught by `commandConflicts`, which the test suite checks.
+    public var commands: [any ParsableCommand.Type] {
+        types.flatMap { $0.commands }
+    }
+
+    /// Command names claimed twice, each with who claims it (empty when all is well).
+    public func commandConflicts(reserved: [String]) -> [String] {
+        var owners: [String: [String]] = [:]
+        for name in reserved { owners[name, default: []].append("harp") }
+        for type in types {
+            for command in type.commands { owners[command._commandName, default: []].append(type.name) }
+        }
+        return owners.filter { $0.value.count > 1 }.map { "\($0.key): \($0.value.joined(separator: ", "))" }.sorted()
     }
 
     public var names: [String] { types.map { $0.name } }

@@ -47,7 +47,9 @@ final class SpliceRelay {
     }
 
     func run() async -> RelayResult {
-        await withUnsafeContinuation { continuation in
+        loop.assertInLoop()
+        assert(continuation == nil && !ending, "a relay runs once")
+        return await withUnsafeContinuation { continuation in
             self.continuation = continuation
             start()
         }
@@ -74,6 +76,7 @@ final class SpliceRelay {
     /// Returns false when the relay is ending and the caller must not continue.
     func completed() -> Bool {
         inFlight -= 1
+        assert(inFlight >= 0, "a completion the relay did not submit")
         if ending {
             finishIfQuiet()
             return false
@@ -154,6 +157,7 @@ final class SpliceRelay {
         }
 
         override func complete(result: Int32, flags: UInt32) {
+            assert(polling, "a poll completion for a direction that was not polling")
             polling = false
             guard relay.completed() else { return }
             pump()
@@ -212,6 +216,7 @@ final class SpliceRelay {
         }
 
         private func wait(for fd: Int32, events: Int32) {
+            assert(!polling && !finished, "a direction waits on one poll at a time, and not once finished")
             polling = true
             relay.submitted()
             relay.loop.submit(self) { io_uring_prep_poll_add($0, fd, UInt32(events)) }
@@ -233,6 +238,7 @@ final class SpliceRelay {
         deinit { timespec.deallocate() }
 
         func arm(after nanoseconds: UInt64) {
+            assert(!armed, "the idle timer is armed once at a time")
             armed = true
             timespec.pointee = __kernel_timespec(tv_sec: Int64(nanoseconds / 1_000_000_000),
                                                  tv_nsec: Int64(nanoseconds % 1_000_000_000))

@@ -2,14 +2,20 @@
 enum CannedResponse {
     static func bytes(status: Int, body: String? = nil, keepAlive: Bool, extraHeaders: [(String, String)] = []) -> [UInt8] {
         let text = (body ?? "\(status) \(reason(status))") + "\n"
-        var head = HTTPResponseHead(status: status, reason: reason(status))
-        head.headers.add("Content-Type", "text/plain; charset=utf-8")
-        head.headers.add(.contentLength, "\(text.utf8.count)")
+        return bytes(Reply(status: status, body: Array(text.utf8), headers: extraHeaders), keepAlive: keepAlive)
+    }
+
+    /// A route provider's reply: its body byte for byte, its content type and fields.
+    static func bytes(_ reply: Reply, keepAlive: Bool) -> [UInt8] {
+        var head = HTTPResponseHead(status: reply.status, reason: reason(reply.status))
+        head.headers.add("Content-Type", reply.contentType)
+        head.headers.add(.contentLength, "\(reply.body.count)")
         head.headers.add(.connection, keepAlive ? "keep-alive" : "close")
-        for (name, value) in extraHeaders { head.headers.add(name, value) }
+        for (name, value) in reply.headers { head.headers.add(name, value) }
         var out: [UInt8] = []
+        out.reserveCapacity(256 + reply.body.count)
         HeadWriter.response(head, into: &out)
-        out.append(contentsOf: text.utf8)
+        out.append(contentsOf: reply.body)
         return out
     }
 

@@ -14,6 +14,9 @@ public final class Exchange: @unchecked Sendable {
     public var requestBodyDone = false
     public let started: UInt64
     public var finished: UInt64 = 0
+    /// The per-request slot a route provider fills and response observers read (Pingora's
+    /// per-request context): whatever the provider needs to judge the outcome.
+    public var context: (any Sendable)?
 
     init(request: HTTPRequestHead, started: UInt64) {
         method = request.method

@@ -79,6 +79,9 @@ public final class HTTPProxyPlugin: Plugin {
         await listeners.stop()
     }
 
+    /// Where the listeners are bound (plain ones first), once started.
+    public var boundAddresses: [SocketAddress] { listeners.boundAddresses }
+
     public var endpoints: [String] {
         let routes = shared.configuration.routes.map { route in
             "route \(route.host ?? "*")\(route.pathPrefix) -> \(route.upstream)"

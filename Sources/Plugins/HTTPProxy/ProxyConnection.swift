@@ -106,7 +106,7 @@ final class ProxyConnection {
                                                         keepAlive: false, extraHeaders: refusal.headers))
             return false
         }
-        guard let decision = await shared.route(&request, client: info) else {
+        guard let decision = await shared.route(&request, client: info, exchange: exchange) else {
             exchange.status = 404
             await respond(status: 404, keepAlive: !hasBody && request.wantsKeepAlive)
             return !hasBody && request.wantsKeepAlive
@@ -116,10 +116,11 @@ final class ProxyConnection {
         case .drop:
             exchange.status = 0
             return false
-        case .respond(let status, let body):
-            exchange.status = status
-            await respond(status: status, body: body, keepAlive: !hasBody && request.wantsKeepAlive)
-            return !hasBody && request.wantsKeepAlive
+        case .respond(let reply):
+            exchange.status = reply.status
+            let keepAlive = !hasBody && request.wantsKeepAlive
+            _ = await sendToClient(CannedResponse.bytes(reply, keepAlive: keepAlive))
+            return keepAlive
         case .forward(let upstream):
             exchange.upstream = upstream
             return await forward(request, framing: framing, to: upstream, exchange)

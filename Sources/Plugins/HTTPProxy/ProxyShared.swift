@@ -99,9 +99,9 @@ final class ProxyShared: @unchecked Sendable {
     var acceptingNewRequests: Bool { accepting.load(ordering: .relaxed) }
     func stopAccepting() { accepting.store(false, ordering: .relaxed) }
 
-    func route(_ request: inout HTTPRequestHead, client: ClientInfo) async -> RouteDecision? {
+    func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision? {
         for provider in providers {
-            if let decision = await provider.route(&request, client: client) { return decision }
+            if let decision = await provider.route(&request, client: client, exchange: exchange) { return decision }
         }
         return nil
     }

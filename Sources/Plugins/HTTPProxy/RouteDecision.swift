@@ -4,10 +4,35 @@ import HarpKernel
 public enum RouteDecision: Sendable {
     /// Proxy to `upstream`, after the provider has rewritten the head as it needs.
     case forward(Upstream)
-    /// Answer the client directly (`text/plain` body).
-    case respond(status: Int, body: String)
+    /// Answer the client directly.
+    case respond(Reply)
     /// Close the connection without any response.
     case drop
+
+    /// Answer with `body` (a `text/plain` one unless `contentType` says otherwise).
+    public static func respond(status: Int, body: String, contentType: String = Reply.plainText,
+                               headers: [(String, String)] = []) -> RouteDecision {
+        .respond(Reply(status: status, body: Array(body.utf8), contentType: contentType, headers: headers))
+    }
+}
+
+/// A response a route provider makes itself (a 401 with its body, a control-plane JSON).
+/// The proxy adds `Content-Length` and `Connection`.
+public struct Reply: Sendable {
+    public static let plainText = "text/plain; charset=utf-8"
+
+    public var status: Int
+    public var body: [UInt8]
+    public var contentType: String
+    /// More header fields (`WWW-Authenticate`, `Cache-Control`, …).
+    public var headers: [(String, String)]
+
+    public init(status: Int, body: [UInt8], contentType: String = Reply.plainText, headers: [(String, String)] = []) {
+        self.status = status
+        self.body = body
+        self.contentType = contentType
+        self.headers = headers
+    }
 }
 
 /// Who a request came from, as the proxy knows it.
@@ -32,9 +57,10 @@ public struct ClientInfo: Sendable {
 /// `route` runs on the client connection's loop once per request, after the head has been
 /// parsed and validated and before any byte of the body has been read. It may change the
 /// head (path, headers) in place; the proxy then removes hop-by-hop headers and sets the
-/// X-Forwarded-* headers itself.
+/// X-Forwarded-* headers itself. It may leave what it decided in `exchange.context` for the
+/// response observers (which rule matched, which statuses count as failures).
 public protocol RouteProvider: Sendable {
-    func route(_ request: inout HTTPRequestHead, client: ClientInfo) async -> RouteDecision?
+    func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision?
 }
 
 /// The `[[http.routes]]` table: host (optional) and path prefix, first match wins.
@@ -48,7 +74,7 @@ struct StaticRoutes: RouteProvider {
         matchesHosts = routes.contains { $0.host != nil }
     }
 
-    func route(_ request: inout HTTPRequestHead, client: ClientInfo) async -> RouteDecision? {
+    func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision? {
         let host = matchesHosts ? request.hostWithoutPort : nil
         let path = request.path
         for route in routes {
