@@ -102,6 +102,7 @@ let package = Package(
         .testTarget(
             name: "HTTPProxyTests",
             dependencies: ["HTTPProxy", "HarpTestSupport"],
+            exclude: ["hostile_clients.py"],
             swiftSettings: strictSettings
         ),
         .testTarget(

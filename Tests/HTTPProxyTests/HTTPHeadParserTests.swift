@@ -79,6 +79,31 @@ struct HTTPHeadParserTests {
         #expect(error.reason == reason)
     }
 
+    @Test("a value harp adds never ends its field early: U+010A is UTF-8, CR/LF/NUL become spaces")
+    func addedValuesStayInTheirField() {
+        var head = HTTPResponseHead(status: 200, reason: "OK")
+        head.headers.add("X-User", "a\u{010A}b")
+        head.headers.add("X-Evil", "v\r\nSet-Cookie: x=1\u{0}")
+        var out: [UInt8] = []
+        HeadWriter.response(head, into: &out)
+        #expect(out == Array("HTTP/1.1 200 OK\r\nX-User: a".utf8) + [0xC4, 0x8A] + Array("b\r\nX-Evil: v  Set-Cookie: x=1 \r\n\r\n".utf8))
+    }
+
+    @Test("absolute-form targets route on their path and take the host from the target (RFC 9112 §3.2.2)")
+    func absoluteForm() throws {
+        let plain = try request("GET http://Files.Example.org:8080/a/b?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+        #expect(plain.target == "/a/b?q=1")
+        #expect(plain.headers.values(.host) == ["Files.Example.org:8080"])
+        #expect(plain.hostWithoutPort == "files.example.org")
+        let bare = try request("GET HTTPS://example.org HTTP/1.0\r\n\r\n")
+        #expect(bare.target == "/")
+        #expect(bare.headers[.host] == "example.org")
+        let query = try request("GET http://example.org?x HTTP/1.1\r\nHost: example.org\r\n\r\n")
+        #expect(query.target == "/?x")
+        #expect(status("GET http://user@example.org/ HTTP/1.1\r\nHost: x\r\n\r\n") == 400)
+        #expect(status("GET http:///path HTTP/1.1\r\nHost: x\r\n\r\n") == 400)
+    }
+
     @Test("obs-text in a header value is forwarded byte for byte")
     func obsText() throws {
         let raw = Array("GET / HTTP/1.1\r\nHost: x\r\nX-Name: caf".utf8) + [0xE9, 0x20, 0xFF] + Array("\r\n\r\n".utf8)

@@ -13,16 +13,28 @@ import Synchronization
 /// - `/split/<ms>`: sends the head and half of a 10-byte body, waits, then the rest.
 /// - `/short`: promises 10 bytes, sends 5 and closes.
 /// - `/close`: answers with `Connection: close` and no length (body until close).
+/// - any target with `?then-close`: answered as usual (keep-alive promised), then the
+///   connection is closed at once — an origin that drops every kept-alive connection.
 /// - anything else: "ok".
+///
+/// With `keepAliveTimeout`, a connection idle that long between requests is closed (a
+/// keep-alive timeout, optionally with random jitter of ± `jitter`).
 public final class HTTPTestOrigin: @unchecked Sendable {
     // @unchecked Sendable: counters are atomics; the rest is immutable after init.
     public let address: SocketAddress
     private let listener: Int32
     public let connections = Atomic<Int>(0)
+    /// Connections open now (the peer has not closed them, nor has the origin).
+    public let open = Atomic<Int>(0)
     public let requests = Atomic<Int>(0)
     private let lastHeads = Mutex<[String]>([])
 
-    public init() throws {
+    let keepAliveTimeout: Double?
+    let jitter: Double
+
+    public init(keepAliveTimeout: Double? = nil, jitter: Double = 0) throws {
+        self.keepAliveTimeout = keepAliveTimeout
+        self.jitter = jitter
         listener = try Socket.listen(on: loopback(0), reusePort: false)
         address = SocketAddress.local(of: listener)!
         Thread { [self] in
@@ -43,7 +55,11 @@ public final class HTTPTestOrigin: @unchecked Sendable {
     }
 
     private func serve(_ fd: Int32) {
-        defer { close(fd) }
+        open.add(1, ordering: .relaxed)
+        defer {
+            close(fd)
+            open.subtract(1, ordering: .relaxed)
+        }
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         func fill() -> Bool {
@@ -52,7 +68,14 @@ public final class HTTPTestOrigin: @unchecked Sendable {
             buffer.append(contentsOf: chunk[0..<count])
             return true
         }
+        var answered = 0
         while true {
+            if let keepAliveTimeout, answered > 0, buffer.isEmpty {
+                let wait = keepAliveTimeout + Double.random(in: -jitter...jitter)
+                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&pfd, 1, Int32(max(0, wait) * 1000)) == 0 { return }
+            }
+            answered += 1
             var headEnd: Int?
             while headEnd == nil {
                 headEnd = buffer.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound
@@ -162,7 +185,7 @@ public final class HTTPTestOrigin: @unchecked Sendable {
                 if sent <= 0 { return }
                 offset += sent
             }
-            if closeAfter { return }
+            if closeAfter || target.hasSuffix("?then-close") { return }
         }
     }
 

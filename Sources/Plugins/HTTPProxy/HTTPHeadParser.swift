@@ -48,6 +48,7 @@ public struct HTTPHeadParser: Sendable {
             let head = try parseRequestLine(bytes, line)
             var request = HTTPRequestHead(method: head.method, target: head.target, minorVersion: head.minor)
             request.headers = try parseFields(bytes, &lines)
+            try Self.adoptAbsoluteForm(&request)
             try checkHost(request)
             return .complete(request, length: end)
         } catch let error as HTTPError {
@@ -174,6 +175,26 @@ public struct HTTPHeadParser: Sendable {
                            value: UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd]))
         }
         return headers
+    }
+
+    /// RFC 9112 §3.2.2: a server must accept an absolute-form target (`GET http://host/path`);
+    /// it routes on the target's path and takes the host from the target, whatever Host said.
+    static func adoptAbsoluteForm(_ request: inout HTTPRequestHead) throws {
+        let target = request.target.utf8
+        guard let first = target.first, first != UInt8(ascii: "/"), first != UInt8(ascii: "*") else { return }
+        let lowered = request.target.prefix(8).lowercased()
+        let schemeLength = lowered.hasPrefix("http://") ? 7 : lowered.hasPrefix("https://") ? 8 : 0
+        // authority-form (CONNECT host:port) and anything else is left to routing (404).
+        guard schemeLength > 0 else { return }
+        let rest = request.target.utf8.dropFirst(schemeLength)
+        let authorityEnd = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") } ?? rest.endIndex
+        let authority = String(rest[..<authorityEnd])!
+        guard !authority.isEmpty, !authority.contains("@") else { throw HTTPError.bad("invalid authority in an absolute-form target") }
+        var path = String(rest[authorityEnd...])!
+        if !path.hasPrefix("/") { path = "/" + path }
+        request.target = path
+        request.headers.remove(.host)
+        request.headers.add(.host, authority)
     }
 
     /// RFC 9112 §3.2: exactly one Host in HTTP/1.1 requests, with a sane value.

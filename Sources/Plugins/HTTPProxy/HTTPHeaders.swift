@@ -61,17 +61,29 @@ public struct HTTPHeaders: Sendable {
         Self.appendBytes(of: name, to: &storage)
         let valueStart = storage.count
         Self.appendBytes(of: value, to: &storage)
+        // A value a plugin or the config supplies (a user id from Nextcloud, a reply header)
+        // must not end the field early: CR, LF and NUL become SP (RFC 9110 §5.5).
+        for index in valueStart..<storage.count where storage[index] == 0x0D || storage[index] == 0x0A || storage[index] == 0 {
+            storage[index] = 0x20
+        }
         fields.append(Field(name: nameStart..<valueStart, value: valueStart..<storage.count, known: known))
     }
 
     /// Strings carry obs-text as Latin-1 scalars (see `string(_:)`); those go back as the
-    /// single bytes they came from.
+    /// single bytes they came from. A scalar above U+00FF cannot have come from the wire: it
+    /// is written as UTF-8 (cutting it to one byte would turn U+010A into a line feed).
     static func appendBytes(of text: String, to out: inout [UInt8]) {
         let start = out.count
         out.append(contentsOf: text.utf8)
         if out[start...].contains(where: { $0 >= 0x80 }) {
             out.removeSubrange(start...)
-            for scalar in text.unicodeScalars { out.append(UInt8(truncatingIfNeeded: scalar.value)) }
+            for scalar in text.unicodeScalars {
+                if scalar.value <= 0xFF {
+                    out.append(UInt8(scalar.value))
+                } else {
+                    out.append(contentsOf: String(scalar).utf8)
+                }
+            }
         }
     }
 

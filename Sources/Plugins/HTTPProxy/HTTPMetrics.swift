@@ -11,6 +11,12 @@ struct HTTPMetrics: Sendable {
     private let connectErrors: Counter
     /// Few opens for many requests is keep-alive reuse at work.
     private let upstreamOpens: Counter
+    /// Requests sent again on a fresh connection after a reused one turned out closed.
+    private let upstreamRetries: Counter
+    /// Idle kept-alive connections closed to make room at the connection limit, and new
+    /// connections refused because none was idle.
+    private let shed: Counter
+    private let refusedConnections: Counter
     private let latency: Timer
 
     init() {
@@ -24,6 +30,9 @@ struct HTTPMetrics: Sendable {
         bytesOut = Counter(label: "harp_http_bytes_total", dimensions: [("direction", "to_client")])
         connectErrors = Counter(label: "harp_http_upstream_connect_errors_total")
         upstreamOpens = Counter(label: "harp_http_upstream_connections_opened_total")
+        upstreamRetries = Counter(label: "harp_http_upstream_retries_total")
+        shed = Counter(label: "harp_http_connections_shed_total")
+        refusedConnections = Counter(label: "harp_http_connections_refused_total")
         latency = Timer(label: "harp_http_request_duration_seconds", preferredDisplayUnit: .seconds)
     }
 
@@ -46,4 +55,7 @@ struct HTTPMetrics: Sendable {
     func tunnelClosed() { openTunnels.decrement() }
     func upstreamConnectFailed() { connectErrors.increment() }
     func upstreamConnectionOpened() { upstreamOpens.increment() }
+    func upstreamRetried() { upstreamRetries.increment() }
+    func connectionShed() { shed.increment() }
+    func connectionRefused() { refusedConnections.increment() }
 }

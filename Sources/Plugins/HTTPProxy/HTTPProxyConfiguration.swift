@@ -68,6 +68,10 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
     public var upstreamIdleTimeout: ConfigDuration
     /// One line per request on the `harp.http.access` logger.
     public var accessLog: Bool
+    /// Client connections open at once (split evenly across loops). At the limit the
+    /// longest-idle kept-alive connection is closed for a new one; with none idle, the new
+    /// connection is refused.
+    public var maxConnections: Int
 
     public init() {
         listen = [.ipv4(host: UInt32(0x7f000001).bigEndian, port: 8080)]
@@ -85,6 +89,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         upstreamKeepalive = 32
         upstreamIdleTimeout = .seconds(60)
         accessLog = true
+        maxConnections = 10_000
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
@@ -92,7 +97,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         case maxBodySize = "max_body_size", connectTimeout = "connect_timeout", clientTimeout = "client_timeout", clientHeaderTimeout = "client_header_timeout"
         case serverTimeout = "server_timeout", tunnelTimeout = "tunnel_timeout", trustedProxies = "trusted_proxies"
         case upstreamKeepalive = "upstream_keepalive", upstreamIdleTimeout = "upstream_idle_timeout"
-        case accessLog = "access_log"
+        case accessLog = "access_log", maxConnections = "max_connections"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -114,6 +119,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         d.upstreamKeepalive = try c.decodeIfPresent(Int.self, forKey: .upstreamKeepalive) ?? d.upstreamKeepalive
         d.upstreamIdleTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .upstreamIdleTimeout) ?? d.upstreamIdleTimeout
         d.accessLog = try c.decodeIfPresent(Bool.self, forKey: .accessLog) ?? d.accessLog
+        d.maxConnections = try c.decodeIfPresent(Int.self, forKey: .maxConnections) ?? d.maxConnections
         self = d
         try validate()
     }
@@ -128,6 +134,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         try range("max_target_size", maxTargetSize, 256...1_048_576)
         try range("max_body_size", maxBodySize, 0...Int.max)
         try range("upstream_keepalive", upstreamKeepalive, 0...100_000)
+        try range("max_connections", maxConnections, 1...1_000_000)
         if listen.isEmpty && listenTLS.isEmpty {
             throw .invalid(key: "http.listen", value: "[]", reason: "expected at least one address (or an [[http.listen_tls]])")
         }

@@ -37,21 +37,35 @@ public final class HTTPProxyPlugin: Plugin {
     }
 
     public func start() async throws {
-        shared.preparePools(loops: context.loops)
+        shared.prepareLoops(context.loops)
         let shared = self.shared
         for address in shared.configuration.listen {
             try listeners.listen(on: address) { socket in
-                Socket.setNoDelay(socket.fd)
-                await ProxyConnection(client: socket, shared: shared).run()
+                await HTTPProxyPlugin.serve(socket, shared: shared) { $0 }
             }
         }
         for (index, listener) in shared.configuration.listenTLS.enumerated() {
             try listeners.listen(on: listener.listen) { socket in
-                Socket.setNoDelay(socket.fd)
-                guard let client = await HTTPProxyPlugin.acceptTLS(socket, context: shared.certificates.context(index), shared: shared) else { return }
-                await ProxyConnection(client: client, shared: shared).run()
+                await HTTPProxyPlugin.serve(socket, shared: shared) { socket in
+                    await HTTPProxyPlugin.acceptTLS(socket, context: shared.certificates.context(index), shared: shared)
+                }
             }
         }
+    }
+
+    /// One accepted socket: admitted under the connection limit (or closed at once), made a
+    /// client stream by `secure` (nil: closed, e.g. a failed TLS handshake), then served.
+    static func serve(_ socket: SocketStream, shared: ProxyShared, secure: (SocketStream) async -> (any ByteStream)?) async {
+        let roster = shared.roster(for: socket.loop)
+        guard roster.admit() else {
+            shared.metrics.connectionRefused()
+            socket.abort()
+            return
+        }
+        defer { roster.leave() }
+        Socket.setNoDelay(socket.fd)
+        guard let client = await secure(socket) else { return }
+        await ProxyConnection(client: client, shared: shared).run()
     }
 
     /// The server side of a TLS handshake; a failure is logged with the peer and OpenSSL's

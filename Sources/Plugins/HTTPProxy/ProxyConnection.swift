@@ -22,6 +22,11 @@ final class ProxyConnection {
     /// Upstream bytes of the current exchange; empty between exchanges (a connection whose
     /// response left bytes behind is not reused), so one buffer serves the whole connection.
     private lazy var responseBuffer = ReadBuffer(capacity: config.maxHeaderSize + 16 * 1024)
+    /// Links in the loop's list of idle kept-alive connections (`ConnectionRoster`).
+    var idleOlder: ProxyConnection?
+    var idleNewer: ProxyConnection?
+    /// Set when the roster closed this connection to make room for a new one.
+    private var wasShed = false
 
     init(client: any ByteStream, shared: ProxyShared) {
         loop = client.loop
@@ -39,7 +44,8 @@ final class ProxyConnection {
 
     func run() async {
         shared.metrics.connectionOpened()
-        while let (head, length) = await readRequestHead() {
+        let roster = shared.roster(for: loop)
+        while let (head, length) = await readRequestHead(roster) {
             inbound.consume(length)
             let exchange = Exchange(request: head, started: EventLoop.preciseNanos())
             let keepAlive = await handle(head, exchange)
@@ -48,20 +54,37 @@ final class ProxyConnection {
             shared.record(exchange, client: info)
             if !keepAlive { break }
         }
+        roster.working(self)
         // A TLS connection ends with close_notify (RFC 8446 §6.1), sent by close().
         await client.close()
         shared.metrics.connectionClosed()
+    }
+
+    /// Closes this idle kept-alive connection at once (its wait for a request returns).
+    func shed() {
+        wasShed = true
+        shared.metrics.connectionShed()
+        client.abort()
     }
 
     // MARK: Reading the request head
 
     /// The next request head, or nil when the connection should close (EOF, timeout, a bad
     /// head — which has been answered).
-    private func readRequestHead() async -> (HTTPRequestHead, Int)? {
+    private func readRequestHead(_ roster: ConnectionRoster) async -> (HTTPRequestHead, Int)? {
         var decoder = RequestHeadDecoder(parser: shared.parser)
-        // Nothing buffered after an answer: the client has yet to send (the keep-alive pause).
-        switch await requests.next(&decoder, timeout: config.clientTimeout.duration, frameTimeout: config.clientHeaderTimeout.duration,
-                                   expectingWait: answeredOne) {
+        // Nothing buffered after an answer: the client has yet to send (the keep-alive pause),
+        // and may be shed at the connection limit meanwhile.
+        let keepAliveWait = answeredOne && inbound.isEmpty
+        if keepAliveWait {
+            inbound.shrinkIfIdle()
+            roster.idle(self)
+        }
+        let result = await requests.next(&decoder, timeout: config.clientTimeout.duration, frameTimeout: config.clientHeaderTimeout.duration,
+                                         expectingWait: answeredOne)
+        if keepAliveWait { roster.working(self) }
+        if wasShed { return nil }
+        switch result {
         case .frame(let head, let length, _):
             return (head, length)
         case .invalid(let error):
@@ -135,28 +158,40 @@ final class ProxyConnection {
         let head = HeaderRewrite.upstreamRequest(request, framing: framing, client: info, scheme: client is TLSStream ? "https" : "http",
                                                  answeredContinue: expectsContinue && framing != .none, upstream: upstream)
         var headBytes: [UInt8] = []
-        headBytes.reserveCapacity(1024)
+        // A body that came whole with its head (up to 64 KiB) goes out in the same send and
+        // stays in the client buffer until the response starts: harp can send it again.
+        var bodyFraming = framing
+        var heldBody = 0
+        if case .length(let count) = framing, count <= inbound.count, count <= Self.heldBodyLimit {
+            heldBody = count
+            bodyFraming = .none
+        }
+        headBytes.reserveCapacity(1024 + heldBody)
         HeadWriter.request(head, into: &headBytes)
+        if heldBody > 0 { headBytes.append(contentsOf: inbound.readable[0..<heldBody]) }
 
-        // A reused connection may have been closed by the upstream just now; an idempotent
-        // request without a body is retried once on a fresh connection if nothing came back.
+        // A reused connection may have been closed by the upstream just now (the pool's peek
+        // catches a close that has arrived; one racing the request is seen here). If nothing
+        // came back, the request goes again on a fresh connection — whatever its method —
+        // when harp can replay it: no body, a held body, or a body none of which has left.
         var attempt = 0
         while true {
             attempt += 1
             let connection: UpstreamConnection
-            switch await connect(upstream) {
+            switch await connect(upstream, fresh: attempt > 1) {
             case .success(let opened): connection = opened
             case .failure(let status):
                 exchange.status = status
                 await respond(status: status, keepAlive: framing == .none && request.wantsKeepAlive)
                 return framing == .none && request.wantsKeepAlive
             }
-            let outcome = await exchangeOnce(request, headBytes: headBytes, framing: framing, connection: connection,
-                                             answerContinue: answerContinue && attempt == 1, exchange)
+            let outcome = await exchangeOnce(request, headBytes: headBytes, framing: bodyFraming, heldBody: heldBody,
+                                             connection: connection, answerContinue: answerContinue && attempt == 1, exchange)
             switch outcome {
             case .done(let keepAlive):
                 return keepAlive
-            case .retry where attempt == 1 && connection.reused && request.isIdempotent && framing == .none:
+            case .retry where attempt == 1 && connection.reused && (bodyFraming == .none || exchange.requestBytes == 0):
+                shared.metrics.upstreamRetried()
                 shared.logger.debug("reused upstream connection was closed; retrying", metadata: ["upstream": "\(upstream)"])
                 continue
             case .retry, .upstreamFailed, .upstreamTimedOut:
@@ -205,10 +240,13 @@ final class ProxyConnection {
         case clientGone
     }
 
-    private func exchangeOnce(_ request: HTTPRequestHead, headBytes: [UInt8], framing: BodyFraming,
+    /// `heldBody`: body bytes at the front of the client buffer that `headBytes` already
+    /// carries; they are consumed once the upstream has started to answer.
+    private func exchangeOnce(_ request: HTTPRequestHead, headBytes: [UInt8], framing: BodyFraming, heldBody: Int,
                               connection: UpstreamConnection, answerContinue: Bool, _ exchange: Exchange) async -> ExchangeOutcome {
         let upstream = connection.stream
         var reusable = false
+        var heldBody = heldBody
         responseBuffer.consume(responseBuffer.count)
         defer {
             if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!) } else { upstream.abort() }
@@ -237,7 +275,13 @@ final class ProxyConnection {
         while true {
             let head: HTTPResponseHead
             switch await readResponseHead(from: upstream, into: response) {
-            case .head(let parsed): head = parsed
+            case .head(let parsed):
+                head = parsed
+                if heldBody > 0 {
+                    inbound.consume(heldBody)
+                    exchange.requestBytes += heldBody
+                    heldBody = 0
+                }
             case .closedEarly: return response.isEmpty && exchange.responseBytes == 0 ? .retry : .upstreamFailed
             case .timedOut: return .upstreamTimedOut
             case .invalid(let error):
@@ -318,6 +362,10 @@ final class ProxyConnection {
     /// Body bytes that came with a response head are sent with it while the write stays
     /// under this.
     static let coalescedWriteLimit = 64 * 1024
+    /// A request body that came whole with its head, up to this size, is sent with the head
+    /// and kept until the response starts, so a request on a connection the upstream closed
+    /// meanwhile can be sent again.
+    static let heldBodyLimit = 64 * 1024
 
     // MARK: Response head and upgrades
 

@@ -7,7 +7,7 @@ import Synchronization
 /// providers, per-loop upstream pools, metrics and observers. Immutable once serving starts,
 /// except the pools, each touched only by its own loop.
 final class ProxyShared: @unchecked Sendable {
-    // @unchecked Sendable: `pools[i]` is used only on loop i's thread; `providers` and
+    // @unchecked Sendable: `pools[i]` and `rosters[i]` are used only on loop i's thread; `providers` and
     // `observers` are fixed before the first connection is accepted; the flag is atomic.
     let configuration: HTTPProxyConfiguration
     let parser: HTTPHeadParser
@@ -86,13 +86,20 @@ final class ProxyShared: @unchecked Sendable {
         return upstreamContexts[upstream] ?? defaultUpstreamTLS
     }
 
-    func preparePools(loops: [EventLoop]) {
+    private var rosters: [ConnectionRoster] = []
+
+    /// Per-loop state: upstream pools and client rosters (the connection limit is split
+    /// evenly across the loops, since a connection never changes loops).
+    func prepareLoops(_ loops: [EventLoop]) {
         pools = loops.map { loop in
             UpstreamPool(loop: loop, maxPerUpstream: configuration.upstreamKeepalive, idleTimeout: configuration.upstreamIdleTimeout.duration)
         }
+        let perLoop = (configuration.maxConnections + loops.count - 1) / max(1, loops.count)
+        rosters = loops.map { _ in ConnectionRoster(limit: perLoop) }
     }
 
     func pool(for loop: EventLoop) -> UpstreamPool { pools[loop.index] }
+    func roster(for loop: EventLoop) -> ConnectionRoster { rosters[loop.index] }
 
 
     /// During shutdown, responses say `Connection: close` so clients go elsewhere.

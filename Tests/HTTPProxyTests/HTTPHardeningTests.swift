@@ -1,0 +1,184 @@
+import Foundation
+import Glibc
+import HarpKernel
+import HarpTestSupport
+import Synchronization
+import Testing
+
+/// The proxy against careless origins and hostile clients, through the real binary: each test
+/// pins one item of the hardening list (fail-closed TLS, replayed requests, slowloris, the
+/// connection limit, memory after floods, absolute-form targets, idle upstream pruning).
+@Suite("http plugin hardening", .serialized)
+struct HTTPHardeningTests {
+    static let clients = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("hostile_clients.py").path
+
+    static func config(port: UInt16, upstream: String, threads: Int = 1, extra: String = "", host: String? = nil) -> String {
+        """
+        [harp]
+        threads = \(threads)
+        shutdown_grace = "1s"
+        log_level = "error"
+        [http]
+        listen = ["127.0.0.1:\(port)"]
+        access_log = false
+        \(extra)
+        [[http.routes]]
+        path_prefix = "/"
+        upstream = "\(upstream)"
+        \(host.map { "host = \"\($0)\"" } ?? "")
+        """
+    }
+
+    @Test("https upstreams: two routes to one upstream with different TLS settings, or an unreadable CA, stop startup")
+    func failClosedTLS() throws {
+        let conflicting = try HarpProcess.run(["config", "check"], config: """
+            [http]
+            listen = ["127.0.0.1:1"]
+            [[http.routes]]
+            path_prefix = "/a/"
+            upstream = "https://127.0.0.1:9443"
+            [[http.routes]]
+            path_prefix = "/b/"
+            upstream = "https://127.0.0.1:9443"
+            verify = false
+            """)
+        #expect(conflicting.status == 1)
+        #expect(conflicting.stderr.contains("http.routes[1] = \"https://127.0.0.1:9443\" is invalid: http.routes[0] names the same upstream with other ca/verify settings"),
+                "\(conflicting.stderr)")
+        let unreadable = try HarpProcess.run(["config", "check"], config: """
+            [http]
+            listen = ["127.0.0.1:1"]
+            [[http.routes]]
+            path_prefix = "/"
+            upstream = "https://127.0.0.1:9443"
+            ca = "/nonexistent/ca.pem"
+            """)
+        #expect(unreadable.status == 1)
+        #expect(unreadable.stderr.contains("http.routes[0].ca = \"/nonexistent/ca.pem\" is invalid: cannot load the CA file /nonexistent/ca.pem"),
+                "\(unreadable.stderr)")
+    }
+
+    /// `count` POSTs of `size` bytes through harp to `target`, `gap` seconds apart: the status
+    /// codes with their counts ("60 200").
+    static func posts(port: UInt16, target: String, count: Int, size: Int, gap: Double) throws -> String {
+        let body = NSTemporaryDirectory() + "harp-post-\(getpid())-\(size)"
+        _ = try shell("head -c \(size) /dev/urandom > \(body)")
+        defer { try? FileManager.default.removeItem(atPath: body) }
+        return try shell("""
+            for i in $(seq \(count)); do
+              curl -s -o /dev/null -w '%{http_code}\\n' --data-binary @\(body) http://127.0.0.1:\(port)\(target); sleep \(gap)
+            done | sort | uniq -c | awk '{ print $1, $2 }'
+            """).output
+    }
+
+    @Test("POSTs through pooled connections the origin closes: none fails (closed after each response; keep-alive timeout racing the requests)")
+    func postsOnClosingOrigins() throws {
+        let closing = try HTTPTestOrigin()
+        defer { closing.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://\(closing.address)"))
+        #expect(try Self.posts(port: port, target: "/hash?then-close", count: 60, size: 1 << 20, gap: 0.05) == "60 200")
+        #expect(try harp.stop() == 0)
+
+        let racing = try HTTPTestOrigin(keepAliveTimeout: 0.1, jitter: 0.01)
+        defer { racing.stop() }
+        let port2 = freePort()
+        let harp2 = try HarpProcess.serve(Self.config(port: port2, upstream: "http://\(racing.address)"))
+        #expect(try Self.posts(port: port2, target: "/hash", count: 60, size: 4096, gap: 0.1) == "60 200")
+        #expect(try Self.posts(port: port2, target: "/hash", count: 30, size: 1 << 20, gap: 0.1) == "30 200")
+        #expect(try harp2.stop() == 0)
+    }
+
+    @Test("slowloris: request heads trickled one byte at a time are cut at client_header_timeout; others are still served")
+    func slowloris() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://\(origin.address)", extra: "client_header_timeout = \"1s\""))
+        let result = try shell("python3 \(Self.clients) slowloris \(port) 300 0.2 4").output
+        #expect(result.hasPrefix("closed=300 open=0"), "\(result)")
+        #expect(try shell("curl -s http://127.0.0.1:\(port)/x").output == "ok")
+        #expect(try harp.stop() == 0)
+    }
+
+    @Test("at max_connections the longest-idle kept-alive connection makes room; with none idle a new one is refused")
+    func connectionLimit() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://\(origin.address)", extra: "max_connections = 4"))
+        var kept: [TestSocket] = []
+        for _ in 0..<4 {
+            let socket = try TestSocket(connectingTo: loopback(port), timeoutSeconds: 5)
+            try socket.send(Array("GET /k HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            #expect(try socket.receiveUntil("ok").hasSuffix("ok"))
+            kept.append(socket)
+            usleep(20_000)
+        }
+        #expect(try shell("curl -s http://127.0.0.1:\(port)/new").output == "ok", "a fifth client is served")
+        #expect(try kept[0].receiveAll().isEmpty, "the longest-idle connection was closed for it")
+        // Four connections that never send a request are not idle kept-alive ones: a fifth is refused.
+        kept.removeAll()
+        usleep(100_000)
+        let silent = try (0..<4).map { _ in try TestSocket(connectingTo: loopback(port), timeoutSeconds: 5) }
+        usleep(100_000)
+        let refused = try shell("curl -s -o /dev/null -w '%{http_code}' --max-time 3 http://127.0.0.1:\(port)/late").output
+        #expect(refused == "000", "refused: \(refused)")
+        _ = silent
+        #expect(try harp.stop() == 0)
+    }
+
+    static func rssKiB(_ pid: Int32) throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+    }
+
+    @Test("memory comes back: four floods of 8,000 idle connections leave RSS within a few MiB of the first")
+    func floodsGiveMemoryBack() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://\(origin.address)", threads: 2,
+                                                     extra: "max_connections = 20000"))
+        var after: [Int] = []
+        for _ in 0..<4 {
+            let flood = try shell("python3 \(Self.clients) flood \(port) 8000 1").output
+            #expect(flood == "opened=8000")
+            usleep(500_000)
+            after.append(try Self.rssKiB(harp.pid))
+        }
+        #expect(try shell("curl -s http://127.0.0.1:\(port)/x").output == "ok")
+        #expect(after[3] - after[0] < 6 * 1024, "RSS after each flood (KiB): \(after)")
+        #expect(try harp.stop() == 0)
+    }
+
+    @Test("an absolute-form target is routed on its path, with the target's host")
+    func absoluteForm() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://\(origin.address)", host: "files.example.org"))
+        let socket = try TestSocket(connectingTo: loopback(port), timeoutSeconds: 5)
+        try socket.send(Array("GET http://files.example.org/hello?x=1 HTTP/1.1\r\nHost: elsewhere\r\nConnection: close\r\n\r\n".utf8))
+        let response = String(decoding: try socket.receiveAll(), as: UTF8.self)
+        #expect(response.hasPrefix("HTTP/1.1 200 OK"), "\(response)")
+        #expect(origin.heads.last?.hasPrefix("GET /hello?x=1 HTTP/1.1\r\n") == true, "\(origin.heads)")
+        #expect(origin.heads.last?.contains("\r\nHost: files.example.org\r\n") == true)
+        #expect(try harp.stop() == 0)
+    }
+
+    @Test("idle pooled upstream connections are closed at upstream_idle_timeout without further traffic")
+    func idlePruning() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://\(origin.address)", extra: "upstream_idle_timeout = \"1s\""))
+        #expect(try shell("curl -s http://127.0.0.1:\(port)/x").output == "ok")
+        usleep(200_000)
+        #expect(origin.open.load(ordering: .relaxed) == 1, "kept alive in the pool")
+        usleep(2_000_000)
+        #expect(origin.open.load(ordering: .relaxed) == 0, "closed by the pool's timer")
+        #expect(try harp.stop() == 0)
+    }
+}
