@@ -5,7 +5,9 @@
 #   bench/http.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds, 5 s per wrk run)
 #
 # Measures: wrk -t1 -c50 req/s and p99 on 1 KiB; wrk -t1 -c16 req/s on 1 MiB; curl GB/s on
-# 2 GiB; proxy CPU seconds per GB (2 GiB download) and CPU µs per request (1 KiB run).
+# 2 GiB; proxy CPU seconds per GB (2 GiB download) and CPU µs per request (1 KiB run); then
+# memory: each proxy's RSS while it holds 3,000 idle client connections (KiB per connection)
+# and what it keeps after they close, over three floods.
 set -euo pipefail
 ulimit -n 65536 2>/dev/null || true
 cd "$(dirname "$0")/.."
@@ -126,4 +128,19 @@ for other in nginx haproxy; do
   awk -v a="$(column_median harp 2)" -v b="$(column_median $other 2)" -v p="$(column_median harp 3)" -v q="$(column_median $other 3)" -v g="$(column_median harp 8)" -v h="$(column_median $other 8)" \
       -v c="$(column_median harp 9)" -v d="$(column_median $other 9)" -v m="$(column_median harp 5)" -v n="$(column_median $other 5)" -v other=$other 'BEGIN {
     printf "harp/%s: 1KiB req/s %.2fx, p99 %.2fx, 1MiB req/s %.2fx, 2GiB GB/s %.2fx, CPU/GB %.2fx\n", other, a / b, p / q, m / n, g / h, c / d }'
+done
+
+# Memory per idle connection: 3,000 connections that send nothing (each proxy's limits allow
+# that many), held 3 s, three floods in a row. RSS is read while they are held and 1 s after.
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+echo
+printf "%-8s %14s %16s %22s\n" proxy "idle RSS MiB" "KiB/connection" "RSS after floods MiB"
+for who in harp nginx haproxy; do
+  pid=$(pid_of "$who"); base=$(rss_kib "$pid"); held=() after=()
+  for flood in 1 2 3; do
+    python3 Tests/HTTPProxyTests/hostile_clients.py flood "$(port_of "$who")" 3000 3 > /dev/null &
+    sleep 2; held+=("$(rss_kib "$pid")"); wait; sleep 1; after+=("$(rss_kib "$pid")")
+  done
+  awk -v b="$base" -v h="${held[2]}" -v a1="${after[0]}" -v a2="${after[1]}" -v a3="${after[2]}" -v who=$who 'BEGIN {
+    printf "%-8s %14.1f %16.1f %22s\n", who, b / 1024, (h - b) / 3000, sprintf("%.1f %.1f %.1f", a1 / 1024, a2 / 1024, a3 / 1024) }'
 done

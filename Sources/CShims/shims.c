@@ -1,6 +1,10 @@
 #define _GNU_SOURCE 1
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include "CShims.h"
 
 #include <sys/signalfd.h>
@@ -43,4 +47,34 @@ void harp_ssl_ctx_set_servername_callback(SSL_CTX *ctx, int (*callback)(SSL *, i
 
 long harp_ssl_session_reused(SSL *ssl) {
     return SSL_session_reused(ssl);
+}
+
+/* The quota of the first cgroup file that names one, as CPUs rounded up; 0 when none does. */
+static int cgroup_quota_cpus(void) {
+    long long quota = -1, period = 0;
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (f) {
+        char text[32] = {0};
+        if (fscanf(f, "%31s %lld", text, &period) == 2 && strcmp(text, "max") != 0) quota = atoll(text);
+        fclose(f);
+    } else if ((f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "r"))) {
+        if (fscanf(f, "%lld", &quota) != 1) quota = -1;
+        fclose(f);
+        if ((f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "r"))) {
+            if (fscanf(f, "%lld", &period) != 1) period = 0;
+            fclose(f);
+        }
+    }
+    if (quota <= 0 || period <= 0) return 0;
+    return (int)((quota + period - 1) / period);
+}
+
+int harp_usable_cpus(void) {
+    cpu_set_t set;
+    int cpus = 0;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+    if (cpus <= 0) cpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int quota = cgroup_quota_cpus();
+    if (quota > 0 && quota < cpus) cpus = quota;
+    return cpus > 0 ? cpus : 1;
 }

@@ -99,7 +99,7 @@ struct HTTPSTests {
         #expect(try served.harp.stop() == 0)
     }
 
-    @Test("mutual TLS: a client certificate is required and checked")
+    @Test("mutual TLS: a client certificate is required and checked; sessions resume (TLS 1.2 and 1.3)")
     func mutualTLS() throws {
         let served = try Self.serve(listener: "client_ca = \"\(try Self.pki.get().ca)\"")
         defer { served.origin.stop() }
@@ -107,6 +107,17 @@ struct HTTPSTests {
         #expect(try shell("\(curl) --cert \(pki.certificate("client")) --key \(pki.key("client"))").output == "ok")
         let refused = try shell("\(curl)")
         #expect(refused.output != "ok")
+        // A returning client offers its session: it must resume, not be failed with
+        // internal_error (OpenSSL's "session id context uninitialized" under verification).
+        let sClient = "timeout 10 openssl s_client -connect 127.0.0.1:\(served.port) -servername localhost -CAfile \(pki.ca)"
+            + " -cert \(pki.certificate("client")) -key \(pki.key("client"))"
+        let request = "printf 'GET /x HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n'"
+        for version in ["-tls1_2", "-tls1_3"] {
+            let session = pki.directory + "/mtls\(version).pem"
+            _ = try shell("\(request) | \(sClient) \(version) -ign_eof -sess_out \(session) 2>&1")
+            let again = try shell("\(request) | \(sClient) \(version) -ign_eof -sess_in \(session) 2>&1").output
+            #expect(again.contains("Reused, TLSv1.\(version.last!)"), "\(version): \(again.suffix(400))")
+        }
         #expect(try harp.stop() == 0)
         #expect(harp.stderr.contains("TLS handshake failed"))
     }

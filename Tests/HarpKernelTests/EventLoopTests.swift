@@ -22,10 +22,9 @@ struct EventLoopTests {
             let clock = ContinuousClock()
             let start = clock.now
             let result = await loop.sleep(for: .milliseconds(80), using: record)
-            precondition(result == 0, "sleep returned \(result)")
-            return clock.now - start
+            return result == 0 ? clock.now - start : .zero
         }.value
-        #expect(elapsed >= .milliseconds(79))
+        #expect(elapsed >= .milliseconds(79), "a sleep that returned early or failed shows as zero")
         #expect(elapsed < .seconds(2))
     }
 
@@ -43,8 +42,9 @@ struct EventLoopTests {
                 return await loop.recv(a, into: buffer, using: receive)
             }
             let canceller = AsyncCompletion()
-            // Give the receive a moment to reach the kernel, then cancel it.
-            _ = await loop.sleep(for: .milliseconds(20), using: canceller)
+            // Let the receive task run until its entry is queued; the cancel's entry then
+            // follows it in the same submission queue, so the kernel sees them in order.
+            while !receive.isPending { await Task.yield() }
             let cancelResult = await loop.cancel(receive, using: canceller)
             return (await received.value, cancelResult)
         }.value
@@ -60,7 +60,7 @@ struct EventLoopTests {
             let timer = AsyncCompletion()
             let slept = loop.spawn { await loop.sleep(for: .seconds(30), using: timer) }
             let other = AsyncCompletion()
-            _ = await loop.sleep(for: .milliseconds(10), using: other)
+            while !timer.isPending { await Task.yield() }
             _ = await loop.cancel(timer, using: other)
             return await slept.value
         }.value

@@ -67,22 +67,22 @@ struct TLSStreamTests {
             var total = 0
             while total < size {
                 let count = await serverStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[total...]))
-                precondition(count > 0, "early end after \(total)")
+                guard count > 0 else { throw TestFailure("early end after \(total) bytes") }
                 total += count
             }
             await writer.value
-            precondition(memcmp(payload.baseAddress!, received.baseAddress!, size) == 0, "payload differs")
+            guard memcmp(payload.baseAddress!, received.baseAddress!, size) == 0 else { throw TestFailure("payload differs") }
             // The bulk grew the BIOs; a read expecting a wait hands that memory back.
             let grown = clientStream.bufferCapacity
             let ping = SharedBytes(pointer: UnsafeRawBufferPointer(rebasing: payload[0..<5]))
             let answer = serverStream.loop.spawn { _ = await serverStream.write(ping.pointer) }
             let pinged = await clientStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<5]), expectingWait: true)
             await answer.value
-            precondition(pinged == 5, "ping after the bulk: \(pinged)")
+            guard pinged == 5 else { throw TestFailure("ping after the bulk: \(pinged)") }
             facts.withLock { $0.append(grown > TLSStream.keptCapacity && clientStream.bufferCapacity <= TLSStream.keptCapacity ? "released" : "kept \(grown) -> \(clientStream.bufferCapacity)") }
             await clientStream.close()
             let end = await serverStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<16]))
-            precondition(end == 0, "expected close_notify, got \(end) bytes")
+            guard end == 0 else { throw TestFailure("expected close_notify, got \(end) bytes") }
         }
         #expect(results.0 == nil && results.1 == nil, "\(results)")
         #expect(facts.withLock { $0 } == ["http/1.1", "TLSv1.3", "released"])

@@ -47,4 +47,8 @@ int harp_ssl_set_host_name(SSL *ssl, const char *name);
 void harp_ssl_ctx_set_servername_callback(SSL_CTX *ctx, int (*callback)(SSL *, int *, void *), void *arg);
 long harp_ssl_session_reused(SSL *ssl);
 
+// CPUs this process may run on: its affinity mask (CPU_COUNT is a macro) capped by a cgroup
+// CPU quota (v2 cpu.max, v1 cpu.cfs_quota_us), rounded up. At least 1.
+int harp_usable_cpus(void);
+
 #endif

@@ -21,11 +21,17 @@ public final class SHA256 {
         bytes.withUnsafeBytes { update($0) }
     }
 
-    /// The digest as 64 lowercase hex characters; the hash must not be updated afterwards.
-    public func finalizeHex() -> String {
+    /// The 32-byte digest; the hash must not be updated afterwards.
+    public func finalize() -> [UInt8] {
         var digest = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 0
         EVP_DigestFinal_ex(context, &digest, &length)
+        return digest
+    }
+
+    /// The digest as 64 lowercase hex characters; the hash must not be updated afterwards.
+    public func finalizeHex() -> String {
+        let digest = finalize()
         let hex = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []
         out.reserveCapacity(64)

@@ -36,6 +36,18 @@ public final class TLSContext: @unchecked Sendable {
             }
             SSL_CTX_set_verify(tls.context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
         }
+        // With peer verification on, OpenSSL refuses to resume a session (a fatal
+        // internal_error alert: "session id context uninitialized") unless the context names
+        // the sessions it issued. Derived from the client CA, not the certificate: a renewed
+        // certificate keeps sessions valid (reloads keep ticket keys for that), a changed CA
+        // set does not.
+        let identity = SHA256()
+        identity.update(Array("harp TLS server".utf8))
+        if let clientCA, let bytes = readWholeFile(clientCA) { identity.update(bytes) }
+        let sessionContext = identity.finalize()
+        guard SSL_CTX_set_session_id_context(tls.context, sessionContext, UInt32(sessionContext.count)) == 1 else {
+            throw TLSError("setting the session id context")
+        }
         tls.installServerCallbacks()
         return tls
     }
@@ -128,4 +140,18 @@ public final class TLSContext: @unchecked Sendable {
     var alpnWire: [UInt8] {
         alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
     }
+}
+
+/// A small file's bytes (a CA bundle), or nil when it cannot be read.
+func readWholeFile(_ path: String) -> [UInt8]? {
+    guard let file = fopen(path, "rb") else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+    while true {
+        let count = fread(&chunk, 1, chunk.count, file)
+        if count > 0 { bytes.append(contentsOf: chunk[0..<count]) }
+        if count < chunk.count { break }
+    }
+    return bytes
 }

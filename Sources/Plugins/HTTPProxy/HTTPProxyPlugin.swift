@@ -74,6 +74,7 @@ public final class HTTPProxyPlugin: Plugin {
         do {
             let stream = try TLSStream(transport: socket, context: context, isServer: true)
             try await stream.handshake(timeout: shared.configuration.clientTimeout.duration)
+            shared.tlsHandshakes[stream.sessionReused ? 1 : 0].increment()
             return stream
         } catch {
             shared.tlsHandshakeFailures.increment()

@@ -28,6 +28,8 @@ final class ProxyShared: @unchecked Sendable {
     /// How upstream connections are opened (connect timeout, no-delay, TLS without fallback).
     let dialer: Dialer
     let tlsHandshakeFailures = CoreMetrics.Counter(label: "harp_http_tls_handshake_failures_total")
+    /// Handshakes by kind: a resumed session (ticket or cache) skips the certificate signature.
+    let tlsHandshakes = ["full", "resumed"].map { CoreMetrics.Counter(label: "harp_http_tls_handshakes_total", dimensions: [("kind", $0)]) }
     private let accepting = Atomic<Bool>(true)
 
     init(configuration: HTTPProxyConfiguration, logger: Logger) throws {
