@@ -70,6 +70,12 @@ let package = Package(
             path: "Sources/Plugins/WebSocket",
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "FRP",
+            dependencies: ["HarpKernel", "CShims", .product(name: "CoreMetrics", package: "swift-metrics")],
+            path: "Sources/Plugins/FRP",
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "harp",
             dependencies: [
@@ -78,6 +84,7 @@ let package = Package(
                 "HTTPProxy",
                 "WebSocket",
                 "Admin",
+                "FRP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -109,6 +116,11 @@ let package = Package(
             name: "WebSocketTests",
             dependencies: ["WebSocket", "HarpTestSupport"],
             exclude: ["ws_peer.py"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "FRPTests",
+            dependencies: ["FRP", "HarpTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import Admin
+import FRP
 import HTTPProxy
 import HarpKernel
 import TCPForward
@@ -11,4 +12,5 @@ let registeredPlugins = PluginRegistry([
     HTTPProxyPlugin.self,
     WebSocketPlugin.self,
     AdminPlugin.self,
+    FRPPlugin.self,
 ])

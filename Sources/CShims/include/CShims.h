@@ -28,6 +28,8 @@
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <openssl/rand.h>
+#include <openssl/crypto.h>
 
 // splice(2), pipe2(2) and F_SETPIPE_SZ are GNU extensions that Glibc's Swift overlay hides.
 ssize_t harp_splice(int fd_in, int fd_out, size_t len, unsigned int flags);

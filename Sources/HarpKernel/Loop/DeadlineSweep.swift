@@ -12,6 +12,8 @@ public final class DeadlineSweep: IOCompletion, @unchecked Sendable {
     // @unchecked Sendable: confined to the loop thread like every completion record.
     unowned let loop: EventLoop
     private var watched: [AsyncCompletion] = []
+    /// Waits between tasks (`LoopWait`) with a deadline, swept the same way.
+    private var waits: [LoopWait] = []
     private var armed = false
     private let timespec = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
     static let resolution: Duration = .milliseconds(50)
@@ -30,6 +32,16 @@ public final class DeadlineSweep: IOCompletion, @unchecked Sendable {
         if !record.watched {
             record.watched = true
             watched.append(record)
+        }
+        if !armed { arm() }
+    }
+
+    func watch(_ wait: LoopWait, until deadline: UInt64) {
+        loop.assertInLoop()
+        wait.deadline = deadline
+        if !wait.watched {
+            wait.watched = true
+            waits.append(wait)
         }
         if !armed { arm() }
     }
@@ -54,6 +66,14 @@ public final class DeadlineSweep: IOCompletion, @unchecked Sendable {
             }
             return false
         }
-        if !watched.isEmpty { arm() }
+        waits.removeAll { wait in
+            guard wait.deadline != 0 && wait.isWaiting else {
+                wait.watched = false
+                return true
+            }
+            if now >= wait.deadline { wait.expire() }
+            return false
+        }
+        if !watched.isEmpty || !waits.isEmpty { arm() }
     }
 }

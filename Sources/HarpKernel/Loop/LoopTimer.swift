@@ -3,7 +3,12 @@ import Glibc
 
 /// A one-shot timer on a loop's ring that calls `fire` on the loop thread when it expires
 /// (not when it is cancelled). For periodic housekeeping — pruning idle pooled connections,
-/// a listener's back-off — where a task sleeping in `loop.sleep` would be one more task.
+/// a listener's back-off, keep-alive pings — where a task sleeping in `loop.sleep` would be
+/// one more task.
+///
+/// An armed timer keeps itself alive until its completion arrives (the ring holds its
+/// address), so an owner may drop it right after `cancel()`. An owner that goes away must
+/// cancel first: `fire` captures it unowned.
 public final class LoopTimer: IOCompletion, @unchecked Sendable {
     // @unchecked Sendable: restated from IOCompletion; used only on its loop's thread.
     unowned let loop: EventLoop
@@ -11,6 +16,8 @@ public final class LoopTimer: IOCompletion, @unchecked Sendable {
     private let fire: () -> Void
     /// True from `arm` until the timer has expired or its cancellation has completed.
     public private(set) var armed = false
+    /// Held while armed: the ring's reference to this record.
+    private var inFlight: Unmanaged<LoopTimer>?
 
     /// `fire` must not keep the timer's owner alive (capture it `unowned` or `weak`).
     public init(loop: EventLoop, fire: @escaping () -> Void) {
@@ -26,6 +33,7 @@ public final class LoopTimer: IOCompletion, @unchecked Sendable {
         loop.assertInLoop()
         guard !armed else { return }
         armed = true
+        inFlight = Unmanaged.passRetained(self)
         timespec.pointee = __kernel_timespec(delay)
         loop.submit(self) { io_uring_prep_timeout($0, timespec, 0, 0) }
     }
@@ -36,6 +44,9 @@ public final class LoopTimer: IOCompletion, @unchecked Sendable {
 
     public override func complete(result: Int32, flags: UInt32) {
         armed = false
+        let held = inFlight
+        inFlight = nil
         if result != -ECANCELED { fire() }
+        held?.release()
     }
 }

@@ -15,7 +15,11 @@ public final class Listener: IOCompletion, @unchecked Sendable {
     private let logger: Logger
     private var stopping = false
     private var armed = false
+    private var backingOff = false
     private lazy var backoff = Backoff(listener: self)
+    /// Held from the first arm until the socket is closed: the ring may still hold this
+    /// record's address (an accept or back-off completion after `stop`), whoever else lets go.
+    private var alive: Unmanaged<Listener>?
 
     init(loop: EventLoop, fd: Int32, address: SocketAddress, logger: Logger, onAccept: @escaping (Int32) -> Void) {
         self.loop = loop
@@ -29,6 +33,7 @@ public final class Listener: IOCompletion, @unchecked Sendable {
         loop.assertInLoop()
         assert(!armed, "one accept series at a time")
         armed = true
+        if alive == nil { alive = Unmanaged.passRetained(self) }
         loop.submit(self) { io_uring_prep_multishot_accept($0, fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }
     }
 
@@ -43,19 +48,33 @@ public final class Listener: IOCompletion, @unchecked Sendable {
         guard flags & IORING_CQE_F_MORE == 0 else { return }
         armed = false
         if stopping {
-            Glibc.close(fd)
+            finish()
         } else if result < 0 {
+            backingOff = true
             backoff.arm()
         } else {
             arm()
         }
     }
 
+    /// Closes the socket and lets go of the listener; nothing of it is in flight any more.
+    private func finish() {
+        Glibc.close(fd)
+        alive?.release()
+        alive = nil
+    }
+
     /// Stops accepting (loop thread only); the socket closes once the accept series has ended.
     func stop() {
         guard !stopping else { return }
         stopping = true
-        if armed { loop.cancel(self) } else { Glibc.close(fd) }
+        if armed {
+            loop.cancel(self)
+        } else if backingOff {
+            loop.cancel(backoff)
+        } else {
+            finish()
+        }
     }
 
     private final class Backoff: IOCompletion, @unchecked Sendable {
@@ -69,7 +88,8 @@ public final class Listener: IOCompletion, @unchecked Sendable {
         deinit { timespec.deallocate() }
         func arm() { listener.loop.submit(self) { io_uring_prep_timeout($0, timespec, 0, 0) } }
         override func complete(result: Int32, flags: UInt32) {
-            if listener.stopping { Glibc.close(listener.fd) } else { listener.arm() }
+            listener.backingOff = false
+            if listener.stopping { listener.finish() } else { listener.arm() }
         }
     }
 }

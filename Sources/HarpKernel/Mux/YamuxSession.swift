@@ -1,0 +1,258 @@
+import Glibc
+
+/// A yamux session (hashicorp/yamux's spec, as frp's fatedier/yamux speaks it) over any
+/// `ByteStream` — a TLS session or a plain socket. One reader task dispatches frames; writers
+/// share the connection through a `FrameWriter`, so a data frame is never split by another.
+///
+/// Flow control per stream: each side may send at most the window the other granted (256 KiB
+/// at first, raised with window updates up to `maxStreamWindow`). Data beyond the window is a
+/// protocol error that ends the session (go-away 1). A stream the peer opens (SYN) is ACKed
+/// at once with our window: frpc gives up on a stream that is not ACKed within 75 s.
+///
+/// Loop-confined: create, run and use it on one loop.
+public final class YamuxSession: MultiplexedSession, @unchecked Sendable {
+    // @unchecked Sendable: every member is touched only on `loop`'s thread.
+    public struct Settings: Sendable {
+        /// The receive window a stream grows to (frp raises yamux's 256 KiB to 6 MiB).
+        public var maxStreamWindow: UInt32 = 6 * 1024 * 1024
+        /// Ping the peer this often; a peer silent for two intervals is gone. nil: no pings.
+        public var keepAliveInterval: Duration? = .seconds(30)
+        /// Streams open at once, and streams waiting to be accepted; more are reset (RST).
+        public var maxStreams = 1024
+        public var acceptBacklog = 256
+
+        public init() {}
+    }
+
+    /// The window every stream starts with (yamux spec).
+    public static let initialWindow: UInt32 = 256 * 1024
+    /// Largest data frame harp sends: one copy buffer's worth.
+    static let maxFrame = 256 * 1024
+
+    public let loop: EventLoop
+    let transport: any ByteStream
+    let writer: FrameWriter
+    let settings: Settings
+    let isClient: Bool
+    private var streams: [UInt32: YamuxStream] = [:]
+    private var backlog: [YamuxStream] = []
+    private let acceptWait: LoopWait
+    private var nextID: UInt32
+    public private(set) var endReason: String?
+    private var lastHeard: UInt64
+    private var pingCount: UInt32 = 0
+    private lazy var keepAlive = LoopTimer(loop: loop) { [unowned self] in keepAliveTick() }
+    /// Bytes already read from `transport` (the caller looked at them to pick the protocol).
+    private let buffered: ReadBuffer?
+
+    /// `isClient`: the side that opens odd-numbered streams (frpc); harp's server opens none.
+    /// `buffered`: bytes the caller already read from `transport`, to be decoded first.
+    public init(transport: any ByteStream, isClient: Bool, settings: Settings = Settings(), buffered: ReadBuffer? = nil) {
+        self.buffered = buffered
+        loop = transport.loop
+        self.transport = transport
+        writer = FrameWriter(stream: transport)
+        self.settings = settings
+        self.isClient = isClient
+        acceptWait = LoopWait(loop: transport.loop)
+        nextID = isClient ? 1 : 2
+        lastHeard = transport.loop.now
+    }
+
+    public var peer: SocketAddress? { transport.peer }
+    /// Streams open now (for metrics and tests).
+    public var streamCount: Int { streams.count }
+
+    // MARK: Reading
+
+    public func run() async {
+        loop.assertInLoop()
+        if let interval = settings.keepAliveInterval { keepAlive.arm(after: interval) }
+        let reader = FramedReader(stream: transport, buffer: buffered ?? ReadBuffer(capacity: 64 * 1024))
+        var decoder = YamuxHeaderDecoder()
+        while endReason == nil {
+            switch await reader.next(&decoder, timeout: nil) {
+            case .frame(let header, let headerLength, _):
+                reader.buffer.consume(headerLength)
+                lastHeard = loop.now
+                if let problem = await handle(header, reader) {
+                    await goAway(.protocolError)
+                    end(problem)
+                }
+            case .invalid(let reason):
+                await goAway(.protocolError)
+                end(reason)
+            case .full:
+                end("yamux reader buffer full")
+            case .ended(let result):
+                end(result == 0 ? "connection closed" : "connection failed: \(String(cString: strerror(Int32(-result))))")
+            }
+        }
+        keepAlive.cancel()
+    }
+
+    /// One frame; returns a protocol violation, if any (the session then ends).
+    private func handle(_ header: YamuxHeader, _ reader: FramedReader) async -> String? {
+        switch header.kind {
+        case .ping:
+            if header.flags.contains(.syn) {
+                _ = await send(YamuxHeader(.ping, flags: .ack, streamID: 0, length: header.length))
+            }
+            return nil
+        case .goAway:
+            end(header.length == 0 ? "peer went away" : "peer went away with code \(header.length)")
+            return nil
+        case .data, .windowUpdate:
+            break
+        }
+        var stream = streams[header.streamID]
+        if header.flags.contains(.syn) {
+            let peerParity: UInt32 = isClient ? 0 : 1
+            guard stream == nil, header.streamID != 0, header.streamID % 2 == peerParity else {
+                return "SYN for stream \(header.streamID), which is in use or not the peer's to open"
+            }
+            if streams.count >= settings.maxStreams || backlog.count >= settings.acceptBacklog {
+                _ = await send(YamuxHeader(.windowUpdate, flags: .rst, streamID: header.streamID, length: 0))
+                return await discard(header, reader)
+            }
+            let opened = YamuxStream(session: self, id: header.streamID)
+            streams[header.streamID] = opened
+            stream = opened
+            await opened.sendWindowUpdate(flags: .ack)
+            backlog.append(opened)
+            acceptWait.signal()
+        }
+        guard let stream else { return await discard(header, reader) }  // a stream already gone
+        if header.kind == .windowUpdate {
+            stream.grantSend(header.length)
+        } else if header.length > 0 {
+            guard header.length <= stream.receiveWindow else {
+                return "stream \(header.streamID) sent \(header.length) bytes with a window of \(stream.receiveWindow)"
+            }
+            stream.receiveWindow -= header.length
+            var remaining = Int(header.length)
+            while remaining > 0 {
+                if reader.buffer.isEmpty {
+                    let received = await reader.fill(timeout: nil)
+                    if received <= 0 { return nil }  // the next read reports the end
+                }
+                let take = min(remaining, reader.buffer.count)
+                stream.deliver(UnsafeRawBufferPointer(rebasing: reader.buffer.readable[0..<take]))
+                reader.buffer.consume(take)
+                remaining -= take
+            }
+        }
+        if header.flags.contains(.rst) {
+            stream.peerReset()
+        } else if header.flags.contains(.fin) {
+            stream.peerFinished()
+        }
+        return nil
+    }
+
+    /// Skips a data frame's payload (a stream that is gone or refused).
+    private func discard(_ header: YamuxHeader, _ reader: FramedReader) async -> String? {
+        guard header.kind == .data else { return nil }
+        var remaining = Int(header.length)
+        while remaining > 0 {
+            if reader.buffer.isEmpty {
+                let received = await reader.fill(timeout: nil)
+                if received <= 0 { return nil }
+            }
+            let take = min(remaining, reader.buffer.count)
+            reader.buffer.consume(take)
+            remaining -= take
+        }
+        return nil
+    }
+
+    // MARK: Streams
+
+    public func accept() async -> YamuxStream? {
+        loop.assertInLoop()
+        while backlog.isEmpty {
+            if endReason != nil { return nil }
+            _ = await acceptWait.wait(timeout: nil)
+        }
+        return backlog.removeFirst()
+    }
+
+    public func open() async -> YamuxStream? {
+        loop.assertInLoop()
+        guard endReason == nil else { return nil }
+        let stream = YamuxStream(session: self, id: nextID)
+        nextID &+= 2
+        streams[stream.id] = stream
+        await stream.sendWindowUpdate(flags: .syn)
+        return endReason == nil ? stream : nil
+    }
+
+    func forget(_ stream: YamuxStream) {
+        if streams[stream.id] === stream { streams[stream.id] = nil }
+    }
+
+    // MARK: Writing
+
+    /// Sends a header-only frame. False when the connection failed.
+    func send(_ header: YamuxHeader) async -> Bool {
+        guard endReason == nil else { return false }
+        let ok = await writer.write(header.bytes, timeout: .seconds(10)) == 0
+        if !ok { end("writing to the connection failed") }
+        return ok
+    }
+
+    /// Sends one data frame: header and payload in one write (one TLS record run).
+    func sendData(_ streamID: UInt32, flags: YamuxHeader.Flags, _ payload: UnsafeRawBufferPointer, timeout: Duration?) async -> Bool {
+        guard endReason == nil else { return false }
+        assert(payload.count <= Self.maxFrame, "a data frame fits one copy buffer")
+        let frame = loop.copyBuffers.take()
+        defer { loop.copyBuffers.give(frame) }
+        YamuxHeader(.data, flags: flags, streamID: streamID, length: UInt32(payload.count)).write(to: frame.baseAddress!)
+        if payload.count > 0 { (frame.baseAddress! + YamuxHeader.size).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
+        let ok = await writer.write(UnsafeRawBufferPointer(rebasing: frame[0..<YamuxHeader.size + payload.count]), timeout: timeout) == 0
+        if !ok { end("writing to the connection failed") }
+        return ok
+    }
+
+    /// Sends a frame from synchronous code (a stream's abort).
+    func sendLater(_ header: YamuxHeader) {
+        guard endReason == nil else { return }
+        loop.spawn { [self] in _ = await send(header) }
+    }
+
+    // MARK: Ending
+
+    private func goAway(_ code: YamuxHeader.GoAway) async {
+        _ = await send(YamuxHeader(.goAway, streamID: 0, length: code.rawValue))
+    }
+
+    public func close() async {
+        guard endReason == nil else { return }
+        await goAway(.normal)
+        end("closed")
+    }
+
+    /// Ends the session: every stream is reset, waiters wake, the connection is aborted.
+    func end(_ reason: String) {
+        guard endReason == nil else { return }
+        endReason = reason
+        let open = streams.values
+        streams.removeAll()
+        for stream in open { stream.sessionEnded() }
+        backlog.removeAll()
+        acceptWait.signal()
+        keepAlive.cancel()
+        transport.abort()
+    }
+
+    private func keepAliveTick() {
+        guard endReason == nil, let interval = settings.keepAliveInterval else { return }
+        if loop.now &- lastHeard > 2 * interval.nanoseconds {
+            end("peer silent for two keep-alive intervals")
+            return
+        }
+        pingCount &+= 1
+        sendLater(YamuxHeader(.ping, flags: .syn, streamID: 0, length: pingCount))
+        keepAlive.arm(after: interval)
+    }
+}

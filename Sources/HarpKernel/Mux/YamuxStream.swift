@@ -1,0 +1,160 @@
+import Glibc
+
+/// One stream of a `YamuxSession`, as a `ByteStream`: reads take what the session delivered
+/// (waiting while there is none), writes go out as data frames within the send window the
+/// peer granted (waiting for window updates). It has no socket of its own, so no splice
+/// descriptor: relays copy (`Pump`). `close()` sends FIN, `abort()` RST; neither touches the
+/// session's connection.
+///
+/// Loop-confined, like its session.
+public final class YamuxStream: ByteStream, @unchecked Sendable {
+    // @unchecked Sendable: every member is touched only on the session's loop.
+    public let id: UInt32
+    unowned let session: YamuxSession
+    /// Bytes the session delivered that no read has taken yet.
+    private let inbound: ReadBuffer
+    /// How much more the peer may send before we grant more.
+    var receiveWindow = YamuxSession.initialWindow
+    /// How much more we may send before the peer grants more.
+    private var sendWindow = YamuxSession.initialWindow
+    private var sentFIN = false
+    private var receivedFIN = false
+    private var isReset = false
+    private let readWait: LoopWait
+    private let writeWait: LoopWait
+
+    init(session: YamuxSession, id: UInt32) {
+        self.session = session
+        self.id = id
+        inbound = ReadBuffer(capacity: Int(max(session.settings.maxStreamWindow, YamuxSession.initialWindow)))
+        readWait = LoopWait(loop: session.loop)
+        writeWait = LoopWait(loop: session.loop)
+    }
+
+    public var loop: EventLoop { session.loop }
+    public var spliceDescriptor: Int32? { nil }
+    public var peer: SocketAddress? { session.peer }
+
+    // MARK: From the session
+
+    func deliver(_ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        while offset < bytes.count {
+            let space = inbound.writable
+            // The window keeps the peer within `inbound`'s capacity; a full buffer here
+            // would mean the window accounting is wrong.
+            guard !space.isEmpty else {
+                assertionFailure("stream \(id) received past its buffer")
+                return
+            }
+            let take = min(space.count, bytes.count - offset)
+            space.baseAddress!.copyMemory(from: bytes.baseAddress! + offset, byteCount: take)
+            inbound.didWrite(take)
+            offset += take
+        }
+        readWait.signal()
+    }
+
+    func grantSend(_ credit: UInt32) {
+        sendWindow &+= credit
+        writeWait.signal()
+    }
+
+    func peerFinished() {
+        receivedFIN = true
+        readWait.signal()
+        if sentFIN { session.forget(self) }
+    }
+
+    func peerReset() {
+        isReset = true
+        readWait.signal()
+        writeWait.signal()
+        session.forget(self)
+    }
+
+    func sessionEnded() {
+        isReset = true
+        readWait.signal()
+        writeWait.signal()
+    }
+
+    /// Grants the peer what has been read (hashicorp's rule: only once the grant is at least
+    /// half the maximum window, unless flags must go out — SYN on open, ACK on accept).
+    func sendWindowUpdate(flags: YamuxHeader.Flags = []) async {
+        let maximum = max(session.settings.maxStreamWindow, YamuxSession.initialWindow)
+        // receiveWindow + buffered never exceeds the maximum: each grant tops it up to it.
+        let used = UInt32(inbound.count) + receiveWindow
+        assert(used <= maximum, "stream \(id) holds more than its window allows")
+        let delta = maximum &- min(used, maximum)
+        guard delta >= maximum / 2 || !flags.isEmpty else { return }
+        receiveWindow += delta
+        _ = await session.send(YamuxHeader(.windowUpdate, flags: flags, streamID: id, length: delta))
+    }
+
+    // MARK: ByteStream
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int {
+        loop.assertInLoop()
+        while inbound.isEmpty {
+            if isReset { return -Int(ECONNRESET) }
+            if receivedFIN { return 0 }
+            guard await readWait.wait(timeout: timeout) else { return -Int(ETIMEDOUT) }
+        }
+        let count = min(buffer.count, inbound.count)
+        buffer.baseAddress!.copyMemory(from: inbound.readable.baseAddress!, byteCount: count)
+        inbound.consume(count)
+        if !isReset && !receivedFIN { await sendWindowUpdate() }
+        return count
+    }
+
+    public func waitReadable(timeout: Duration?) async -> Int32 {
+        while inbound.isEmpty && !isReset && !receivedFIN {
+            guard await readWait.wait(timeout: timeout) else { return -ETIMEDOUT }
+        }
+        return 1
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32 {
+        loop.assertInLoop()
+        var offset = 0
+        while offset < bytes.count {
+            if isReset || sentFIN { return -EPIPE }
+            if sendWindow == 0 {
+                guard await writeWait.wait(timeout: timeout) else { return -ETIMEDOUT }
+                continue
+            }
+            let count = min(bytes.count - offset, Int(sendWindow), YamuxSession.maxFrame)
+            guard await session.sendData(id, flags: [], UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count]), timeout: timeout) else {
+                return -EPIPE
+            }
+            sendWindow -= UInt32(count)
+            offset += count
+        }
+        return 0
+    }
+
+    public func finishWriting() async {
+        guard !sentFIN && !isReset else { return }
+        sentFIN = true
+        _ = await session.send(YamuxHeader(.windowUpdate, flags: .fin, streamID: id, length: 0))
+        if receivedFIN { session.forget(self) }
+    }
+
+    /// FIN, and the stream is done for this side: what the peer still sends is dropped.
+    public func close() async {
+        await finishWriting()
+        isReset = true
+        readWait.signal()
+        session.forget(self)
+    }
+
+    public func abort() {
+        guard !isReset else { return }
+        isReset = true
+        readWait.signal()
+        writeWait.signal()
+        session.sendLater(YamuxHeader(.windowUpdate, flags: .rst, streamID: id, length: 0))
+        session.forget(self)
+    }
+}

@@ -1,0 +1,27 @@
+import HarpKernel
+
+/// What a client asked for when it logged in, for login checks.
+public struct FRPLoginAttempt: Sendable {
+    /// The client's address as harp sees it (the frpc container, for ExApps).
+    public let clientAddress: SocketAddress?
+    public let user: String
+    public let hostname: String
+    /// frpc's `metadatas` (HaRP puts the shared key in `token`).
+    public let metas: [String: String]
+}
+
+/// Decides whether a client may log in, after the frp token check (HaRP's frps Login plugin
+/// hook, in-process). The ExApps plugin adds one for its bans; the `[frp] shared_key` check is
+/// another. nil admits; a reason refuses the login — it goes back to frpc in `LoginResp`.
+public protocol FRPLoginCheck: Sendable {
+    func check(_ attempt: FRPLoginAttempt) async -> String?
+}
+
+/// `metas.token` must equal `[frp] shared_key` (constant-time comparison).
+struct SharedKeyCheck: FRPLoginCheck {
+    let sharedKey: String
+
+    func check(_ attempt: FRPLoginAttempt) async -> String? {
+        FRPAuth.equalSecrets(attempt.metas["token"] ?? "", sharedKey) ? nil : "invalid shared key"
+    }
+}

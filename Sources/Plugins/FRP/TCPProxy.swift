@@ -1,0 +1,74 @@
+import CoreMetrics
+import Glibc
+import HarpKernel
+import Logging
+
+/// A `tcp` proxy of one client: a listener on `proxy_bind:port` whose every connection is
+/// paired with one of the client's work connections (StartWorkConn first, then bytes both
+/// ways). A plain work connection without tcpMux is a socket, so the relay splices; TLS,
+/// yamux and `use_encryption` legs are copied.
+///
+/// Loop-confined (the server's loop).
+final class TCPProxy: @unchecked Sendable {
+    // @unchecked Sendable: loop-confined; its listener serves connections on the same loop.
+    unowned let control: ClientControl
+    let name: String
+    let port: Int
+    let useEncryption: Bool
+    let useCompression: Bool
+    private var listeners: ListenerSet?
+    private var address: SocketAddress?
+
+    /// An idle tunnel is closed after this (HaRP's tunnel timeout).
+    static let idleTimeout: Duration = .seconds(1800)
+
+    init(control: ClientControl, name: String, port: Int, useEncryption: Bool, useCompression: Bool) {
+        self.control = control
+        self.name = name
+        self.port = port
+        self.useEncryption = useEncryption
+        self.useCompression = useCompression
+    }
+
+    func listen(on address: SocketAddress) throws {
+        let set = ListenerSet(loops: [control.loop], logger: control.logger)
+        try set.listen(on: address) { [weak self] user in
+            guard let self else { return user.abort() }
+            await self.serve(user)
+        }
+        listeners = set
+        self.address = address
+    }
+
+    func stop() async {
+        await listeners?.stop()
+        listeners = nil
+    }
+
+    private func serve(_ user: SocketStream) async {
+        Socket.setNoDelay(user.fd)
+        let metrics = control.server.metrics
+        guard let work = await control.takeWorkConnection() else {
+            control.logger.warning("frp: no work connection for a user connection", metadata: ["proxy": "\(name)"])
+            user.abort()
+            return
+        }
+        metrics.workConnectionsInUse.increment()
+        defer { metrics.workConnectionsInUse.decrement() }
+        let source = user.peer
+        let start = FRPMessage.startWorkConnection(.init(
+            proxyName: name, sourceAddress: source?.hostText ?? "", destinationAddress: address?.hostText ?? "",
+            sourcePort: Int(source?.port ?? 0), destinationPort: port, error: ""))
+        guard await work.write(start.encoded(), timeout: .seconds(10)) == 0 else {
+            user.abort()
+            work.abort()
+            return
+        }
+        let tunnel: any ByteStream = useEncryption ? CipherStream(work, key: control.server.cipherKey) : work
+        let result = await user.loop.relay(user, tunnel, idleTimeout: Self.idleTimeout)
+        await user.close()
+        await tunnel.close()
+        metrics.bytesToClient.increment(by: result.forwardBytes)
+        metrics.bytesToUser.increment(by: result.backwardBytes)
+    }
+}

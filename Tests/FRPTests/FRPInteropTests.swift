@@ -1,0 +1,235 @@
+import Foundation
+import Glibc
+import HarpKernel
+import HarpTestSupport
+import Testing
+
+/// harp's FRP server with upstream frpc 0.65.0 (under qemu-user) as the client: each case
+/// publishes a local echo server through a tcp proxy and moves 1 MiB both ways through it.
+@Suite("frp server with real frpc", .serialized, .enabled(if: FRPClient.isAvailable, "frpc is not installed (scripts/install-deps)"))
+struct FRPInteropTests {
+    static let sharedKey = "harp-test-shared-key"
+
+    static func harpConfig(port: UInt16, tls: String = "off", certDir: String = "/nonexistent", token: String = "",
+                           allow: String, extra: String = "") -> String {
+        """
+        [harp]
+        threads = 1
+        shutdown_grace = "1s"
+        [frp]
+        listen = "127.0.0.1:\(port)"
+        tls = "\(tls)"
+        cert_dir = "\(certDir)"
+        token = "\(token)"
+        shared_key = "\(sharedKey)"
+        allow_ports = ["\(allow)"]
+        \(extra)
+        """
+    }
+
+    static func frpcConfig(serverPort: UInt16, localPort: UInt16, remotePort: UInt16, tls: Bool = false, mux: Bool = true,
+                           token: String = "", metaToken: String = sharedKey, extra: String = "", proxyExtra: String = "") -> String {
+        """
+        serverAddr = "127.0.0.1"
+        serverPort = \(serverPort)
+        loginFailExit = true
+        auth.token = "\(token)"
+        metadatas.token = "\(metaToken)"
+        transport.tls.enable = \(tls)
+        transport.tcpMux = \(mux)
+        log.level = "info"
+        \(extra)
+
+        [[proxies]]
+        name = "echo"
+        type = "tcp"
+        localIP = "127.0.0.1"
+        localPort = \(localPort)
+        remotePort = \(remotePort)
+        \(proxyExtra)
+        """
+    }
+
+    /// 1 MiB through the proxy and back; true when every byte came back in order.
+    static func echoes(through port: UInt16) -> Bool {
+        guard let socket = try? TestSocket(connectingTo: loopback(port), timeoutSeconds: 20) else { return false }
+        var generator = SeededGenerator(seed: UInt64(port))
+        let payload = (0..<(1 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let fd = socket.fd  // the sender thread writes while this one reads
+        let sender = Thread {
+            var offset = 0
+            while offset < payload.count {
+                let sent = payload[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if sent <= 0 { return }
+                offset += sent
+            }
+        }
+        sender.start()
+        return (try? socket.receive(exactly: payload.count)) == payload
+    }
+
+    /// harp + an echo server + one frpc with `frpc`'s config; returns what the case checks.
+    static func run(harp harpConfig: (UInt16, UInt16) -> String, frpc: (UInt16, UInt16, UInt16) -> String,
+                    check: (HarpProcess, FRPClient, UInt16, UInt16) throws -> Void) throws {
+        let echo = try EchoServer()
+        defer { echo.stop() }
+        let port = freePort(), remote = freePort()
+        let harp = try HarpProcess.serve(harpConfig(port, remote))
+        let client = try FRPClient(config: frpc(port, echo.address.port!, remote))
+        defer { client.kill() }
+        try check(harp, client, port, remote)
+        #expect(try harp.stop() == 0)
+    }
+
+    static func served(_ remote: UInt16, _ client: FRPClient) -> Bool {
+        let ready = waitForListener(port: remote)
+        if !ready { Issue.record("proxy never listened; frpc said: \(client.log.suffix(600))") }
+        return ready
+    }
+
+    @Test("plaintext, without and with tcpMux: 1 MiB both ways through the tunnel", arguments: [false, true])
+    func plaintext(mux: Bool) throws {
+        try Self.run(harp: { Self.harpConfig(port: $0, allow: "\($1)") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, mux: mux) }) { _, client, _, remote in
+            guard Self.served(remote, client) else { return }
+            #expect(Self.echoes(through: remote))
+            #expect(Self.echoes(through: remote), "a second connection takes a fresh work connection")
+        }
+    }
+
+    @Test("TLS (frpc's defaults: 0x16 first, tcpMux) and frp's 0x17 marker, with an frp token")
+    func tls() throws {
+        let pki = try FRPCertificates()
+        defer { pki.remove() }
+        for marker in [true, false] {
+            try Self.run(harp: { Self.harpConfig(port: $0, tls: "on", certDir: pki.directory, token: "tok", allow: "\($1)") },
+                         frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, tls: true, token: "tok",
+                                                 extra: "transport.tls.disableCustomTLSFirstByte = \(!marker)") }) { _, client, _, remote in
+                guard Self.served(remote, client) else { return }
+                #expect(Self.echoes(through: remote), "marker \(marker)")
+            }
+        }
+    }
+
+    @Test("mutual TLS with HaRP's certificate layout and serverName harp.nc; without a client certificate frpc is refused")
+    func mutualTLS() throws {
+        let pki = try FRPCertificates()
+        defer { pki.remove() }
+        let clientTLS = """
+            transport.tls.certFile = "\(pki.directory)/client.crt"
+            transport.tls.keyFile = "\(pki.directory)/client.key"
+            transport.tls.trustedCaFile = "\(pki.directory)/ca.crt"
+            transport.tls.serverName = "harp.nc"
+            """
+        try Self.run(harp: { Self.harpConfig(port: $0, tls: "mutual", certDir: pki.directory, allow: "\($1)") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, tls: true, extra: clientTLS) }) { _, client, _, remote in
+            guard Self.served(remote, client) else { return }
+            #expect(Self.echoes(through: remote))
+        }
+        try Self.run(harp: { Self.harpConfig(port: $0, tls: "mutual", certDir: pki.directory, allow: "\($1)") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, tls: true) }) { harp, client, _, _ in
+            #expect(client.waitForExit() != 0, "frpc without a client certificate gives up")
+            #expect(throws: Never.self) { try harp.waitForOutput("frp TLS handshake failed", timeout: 5) }
+        }
+    }
+
+    @Test("use_encryption on the proxy (AES-128-CFB over the work connection), with and without tcpMux", arguments: [false, true])
+    func encryption(mux: Bool) throws {
+        try Self.run(harp: { Self.harpConfig(port: $0, token: "tok", allow: "\($1)") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, mux: mux, token: "tok",
+                                             proxyExtra: "transport.useEncryption = true") }) { _, client, _, remote in
+            guard Self.served(remote, client) else { return }
+            #expect(Self.echoes(through: remote))
+        }
+    }
+
+    @Test("a wrong shared key or a wrong token is refused, and frpc shows the reason")
+    func refusedLogins() throws {
+        try Self.run(harp: { Self.harpConfig(port: $0, allow: "\($1)") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, metaToken: "wrong") }) { harp, client, _, _ in
+            #expect(client.waitForExit() != 0)
+            #expect(client.log.contains("invalid shared key"), "\(client.log.suffix(400))")
+            #expect(throws: Never.self) { try harp.waitForOutput("frp login refused", timeout: 5) }
+        }
+        try Self.run(harp: { Self.harpConfig(port: $0, token: "right", allow: "\($1)") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, token: "wrong") }) { _, client, _, _ in
+            #expect(client.waitForExit() != 0)
+            #expect(client.log.contains("token in login doesn't match token from configuration"), "\(client.log.suffix(400))")
+        }
+    }
+
+    @Test("a port outside allow_ports is refused with frp's message; the client stays logged in")
+    func portNotAllowed() throws {
+        try Self.run(harp: { port, remote in Self.harpConfig(port: port, allow: "\(remote &+ 1)") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2) }) { harp, client, _, remote in
+            #expect(client.waitForLog("port not allowed"), "\(client.log.suffix(400))")
+            #expect(!waitForListener(port: remote, timeout: 1))
+            #expect(throws: Never.self) { try harp.waitForOutput("frp proxy refused", timeout: 5) }
+        }
+    }
+
+    @Test("frpc killed: its port is released at once and a restarted frpc binds it again")
+    func restart() throws {
+        let echo = try EchoServer()
+        defer { echo.stop() }
+        let port = freePort(), remote = freePort()
+        let harp = try HarpProcess.serve(Self.harpConfig(port: port, allow: "\(remote)"))
+        let config = Self.frpcConfig(serverPort: port, localPort: echo.address.port!, remotePort: remote)
+        let first = try FRPClient(config: config)
+        guard Self.served(remote, first) else { return }
+        #expect(Self.echoes(through: remote))
+        first.kill()
+        let second = try FRPClient(config: config)
+        defer { second.kill() }
+        #expect(second.waitForLog("start proxy success"), "\(second.log.suffix(600))")
+        #expect(Self.echoes(through: remote))
+        #expect(try harp.stop() == 0)
+    }
+
+    @Test("garbage, an oversize frame and a silent client each lose only their own connection")
+    func hostileNeighbours() throws {
+        try Self.run(harp: { Self.harpConfig(port: $0, allow: "\($1)") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, mux: false) }) { harp, client, frpPort, remote in
+            guard Self.served(remote, client) else { return }
+            let silent = try TestSocket(connectingTo: loopback(frpPort), timeoutSeconds: 20)
+            let garbage = try TestSocket(connectingTo: loopback(frpPort), timeoutSeconds: 5)
+            try garbage.send(Array("GET / HTTP/1.1\r\n\r\n".utf8))
+            #expect(try garbage.receiveAll().isEmpty, "closed")
+            let oversize = try TestSocket(connectingTo: loopback(frpPort), timeoutSeconds: 5)
+            try oversize.send([UInt8(ascii: "o")] + withUnsafeBytes(of: Int64(1 << 20).bigEndian, Array.init))
+            #expect(try oversize.receiveAll().isEmpty, "closed")
+            #expect(Self.echoes(through: remote), "the real client still works")
+            #expect(throws: Never.self) { try harp.waitForOutput("message length 1048576", timeout: 5) }
+            #expect(try silent.receiveAll().isEmpty, "a client that says nothing is closed after 10 s")
+            #expect(throws: Never.self) { try harp.waitForOutput("nothing sent within 10 s", timeout: 5) }
+        }
+    }
+}
+
+/// HaRP's FRP certificate layout, made with openssl: ca.crt, server.crt/key (harp.nc),
+/// client.crt/key (harp.client.nc).
+struct FRPCertificates {
+    let directory: String
+
+    init() throws {
+        directory = NSTemporaryDirectory() + "harp-frp-pki-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var script = """
+            set -e
+            cd \(directory)
+            openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=harp-ca -keyout ca.key -out ca.crt 2>/dev/null
+            """
+        for (file, name) in [("server", "harp.nc"), ("client", "harp.client.nc")] {
+            script += """
+
+                openssl req -newkey rsa:2048 -nodes -subj /CN=\(name) -keyout \(file).key -out \(file).csr 2>/dev/null
+                printf 'subjectAltName=DNS:\(name)\\nextendedKeyUsage=serverAuth,clientAuth\\n' > \(file).ext
+                openssl x509 -req -in \(file).csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile \(file).ext -out \(file).crt 2>/dev/null
+                """
+        }
+        let result = try shell(script)
+        guard result.status == 0 else { throw TestFailure("openssl: \(result.output)") }
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}

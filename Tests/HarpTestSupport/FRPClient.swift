@@ -1,0 +1,109 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// Upstream frpc 0.65.0 (aarch64, from PyPI's `meiyoufrpclient` wheel), run under qemu-user:
+/// the real client harp's FRP server must serve. `scripts/install-deps` puts it in place.
+public final class FRPClient: @unchecked Sendable {
+    // @unchecked Sendable: the process handle is only read after start; output is locked.
+    public let process = Process()
+    private let output = LogText()
+    public let configPath: String
+
+    /// The frpc binary: `FRPC_BINARY`, else where install-deps unpacks it.
+    public static var binary: String {
+        ProcessInfo.processInfo.environment["FRPC_BINARY"] ?? "/opt/harp-test/frpc-0.65.0/frpc"
+    }
+
+    public static var isAvailable: Bool { FileManager.default.isExecutableFile(atPath: binary) }
+
+    /// Starts `frpc -c` with `config` (frpc's own TOML).
+    public init(config: String) throws {
+        configPath = NSTemporaryDirectory() + "frpc-\(UUID().uuidString).toml"
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-aarch64")
+        process.arguments = [Self.binary, "-c", configPath]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        let output = self.output
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if !data.isEmpty { output.text.withLock { $0 += String(decoding: data, as: UTF8.self) } }
+        }
+        try process.run()
+    }
+
+    public var log: String { output.text.withLock { $0 } }
+
+    /// frpc's output so far, appended by the pipe's handler thread.
+    final class LogText: Sendable {
+        let text = Mutex<String>("")
+    }
+
+    /// Waits until frpc's log contains `text` (or it exits, or `timeout` passes).
+    @discardableResult
+    public func waitForLog(_ text: String, timeout: Double = 30) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if log.contains(text) { return true }
+            if !process.isRunning { return log.contains(text) }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    /// Waits until frpc exits; its status, or nil after `timeout`.
+    public func waitForExit(timeout: Double = 30) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(50_000) }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    public func kill(signal: Int32 = SIGKILL) {
+        if process.isRunning { Glibc.kill(process.processIdentifier, signal) }
+        process.waitUntilExit()
+    }
+
+    deinit {
+        if process.isRunning {
+            Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: configPath)
+    }
+}
+
+/// Polls until a TCP connection to `port` on loopback succeeds (a proxy is listening).
+public func waitForListener(port: UInt16, timeout: Double = 30) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if let socket = try? TestSocket(connectingTo: loopback(port), timeoutSeconds: 1) {
+            _ = socket
+            return true
+        }
+        usleep(100_000)
+    }
+    return false
+}
+
+/// A connected pair of Unix stream sockets.
+public func socketPair() -> (Int32, Int32) {
+    var fds: [Int32] = [0, 0]
+    socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
+    return (fds[0], fds[1])
+}
+
+/// A small deterministic generator (SplitMix64) so randomized tests repeat exactly from the
+/// seed they print.
+public struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
