@@ -72,7 +72,11 @@ let package = Package(
         ),
         .target(
             name: "FRP",
-            dependencies: ["HarpKernel", "CShims", .product(name: "CoreMetrics", package: "swift-metrics")],
+            dependencies: [
+                "HarpKernel", "CShims",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Sources/Plugins/FRP",
             swiftSettings: strictSettings
         ),

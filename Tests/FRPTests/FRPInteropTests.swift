@@ -4,10 +4,13 @@ import HarpKernel
 import HarpTestSupport
 import Testing
 
-/// harp's FRP server with upstream frpc 0.65.0 (under qemu-user) as the client: each case
-/// publishes a local echo server through a tcp proxy and moves 1 MiB both ways through it.
-@Suite("frp server with real frpc", .serialized, .enabled(if: FRPClient.isAvailable, "frpc is not installed (scripts/install-deps)"))
+/// harp's FRP server with upstream frpc 0.65.0 (under qemu-user) as the client, and the same
+/// matrix with `harp tunnel`: each case publishes a local echo server through a tcp proxy and
+/// moves 1 MiB both ways through it.
+@Suite("frp server with real frpc and with harp tunnel", .serialized, .enabled(if: FRPClient.isAvailable, "frpc is not installed (scripts/install-deps)"))
 struct FRPInteropTests {
+    static let clients = FRPClient.Kind.allCases
+
     static let sharedKey = "harp-test-shared-key"
 
     static func harpConfig(port: UInt16, tls: String = "off", certDir: String = "/nonexistent", token: String = "",
@@ -69,13 +72,13 @@ struct FRPInteropTests {
     }
 
     /// harp + an echo server + one frpc with `frpc`'s config; returns what the case checks.
-    static func run(harp harpConfig: (UInt16, UInt16) -> String, frpc: (UInt16, UInt16, UInt16) -> String,
+    static func run(_ kind: FRPClient.Kind, harp harpConfig: (UInt16, UInt16) -> String, frpc: (UInt16, UInt16, UInt16) -> String,
                     check: (HarpProcess, FRPClient, UInt16, UInt16) throws -> Void) throws {
         let echo = try EchoServer()
         defer { echo.stop() }
         let port = freePort(), remote = freePort()
         let harp = try HarpProcess.serve(harpConfig(port, remote))
-        let client = try FRPClient(config: frpc(port, echo.address.port!, remote))
+        let client = try FRPClient(config: frpc(port, echo.address.port!, remote), kind: kind)
         defer { client.kill() }
         try check(harp, client, port, remote)
         #expect(try harp.stop() == 0)
@@ -87,9 +90,9 @@ struct FRPInteropTests {
         return ready
     }
 
-    @Test("plaintext, without and with tcpMux: 1 MiB both ways through the tunnel", arguments: [false, true])
-    func plaintext(mux: Bool) throws {
-        try Self.run(harp: { Self.harpConfig(port: $0, allow: "\($1)") },
+    @Test("plaintext, without and with tcpMux: 1 MiB both ways through the tunnel", arguments: clients, [false, true])
+    func plaintext(client kind: FRPClient.Kind, mux: Bool) throws {
+        try Self.run(kind, harp: { Self.harpConfig(port: $0, allow: "\($1)") },
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, mux: mux) }) { _, client, _, remote in
             guard Self.served(remote, client) else { return }
             #expect(Self.echoes(through: remote))
@@ -97,12 +100,12 @@ struct FRPInteropTests {
         }
     }
 
-    @Test("TLS (frpc's defaults: 0x16 first, tcpMux) and frp's 0x17 marker, with an frp token")
-    func tls() throws {
+    @Test("TLS (frpc's defaults: 0x16 first, tcpMux) and frp's 0x17 marker, with an frp token", arguments: clients)
+    func tls(client kind: FRPClient.Kind) throws {
         let pki = try FRPCertificates()
         defer { pki.remove() }
         for marker in [true, false] {
-            try Self.run(harp: { Self.harpConfig(port: $0, tls: "on", certDir: pki.directory, token: "tok", allow: "\($1)") },
+            try Self.run(kind, harp: { Self.harpConfig(port: $0, tls: "on", certDir: pki.directory, token: "tok", allow: "\($1)") },
                          frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, tls: true, token: "tok",
                                                  extra: "transport.tls.disableCustomTLSFirstByte = \(!marker)") }) { _, client, _, remote in
                 guard Self.served(remote, client) else { return }
@@ -111,8 +114,8 @@ struct FRPInteropTests {
         }
     }
 
-    @Test("mutual TLS with HaRP's certificate layout and serverName harp.nc; without a client certificate frpc is refused")
-    func mutualTLS() throws {
+    @Test("mutual TLS with HaRP's certificate layout and serverName harp.nc; without a client certificate the client is refused", arguments: clients)
+    func mutualTLS(client kind: FRPClient.Kind) throws {
         let pki = try FRPCertificates()
         defer { pki.remove() }
         let clientTLS = """
@@ -121,21 +124,21 @@ struct FRPInteropTests {
             transport.tls.trustedCaFile = "\(pki.directory)/ca.crt"
             transport.tls.serverName = "harp.nc"
             """
-        try Self.run(harp: { Self.harpConfig(port: $0, tls: "mutual", certDir: pki.directory, allow: "\($1)") },
+        try Self.run(kind, harp: { Self.harpConfig(port: $0, tls: "mutual", certDir: pki.directory, allow: "\($1)") },
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, tls: true, extra: clientTLS) }) { _, client, _, remote in
             guard Self.served(remote, client) else { return }
             #expect(Self.echoes(through: remote))
         }
-        try Self.run(harp: { Self.harpConfig(port: $0, tls: "mutual", certDir: pki.directory, allow: "\($1)") },
+        try Self.run(kind, harp: { Self.harpConfig(port: $0, tls: "mutual", certDir: pki.directory, allow: "\($1)") },
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, tls: true) }) { harp, client, _, _ in
             #expect(client.waitForExit() != 0, "frpc without a client certificate gives up")
             #expect(throws: Never.self) { try harp.waitForOutput("frp TLS handshake failed", timeout: 5) }
         }
     }
 
-    @Test("use_encryption on the proxy (AES-128-CFB over the work connection), with and without tcpMux", arguments: [false, true])
-    func encryption(mux: Bool) throws {
-        try Self.run(harp: { Self.harpConfig(port: $0, token: "tok", allow: "\($1)") },
+    @Test("use_encryption on the proxy (AES-128-CFB over the work connection), with and without tcpMux", arguments: clients, [false, true])
+    func encryption(client kind: FRPClient.Kind, mux: Bool) throws {
+        try Self.run(kind, harp: { Self.harpConfig(port: $0, token: "tok", allow: "\($1)") },
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, mux: mux, token: "tok",
                                              proxyExtra: "transport.useEncryption = true") }) { _, client, _, remote in
             guard Self.served(remote, client) else { return }
@@ -143,24 +146,51 @@ struct FRPInteropTests {
         }
     }
 
-    @Test("a wrong shared key or a wrong token is refused, and frpc shows the reason")
-    func refusedLogins() throws {
-        try Self.run(harp: { Self.harpConfig(port: $0, allow: "\($1)") },
+    @Test("a unix_domain_socket proxy (frpc's plugin, as HaRP's ExApps use it) publishes a Unix socket", arguments: clients)
+    func unixSocket(client kind: FRPClient.Kind) throws {
+        let path = NSTemporaryDirectory() + "harp-frp-\(getpid())-\(kind == .frpc ? "a" : "b").sock"
+        let echo = try EchoServer(unixPath: path)
+        defer { echo.stop(); unlink(path) }
+        let port = freePort(), remote = freePort()
+        let harp = try HarpProcess.serve(Self.harpConfig(port: port, allow: "\(remote)"))
+        let client = try FRPClient(config: """
+            serverAddr = "127.0.0.1"
+            serverPort = \(port)
+            metadatas.token = "\(Self.sharedKey)"
+            transport.tls.enable = false
+
+            [[proxies]]
+            name = "socket"
+            type = "tcp"
+            remotePort = \(remote)
+            [proxies.plugin]
+            type = "unix_domain_socket"
+            unixPath = "\(path)"
+            """, kind: kind)
+        defer { client.kill() }
+        guard Self.served(remote, client) else { return }
+        #expect(Self.echoes(through: remote))
+        #expect(try harp.stop() == 0)
+    }
+
+    @Test("a wrong shared key or a wrong token is refused, and the client shows the reason", arguments: clients)
+    func refusedLogins(client kind: FRPClient.Kind) throws {
+        try Self.run(kind, harp: { Self.harpConfig(port: $0, allow: "\($1)") },
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, metaToken: "wrong") }) { harp, client, _, _ in
             #expect(client.waitForExit() != 0)
             #expect(client.log.contains("invalid shared key"), "\(client.log.suffix(400))")
             #expect(throws: Never.self) { try harp.waitForOutput("frp login refused", timeout: 5) }
         }
-        try Self.run(harp: { Self.harpConfig(port: $0, token: "right", allow: "\($1)") },
+        try Self.run(kind, harp: { Self.harpConfig(port: $0, token: "right", allow: "\($1)") },
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, token: "wrong") }) { _, client, _, _ in
             #expect(client.waitForExit() != 0)
             #expect(client.log.contains("token in login doesn't match token from configuration"), "\(client.log.suffix(400))")
         }
     }
 
-    @Test("a port outside allow_ports is refused with frp's message; the client stays logged in")
-    func portNotAllowed() throws {
-        try Self.run(harp: { port, remote in Self.harpConfig(port: port, allow: "\(remote &+ 1)") },
+    @Test("a port outside allow_ports is refused with frp's message; the client stays logged in", arguments: clients)
+    func portNotAllowed(client kind: FRPClient.Kind) throws {
+        try Self.run(kind, harp: { port, remote in Self.harpConfig(port: port, allow: "\(remote &+ 1)") },
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2) }) { harp, client, _, remote in
             #expect(client.waitForLog("port not allowed"), "\(client.log.suffix(400))")
             #expect(!waitForListener(port: remote, timeout: 1))
@@ -168,18 +198,18 @@ struct FRPInteropTests {
         }
     }
 
-    @Test("frpc killed: its port is released at once and a restarted frpc binds it again")
-    func restart() throws {
+    @Test("the client killed: its port is released at once and a restarted client binds it again", arguments: clients)
+    func restart(client kind: FRPClient.Kind) throws {
         let echo = try EchoServer()
         defer { echo.stop() }
         let port = freePort(), remote = freePort()
         let harp = try HarpProcess.serve(Self.harpConfig(port: port, allow: "\(remote)"))
         let config = Self.frpcConfig(serverPort: port, localPort: echo.address.port!, remotePort: remote)
-        let first = try FRPClient(config: config)
+        let first = try FRPClient(config: config, kind: kind)
         guard Self.served(remote, first) else { return }
         #expect(Self.echoes(through: remote))
         first.kill()
-        let second = try FRPClient(config: config)
+        let second = try FRPClient(config: config, kind: kind)
         defer { second.kill() }
         #expect(second.waitForLog("start proxy success"), "\(second.log.suffix(600))")
         #expect(Self.echoes(through: remote))
@@ -188,7 +218,7 @@ struct FRPInteropTests {
 
     @Test("garbage, an oversize frame and a silent client each lose only their own connection")
     func hostileNeighbours() throws {
-        try Self.run(harp: { Self.harpConfig(port: $0, allow: "\($1)") },
+        try Self.run(.frpc, harp: { Self.harpConfig(port: $0, allow: "\($1)") },
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, mux: false) }) { harp, client, frpPort, remote in
             guard Self.served(remote, client) else { return }
             let silent = try TestSocket(connectingTo: loopback(frpPort), timeoutSeconds: 20)

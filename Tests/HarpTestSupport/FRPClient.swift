@@ -2,9 +2,16 @@ import Foundation
 import Glibc
 import Synchronization
 
-/// Upstream frpc 0.65.0 (aarch64, from PyPI's `meiyoufrpclient` wheel), run under qemu-user:
-/// the real client harp's FRP server must serve. `scripts/install-deps` puts it in place.
+/// A tunnel client process: upstream frpc 0.65.0 (aarch64, from PyPI's `meiyoufrpclient`
+/// wheel, run under qemu-user; `scripts/install-deps` puts it in place) — the real client
+/// harp's FRP server must serve — or `harp tunnel`, with the same frpc TOML.
 public final class FRPClient: @unchecked Sendable {
+    public enum Kind: String, Sendable, CaseIterable, CustomStringConvertible {
+        case frpc
+        case harpTunnel = "harp tunnel"
+        public var description: String { rawValue }
+    }
+
     // @unchecked Sendable: the process handle is only read after start; output is locked.
     public let process = Process()
     private let output = LogText()
@@ -17,12 +24,18 @@ public final class FRPClient: @unchecked Sendable {
 
     public static var isAvailable: Bool { FileManager.default.isExecutableFile(atPath: binary) }
 
-    /// Starts `frpc -c` with `config` (frpc's own TOML).
-    public init(config: String) throws {
+    /// Starts `frpc -c` (or `harp tunnel --config`) with `config` (frpc's own TOML).
+    public init(config: String, kind: Kind = .frpc) throws {
         configPath = NSTemporaryDirectory() + "frpc-\(UUID().uuidString).toml"
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-aarch64")
-        process.arguments = [Self.binary, "-c", configPath]
+        switch kind {
+        case .frpc:
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-aarch64")
+            process.arguments = [Self.binary, "-c", configPath]
+        case .harpTunnel:
+            process.executableURL = URL(fileURLWithPath: HarpProcess.binary)
+            process.arguments = ["tunnel", "--config", configPath]
+        }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe

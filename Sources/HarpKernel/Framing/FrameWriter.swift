@@ -4,7 +4,8 @@
 /// update inside a data frame.
 ///
 /// Loop-confined.
-public final class FrameWriter {
+public final class FrameWriter: @unchecked Sendable {
+    // @unchecked Sendable: used only on its stream's loop; tasks that share it run there too.
     public let stream: any ByteStream
     private let gate = WriteGate()
 

@@ -232,8 +232,9 @@ public final class YamuxSession: MultiplexedSession, @unchecked Sendable {
         end("closed")
     }
 
-    /// Ends the session: every stream is reset, waiters wake, the connection is aborted.
-    func end(_ reason: String) {
+    /// Ends the session at once (no go-away): every stream is reset, waiters wake, the
+    /// connection is aborted. Synchronous, for cleanup paths; `close()` says goodbye first.
+    public func end(_ reason: String) {
         guard endReason == nil else { return }
         endReason = reason
         let open = streams.values

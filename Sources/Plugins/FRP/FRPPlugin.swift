@@ -1,3 +1,4 @@
+import ArgumentParser
 import HarpKernel
 import Logging
 
@@ -7,6 +8,7 @@ public final class FRPPlugin: Plugin {
     public static let name = "frp"
     public static let summary = "frps-compatible tunnel server for frpc clients (tcp proxies, TLS, tcpMux)"
     public static var defaultConfiguration: FRPConfiguration { FRPConfiguration() }
+    public static let commands: [any ParsableCommand.Type] = [TunnelCommand.self]
 
     let configuration: FRPConfiguration
     let context: PluginContext
