@@ -102,7 +102,7 @@ struct FRPInteropTests {
 
     @Test("TLS (frpc's defaults: 0x16 first, tcpMux) and frp's 0x17 marker, with an frp token", arguments: clients)
     func tls(client kind: FRPClient.Kind) throws {
-        let pki = try FRPCertificates()
+        let pki = try frpCertificates()
         defer { pki.remove() }
         for marker in [true, false] {
             try Self.run(kind, harp: { Self.harpConfig(port: $0, tls: "on", certDir: pki.directory, token: "tok", allow: "\($1)") },
@@ -116,7 +116,7 @@ struct FRPInteropTests {
 
     @Test("mutual TLS with HaRP's certificate layout and serverName harp.nc; without a client certificate the client is refused", arguments: clients)
     func mutualTLS(client kind: FRPClient.Kind) throws {
-        let pki = try FRPCertificates()
+        let pki = try frpCertificates()
         defer { pki.remove() }
         let clientTLS = """
             transport.tls.certFile = "\(pki.directory)/client.crt"
@@ -236,30 +236,7 @@ struct FRPInteropTests {
     }
 }
 
-/// HaRP's FRP certificate layout, made with openssl: ca.crt, server.crt/key (harp.nc),
-/// client.crt/key (harp.client.nc).
-struct FRPCertificates {
-    let directory: String
-
-    init() throws {
-        directory = NSTemporaryDirectory() + "harp-frp-pki-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var script = """
-            set -e
-            cd \(directory)
-            openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=harp-ca -keyout ca.key -out ca.crt 2>/dev/null
-            """
-        for (file, name) in [("server", "harp.nc"), ("client", "harp.client.nc")] {
-            script += """
-
-                openssl req -newkey rsa:2048 -nodes -subj /CN=\(name) -keyout \(file).key -out \(file).csr 2>/dev/null
-                printf 'subjectAltName=DNS:\(name)\\nextendedKeyUsage=serverAuth,clientAuth\\n' > \(file).ext
-                openssl x509 -req -in \(file).csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile \(file).ext -out \(file).crt 2>/dev/null
-                """
-        }
-        let result = try shell(script)
-        guard result.status == 0 else { throw TestFailure("openssl: \(result.output)") }
-    }
-
-    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+/// HaRP's FRP certificate layout: ca.crt, server.crt/key (harp.nc), client.crt/key (harp.client.nc).
+func frpCertificates() throws -> TestCertificates {
+    try TestCertificates(names: [("server", "DNS:harp.nc"), ("client", "DNS:harp.client.nc")], extension: "crt")
 }

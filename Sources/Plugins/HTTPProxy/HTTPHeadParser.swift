@@ -270,14 +270,31 @@ public struct HTTPHeadParser: Sendable {
     }
 }
 
-/// The request-head parser as a `FrameDecoder` for the kernel's `FramedReader`: it remembers
-/// how far it scanned, so bytes that trickle in are not scanned again.
-struct RequestHeadDecoder: FrameDecoder {
+/// A head the parser can read: request or response.
+protocol ParsedHead {
+    static func parse(_ parser: HTTPHeadParser, _ bytes: UnsafeRawBufferPointer, scanFrom: Int) -> HTTPHeadParser.Outcome<Self>
+}
+
+extension HTTPRequestHead: ParsedHead {
+    static func parse(_ parser: HTTPHeadParser, _ bytes: UnsafeRawBufferPointer, scanFrom: Int) -> HTTPHeadParser.Outcome<Self> {
+        parser.parseRequest(bytes, scanFrom: scanFrom)
+    }
+}
+
+extension HTTPResponseHead: ParsedHead {
+    static func parse(_ parser: HTTPHeadParser, _ bytes: UnsafeRawBufferPointer, scanFrom: Int) -> HTTPHeadParser.Outcome<Self> {
+        parser.parseResponse(bytes, scanFrom: scanFrom)
+    }
+}
+
+/// The head parser as a `FrameDecoder` for the kernel's `FramedReader`: it remembers how far
+/// it scanned, so bytes that trickle in are not scanned again.
+struct HeadDecoder<Head: ParsedHead>: FrameDecoder {
     let parser: HTTPHeadParser
     var scanned = 0
 
-    mutating func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<HTTPRequestHead, HTTPError> {
-        switch parser.parseRequest(bytes, scanFrom: scanned) {
+    mutating func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<Head, HTTPError> {
+        switch Head.parse(parser, bytes, scanFrom: scanned) {
         case .complete(let head, let length): return .frame(head, headerLength: length, payloadLength: 0)
         case .invalid(let error): return .invalid(error)
         case .incomplete(let scannedSoFar):
@@ -287,18 +304,5 @@ struct RequestHeadDecoder: FrameDecoder {
     }
 }
 
-/// The response-head parser as a `FrameDecoder` (see `RequestHeadDecoder`).
-struct ResponseHeadDecoder: FrameDecoder {
-    let parser: HTTPHeadParser
-    var scanned = 0
-
-    mutating func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<HTTPResponseHead, HTTPError> {
-        switch parser.parseResponse(bytes, scanFrom: scanned) {
-        case .complete(let head, let length): return .frame(head, headerLength: length, payloadLength: 0)
-        case .invalid(let error): return .invalid(error)
-        case .incomplete(let scannedSoFar):
-            scanned = scannedSoFar
-            return .needMore
-        }
-    }
-}
+typealias RequestHeadDecoder = HeadDecoder<HTTPRequestHead>
+typealias ResponseHeadDecoder = HeadDecoder<HTTPResponseHead>
