@@ -136,6 +136,32 @@ struct FRPInteropTests {
         }
     }
 
+    @Test("harp frp gen-certs writes HaRP's layout (keys 0600, never over existing files); a mutual-TLS server with an empty cert_dir makes its own, and the client's certificate from it works", arguments: clients)
+    func generatedCertificates(client kind: FRPClient.Kind) throws {
+        let directory = NSTemporaryDirectory() + "harp-gen-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let made = try HarpProcess.run(["frp", "gen-certs", "--dir", directory + "/cli", "--days", "30"])
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(try shell("cd \(directory)/cli && openssl verify -CAfile ca.crt server.crt client.crt").output == "server.crt: OK\nclient.crt: OK")
+        #expect(try shell("stat -c '%a %n' \(directory)/cli/*.key").output == "600 \(directory)/cli/client.key\n600 \(directory)/cli/server.key")
+        #expect(try shell("openssl x509 -in \(directory)/cli/server.crt -noout -ext subjectAltName").output.contains("DNS:harp.nc"))
+        let again = try HarpProcess.run(["frp", "gen-certs", "--dir", directory + "/cli"])
+        #expect(again.status != 0 && again.stderr.contains("exists; harp does not replace certificates"), "\(again.stderr)")
+        let serverDirectory = directory + "/server"
+        let clientTLS = """
+            transport.tls.certFile = "\(serverDirectory)/client.crt"
+            transport.tls.keyFile = "\(serverDirectory)/client.key"
+            transport.tls.trustedCaFile = "\(serverDirectory)/ca.crt"
+            transport.tls.serverName = "harp.nc"
+            """
+        try Self.run(kind, harp: { Self.harpConfig(port: $0, tls: "mutual", certDir: serverDirectory, allow: "\($1)") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, tls: true, extra: clientTLS) }) { harp, client, _, remote in
+            #expect(throws: Never.self) { try harp.waitForOutput("generated FRP certificates", timeout: 5) }
+            guard Self.served(remote, client) else { return }
+            #expect(Self.echoes(through: remote))
+        }
+    }
+
     @Test("use_encryption on the proxy (AES-128-CFB over the work connection), with and without tcpMux", arguments: clients, [false, true])
     func encryption(client kind: FRPClient.Kind, mux: Bool) throws {
         try Self.run(kind, harp: { Self.harpConfig(port: $0, token: "tok", allow: "\($1)") },

@@ -29,6 +29,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <openssl/rand.h>
+#include <openssl/pem.h>
 #include <openssl/crypto.h>
 
 // splice(2), pipe2(2) and F_SETPIPE_SZ are GNU extensions that Glibc's Swift overlay hides.
