@@ -31,6 +31,7 @@ let package = Package(
                 .linkedLibrary("crypto"),
                 .linkedLibrary("z"),
                 .linkedLibrary("sqlite3"),
+                .linkedLibrary("snappy"),
             ]
         ),
         .target(

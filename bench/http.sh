@@ -138,8 +138,8 @@ printf "%-8s %14s %16s %22s\n" proxy "idle RSS MiB" "KiB/connection" "RSS after 
 for who in harp nginx haproxy; do
   pid=$(pid_of "$who"); base=$(rss_kib "$pid"); held=() after=()
   for flood in 1 2 3; do
-    python3 Tests/HTTPProxyTests/hostile_clients.py flood "$(port_of "$who")" 3000 3 > /dev/null &
-    sleep 2; held+=("$(rss_kib "$pid")"); wait; sleep 1; after+=("$(rss_kib "$pid")")
+    python3 Tests/HTTPProxyTests/hostile_clients.py flood "$(port_of "$who")" 3000 3 > /dev/null & flood=$!
+    sleep 2; held+=("$(rss_kib "$pid")"); wait $flood; sleep 1; after+=("$(rss_kib "$pid")")
   done
   awk -v b="$base" -v h="${held[2]}" -v a1="${after[0]}" -v a2="${after[1]}" -v a3="${after[2]}" -v who=$who 'BEGIN {
     printf "%-8s %14.1f %16.1f %22s\n", who, b / 1024, (h - b) / 3000, sprintf("%.1f %.1f %.1f", a1 / 1024, a2 / 1024, a3 / 1024) }'

@@ -11,6 +11,13 @@ import Testing
 struct FRPInteropTests {
     static let clients = FRPClient.Kind.allCases
 
+    struct LayerCase: Sendable, CustomStringConvertible {
+        let encryption: Bool
+        let compression: Bool
+        let mux: Bool
+        var description: String { "encryption \(encryption), compression \(compression), tcpMux \(mux)" }
+    }
+
     static let sharedKey = "harp-test-shared-key"
 
     static func harpConfig(port: UInt16, tls: String = "off", certDir: String = "/nonexistent", token: String = "",
@@ -162,11 +169,15 @@ struct FRPInteropTests {
         }
     }
 
-    @Test("use_encryption on the proxy (AES-128-CFB over the work connection), with and without tcpMux", arguments: clients, [false, true])
-    func encryption(client kind: FRPClient.Kind, mux: Bool) throws {
+    @Test("use_encryption and use_compression on the proxy (snappy framing inside AES-128-CFB), with and without tcpMux",
+          arguments: clients, [LayerCase(encryption: true, compression: false, mux: true),
+                               LayerCase(encryption: false, compression: true, mux: false),
+                               LayerCase(encryption: true, compression: true, mux: true),
+                               LayerCase(encryption: true, compression: true, mux: false)])
+    func encryptionAndCompression(client kind: FRPClient.Kind, layers: LayerCase) throws {
         try Self.run(kind, harp: { Self.harpConfig(port: $0, token: "tok", allow: "\($1)") },
-                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, mux: mux, token: "tok",
-                                             proxyExtra: "transport.useEncryption = true") }) { _, client, _, remote in
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, mux: layers.mux, token: "tok",
+                                             proxyExtra: "transport.useEncryption = \(layers.encryption)\ntransport.useCompression = \(layers.compression)") }) { _, client, _, remote in
             guard Self.served(remote, client) else { return }
             #expect(Self.echoes(through: remote))
         }

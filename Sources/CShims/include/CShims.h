@@ -30,6 +30,7 @@
 #include <openssl/x509v3.h>
 #include <openssl/rand.h>
 #include <openssl/pem.h>
+#include <snappy-c.h>
 #include <openssl/crypto.h>
 
 // splice(2), pipe2(2) and F_SETPIPE_SZ are GNU extensions that Glibc's Swift overlay hides.

@@ -132,7 +132,6 @@ final class ClientControl: @unchecked Sendable {
         }
         let proxy = TCPProxy(control: self, name: name, port: port, useEncryption: request.useEncryption ?? false,
                              useCompression: request.useCompression ?? false)
-        if proxy.useCompression { return refuse("use_compression is not supported by harp yet; turn transport.useCompression off") }
         do {
             try proxy.listen(on: address)
         } catch {

@@ -19,7 +19,10 @@ public final class FRPPlugin: Plugin {
     public init(configuration: FRPConfiguration, context: PluginContext) throws {
         self.configuration = configuration
         self.context = context
-        server = FRPServer(configuration: configuration, tls: try Self.tlsContext(configuration, logger: context.logger), logger: context.logger)
+        // Certificates are checked now (a bad file stops startup, `harp config check`
+        // included); a mutual-TLS server whose cert_dir is empty makes its set at start.
+        let tls = Self.needsGeneratedCertificates(configuration) ? nil : try Self.tlsContext(configuration)
+        server = FRPServer(configuration: configuration, tls: tls, logger: context.logger)
         listeners = ListenerSet(loops: Array(context.loops.prefix(1)), logger: context.logger)
     }
 
@@ -27,17 +30,9 @@ public final class FRPPlugin: Plugin {
     /// With mutual TLS and no certificates there yet, HaRP's set is generated first (as its
     /// start script does). A missing or bad file stops startup: TLS never quietly turns into
     /// plaintext.
-    static func tlsContext(_ configuration: FRPConfiguration, logger: Logger) throws -> TLSContext? {
+    static func tlsContext(_ configuration: FRPConfiguration) throws -> TLSContext? {
         guard configuration.tls != .off else { return nil }
         let directory = configuration.certDir
-        if configuration.tls == .mutual && !CertificateSet.files.contains(where: { access(directory + "/" + $0, F_OK) == 0 }) {
-            do {
-                try CertificateSet.generate(into: directory, days: 5000)
-            } catch {
-                throw ConfigError.invalid(key: "frp.cert_dir", value: "\"\(directory)\"", reason: "\(error)")
-            }
-            logger.notice("generated FRP certificates (CA, server harp.nc, client harp.client.nc)", metadata: ["cert_dir": "\(directory)"])
-        }
         do {
             return try TLSContext.server(certificate: directory + "/server.crt", key: directory + "/server.key",
                                          clientCA: configuration.tls == .mutual ? directory + "/ca.crt" : nil, alpn: [])
@@ -51,8 +46,23 @@ public final class FRPPlugin: Plugin {
         server.loginChecks.append(check)
     }
 
+    /// Mutual TLS with none of HaRP's certificate files in `cert_dir` yet.
+    static func needsGeneratedCertificates(_ configuration: FRPConfiguration) -> Bool {
+        configuration.tls == .mutual && !CertificateSet.files.contains { access(configuration.certDir + "/" + $0, F_OK) == 0 }
+    }
+
     public func start() async throws {
         guard let loop = context.loops.first else { return }
+        if Self.needsGeneratedCertificates(configuration) {
+            do {
+                try CertificateSet.generate(into: configuration.certDir, days: 5000)
+            } catch {
+                throw ConfigError.invalid(key: "frp.cert_dir", value: "\"\(configuration.certDir)\"", reason: "\(error)")
+            }
+            context.logger.notice("generated FRP certificates (CA, server harp.nc, client harp.client.nc)",
+                                  metadata: ["cert_dir": "\(configuration.certDir)"])
+            server.tls = try Self.tlsContext(configuration)
+        }
         server.attach(to: loop)
         let server = self.server
         try listeners.listen(on: configuration.listen, loopCount: 1) { socket in await server.serve(socket) }

@@ -16,7 +16,8 @@ final class FRPServer: @unchecked Sendable {
     // connection is served there); configuration, contexts and checks are fixed before start.
     let configuration: FRPConfiguration
     let logger: Logger
-    let tls: TLSContext?
+    /// Set before the listener starts (at init, or at start once generated); fixed after.
+    var tls: TLSContext?
     let metrics = FRPMetrics()
     /// AES key for control streams and encrypted proxies, derived from the token.
     let cipherKey: [UInt8]

@@ -64,7 +64,10 @@ final class TCPProxy: @unchecked Sendable {
             work.abort()
             return
         }
-        let tunnel: any ByteStream = useEncryption ? CipherStream(work, key: control.server.cipherKey) : work
+        // frp's layers: user bytes → snappy (use_compression) → AES-CFB (use_encryption) → wire.
+        var tunnel: any ByteStream = work
+        if useEncryption { tunnel = CipherStream(tunnel, key: control.server.cipherKey) }
+        if useCompression { tunnel = SnappyStream(tunnel) }
         let result = await user.loop.relay(user, tunnel, idleTimeout: Self.idleTimeout)
         await user.close()
         await tunnel.close()

@@ -204,7 +204,10 @@ final class TunnelClient: @unchecked Sendable {
         }
         // User bytes may have come with StartWorkConn: they go first.
         let carried = PrefixedStream(stream, buffered: reader.buffer)
-        let tunnel: any ByteStream = proxy.useEncryption ? CipherStream(carried, key: cipherKey) : carried
+        // frp's layers: local bytes → snappy (useCompression) → AES-CFB (useEncryption) → wire.
+        var tunnel: any ByteStream = carried
+        if proxy.useEncryption { tunnel = CipherStream(tunnel, key: cipherKey) }
+        if proxy.useCompression { tunnel = SnappyStream(tunnel) }
         _ = await loop.relay(local, tunnel, idleTimeout: .seconds(1800))
         await local.close()
         await tunnel.close()
