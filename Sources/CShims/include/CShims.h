@@ -46,6 +46,7 @@ int harp_signalfd_for_shutdown(void);
 
 // OpenSSL configures these through macros over SSL_CTX_ctrl/SSL_ctrl, which Swift cannot call.
 static const uint64_t HARP_SSL_OP_NO_RENEGOTIATION = SSL_OP_NO_RENEGOTIATION;
+static const uint64_t HARP_SSL_OP_CIPHER_SERVER_PREFERENCE = SSL_OP_CIPHER_SERVER_PREFERENCE;
 int harp_ssl_ctx_set_versions(SSL_CTX *ctx, int lowest, int highest);
 int harp_ssl_set_host_name(SSL *ssl, const char *name);
 void harp_ssl_ctx_set_servername_callback(SSL_CTX *ctx, int (*callback)(SSL *, int *, void *), void *arg);

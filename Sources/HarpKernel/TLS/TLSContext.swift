@@ -24,6 +24,15 @@ public final class TLSContext: @unchecked Sendable {
 
     deinit { SSL_CTX_free(context) }
 
+    /// TLS 1.3 suites with AES-128-GCM first, and (on a server) the server's order deciding.
+    /// OpenSSL's default puts AES-256-GCM first; for a bulk tunnel AES-128-GCM is as strong
+    /// as it needs to be and measured ~25% less CPU per GB here (OpenSSH's aes128-gcm is the
+    /// comparison). For contexts that carry bulk bytes between harp's own ends.
+    public func preferAES128() {
+        _ = SSL_CTX_set_ciphersuites(context, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256")
+        SSL_CTX_set_options(context, HARP_SSL_OP_CIPHER_SERVER_PREFERENCE)
+    }
+
     /// A server context from a PEM certificate chain and private key. With `clientCA`, clients
     /// must present a certificate signed by it (mutual TLS).
     public static func server(certificate: String, key: String, clientCA: String? = nil,

@@ -34,8 +34,10 @@ public final class FRPPlugin: Plugin {
         guard configuration.tls != .off else { return nil }
         let directory = configuration.certDir
         do {
-            return try TLSContext.server(certificate: directory + "/server.crt", key: directory + "/server.key",
-                                         clientCA: configuration.tls == .mutual ? directory + "/ca.crt" : nil, alpn: [])
+            let context = try TLSContext.server(certificate: directory + "/server.crt", key: directory + "/server.key",
+                                                clientCA: configuration.tls == .mutual ? directory + "/ca.crt" : nil, alpn: [])
+            context.preferAES128()  // tunnels are bulk transfers
+            return context
         } catch {
             throw ConfigError.invalid(key: "frp.cert_dir", value: "\"\(directory)\"", reason: "\(error)")
         }

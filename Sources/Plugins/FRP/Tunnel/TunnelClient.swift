@@ -32,8 +32,10 @@ final class TunnelClient: @unchecked Sendable {
         proxies = Dictionary(configuration.proxies.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         if configuration.tls {
             // frpc verifies the server only when given a CA (InsecureSkipVerify otherwise).
-            tls = try TLSContext.client(ca: configuration.trustedCAFile, verify: configuration.trustedCAFile != nil,
-                                        certificate: configuration.certFile, key: configuration.keyFile, alpn: [])
+            let context = try TLSContext.client(ca: configuration.trustedCAFile, verify: configuration.trustedCAFile != nil,
+                                                certificate: configuration.certFile, key: configuration.keyFile, alpn: [])
+            context.preferAES128()
+            tls = context
         } else {
             tls = nil
         }
