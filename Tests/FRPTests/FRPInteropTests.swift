@@ -210,6 +210,29 @@ struct FRPInteropTests {
         #expect(try harp.stop() == 0)
     }
 
+    @Test("metrics on the admin endpoint: clients online, proxies, work connections, bytes, refused logins by reason")
+    func metrics() throws {
+        let admin = freePort()
+        try Self.run(.harpTunnel, harp: { Self.harpConfig(port: $0, allow: "\($1)", extra: "[admin]\nlisten = \"127.0.0.1:\(admin)\"") },
+                     frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2) }) { harp, client, port, remote in
+            guard Self.served(remote, client) else { return }
+            #expect(Self.echoes(through: remote))
+            let refused = try FRPClient(config: Self.frpcConfig(serverPort: port, localPort: 1, remotePort: remote &+ 1, metaToken: "wrong"),
+                                        kind: .harpTunnel)
+            _ = refused.waitForExit()
+            let text = try shell("curl -s http://127.0.0.1:\(admin)/metrics").output
+            func value(_ series: String) -> Double? {
+                text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last!) }
+            }
+            #expect(value("harp_frp_clients_online") == 1)
+            #expect(value("harp_frp_proxies") == 1)
+            #expect(value(#"harp_frp_work_connections{state="pooled"}"#) ?? 0 >= 1)
+            #expect(value(#"harp_frp_bytes_total{direction="to_client"}"#) == Double(1 << 20))
+            #expect(value(#"harp_frp_bytes_total{direction="to_user"}"#) == Double(1 << 20))
+            #expect(value(#"harp_frp_logins_refused_total{reason="shared_key"}"#) == 1)
+        }
+    }
+
     @Test("a wrong shared key or a wrong token is refused, and the client shows the reason", arguments: clients)
     func refusedLogins(client kind: FRPClient.Kind) throws {
         try Self.run(kind, harp: { Self.harpConfig(port: $0, allow: "\($1)") },
