@@ -94,28 +94,35 @@ struct EventLoopTests {
         let loop = try EventLoop(index: 0)
         defer { loop.shutdown() }
         let tasks = 500, rounds = 20
-        let total = await withTaskGroup(of: Int.self) { group in
-            for _ in 0..<tasks {
+        // Each task reports its first failure (socketpair errno, or round, sent, received), so a
+        // failure says which operation went wrong.
+        let failures = await withTaskGroup(of: String?.self) { group in
+            for task in 0..<tasks {
                 group.addTask(executorPreference: loop) {
-                    let (a, b) = Self.socketPair()
+                    var fds: [Int32] = [0, 0]
+                    guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+                        return "task \(task): socketpair: \(String(cString: strerror(errno)))"
+                    }
+                    let (a, b) = (fds[0], fds[1])
                     defer { close(a); close(b) }
                     let send = AsyncCompletion(), receive = AsyncCompletion()
                     let out = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 8)
                     let inBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 8)
                     defer { out.deallocate(); inBuffer.deallocate() }
-                    var done = 0
                     for round in 0..<rounds {
                         out.storeBytes(of: UInt64(round), as: UInt64.self)
                         let sent = await loop.send(a, UnsafeRawBufferPointer(out), using: send)
                         let received = await loop.recv(b, into: inBuffer, using: receive)
-                        if sent == 8, received == 8, inBuffer.load(as: UInt64.self) == UInt64(round) { done += 1 }
+                        guard sent == 8, received == 8, inBuffer.load(as: UInt64.self) == UInt64(round) else {
+                            return "task \(task) round \(round): sent \(sent), received \(received) (fds \(a), \(b))"
+                        }
                     }
-                    return done
+                    return nil
                 }
             }
-            return await group.reduce(0, +)
+            return await group.compactMap { $0 }.reduce(into: [String]()) { $0.append($1) }
         }
-        #expect(total == tasks * rounds)
+        #expect(failures.isEmpty, "\(failures.prefix(5))")
     }
 
     @Test("read and write at an offset, and splice file -> pipe")
