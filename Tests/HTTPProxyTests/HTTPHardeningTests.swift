@@ -89,6 +89,20 @@ struct HTTPHardeningTests {
         #expect(try harp2.stop() == 0)
     }
 
+    @Test("a request the origin answered (even with only a 1xx) is never sent again on a fresh connection")
+    func noReplayAfterAnAnswer() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://\(origin.address)"))
+        #expect(try shell("curl -s -o /dev/null -w '%{http_code}' -d x http://127.0.0.1:\(port)/hash").output == "200")  // pools a connection
+        let before = origin.requests.load(ordering: .relaxed)
+        let code = try shell("curl -s -o /dev/null -w '%{http_code}' -d small-body http://127.0.0.1:\(port)/hints-then-close").output
+        #expect(code == "502")
+        #expect(origin.requests.load(ordering: .relaxed) - before == 1, "the POST reached the origin once")
+        #expect(try harp.stop() == 0)
+    }
+
     @Test("slowloris: request heads trickled one byte at a time are cut at client_header_timeout; others are still served")
     func slowloris() throws {
         let origin = try HTTPTestOrigin()

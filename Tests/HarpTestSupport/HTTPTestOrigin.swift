@@ -13,6 +13,7 @@ import Synchronization
 /// - `/split/<ms>`: sends the head and half of a 10-byte body, waits, then the rest.
 /// - `/short`: promises 10 bytes, sends 5 and closes.
 /// - `/close`: answers with `Connection: close` and no length (body until close).
+/// - `/hints-then-close`: answers 103 Early Hints, then closes.
 /// - any target with `?then-close`: answered as usual (keep-alive promised), then the
 ///   connection is closed at once — an origin that drops every kept-alive connection.
 /// - anything else: "ok".
@@ -166,6 +167,10 @@ public final class HTTPTestOrigin: @unchecked Sendable {
                 response = Array("56789".utf8)
             } else if target.hasPrefix("/short") {
                 _ = Self.sendAll(fd, Array("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234".utf8))
+                return
+            } else if target.hasPrefix("/hints-then-close") {
+                // An interim answer, then the connection drops: the request was received.
+                _ = Self.sendAll(fd, Array("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n".utf8))
                 return
             } else if target.hasPrefix("/vanish") {
                 // Promise keep-alive, answer, then drop the connection: the next request on

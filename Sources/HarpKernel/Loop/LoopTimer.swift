@@ -18,6 +18,8 @@ public final class LoopTimer: IOCompletion, @unchecked Sendable {
     public private(set) var armed = false
     /// Held while armed: the ring's reference to this record.
     private var inFlight: Unmanaged<LoopTimer>?
+    /// A timeout that expires as the cancel is on its way must not fire either.
+    private var cancelled = false
 
     /// `fire` must not keep the timer's owner alive (capture it `unowned` or `weak`).
     public init(loop: EventLoop, fire: @escaping () -> Void) {
@@ -33,20 +35,23 @@ public final class LoopTimer: IOCompletion, @unchecked Sendable {
         loop.assertInLoop()
         guard !armed else { return }
         armed = true
+        cancelled = false
         inFlight = Unmanaged.passRetained(self)
         timespec.pointee = __kernel_timespec(delay)
         loop.submit(self) { io_uring_prep_timeout($0, timespec, 0, 0) }
     }
 
     public func cancel() {
-        if armed { loop.cancel(self) }
+        guard armed else { return }
+        cancelled = true
+        loop.cancel(self)
     }
 
     public override func complete(result: Int32, flags: UInt32) {
         armed = false
         let held = inFlight
         inFlight = nil
-        if result != -ECANCELED { fire() }
+        if result != -ECANCELED && !cancelled { fire() }
         held?.release()
     }
 }

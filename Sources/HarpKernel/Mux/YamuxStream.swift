@@ -81,7 +81,13 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
 
     /// Grants the peer what has been read (hashicorp's rule: only once the grant is at least
     /// half the maximum window, unless flags must go out — SYN on open, ACK on accept).
+    /// An ACK grants nothing beyond the initial 256 KiB: a stream nobody reads yet cannot make
+    /// harp buffer its whole maximum window (1,024 streams × 6 MiB before a login otherwise).
     func sendWindowUpdate(flags: YamuxHeader.Flags = []) async {
+        if flags == .ack {
+            _ = await session.send(YamuxHeader(.windowUpdate, flags: flags, streamID: id, length: 0))
+            return
+        }
         let maximum = max(session.settings.maxStreamWindow, YamuxSession.initialWindow)
         // receiveWindow + buffered never exceeds the maximum: each grant tops it up to it.
         let used = UInt32(inbound.count) + receiveWindow

@@ -20,6 +20,9 @@ public final class TLSContext: @unchecked Sendable {
             throw TLSError("setting TLS versions \(versions.lowerBound.rawValue)-\(versions.upperBound.rawValue)")
         }
         SSL_CTX_set_options(context, HARP_SSL_OP_NO_RENEGOTIATION)
+        // A write OpenSSL could not finish may be retried from another buffer (an array's
+        // bytes first, then the copy `writeCopying` makes): allowed only in this mode.
+        _ = SSL_CTX_ctrl(context, SSL_CTRL_MODE, Int(SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER), nil)
     }
 
     deinit { SSL_CTX_free(context) }

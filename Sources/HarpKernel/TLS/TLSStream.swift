@@ -156,7 +156,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     /// Sends close_notify (a clean end, RFC 8446 §6.1); the socket stays open for reading.
     public func finishWriting() async {
-        guard !sentCloseNotify, transport.fd >= 0 else { return }
+        guard !sentCloseNotify, transport.isOpen else { return }
         sentCloseNotify = true
         _ = SSL_shutdown(ssl)
         try? await flush(timeout: .seconds(5))
@@ -184,7 +184,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// socket are not by themselves a sign of trouble: they are fed to OpenSSL, and only
     /// application data, close_notify, an alert or end of stream make the stream unusable.
     public func isQuietWhileIdle() -> Bool {
-        guard transport.fd >= 0 else { return false }
+        guard transport.isOpen else { return false }
         while true {
             let received = Glibc.recv(transport.fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
             if received < 0 { return errno == EAGAIN || errno == EWOULDBLOCK }

@@ -110,6 +110,7 @@ final class ClientControl: @unchecked Sendable {
             return .init(proxyName: request.proxyName ?? "", remoteAddress: "", error: reason)
         }
         let configuration = server.configuration
+        guard !ended else { return refuse("the client is gone") }
         guard !name.isEmpty else { return refuse("proxy name is empty") }
         let type = request.proxyType.flatMap { $0.isEmpty ? nil : $0 } ?? "tcp"  // frps' default
         guard type == "tcp" else { return refuse("proxy type [\(type)] is not supported by harp (only tcp)") }
@@ -149,10 +150,11 @@ final class ClientControl: @unchecked Sendable {
     private func close(_ proxy: TCPProxy) async {
         guard proxies[proxy.name] === proxy else { return }
         proxies[proxy.name] = nil
-        if server.proxyOwners[proxy.name] === self { server.proxyOwners[proxy.name] = nil }
-        server.portsInUse.remove(proxy.port)
         server.metrics.proxies.decrement()
         await proxy.stop()
+        // Free the name and port once the listener has stopped, not before.
+        if server.proxyOwners[proxy.name] === self { server.proxyOwners[proxy.name] = nil }
+        server.portsInUse.remove(proxy.port)
     }
 
     // MARK: Work connections

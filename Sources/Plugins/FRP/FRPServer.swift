@@ -93,6 +93,9 @@ final class FRPServer: @unchecked Sendable {
     private func serveSession(_ stream: any ByteStream, buffered: ReadBuffer, peer: String) async {
         var settings = YamuxSession.Settings()
         settings.maxStreamWindow = 6 * 1024 * 1024  // what frp configures on both sides
+        // A client's pool is at most 5 and each user connection takes one work stream: 256 open
+        // streams bound what one connection can make harp hold (256 × 256 KiB unread).
+        settings.maxStreams = 256
         let session = YamuxSession(transport: stream, isClient: false, settings: settings, buffered: buffered)
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await session.run() }

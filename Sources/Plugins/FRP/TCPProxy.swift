@@ -11,7 +11,9 @@ import Logging
 /// Loop-confined (the server's loop).
 final class TCPProxy: @unchecked Sendable {
     // @unchecked Sendable: loop-confined; its listener serves connections on the same loop.
-    unowned let control: ClientControl
+    /// Strong: a user connection waiting for a work connection may outlive the control's
+    /// registration (the control drops its proxies when it ends, so there is no cycle left).
+    let control: ClientControl
     let name: String
     let port: Int
     let useEncryption: Bool

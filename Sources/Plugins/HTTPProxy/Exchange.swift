@@ -12,6 +12,10 @@ public final class Exchange: @unchecked Sendable {
     public var responseBytes = 0
     /// The request body has been read to its end (so the client connection can go on).
     public var requestBodyDone = false
+    /// Body bytes have started to leave the client's buffer (the request can't be replayed).
+    public var requestBodyStarted = false
+    /// An upstream response head (a 1xx included) has arrived: the request was received.
+    public var sawResponseHead = false
     public let started: UInt64
     public var finished: UInt64 = 0
     /// The per-request slot a route provider fills and response observers read (Pingora's

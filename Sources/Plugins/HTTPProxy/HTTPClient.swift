@@ -15,6 +15,9 @@ public enum HTTPClientError: Error, CustomStringConvertible, Sendable {
     case timedOut
     /// The connection failed or closed before the whole response arrived.
     case closed
+    /// The connection closed before any byte of a response (a kept-alive connection the
+    /// server had closed: the request can go again on a fresh one).
+    case closedBeforeResponse
     /// The response broke HTTP/1.1 or its body exceeded the limit.
     case invalidResponse(String)
 
@@ -23,6 +26,7 @@ public enum HTTPClientError: Error, CustomStringConvertible, Sendable {
         case .connect(let error): "\(error)"
         case .timedOut: "no complete response in time"
         case .closed: "the connection closed before the response was complete"
+        case .closedBeforeResponse: "the connection closed before any response"
         case .invalidResponse(let reason): "invalid response: \(reason)"
         }
     }
@@ -91,7 +95,7 @@ public final class HTTPClient: @unchecked Sendable {
                 return response
             case .failure(let error):
                 stream.abort()
-                if reused, case .closed = error, !fresh {
+                if reused, case .closedBeforeResponse = error, !fresh {
                     fresh = true
                     continue
                 }
@@ -101,10 +105,11 @@ public final class HTTPClient: @unchecked Sendable {
     }
 
     private func exchange(_ request: [UInt8], method: String, on stream: any ByteStream) async -> Result<(HTTPClientResponse, Bool), HTTPClientError> {
-        guard await stream.write(request, timeout: responseTimeout) == 0 else { return .failure(.closed) }
+        guard await stream.write(request, timeout: responseTimeout) == 0 else { return .failure(.closedBeforeResponse) }
         let reader = FramedReader(stream: stream, capacity: 64 * 1024 + maxBodySize)
         var decoder = ResponseHeadDecoder(parser: parser)
         var head: HTTPResponseHead
+        var sawHead = false
         repeat {
             switch await reader.next(&decoder, timeout: responseTimeout, expectingWait: true) {
             case .frame(let parsed, let length, _):
@@ -112,8 +117,11 @@ public final class HTTPClient: @unchecked Sendable {
                 head = parsed
             case .invalid(let error): return .failure(.invalidResponse("\(error)"))
             case .full: return .failure(.invalidResponse("response head too large"))
-            case .ended(let result): return .failure(result == -Int(ETIMEDOUT) ? .timedOut : .closed)
+            case .ended(let result):
+                if result == -Int(ETIMEDOUT) { return .failure(.timedOut) }
+                return .failure(reader.buffer.isEmpty && !sawHead ? .closedBeforeResponse : .closed)
             }
+            sawHead = true
             decoder = ResponseHeadDecoder(parser: parser)
         } while head.status < 200  // 1xx interim responses are skipped
         let framing: BodyFraming

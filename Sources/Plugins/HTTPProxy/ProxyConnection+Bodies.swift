@@ -25,6 +25,9 @@ extension ProxyConnection {
     }
 
     func forwardRequestBody(_ framing: BodyFraming, to upstream: any ByteStream, _ exchange: Exchange) async -> BodyResult {
+        // From here the body cannot be sent again (bytes leave the client buffer, even an empty
+        // chunked body's terminator): a failed exchange is not retried.
+        if framing != .none { exchange.requestBodyStarted = true }
         let leg = BodyLeg(source: client, destination: upstream, buffer: inbound,
                           sourceTimeout: config.clientTimeout.duration, destinationTimeout: config.serverTimeout.duration,
                           sourceFailed: .clientFailed, destinationFailed: .upstreamFailed)

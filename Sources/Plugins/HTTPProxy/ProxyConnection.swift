@@ -190,7 +190,7 @@ final class ProxyConnection {
             switch outcome {
             case .done(let keepAlive):
                 return keepAlive
-            case .retry where attempt == 1 && connection.reused && (bodyFraming == .none || exchange.requestBytes == 0):
+            case .retry where attempt == 1 && connection.reused && !exchange.sawResponseHead && (bodyFraming == .none || !exchange.requestBodyStarted):
                 shared.metrics.upstreamRetried()
                 shared.logger.debug("reused upstream connection was closed; retrying", metadata: ["upstream": "\(upstream)"])
                 continue
@@ -277,12 +277,14 @@ final class ProxyConnection {
             switch await readResponseHead(from: upstream, into: response) {
             case .head(let parsed):
                 head = parsed
+                exchange.sawResponseHead = true
                 if heldBody > 0 {
                     inbound.consume(heldBody)
                     exchange.requestBytes += heldBody
                     heldBody = 0
                 }
-            case .closedEarly: return response.isEmpty && exchange.responseBytes == 0 ? .retry : .upstreamFailed
+            // Only a connection that answered nothing may be retried (a 1xx counts as an answer).
+            case .closedEarly: return response.isEmpty && !exchange.sawResponseHead ? .retry : .upstreamFailed
             case .timedOut: return .upstreamTimedOut
             case .invalid(let error):
                 shared.logger.warning("invalid upstream response", metadata: ["upstream": "\(exchange.upstream!)", "error": "\(error)"])
