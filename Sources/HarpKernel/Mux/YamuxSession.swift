@@ -7,7 +7,9 @@ import Glibc
 /// Flow control per stream: each side may send at most the window the other granted (256 KiB
 /// at first, raised with window updates up to `maxStreamWindow`). Data beyond the window is a
 /// protocol error that ends the session (go-away 1). A stream the peer opens (SYN) is ACKed
-/// at once with our window: frpc gives up on a stream that is not ACKed within 75 s.
+/// at once (frpc gives up on a stream that is not ACKed within 75 s), granting nothing past
+/// the initial 256 KiB: the rest of `maxStreamWindow` comes as the stream is read, so a peer
+/// cannot make harp buffer every stream's maximum (frps grants it all with the ACK).
 ///
 /// Loop-confined: create, run and use it on one loop.
 public final class YamuxSession: MultiplexedSession, @unchecked Sendable {
