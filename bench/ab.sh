@@ -61,10 +61,7 @@ port_of() { case $1 in a) echo 19510;; b) echo 19520;; esac; }
 pid_of() { case $1 in a) echo $A_PID;; b) echo $B_PID;; esac; }
 
 small() {  # "req/s p99_ms"
-  wrk -t1 -c50 -d"${SECS}s" --latency "http://127.0.0.1:$(port_of "$1")/1k" | awk '
-    /Requests\/sec/ { rps = $2 }
-    /^ +99%/ { v = $2; if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0; else ms = v * 1000 }
-    END { printf "%.0f %.3f\n", rps, ms }'
+  wrk -t1 -c50 -d"${SECS}s" --latency "http://127.0.0.1:$(port_of "$1")/1k" | wrk_summary | awk '{ print $1, $2 }'
 }
 download() {  # "GB/s cpu_s_per_GB"
   local pid; pid=$(pid_of "$1")

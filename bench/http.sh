@@ -90,11 +90,7 @@ wrk_run() {
   local before; before=$(cpu_ticks "$pid")
   local text; text=$(wrk -t1 -c"$conns" -d"${SECS}s" --latency "http://127.0.0.1:$(port_of "$who")/$file")
   local after; after=$(cpu_ticks "$pid")
-  echo "$text" | awk -v t="$ticks" -v c=$((after - before)) '
-    /Requests\/sec/ { rps = $2 }
-    /^ +99%/ { v = $2; if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0; else ms = v * 1000 }
-    /requests in/ { n = $1 }
-    END { printf "%.0f %.3f %.2f\n", rps, ms, (c / t) * 1e6 / n }'
+  echo "$text" | wrk_summary | awk -v t="$ticks" -v c=$((after - before)) '{ printf "%s %s %.2f\n", $1, $2, (c / t) * 1e6 / $3 }'
 }
 
 # 2 GiB download: prints "GB/s cpu_s_per_GB"

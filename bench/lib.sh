@@ -11,6 +11,14 @@ column_median() { grep "^$1 " "$RESULTS" | awk -v c="$2" '{ print $c }' | median
 
 ticks=$(getconf CLK_TCK)
 
+# `wrk --latency` output on stdin -> "req/s p99_ms requests".
+wrk_summary() {
+  awk '/Requests\/sec/ { rps = $2 }
+       /^ +99%/ { v = $2; if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0; else ms = v * 1000 }
+       /requests in/ { n = $1 }
+       END { printf "%.0f %.3f %d\n", rps, ms, n }'
+}
+
 # The [harp] section every benchmark runs harp with: one loop, quiet logs.
 harp_head() { printf '[harp]\nthreads = 1\nlog_level = "error"\n'; }
 

@@ -7,12 +7,6 @@ import Testing
 /// The loop and its ring operations, driven through the public async API.
 @Suite("event loop")
 struct EventLoopTests {
-    static func socketPair() -> (Int32, Int32) {
-        var fds: [Int32] = [0, 0]
-        socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
-        return (fds[0], fds[1])
-    }
-
     @Test("a timeout fires after its duration, not before")
     func timeoutFires() async throws {
         let loop = try EventLoop(index: 0)
@@ -32,7 +26,7 @@ struct EventLoopTests {
     func cancelWorks() async throws {
         let loop = try EventLoop(index: 0)
         defer { loop.shutdown() }
-        let (a, b) = Self.socketPair()
+        let (a, b) = socketPair()
         defer { close(a); close(b) }
         let results = await loop.spawn { () -> (Int32, Int32) in
             let receive = AsyncCompletion()
@@ -71,7 +65,7 @@ struct EventLoopTests {
     func operationTimeout() async throws {
         let loop = try EventLoop(index: 0)
         defer { loop.shutdown() }
-        let (a, b) = Self.socketPair()
+        let (a, b) = socketPair()
         defer { close(a); close(b) }
         let (timedOut, elapsed, received) = await loop.spawn { () -> (Int32, Duration, Int32) in
             let record = AsyncCompletion()

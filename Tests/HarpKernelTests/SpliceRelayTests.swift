@@ -11,8 +11,8 @@ struct SpliceRelayTests {
                           _ body: @escaping @Sendable (Int32, Int32) throws -> Void) async throws -> RelayResult {
         let loop = try EventLoop(index: 0)
         defer { loop.shutdown() }
-        let (outerA, innerA) = EventLoopTests.socketPair()
-        let (outerB, innerB) = EventLoopTests.socketPair()
+        let (outerA, innerA) = socketPair()
+        let (outerB, innerB) = socketPair()
         // The relay closes nothing itself; the task that awaited it closes the inner ends,
         // which is what the blocking peer (on its own thread, not the cooperative pool) sees.
         let relay = loop.spawn { () -> RelayResult in
@@ -54,8 +54,8 @@ struct SpliceRelayTests {
     func transferEndsOnTurnBoundary() async throws {
         let loop = try EventLoop(index: 0)
         defer { loop.shutdown() }
-        let (source, sourcePeer) = EventLoopTests.socketPair()
-        let (destination, destinationPeer) = EventLoopTests.socketPair()
+        let (source, sourcePeer) = socketPair()
+        let (destination, destinationPeer) = socketPair()
         defer { [source, sourcePeer, destination, destinationPeer].forEach { close($0) } }
         let payload = [UInt8](repeating: 9, count: 1000)
         _ = payload.withUnsafeBytes { sendAll(sourcePeer, $0) }

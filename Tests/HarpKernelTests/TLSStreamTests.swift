@@ -18,7 +18,7 @@ struct TLSStreamTests {
                      exchange: (@Sendable (TLSStream, TLSStream) async throws -> Void)? = nil) async throws -> (String?, String?) {
         let loop = try EventLoop(index: 0)
         defer { loop.shutdown() }
-        let (a, b) = EventLoopTests.socketPair()
+        let (a, b) = socketPair()
         // The streams own the sockets from here on (and close them when they go).
         let serverStream = try await loop.spawn {
             Result { try TLSStream(transport: SocketStream(loop: loop, fd: a), context: server, isServer: true) }
@@ -95,8 +95,8 @@ struct TLSStreamTests {
         let client = try TLSContext.client(ca: pki.ca)
         let loop = try EventLoop(index: 0)
         defer { loop.shutdown() }
-        let (tlsClientFD, tlsServerFD) = EventLoopTests.socketPair()
-        let (plainFD, peerFD) = EventLoopTests.socketPair()
+        let (tlsClientFD, tlsServerFD) = socketPair()
+        let (plainFD, peerFD) = socketPair()
         let outcome = await loop.spawn { () -> String in
             guard let serverStream = try? TLSStream(transport: SocketStream(loop: loop, fd: tlsServerFD), context: server, isServer: true),
                   let clientStream = try? TLSStream(transport: SocketStream(loop: loop, fd: tlsClientFD), context: client, isServer: false,

@@ -24,8 +24,6 @@ public final class ReadBuffer {
     public var isEmpty: Bool { readIndex == writeIndex }
     /// Whether any memory is held now.
     public var isAllocated: Bool { storage != nil }
-    /// Bytes of memory held now (for tests and memory accounting).
-    public var allocatedBytes: Int { storage?.count ?? 0 }
 
     public var readable: UnsafeRawBufferPointer {
         guard let storage else { return UnsafeRawBufferPointer(start: nil, count: 0) }
@@ -78,13 +76,6 @@ public final class ReadBuffer {
     /// read starts small again), so a connection keeps no message's peak while idle.
     public func shrinkIfIdle() {
         guard isEmpty, let storage, storage.count > initialSize else { return }
-        storage.deallocate()
-        self.storage = nil
-    }
-
-    /// Frees the memory of an empty buffer (a connection about to wait a long time).
-    public func release() {
-        guard isEmpty, let storage else { return }
         storage.deallocate()
         self.storage = nil
     }

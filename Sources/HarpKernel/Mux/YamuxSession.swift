@@ -62,8 +62,6 @@ public final class YamuxSession: MultiplexedSession, @unchecked Sendable {
     }
 
     public var peer: SocketAddress? { transport.peer }
-    /// Streams open now (for metrics and tests).
-    public var streamCount: Int { streams.count }
 
     // MARK: Reading
 

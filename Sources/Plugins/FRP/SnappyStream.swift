@@ -14,14 +14,18 @@ final class SnappyStream: ByteStream, @unchecked Sendable {
     // @unchecked Sendable: used only on `inner`'s loop.
     let inner: any ByteStream
     private let reader: FramedReader
-    /// Uncompressed bytes of the last chunk not yet read, and where the unread part starts.
-    private var pending: [UInt8] = []
+    /// The last chunk's uncompressed bytes (`pending[pendingOffset..<pendingCount]` unread),
+    /// in one buffer of the largest chunk's size made once per stream: no allocation a chunk.
+    private let pending = UnsafeMutableRawBufferPointer.allocate(byteCount: maxChunkData, alignment: 16)
+    private var pendingCount = 0
     private var pendingOffset = 0
     private var sentIdentifier = false
     private var sawIdentifier = false
 
     static let maxChunkData = 65536
     static let identifier: [UInt8] = [0xFF, 0x06, 0x00, 0x00, 0x73, 0x4E, 0x61, 0x50, 0x70, 0x59]
+
+    deinit { pending.deallocate() }
 
     init(_ inner: any ByteStream) {
         self.inner = inner
@@ -36,12 +40,12 @@ final class SnappyStream: ByteStream, @unchecked Sendable {
     // MARK: Reading
 
     func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int {
-        while pendingOffset == pending.count {
+        while pendingOffset == pendingCount {
             let result = await nextChunk(timeout: timeout, expectingWait: expectingWait)
             if result <= 0 { return result }
         }
-        let count = min(buffer.count, pending.count - pendingOffset)
-        pending.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + pendingOffset, byteCount: count) }
+        let count = min(buffer.count, pendingCount - pendingOffset)
+        buffer.baseAddress!.copyMemory(from: pending.baseAddress! + pendingOffset, byteCount: count)
         pendingOffset += count
         return count
     }
@@ -73,7 +77,7 @@ final class SnappyStream: ByteStream, @unchecked Sendable {
         case 0xFF:
             guard body.count == 6, Array(body) == Array(Self.identifier[4...]) else { return -Int(EPROTO) }
             sawIdentifier = true
-            pending = []
+            pendingCount = 0
             pendingOffset = 0
             return 1
         case 0x00, 0x01:
@@ -81,33 +85,36 @@ final class SnappyStream: ByteStream, @unchecked Sendable {
             let expected = body.loadUnaligned(as: UInt32.self).littleEndian
             let data = UnsafeRawBufferPointer(rebasing: body[4...])
             if type == 0x01 {
-                pending = Array(data)
+                guard data.count <= Self.maxChunkData else { return -Int(EPROTO) }
+                if data.count > 0 { pending.baseAddress!.copyMemory(from: data.baseAddress!, byteCount: data.count) }
+                pendingCount = data.count
             } else {
                 var length = 0
                 guard snappy_uncompressed_length(data.baseAddress?.assumingMemoryBound(to: CChar.self), data.count, &length) == SNAPPY_OK,
                       length <= Self.maxChunkData else { return -Int(EPROTO) }
-                pending = [UInt8](repeating: 0, count: length)
-                let ok = pending.withUnsafeMutableBytes { out in
-                    var outLength = length
-                    return snappy_uncompress(data.baseAddress?.assumingMemoryBound(to: CChar.self), data.count,
-                                             out.baseAddress?.assumingMemoryBound(to: CChar.self), &outLength) == SNAPPY_OK && outLength == length
-                }
-                guard ok else { return -Int(EPROTO) }
+                var outLength = length
+                guard snappy_uncompress(data.baseAddress?.assumingMemoryBound(to: CChar.self), data.count,
+                                        pending.baseAddress!.assumingMemoryBound(to: CChar.self), &outLength) == SNAPPY_OK,
+                      outLength == length else { return -Int(EPROTO) }
+                pendingCount = length
             }
-            guard pending.withUnsafeBytes({ CRC32C.masked($0) }) == expected else { return -Int(EPROTO) }
             pendingOffset = 0
+            guard CRC32C.masked(UnsafeRawBufferPointer(rebasing: pending[0..<pendingCount])) == expected else {
+                pendingCount = 0
+                return -Int(EPROTO)
+            }
             return 1
         case 0x02...0x7F:
             return -Int(EPROTO)  // reserved unskippable chunks
         default:
-            pending = []
+            pendingCount = 0
             pendingOffset = 0
             return 1  // skippable (0x80–0xFE): padding and the like
         }
     }
 
     func waitReadable(timeout: Duration?) async -> Int32 {
-        pendingOffset < pending.count ? 1 : await inner.waitReadable(timeout: timeout)
+        pendingOffset < pendingCount ? 1 : await inner.waitReadable(timeout: timeout)
     }
 
     // MARK: Writing

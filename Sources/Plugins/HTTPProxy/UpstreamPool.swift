@@ -87,7 +87,4 @@ final class UpstreamPool {
         }
         if idleCount > 0 { pruneTimer.arm(after: pruneInterval) }
     }
-
-    /// Idle connections held now (for tests).
-    var count: Int { idleCount }
 }

@@ -148,16 +148,17 @@ final class TunnelClient: @unchecked Sendable {
             guard await writer.write(FRPMessage.newProxy(request).encoded(), timeout: .seconds(10)) == 0 else { return .ended("control stream failed") }
         }
         // Without tcpMux the server watches for Pings (90 s); with it, yamux keeps the session.
-        var heartbeat: Task<Void, Never>?
+        // The control's end cancels the heartbeat's sleep (the ring timer, not the task: a task
+        // cancellation does not reach a ring operation), so no Ping goes to a dead control.
+        let heartbeatTimer = AsyncCompletion()
         if !configuration.tcpMux {
-            heartbeat = loop.spawn { [loop] in
-                let timer = AsyncCompletion()
-                while await loop.sleep(for: .seconds(30), using: timer) == 0 {
+            loop.spawn { [loop] in
+                while await loop.sleep(for: .seconds(30), using: heartbeatTimer) == 0 {
                     guard await writer.write(FRPMessage.ping(.init(privilegeKey: nil, timestamp: nil)).encoded(), timeout: .seconds(10)) == 0 else { return }
                 }
             }
         }
-        defer { heartbeat?.cancel() }
+        defer { if heartbeatTimer.isPending { loop.cancel(heartbeatTimer) } }
         let reader = FramedReader(stream: secure, capacity: 16 * 1024)
         while true {
             let message: FRPMessage
