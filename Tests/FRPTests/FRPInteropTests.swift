@@ -88,7 +88,8 @@ struct FRPInteropTests {
         let client = try FRPClient(config: frpc(port, echo.address.port!, remote), kind: kind)
         defer { client.kill() }
         try check(harp, client, port, remote)
-        #expect(try harp.stop() == 0)
+        let status = try harp.stop()
+        #expect(status == 0, "harp exited \(status); its stderr ends: \(harp.stderr.suffix(3000))")
     }
 
     static func served(_ remote: UInt16, _ client: FRPClient) -> Bool {
