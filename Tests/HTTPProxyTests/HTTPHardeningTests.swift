@@ -71,7 +71,7 @@ struct HTTPHardeningTests {
             """).output
     }
 
-    @Test("POSTs through pooled connections the origin closes: none fails (closed after each response; keep-alive timeout racing the requests)")
+    @Test("POSTs through pooled connections the origin closes: none fails (1 MiB, closed after each response; 4 KiB, keep-alive timeout racing the requests)")
     func postsOnClosingOrigins() throws {
         let closing = try HTTPTestOrigin()
         defer { closing.stop() }
@@ -84,8 +84,9 @@ struct HTTPHardeningTests {
         defer { racing.stop() }
         let port2 = freePort()
         let harp2 = try HarpProcess.serve(Self.config(port: port2, upstream: "http://\(racing.address)"))
+        // Replayable bodies only: a 1 MiB body is spliced as it arrives, so an origin timeout
+        // firing while it is in flight cannot be undone (nginx loses those too).
         #expect(try Self.posts(port: port2, target: "/hash", count: 60, size: 4096, gap: 0.1) == "60 200")
-        #expect(try Self.posts(port: port2, target: "/hash", count: 30, size: 1 << 20, gap: 0.1) == "30 200")
         #expect(try harp2.stop() == 0)
     }
 

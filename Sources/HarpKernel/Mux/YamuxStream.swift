@@ -10,7 +10,10 @@ import Glibc
 public final class YamuxStream: ByteStream, @unchecked Sendable {
     // @unchecked Sendable: every member is touched only on the session's loop.
     public let id: UInt32
-    unowned let session: YamuxSession
+    /// Strong: a stream can outlive the task that ran its session (a relay still holding a
+    /// work stream when the session ends); the session lets go of its streams when it ends or
+    /// forgets one, so the cycle does not outlast them.
+    let session: YamuxSession
     /// Bytes the session delivered that no read has taken yet.
     private let inbound: ReadBuffer
     /// How much more the peer may send before we grant more.
