@@ -84,8 +84,19 @@ public final class TestSocket {
 }
 
 /// A free loopback TCP port (bound and released; good enough for tests on one machine).
+/// A loopback port nobody listens on now, from below the kernel's ephemeral range
+/// (32768–60999 by default): a port the kernel picks for "port 0" can be handed out again at
+/// once as the source port of another test's outgoing connection (the flood tests open
+/// thousands), and then harp's bind fails with EADDRINUSE.
 public func freePort() -> UInt16 {
-    let fd = try! Socket.listen(on: .ipv4(host: UInt32(0x7f000001).bigEndian, port: 0), reusePort: false)
+    for _ in 0..<1000 {
+        let port = UInt16.random(in: 20000...32000)
+        if let fd = try? Socket.listen(on: loopback(port), reusePort: false) {
+            close(fd)
+            return port
+        }
+    }
+    let fd = try! Socket.listen(on: loopback(0), reusePort: false)
     defer { close(fd) }
     return SocketAddress.local(of: fd)!.port!
 }
