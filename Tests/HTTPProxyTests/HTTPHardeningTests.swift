@@ -90,6 +90,35 @@ struct HTTPHardeningTests {
         #expect(try harp2.stop() == 0)
     }
 
+    @Test("a small POST whose body came after its head is sent again when the reused connection closes unanswered")
+    func replaysABodyThatCameLate() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://\(origin.address)"))
+        #expect(try shell("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:\(port)/").output == "200")  // pools a connection
+        let before = origin.requests.load(ordering: .relaxed)
+        // The head, a pause, then 4 KiB of body: harp has the head long before the body.
+        let reply = try shell("""
+            python3 -c '
+            import socket, time
+            s = socket.create_connection(("127.0.0.1", \(port)))
+            s.sendall(b"POST /drop-once HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 4096\\r\\nConnection: close\\r\\n\\r\\n")
+            time.sleep(0.2)
+            s.sendall(b"b" * 4096)
+            out = b""
+            while True:
+                data = s.recv(65536)
+                if not data: break
+                out += data
+            print(out.split(b"\\r\\n")[0].decode(), out.rsplit(b" ", 1)[-1].decode())
+            '
+            """).output
+        #expect(reply == "HTTP/1.1 200 OK 4096", "the body reached the origin whole on the second connection")
+        #expect(origin.requests.load(ordering: .relaxed) - before == 2, "the dropped request, then its replay")
+        #expect(try harp.stop() == 0)
+    }
+
     @Test("a request the origin answered (even with only a 1xx) is never sent again on a fresh connection")
     func noReplayAfterAnAnswer() throws {
         let origin = try HTTPTestOrigin()

@@ -14,6 +14,8 @@ import Synchronization
 /// - `/short`: promises 10 bytes, sends 5 and closes.
 /// - `/close`: answers with `Connection: close` and no length (body until close).
 /// - `/hints-then-close`: answers 103 Early Hints, then closes.
+/// - `/drop-once`: the first such request is read whole and its connection closed unanswered
+///   (an origin whose keep-alive timeout fired as the request came); later ones as `/hash`.
 /// - any target with `?then-close`: answered as usual (keep-alive promised), then the
 ///   connection is closed at once — an origin that drops every kept-alive connection.
 /// - anything else: "ok".
@@ -29,6 +31,7 @@ public final class HTTPTestOrigin: @unchecked Sendable {
     public let open = Atomic<Int>(0)
     public let requests = Atomic<Int>(0)
     private let lastHeads = Mutex<[String]>([])
+    private let dropped = Atomic<Bool>(false)
 
     let keepAliveTimeout: Double?
     let jitter: Double
@@ -132,7 +135,9 @@ public final class HTTPTestOrigin: @unchecked Sendable {
             }
             var response: [UInt8]
             var closeAfter = false
-            if target.hasPrefix("/hash") {
+            if target.hasPrefix("/drop-once"), !dropped.exchange(true, ordering: .relaxed) {
+                return
+            } else if target.hasPrefix("/hash") || target.hasPrefix("/drop-once") {
                 response = Self.response("\(hash.finalizeHex()) \(bodyBytes)")
             } else if target.hasPrefix("/headers") {
                 response = Self.response(headText)
