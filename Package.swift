@@ -81,6 +81,16 @@ let package = Package(
             path: "Sources/Plugins/FRP",
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "ExApps",
+            dependencies: [
+                "HarpKernel", "HTTPProxy", "FRP",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/Plugins/ExApps",
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "harp",
             dependencies: [
@@ -90,6 +100,7 @@ let package = Package(
                 "WebSocket",
                 "Admin",
                 "FRP",
+                "ExApps",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -126,6 +137,11 @@ let package = Package(
         .testTarget(
             name: "FRPTests",
             dependencies: ["FRP", "HarpTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ExAppsTests",
+            dependencies: ["ExApps", "HarpTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -36,11 +36,21 @@ struct ConfigOptions: ParsableArguments {
     @Option(name: .long, help: "A TOML config file (default: the embedded loopback config).")
     var config: String?
 
+    /// The file, or a plugin's set-up asked for by the environment (HaRP's variables), or
+    /// the embedded default; environment variables apply over each.
     func load() throws(ConfigError) -> ConfigFile {
+        let environment = ProcessEnvironment.current()
         if let config {
-            return try ConfigFile.load(path: config, registry: registeredPlugins)
+            return try ConfigFile.load(path: config, registry: registeredPlugins, environment: environment)
         }
-        return try ConfigFile(text: defaultConfigTOML, source: "<embedded default config>", registry: registeredPlugins)
+        for type in registeredPlugins.types {
+            if let text = type.environmentDefault(environment) {
+                return try ConfigFile(text: text, source: "<\(type.name) set-up from the environment>", registry: registeredPlugins,
+                                      environment: environment)
+            }
+        }
+        return try ConfigFile(text: defaultConfigTOML, source: "<embedded default config>", registry: registeredPlugins,
+                              environment: environment)
     }
 }
 

@@ -1,4 +1,5 @@
 import Admin
+import ExApps
 import FRP
 import HTTPProxy
 import HarpKernel
@@ -13,4 +14,5 @@ let registeredPlugins = PluginRegistry([
     WebSocketPlugin.self,
     AdminPlugin.self,
     FRPPlugin.self,
+    ExAppsPlugin.self,
 ])

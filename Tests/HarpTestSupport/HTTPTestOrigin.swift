@@ -10,6 +10,7 @@ import Synchronization
 /// - `/headers`: answers the request head it received, verbatim.
 /// - `/chunked/<n>`: answers n bytes of 'x' in chunks of 1000.
 /// - `/slow/<ms>`: waits, then answers "slow".
+/// - `/status/<code>`: answers with that status (and the request head as body).
 /// - `/split/<ms>`: sends the head and half of a 10-byte body, waits, then the rest.
 /// - `/short`: promises 10 bytes, sends 5 and closes.
 /// - `/close`: answers with `Connection: close` and no length (body until close).
@@ -163,6 +164,8 @@ public final class HTTPTestOrigin: @unchecked Sendable {
                     usleep(200_000)
                 }
                 response = Array("0\r\n\r\n".utf8)
+            } else if target.hasPrefix("/status/"), let code = Int(target.dropFirst(8).prefix { $0.isNumber }) {
+                response = Array("HTTP/1.1 \(code) X\r\nContent-Length: \(headText.utf8.count)\r\n\r\n\(headText)".utf8)
             } else if target.hasPrefix("/slow/"), let ms = UInt32(target.dropFirst(6)) {
                 usleep(ms * 1000)
                 response = Self.response("slow")

@@ -7,6 +7,8 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
     case invalid(key: String, value: String, reason: String)
     case unreadable(path: String, reason: String)
     case plugins(String)
+    /// An environment variable that configures harp (HaRP's `HP_*`) is missing or wrong.
+    case environment(variable: String, reason: String)
 
     public var description: String {
         switch self {
@@ -22,6 +24,8 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
             "config error: cannot read \(path): \(reason)"
         case .plugins(let message):
             "config error: \(message)"
+        case .environment(let variable, let reason):
+            "config error: environment variable \(variable): \(reason)"
         }
     }
 }

@@ -9,9 +9,16 @@ public struct ConfigFile: Sendable {
     public let sectionOrder: [String]
 
     /// Parses and checks the document's shape: every top-level key is `harp` or the name of
-    /// a registered plugin.
-    public init(text: String, source: String, registry: PluginRegistry) throws(ConfigError) {
-        let document = try ConfigValue.parse(toml: text, source: source)
+    /// a registered plugin. Each plugin's environment variables (`Plugin.environmentOverrides`)
+    /// are applied over the text before anything is decoded.
+    public init(text: String, source: String, registry: PluginRegistry, environment: [String: String] = [:]) throws(ConfigError) {
+        var document = try ConfigValue.parse(toml: text, source: source)
+        guard case .table = document else { throw .syntax(source: source, line: 0, column: 0, message: "not a table") }
+        for type in registry.types {
+            for override in try type.environmentOverrides(environment) {
+                document = document.setting(override.path[...], to: override.value)
+            }
+        }
         guard case .table(let entries) = document else { throw .syntax(source: source, line: 0, column: 0, message: "not a table") }
         var sections: [String: ConfigValue] = [:]
         var order: [String] = []
@@ -33,7 +40,7 @@ public struct ConfigFile: Sendable {
     }
 
     /// Reads `path`; a missing or unreadable file is an error naming it.
-    public static func load(path: String, registry: PluginRegistry) throws(ConfigError) -> ConfigFile {
+    public static func load(path: String, registry: PluginRegistry, environment: [String: String] = [:]) throws(ConfigError) -> ConfigFile {
         guard let file = fopen(path, "r") else {
             throw .unreadable(path: path, reason: String(cString: strerror(errno)))
         }
@@ -48,7 +55,7 @@ public struct ConfigFile: Sendable {
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw .unreadable(path: path, reason: "not UTF-8 text")
         }
-        return try ConfigFile(text: text, source: path, registry: registry)
+        return try ConfigFile(text: text, source: path, registry: registry, environment: environment)
     }
 
     /// The plugins to run: `--plugins` if given, else `[harp] plugins`, else every plugin

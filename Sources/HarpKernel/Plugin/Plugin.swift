@@ -25,6 +25,17 @@ public protocol Plugin: AnyObject, Sendable {
     /// plugin to be selected. Two plugins may not add commands with the same name.
     static var commands: [any ParsableCommand.Type] { get }
 
+    /// Settings this plugin's environment variables make over the config file (HaRP's
+    /// `HP_*` for the ExApps gateway). Throw `ConfigError.environment` naming a variable that
+    /// is wrong. Sections of other plugins may be set too (HaRP's timeouts are the http
+    /// plugin's).
+    static func environmentOverrides(_ environment: [String: String]) throws(ConfigError) -> [ConfigOverride]
+
+    /// A whole configuration to run when `harp serve` has no `--config` and the environment
+    /// asks for this plugin's set-up (HaRP's two variables); nil when it does not. The
+    /// overrides are applied over it as over a file.
+    static func environmentDefault(_ environment: [String: String]) -> String?
+
     /// Builds the plugin from its validated configuration. Throw `ConfigError` for values
     /// that decode but make no sense (naming the key, the value and what is allowed).
     init(configuration: Configuration, context: PluginContext) throws
@@ -45,6 +56,8 @@ public protocol Plugin: AnyObject, Sendable {
 extension Plugin {
     public static var dependencies: [String] { [] }
     public static var commands: [any ParsableCommand.Type] { [] }
+    public static func environmentOverrides(_ environment: [String: String]) throws(ConfigError) -> [ConfigOverride] { [] }
+    public static func environmentDefault(_ environment: [String: String]) -> String? { nil }
     public func stopAccepting() async {}
     public func reload() async {}
     public var endpoints: [String] { [] }

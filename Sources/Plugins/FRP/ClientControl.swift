@@ -2,6 +2,7 @@ import CoreMetrics
 import Glibc
 import HarpKernel
 import Logging
+import Synchronization
 
 /// One logged-in frpc: its encrypted control stream, its proxies and its pool of work
 /// connections. Ends when the client goes (the stream ends or breaks the protocol), when the
@@ -142,6 +143,7 @@ final class ClientControl: @unchecked Sendable {
         proxies[name] = proxy
         server.proxyOwners[name] = self
         server.portsInUse.insert(port)
+        server.tunnels.withLock { $0[port] = FRPTunnel(name: name, port: port, client: peer, runID: runID) }
         server.metrics.proxies.increment()
         logger.info("frp proxy open", metadata: ["run_id": "\(runID)", "proxy": "\(name)", "listen": "\(address)"])
         return .init(proxyName: request.proxyName ?? "", remoteAddress: ":\(port)", error: "")
@@ -155,6 +157,7 @@ final class ClientControl: @unchecked Sendable {
         // Free the name and port once the listener has stopped, not before.
         if server.proxyOwners[proxy.name] === self { server.proxyOwners[proxy.name] = nil }
         server.portsInUse.remove(proxy.port)
+        server.tunnels.withLock { _ = $0.removeValue(forKey: proxy.port) }
     }
 
     // MARK: Work connections

@@ -14,13 +14,6 @@ enum FRPAuth {
         return digest.map { String(format: "%02x", $0) }.joined()
     }
 
-    /// Compares two secrets in time that does not depend on where they differ.
-    static func equalSecrets(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
-        guard x.count == y.count else { return false }
-        return x.withUnsafeBytes { xs in y.withUnsafeBytes { ys in CRYPTO_memcmp(xs.baseAddress, ys.baseAddress, x.count) == 0 } }
-    }
-
     /// The AES-128 key frp derives from the token: PBKDF2-HMAC-SHA1, salt "frp", 64 rounds.
     static func cipherKey(token: String) -> [UInt8] {
         var key = [UInt8](repeating: 0, count: 16)

@@ -51,6 +51,8 @@ public struct FRPConfiguration: Codable, Sendable {
     public var proxyBind: String
     public var allowPorts: [PortRange]
     public var maxPortsPerClient: Int
+    /// Validity of certificates generated at start (mutual TLS, empty `cert_dir`).
+    public var certDays: Int
 
     public init() {
         listen = .ipv4(host: 0, port: 8782)
@@ -61,11 +63,12 @@ public struct FRPConfiguration: Codable, Sendable {
         proxyBind = "127.0.0.1"
         allowPorts = [try! PortRange(parsing: "23000-23999"), try! PortRange(parsing: "24000-24099")]
         maxPortsPerClient = 1
+        certDays = 5000
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, tls, certDir = "cert_dir", token, sharedKey = "shared_key", proxyBind = "proxy_bind"
-        case allowPorts = "allow_ports", maxPortsPerClient = "max_ports_per_client"
+        case allowPorts = "allow_ports", maxPortsPerClient = "max_ports_per_client", certDays = "cert_days"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -84,6 +87,7 @@ public struct FRPConfiguration: Codable, Sendable {
         d.proxyBind = try c.decodeIfPresent(String.self, forKey: .proxyBind) ?? d.proxyBind
         d.allowPorts = try c.decodeIfPresent([PortRange].self, forKey: .allowPorts) ?? d.allowPorts
         d.maxPortsPerClient = try c.decodeIfPresent(Int.self, forKey: .maxPortsPerClient) ?? d.maxPortsPerClient
+        d.certDays = try c.decodeIfPresent(Int.self, forKey: .certDays) ?? d.certDays
         self = d
         try validate()
     }
@@ -99,6 +103,9 @@ public struct FRPConfiguration: Codable, Sendable {
             _ = try SocketAddress(parsing: "\(proxyBind.contains(":") ? "[\(proxyBind)]" : proxyBind):1")
         } catch {
             throw .invalid(key: "frp.proxy_bind", value: "\"\(proxyBind)\"", reason: "expected an IP address to bind proxies to")
+        }
+        guard (1...36500).contains(certDays) else {
+            throw .invalid(key: "frp.cert_days", value: "\(certDays)", reason: "expected 1 to 36500 days")
         }
         if allowPorts.isEmpty {
             throw .invalid(key: "frp.allow_ports", value: "[]", reason: "expected at least one port or range")

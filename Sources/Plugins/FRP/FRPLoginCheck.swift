@@ -22,6 +22,15 @@ struct SharedKeyCheck: FRPLoginCheck {
     let sharedKey: String
 
     func check(_ attempt: FRPLoginAttempt) async -> String? {
-        FRPAuth.equalSecrets(attempt.metas["token"] ?? "", sharedKey) ? nil : "invalid shared key"
+        SecretComparison.equal(attempt.metas["token"] ?? "", sharedKey) ? nil : "invalid shared key"
     }
+}
+
+/// One open tcp proxy: an frpc's published port.
+public struct FRPTunnel: Sendable, Equatable {
+    public let name: String
+    public let port: Int
+    /// The frpc's address as harp saw it.
+    public let client: String
+    public let runID: String
 }

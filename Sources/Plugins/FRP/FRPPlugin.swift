@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import HarpKernel
 import Logging
+import Synchronization
 
 /// `frp`: an frps-compatible tunnel server, so that containers running upstream frpc (ExApps)
 /// publish their ports through harp without exposing any (frp protocol v1; docs/protocols/frp.md).
@@ -43,10 +44,15 @@ public final class FRPPlugin: Plugin {
         }
     }
 
-    /// Adds a login check (call from another plugin's `init`, e.g. the ExApps bans).
+    /// Adds a login check (call from another plugin's `init`, e.g. the ExApps bans). Checks
+    /// added so run before the `[frp] shared_key` check, so that the ExApps gateway sees, and
+    /// counts toward a ban, every login with a wrong key.
     public func addLoginCheck(_ check: any FRPLoginCheck) {
-        server.loginChecks.append(check)
+        server.loginChecks.insert(check, at: server.loginChecks.firstIndex { $0 is SharedKeyCheck } ?? server.loginChecks.endIndex)
     }
+
+    /// The tunnels open now, by port (callable from any thread).
+    public var tunnels: [Int: FRPTunnel] { server.tunnels.withLock { $0 } }
 
     /// Mutual TLS with none of HaRP's certificate files in `cert_dir` yet.
     static func needsGeneratedCertificates(_ configuration: FRPConfiguration) -> Bool {
@@ -57,7 +63,7 @@ public final class FRPPlugin: Plugin {
         guard let loop = context.loops.first else { return }
         if Self.needsGeneratedCertificates(configuration) {
             do {
-                try CertificateSet.generate(into: configuration.certDir, days: 5000)
+                try CertificateSet.generate(into: configuration.certDir, days: configuration.certDays)
             } catch {
                 throw ConfigError.invalid(key: "frp.cert_dir", value: "\"\(configuration.certDir)\"", reason: "\(error)")
             }

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import HarpKernel
 import Logging
+import Synchronization
 
 /// The tunnel server: accepts frpc connections, tells TLS from plaintext and yamux from a bare
 /// control connection by their first bytes, checks logins, and keeps the registry of controls
@@ -26,6 +27,9 @@ final class FRPServer: @unchecked Sendable {
     private var controls: [String: ClientControl] = [:]
     var proxyOwners: [String: ClientControl] = [:]
     var portsInUse: Set<Int> = []
+    /// The open proxies by port, for other loops (the ExApps gateway's tunnel status and its
+    /// Docker passthrough): written with `portsInUse`, read from any thread.
+    let tunnels = Mutex<[Int: FRPTunnel]>([:])
 
     /// frp's own deadline for the first bytes and the first message of a connection.
     static let firstMessageTimeout: Duration = .seconds(10)
@@ -169,7 +173,7 @@ final class FRPServer: @unchecked Sendable {
     private func check(_ login: FRPMessage.Login, peer: SocketAddress?) async -> (reason: String, metric: String)? {
         if !configuration.token.isEmpty {
             let expected = FRPAuth.privilegeKey(token: configuration.token, timestamp: login.timestamp ?? 0)
-            guard FRPAuth.equalSecrets(login.privilegeKey ?? "", expected) else {
+            guard SecretComparison.equal(login.privilegeKey ?? "", expected) else {
                 return ("token in login doesn't match token from configuration", "token")
             }
         }

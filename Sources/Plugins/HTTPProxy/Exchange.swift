@@ -5,6 +5,8 @@ public final class Exchange: @unchecked Sendable {
     // @unchecked Sendable: filled in on the connection's loop, handed to observers after the
     // exchange is over and no longer mutated.
     public let method: String
+    /// The loop the request is served on (a provider's own calls, e.g. `HTTPClient`, run there).
+    public let loop: EventLoop
     public var target: String
     public var status = 0
     public var upstream: Upstream?
@@ -22,8 +24,9 @@ public final class Exchange: @unchecked Sendable {
     /// per-request context): whatever the provider needs to judge the outcome.
     public var context: (any Sendable)?
 
-    init(request: HTTPRequestHead, started: UInt64) {
+    init(request: HTTPRequestHead, loop: EventLoop, started: UInt64) {
         method = request.method
+        self.loop = loop
         target = request.target
         self.started = started
     }

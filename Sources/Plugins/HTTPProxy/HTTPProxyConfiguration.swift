@@ -135,8 +135,5 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         try range("max_body_size", maxBodySize, 0...Int.max)
         try range("upstream_keepalive", upstreamKeepalive, 0...100_000)
         try range("max_connections", maxConnections, 1...1_000_000)
-        if listen.isEmpty && listenTLS.isEmpty {
-            throw .invalid(key: "http.listen", value: "[]", reason: "expected at least one address (or an [[http.listen_tls]])")
-        }
     }
 }

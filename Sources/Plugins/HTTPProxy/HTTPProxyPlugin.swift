@@ -13,22 +13,32 @@ public final class HTTPProxyPlugin: Plugin {
     let shared: ProxyShared
     let context: PluginContext
     private let listeners: ListenerSet
+    private var sites: [ProxySite] { shared.sites }
+    private var main: ProxySite { shared.sites[0] }
 
     public init(configuration: HTTPProxyConfiguration, context: PluginContext) throws {
         self.context = context
         shared = try ProxyShared(configuration: configuration, logger: context.logger)
         listeners = ListenerSet(loops: context.loops, logger: context.logger)
         // The static table answers first; providers added by other plugins come after it.
-        if !configuration.routes.isEmpty { shared.providers.append(StaticRoutes(routes: configuration.routes)) }
+        shared.sites = [try ProxySite(name: "http", listen: configuration.listen, listenTLS: configuration.listenTLS, keyPrefix: "http.listen_tls",
+                               providers: configuration.routes.isEmpty ? [] : [StaticRoutes(routes: configuration.routes)])]
     }
 
-    /// Adds a route provider (call from another plugin's `init`).
+    /// Adds a route provider to the `[http]` listeners (call from another plugin's `init`).
     public func addRouteProvider(_ provider: any RouteProvider) {
-        shared.providers.append(provider)
+        main.providers.append(provider)
     }
 
+    /// Adds an observer of the `[http]` listeners' exchanges.
     public func addObserver(_ observer: any ResponseObserver) {
-        shared.observers.append(observer)
+        main.observers.append(observer)
+    }
+
+    /// Adds listeners served by their own route providers (call from another plugin's
+    /// `init`; they start with the http plugin).
+    public func addSite(_ site: ProxySite) {
+        shared.sites.append(site)
     }
 
     /// Adds a handler for one `Upgrade` protocol (call from another plugin's `init`).
@@ -37,17 +47,24 @@ public final class HTTPProxyPlugin: Plugin {
     }
 
     public func start() async throws {
+        // `listen = []` is allowed when another plugin brings its own listeners (the ExApps
+        // gateway alone); with none at all, the http plugin would serve nothing.
+        guard sites.contains(where: { !$0.isEmpty }) else {
+            throw ConfigError.invalid(key: "http.listen", value: "[]", reason: "expected at least one address (or an [[http.listen_tls]])")
+        }
         shared.prepareLoops(context.loops)
         let shared = self.shared
-        for address in shared.configuration.listen {
-            try listeners.listen(on: address) { socket in
-                await HTTPProxyPlugin.serve(socket, shared: shared) { $0 }
+        for site in sites {
+            for address in site.listen {
+                try listeners.listen(on: address) { socket in
+                    await HTTPProxyPlugin.serve(socket, shared: shared, site: site) { $0 }
+                }
             }
-        }
-        for (index, listener) in shared.configuration.listenTLS.enumerated() {
-            try listeners.listen(on: listener.listen) { socket in
-                await HTTPProxyPlugin.serve(socket, shared: shared) { socket in
-                    await HTTPProxyPlugin.acceptTLS(socket, context: shared.certificates.context(index), shared: shared)
+            for (index, listener) in site.certificates.listeners.enumerated() {
+                try listeners.listen(on: listener.listen) { socket in
+                    await HTTPProxyPlugin.serve(socket, shared: shared, site: site) { socket in
+                        await HTTPProxyPlugin.acceptTLS(socket, context: site.certificates.context(index), shared: shared)
+                    }
                 }
             }
         }
@@ -55,7 +72,8 @@ public final class HTTPProxyPlugin: Plugin {
 
     /// One accepted socket: admitted under the connection limit (or closed at once), made a
     /// client stream by `secure` (nil: closed, e.g. a failed TLS handshake), then served.
-    static func serve(_ socket: SocketStream, shared: ProxyShared, secure: (SocketStream) async -> (any ByteStream)?) async {
+    static func serve(_ socket: SocketStream, shared: ProxyShared, site: ProxySite,
+                      secure: (SocketStream) async -> (any ByteStream)?) async {
         let roster = shared.roster(for: socket.loop)
         guard roster.admit() else {
             shared.metrics.connectionRefused()
@@ -65,7 +83,7 @@ public final class HTTPProxyPlugin: Plugin {
         defer { roster.leave() }
         Socket.setNoDelay(socket.fd)
         guard let client = await secure(socket) else { return }
-        await ProxyConnection(client: client, shared: shared).run()
+        await ProxyConnection(client: client, shared: shared, site: site).run()
     }
 
     /// The server side of a TLS handshake; a failure is logged with the peer and OpenSSL's
@@ -85,8 +103,10 @@ public final class HTTPProxyPlugin: Plugin {
         }
     }
 
+    /// SIGHUP: every site re-reads its HTTPS certificates. New connections get the new ones;
+    /// open connections keep theirs. A file that fails keeps the old context and is logged.
     public func reload() async {
-        shared.reloadCertificates()
+        for site in sites { site.certificates.reload(logger: shared.logger) }
     }
 
     public func stopAccepting() async {
@@ -94,15 +114,18 @@ public final class HTTPProxyPlugin: Plugin {
         await listeners.stop()
     }
 
-    /// Where the listeners are bound (plain ones first), once started.
+    /// Where the listeners are bound, site by site (plain ones first in each), once started.
     public var boundAddresses: [SocketAddress] { listeners.boundAddresses }
 
     public var endpoints: [String] {
         let routes = shared.configuration.routes.map { route in
             "route \(route.host ?? "*")\(route.pathPrefix) -> \(route.upstream)"
         }
-        let plain = shared.configuration.listen.count
-        return listeners.boundAddresses.enumerated().map { index, address in "\(index < plain ? "http" : "https")://\(address)" }
-            + routes
+        // Bound in the order `start` listens: site by site, plain before TLS.
+        let schemes = sites.flatMap { site in
+            let suffix = site.name == "http" ? "" : " (\(site.name))"
+            return site.listen.map { _ in ("http", suffix) } + site.certificates.listeners.map { _ in ("https", suffix) }
+        }
+        return zip(schemes, listeners.boundAddresses).map { scheme, address in "\(scheme.0)://\(address)\(scheme.1)" } + routes
     }
 }

@@ -12,6 +12,8 @@ final class ProxyConnection {
     let client: any ByteStream
     let info: ClientInfo
     let shared: ProxyShared
+    /// The listener group this connection came in on: its route providers decide.
+    let site: ProxySite
     /// The client's bytes: request heads are decoded here; body bytes that came with a head
     /// are forwarded from here before the rest is spliced.
     let requests: FramedReader
@@ -28,10 +30,11 @@ final class ProxyConnection {
     /// Set when the roster closed this connection to make room for a new one.
     private var wasShed = false
 
-    init(client: any ByteStream, shared: ProxyShared) {
+    init(client: any ByteStream, shared: ProxyShared, site: ProxySite) {
         loop = client.loop
         self.client = client
         self.shared = shared
+        self.site = site
         let peer = client.peer ?? .unix(path: "")
         info = ClientInfo(peer: peer, isTrustedProxy: peer.hostBytes.map { bytes in
             shared.configuration.trustedProxies.contains { $0.contains(bytes) }
@@ -47,11 +50,11 @@ final class ProxyConnection {
         let roster = shared.roster(for: loop)
         while let (head, length) = await readRequestHead(roster) {
             inbound.consume(length)
-            let exchange = Exchange(request: head, started: EventLoop.preciseNanos())
+            let exchange = Exchange(request: head, loop: loop, started: EventLoop.preciseNanos())
             let keepAlive = await handle(head, exchange)
             answeredOne = true
             exchange.finished = EventLoop.preciseNanos()
-            shared.record(exchange, client: info)
+            shared.record(exchange, client: info, site: site)
             if !keepAlive { break }
         }
         roster.working(self)
@@ -129,7 +132,7 @@ final class ProxyConnection {
                                                         keepAlive: false, extraHeaders: refusal.headers))
             return false
         }
-        guard let decision = await shared.route(&request, client: info, exchange: exchange) else {
+        guard let decision = await site.route(&request, client: info, exchange: exchange) else {
             exchange.status = 404
             await respond(status: 404, keepAlive: !hasBody && request.wantsKeepAlive)
             return !hasBody && request.wantsKeepAlive
@@ -144,10 +147,47 @@ final class ProxyConnection {
             let keepAlive = !hasBody && request.wantsKeepAlive
             _ = await sendToClient(CannedResponse.bytes(reply, keepAlive: keepAlive))
             return keepAlive
+        case .answerBody(let limit, let answer):
+            let expectsContinue = request.headers.contains(.expect, token: "100-continue")
+            guard let body = await readWholeBody(framing, limit: limit, expectsContinue: expectsContinue, exchange) else { return false }
+            let reply = await answer(body)
+            exchange.status = reply.status
+            _ = await sendToClient(CannedResponse.bytes(reply, keepAlive: request.wantsKeepAlive))
+            return request.wantsKeepAlive
         case .forward(let upstream):
             exchange.upstream = upstream
             return await forward(request, framing: framing, to: upstream, exchange)
         }
+    }
+
+    /// A small body read whole for a provider's own answer; nil when the client got an error
+    /// (411, 413) or went away.
+    private func readWholeBody(_ framing: BodyFraming, limit: Int, expectsContinue: Bool, _ exchange: Exchange) async -> [UInt8]? {
+        let count: Int
+        switch framing {
+        case .none: return []
+        case .length(let length): count = length
+        case .chunked, .untilClose:
+            exchange.status = 411
+            await respond(status: 411, keepAlive: false)
+            return nil
+        }
+        guard count <= limit, count <= inbound.capacity else {
+            exchange.status = 413
+            await respond(status: 413, keepAlive: false)
+            return nil
+        }
+        if inbound.isEmpty, count > 0, expectsContinue {
+            guard await sendToClient(Self.continueBytes) else { return nil }
+        }
+        while inbound.count < count {
+            guard await requests.fill(timeout: config.clientTimeout.duration) > 0 else { return nil }
+        }
+        let body = Array(inbound.readable[0..<count])
+        inbound.consume(count)
+        exchange.requestBytes += count
+        exchange.requestBodyDone = true
+        return body
     }
 
     private func forward(_ request: HTTPRequestHead, framing: BodyFraming, to upstream: Upstream,

@@ -3,28 +3,28 @@ import HarpKernel
 import Logging
 import Synchronization
 
-/// State every connection of the http plugin reads: configuration, parser limits, the route
-/// providers, per-loop upstream pools, metrics and observers. Immutable once serving starts,
-/// except the pools, each touched only by its own loop.
+/// State every connection of the http plugin reads: configuration, parser limits, per-loop
+/// upstream pools, metrics and upgrade handlers (route providers and observers belong to a
+/// `ProxySite`). Immutable once serving starts, except the pools, each touched only by its
+/// own loop.
 final class ProxyShared: @unchecked Sendable {
-    // @unchecked Sendable: `pools[i]` and `rosters[i]` are used only on loop i's thread; `providers` and
-    // `observers` are fixed before the first connection is accepted; the flag is atomic.
+    // @unchecked Sendable: `pools[i]` and `rosters[i]` are used only on loop i's thread;
+    // `sites` and `upgradeHandlers` are fixed before the first connection is accepted (plugins'
+    // `init`); the flag is atomic.
     let configuration: HTTPProxyConfiguration
     let parser: HTTPHeadParser
     let logger: Logger
     let accessLogger: Logger
     let metrics = HTTPMetrics()
-    var providers: [any RouteProvider] = []
-    var observers: [any ResponseObserver] = []
     var upgradeHandlers: [any UpgradeHandler] = []
+    /// The `[http]` listeners first, then those other plugins added.
+    var sites: [ProxySite] = []
     private var pools: [UpstreamPool] = []
     /// Client contexts for the https upstreams routes name, and one (system trust store) for
     /// https upstreams other providers return. All are built in `init`: a failure stops
     /// startup, so no request can reach an https upstream without TLS.
     private let upstreamContexts: [Upstream: TLSContext]
     private let defaultUpstreamTLS: TLSContext
-    /// Server contexts of the HTTPS listeners, replaced on reload (SIGHUP).
-    let certificates: ServerCertificates
     /// How upstream connections are opened (connect timeout, no-delay, TLS without fallback).
     let dialer: Dialer
     let tlsHandshakeFailures = CoreMetrics.Counter(label: "harp_http_tls_handshake_failures_total")
@@ -46,7 +46,6 @@ final class ProxyShared: @unchecked Sendable {
             throw ConfigError.invalid(key: "http", value: "https upstreams", reason: "cannot set up TLS with the system trust store: \(error)")
         }
         dialer = Dialer(connectTimeout: configuration.connectTimeout.duration)
-        certificates = try ServerCertificates(configuration.listenTLS, keyPrefix: "http.listen_tls", alpn: ["http/1.1"])
     }
 
     /// One client context per https upstream. Two routes to one upstream with different TLS
@@ -76,12 +75,6 @@ final class ProxyShared: @unchecked Sendable {
         return contexts
     }
 
-    /// SIGHUP: re-read the HTTPS certificates. New connections get the new ones; open
-    /// connections keep theirs. A file that fails keeps the old context and is logged.
-    func reloadCertificates() {
-        certificates.reload(logger: logger)
-    }
-
     /// The TLS context for an https upstream; nil only for plain ones.
     func upstreamTLS(for upstream: Upstream) -> TLSContext? {
         guard upstream.isTLS else { return nil }
@@ -108,20 +101,13 @@ final class ProxyShared: @unchecked Sendable {
     var acceptingNewRequests: Bool { accepting.load(ordering: .relaxed) }
     func stopAccepting() { accepting.store(false, ordering: .relaxed) }
 
-    func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision? {
-        for provider in providers {
-            if let decision = await provider.route(&request, client: client, exchange: exchange) { return decision }
-        }
-        return nil
-    }
-
     /// The handler for the protocol a request asks to switch to, if one is registered.
     func upgradeHandler(for request: HTTPRequestHead) -> (any UpgradeHandler)? {
         guard !upgradeHandlers.isEmpty, request.headers[.upgrade] != nil else { return nil }
         return upgradeHandlers.first { handler in request.headers.contains(.upgrade, token: handler.protocolName) }
     }
 
-    func record(_ exchange: Exchange, client: ClientInfo) {
+    func record(_ exchange: Exchange, client: ClientInfo, site: ProxySite) {
         metrics.record(exchange)
         if configuration.accessLog {
             accessLogger.info("request", metadata: [
@@ -131,6 +117,6 @@ final class ProxyShared: @unchecked Sendable {
                 "duration_ms": "\(Double(Int(exchange.durationSeconds * 100_000)) / 100)",
             ])
         }
-        for observer in observers { observer.observe(exchange, client: client) }
+        for observer in site.observers { observer.observe(exchange, client: client) }
     }
 }

@@ -1,0 +1,102 @@
+import HTTPProxy
+import HarpKernel
+import Synchronization
+
+/// The ExApp records, shared by every loop: found records are kept until AppAPI replaces or
+/// deletes them (`/exapp_storage`), "unknown" is remembered for `unknown_app_ttl`, and
+/// concurrent misses for one app make one Nextcloud call.
+final class ExAppDirectory: Sendable {
+    enum Lookup: Sendable {
+        case found(ExAppEntry)
+        case unknown
+        /// Nextcloud could not answer (down, timed out, a broken reply): nothing is cached.
+        case failed
+    }
+
+    private struct State {
+        var records: [String: ExAppEntry] = [:]
+        /// App id → when "unknown" stops being believed (monotonic ns).
+        var unknownUntil: [String: UInt64] = [:]
+    }
+
+    private let state = Mutex(State())
+    private let flights = SingleFlight<String, Lookup>()
+    private let unknownTTL: UInt64
+    private let metrics: ExAppsMetrics
+
+    init(unknownTTL: Duration, metrics: ExAppsMetrics) {
+        self.unknownTTL = unknownTTL.nanoseconds
+        self.metrics = metrics
+    }
+
+    /// The record for `appID` (lower-cased), asking `fetch` (Nextcloud) on a miss.
+    func lookup(_ appID: String, fetch: () async -> Lookup) async -> Lookup {
+        if let cached = cached(appID) {
+            metrics.recordCache(hit: true)
+            return cached
+        }
+        metrics.recordCache(hit: false)
+        return await flights.run(appID) {
+            // Another flight may have just stored it.
+            if let cached = cached(appID) { return cached }
+            let result = await fetch()
+            state.withLock { state in
+                switch result {
+                case .found(let entry): state.records[appID] = entry
+                case .unknown:
+                    // Bounded: ids are attacker-chosen (/exapps/<random>), so expired ones go.
+                    if state.unknownUntil.count >= 10_000 {
+                        let now = EventLoop.preciseNanos()
+                        state.unknownUntil = state.unknownUntil.filter { $0.value > now }
+                    }
+                    state.unknownUntil[appID] = EventLoop.preciseNanos() + unknownTTL
+                case .failed: break
+                }
+            }
+            return result
+        }
+    }
+
+    private func cached(_ appID: String) -> Lookup? {
+        state.withLock { state in
+            if let entry = state.records[appID] { return .found(entry) }
+            if let until = state.unknownUntil[appID] {
+                if until > EventLoop.preciseNanos() { return .unknown }
+                state.unknownUntil[appID] = nil
+            }
+            return nil
+        }
+    }
+
+    /// A found record, without asking Nextcloud (the front-proxy hint).
+    func known(_ appID: String) -> Bool { state.withLock { $0.records[appID] != nil } }
+
+    /// `/exapp_storage` POST: AppAPI pushes a record (enable, update).
+    func store(_ appID: String, _ entry: ExAppEntry) {
+        state.withLock { state in
+            state.records[appID] = entry
+            state.unknownUntil[appID] = nil
+        }
+    }
+
+    /// `/exapp_storage` DELETE: false when there was no such record.
+    func remove(_ appID: String) -> Bool {
+        state.withLock { $0.records.removeValue(forKey: appID) != nil }
+    }
+
+    var all: [String: ExAppEntry] { state.withLock { $0.records } }
+}
+
+/// A record with its upstream resolved once (a DNS name is looked up off the loop when the
+/// record arrives, not per request).
+struct ExAppEntry: Sendable {
+    let record: ExAppRecord
+    /// nil when the host could not be resolved (requests get 404, like HaRP).
+    let upstream: Upstream?
+
+    /// Resolves `record.host`: an IP literal at once, a name on a thread of its own
+    /// (getaddrinfo blocks), IPv4 preferred.
+    static func resolving(_ record: ExAppRecord) async -> ExAppEntry {
+        ExAppEntry(record: record, upstream: await HostResolver.upstream(host: record.host, port: record.port))
+    }
+}

@@ -1,0 +1,223 @@
+import Foundation
+import HTTPProxy
+import HarpKernel
+import Logging
+
+/// The request decision of HaRP's agent (docs/protocols/exapps.md, "Deciding a request"), as
+/// the http plugin's route provider for the ExApps listeners: drop, 401, 403, 404 or 503 with
+/// HaRP's bodies, the control plane, or a forward to the ExApp with AppAPI's headers set.
+/// After a forward, the request, its body, the response and an upgraded connection go through
+/// the proxy's relay like any route's (splice on plain legs).
+struct ExAppsGateway: RouteProvider {
+    let state: ExAppsState
+
+    func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision? {
+        let (decision, outcome) = await decide(&request, client: client, exchange: exchange)
+        state.metrics.decided(outcome)
+        return decision
+    }
+
+    typealias Decided = (RouteDecision, outcome: String)
+
+    static let forbidden: Decided = (.respond(status: 403, body: "403 Forbidden"), "403")
+    static let notFound: Decided = (.respond(status: 404, body: "404 Not Found"), "404")
+    static let unauthorized: Decided = (.respond(status: 401, body: "401 Unauthorized"), "401")
+    static let unavailable: Decided = (.respond(status: 503, body: "503 Service Unavailable (HaRP)"), "503")
+    static let dropped: Decided = (.drop, "drop")
+
+    private func decide(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> Decided {
+        let bans = state.bans
+        // 1. Who is asking, and are they banned?
+        let ip = state.clientIP(peer: client.peer, headers: request.headers)
+        if bans.isBanned(ip) { return Self.dropped }
+        let trusted = request.headers["harp-shared-key"].map { SecretComparison.equal($0, state.sharedKey) } ?? false
+        let path = request.path
+        // 2. `..` in any spelling.
+        if PathTraversal.found(in: path) {
+            if !trusted { bans.fail(ip, reason: "traversal") }
+            return Self.dropped
+        }
+        // 3. The app id.
+        guard let (appID, targetPath) = Self.appID(in: path) else {
+            if let hint = state.frontProxyHint(for: path) { return (hint, "404") }
+            if !trusted { bans.fail(ip, reason: "no_app") }
+            return Self.notFound
+        }
+        let query = request.target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(request.target[$0...]) } ?? ""
+        // 4. The control plane.
+        if appID == "app_api" {
+            guard trusted else {
+                bans.fail(ip, reason: "control_key")
+                return Self.unauthorized
+            }
+            return await state.control.handle(&request, targetPath: targetPath, query: query, exchange: exchange)
+        }
+        let lowerID = appID.lowercased()
+        let loop = exchange.loop
+        let headers = request.headers
+        // 5. AppAPI calling its ExApp: all six headers.
+        if let version = headers["ex-app-version"], headers["ex-app-id"] != nil, let host = headers["ex-app-host"],
+           let portText = headers["ex-app-port"], headers["authorization-app-api"] != nil, headers["harp-shared-key"] != nil {
+            guard trusted else {
+                bans.fail(client.address, reason: "appapi_key")
+                return Self.dropped
+            }
+            let entry: ExAppEntry
+            switch await state.directory.lookup(lowerID, fetch: { await state.nextcloud.record(lowerID, on: loop) }) {
+            case .found(let found):
+                entry = found
+            case .unknown, .failed:
+                // Not in Nextcloud yet (its /init runs before the app is enabled): the
+                // headers say where it is.
+                guard let port = Int(portText) else { return Self.unavailable }
+                let record = ExAppRecord(token: "", version: version, host: host, port: port, routes: [])
+                entry = await ExAppEntry.resolving(record)
+            }
+            return forward(&request, entry, appID: appID, targetPath: targetPath, query: query, authorization: nil)
+        }
+        // 6. Everyone else: the app must be known.
+        let entry: ExAppEntry
+        switch await state.directory.lookup(lowerID, fetch: { await state.nextcloud.record(lowerID, on: loop) }) {
+        case .found(let found): entry = found
+        case .unknown:
+            if !trusted { bans.fail(ip, reason: "unknown_app") }
+            return Self.notFound
+        case .failed:
+            return Self.unavailable
+        }
+        if targetPath == "/heartbeat" || targetPath == "/init" || targetPath == "/enabled" {
+            bans.fail(ip, reason: "internal_route")
+            return Self.dropped
+        }
+        // 7. Who the user is, when the request says.
+        var user: NextcloudUser?
+        let cookie = Self.cookie("oc_sessionPassphrase", in: headers)
+        if cookie != nil || headers["authorization"] != nil {
+            let answer = await state.sessions.answer(cookie: cookie) {
+                await state.nextcloud.user(appID: lowerID, clientHeaders: headers, on: loop)
+            }
+            switch answer {
+            case .user(let found): user = found
+            case .anonymous: break
+            case .failed: return Self.unauthorized
+            }
+        }
+        // 8. The first route that matches decides.
+        guard let route = entry.record.route(for: targetPath) else {
+            bans.fail(ip, reason: "no_route")
+            return Self.notFound
+        }
+        if route.access != .everyone {
+            guard let user, user.level >= route.access else {
+                bans.fail(ip, reason: "forbidden")
+                return Self.forbidden
+            }
+        }
+        if !route.bruteforceStatuses.isEmpty {
+            exchange.context = BruteforceWatch(ip: ip, statuses: route.bruteforceStatuses)
+        }
+        // 9. AppAPI's signature: base64("<user id>:<app secret>"), the user empty when anonymous.
+        let authorization = Data("\(user?.id ?? ""):\(entry.record.token)".utf8).base64EncodedString()
+        return forward(&request, entry, appID: appID, targetPath: targetPath, query: query, authorization: authorization)
+    }
+
+    /// The request rewritten for the ExApp: its path without `/exapps/<appid>`, AppAPI's
+    /// headers set over whatever the client sent (`authorization` nil: AppAPI's own passes).
+    private func forward(_ request: inout HTTPRequestHead, _ entry: ExAppEntry, appID: String, targetPath: String, query: String,
+                         authorization: String?) -> Decided {
+        guard let upstream = entry.upstream else { return Self.notFound }
+        request.target = (targetPath.isEmpty ? "/" : targetPath) + query
+        request.headers.set("EX-APP-ID", appID)
+        request.headers.set("EX-APP-VERSION", entry.record.version)
+        request.headers.set("AA-VERSION", "32")
+        if let authorization { request.headers.set("AUTHORIZATION-APP-API", authorization) }
+        return (.forward(upstream), "forward")
+    }
+
+    /// HaRP's `(?:^|/)exapps/([^/]+)`: the app id as written, and the path after it.
+    static func appID(in path: Substring) -> (String, String)? {
+        var searchFrom = path.startIndex
+        while let range = path[searchFrom...].range(of: "exapps/") {
+            let atStart = range.lowerBound == path.startIndex || path[path.index(before: range.lowerBound)] == "/"
+            if atStart {
+                let rest = path[range.upperBound...]
+                let end = rest.firstIndex(of: "/") ?? rest.endIndex
+                let id = rest[..<end]
+                if !id.isEmpty {
+                    // HaRP removes "/exapps/<id>" as a prefix only; elsewhere in the path it stays.
+                    let prefix = "/exapps/" + id
+                    let target = path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : String(path)
+                    return (String(id), target)
+                }
+            }
+            searchFrom = range.upperBound
+        }
+        return nil
+    }
+
+    /// The value of the cookie `name` in the Cookie headers, nil when absent or empty.
+    static func cookie(_ name: String, in headers: HTTPHeaders) -> String? {
+        for line in headers.values("cookie") {
+            for part in line.split(separator: ";") {
+                let pair = part.drop { $0 == " " }
+                guard pair.hasPrefix(name + "=") else { continue }
+                let value = pair.dropFirst(name.count + 1)
+                return value.isEmpty ? nil : String(value)
+            }
+        }
+        return nil
+    }
+}
+
+/// A route with `bruteforce_protection`: the statuses that count as a failure for `ip` when
+/// the ExApp answers with them (read by `BruteforceObserver`).
+struct BruteforceWatch: Sendable {
+    let ip: String
+    let statuses: [Int]
+}
+
+/// Counts a failure when the ExApp's answer is one its route lists.
+struct BruteforceObserver: ResponseObserver {
+    let bans: BanList
+
+    func observe(_ exchange: Exchange, client: ClientInfo) {
+        guard let watch = exchange.context as? BruteforceWatch, watch.statuses.contains(exchange.status) else { return }
+        bans.fail(watch.ip, reason: "bruteforce_status")
+    }
+}
+
+/// HaRP's `(?:^|/|%2[fF])(?:\.|%2[eE]){2}(?:/|%2[fF]|$)`: a `..` segment however it is spelled.
+enum PathTraversal {
+    static func found(in path: Substring) -> Bool {
+        let bytes = Array(path.utf8)
+        var index = 0
+        // Each position that starts a segment: the start, after "/", after "%2f".
+        func dot(at i: Int) -> Int? {
+            if i < bytes.count && bytes[i] == UInt8(ascii: ".") { return 1 }
+            if i + 2 < bytes.count && bytes[i] == UInt8(ascii: "%") && bytes[i + 1] == UInt8(ascii: "2")
+                && (bytes[i + 2] | 0x20) == UInt8(ascii: "e") { return 3 }
+            return nil
+        }
+        func separator(at i: Int) -> Int? {
+            if i < bytes.count && bytes[i] == UInt8(ascii: "/") { return 1 }
+            if i + 2 < bytes.count && bytes[i] == UInt8(ascii: "%") && bytes[i + 1] == UInt8(ascii: "2")
+                && (bytes[i + 2] | 0x20) == UInt8(ascii: "f") { return 3 }
+            return nil
+        }
+        func dotDotSegment(at start: Int) -> Bool {
+            guard let first = dot(at: start), let second = dot(at: start + first) else { return false }
+            let end = start + first + second
+            return end == bytes.count || separator(at: end) != nil
+        }
+        if dotDotSegment(at: 0) { return true }
+        while index < bytes.count {
+            if let length = separator(at: index) {
+                if dotDotSegment(at: index + length) { return true }
+                index += length
+            } else {
+                index += 1
+            }
+        }
+        return false
+    }
+}

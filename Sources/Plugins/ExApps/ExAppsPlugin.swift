@@ -1,0 +1,61 @@
+import FRP
+import HTTPProxy
+import HarpKernel
+import Logging
+
+/// `exapps`: Nextcloud's AppAPI gateway — a drop-in replacement for HaRP. Its listeners are a
+/// site of the http plugin decided by HaRP's rules (`ExAppsGateway`); ExApps publish
+/// themselves through the frp plugin, whose logins go through the same bans
+/// (docs/protocols/exapps.md).
+public final class ExAppsPlugin: Plugin {
+    public static let name = "exapps"
+    public static let summary = "Nextcloud AppAPI gateway (HaRP replacement): decisions, bans, control plane, FRP-published ExApps"
+    public static let dependencies = ["http", "websocket", "frp"]
+    public static var defaultConfiguration: ExAppsConfiguration { ExAppsConfiguration() }
+
+    public static func environmentOverrides(_ environment: [String: String]) throws(ConfigError) -> [ConfigOverride] {
+        try HaRPEnvironment.overrides(environment)
+    }
+
+    public static func environmentDefault(_ environment: [String: String]) -> String? {
+        HaRPEnvironment.defaultDocument(environment)
+    }
+
+    let state: ExAppsState
+    let context: PluginContext
+
+    public init(configuration: ExAppsConfiguration, context: PluginContext) throws {
+        self.context = context
+        guard let http = context.dependency(HTTPProxyPlugin.self) else {
+            throw ConfigError.plugins("exapps needs the http plugin")
+        }
+        let key = try configuration.resolvedSharedKey()
+        let url = try NextcloudURL(configuration.nextcloudURL)
+        let tls: TLSContext
+        do {
+            tls = try TLSContext.client(ca: configuration.nextcloudCA, verify: configuration.nextcloudVerify)
+        } catch {
+            throw ConfigError.invalid(key: "exapps.nextcloud_ca", value: "\"\(configuration.nextcloudCA ?? "")\"", reason: "\(error)")
+        }
+        if !configuration.nextcloudVerify {
+            context.logger.warning("TLS verification of Nextcloud is off", metadata: ["nextcloud": "\(configuration.nextcloudURL)"])
+        }
+        let client = try HTTPClient(loops: context.loops, connectTimeout: .seconds(5), responseTimeout: configuration.nextcloudTimeout.duration,
+                                    tls: tls)
+        let frp = context.dependency(FRPPlugin.self)
+        let logger = context.logger
+        state = ExAppsState(configuration: configuration, sharedKey: key, nextcloud: { metrics in
+            NextcloudClient(url: url, client: client, sharedKey: key, metrics: metrics, logger: logger)
+        }, frp: frp, logger: logger)
+        http.addSite(try ProxySite(name: "exapps", listen: configuration.listen, listenTLS: configuration.listenTLS,
+                                   keyPrefix: "exapps.listen_tls", providers: [ExAppsGateway(state: state)],
+                                   observers: [BruteforceObserver(bans: state.bans)]))
+        frp?.addLoginCheck(FRPLoginHook(state: state))
+    }
+
+    public func start() async throws {}
+
+    public var endpoints: [String] {
+        ["nextcloud \(state.configuration.nextcloudURL) (ExApps listeners are listed by http)"]
+    }
+}

@@ -1,0 +1,93 @@
+import Foundation
+import HTTPProxy
+import HarpKernel
+import Logging
+
+/// AppAPI's two endpoints for the gateway, called with `harp-shared-key` over the kernel's
+/// `HTTPClient` (pooled, on the caller's loop, never blocking it): `exapp-meta` (an app's
+/// record) and `user-info` (who a request's session belongs to).
+final class NextcloudClient: Sendable {
+    let url: NextcloudURL
+    private let client: HTTPClient
+    private let sharedKey: String
+    private let metrics: ExAppsMetrics
+    private let logger: Logger
+
+    init(url: NextcloudURL, client: HTTPClient, sharedKey: String, metrics: ExAppsMetrics, logger: Logger) {
+        self.url = url
+        self.client = client
+        self.sharedKey = sharedKey
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    /// `exapp-meta`: 200 → the record (its host resolved), 401/404 → unknown, anything else
+    /// (5xx, a broken body, Nextcloud unreachable) → failed.
+    func record(_ appID: String, on loop: EventLoop) async -> ExAppDirectory.Lookup {
+        let started = EventLoop.preciseNanos()
+        let response: HTTPClientResponse
+        do {
+            response = try await client.request("GET", url.upstream, target: url.target("exapp-meta", appID: appID),
+                                                headers: [("Host", url.host), ("harp-shared-key", sharedKey)], on: loop)
+        } catch {
+            metrics.nextcloudCall("exapp-meta", outcome: "error", nanoseconds: EventLoop.preciseNanos() - started)
+            logger.warning("Nextcloud unreachable for exapp-meta", metadata: ["app": "\(appID)", "error": "\(error)"])
+            return .failed
+        }
+        metrics.nextcloudCall("exapp-meta", outcome: "\(response.status)", nanoseconds: EventLoop.preciseNanos() - started)
+        switch response.status {
+        case 200:
+            switch ExAppRecord.decode(response.body) {
+            case .success(let record):
+                return .found(await ExAppEntry.resolving(record))
+            case .failure(let problem):
+                logger.warning("Nextcloud sent an invalid ExApp record", metadata: ["app": "\(appID)", "problem": "\(problem)"])
+                return .failed
+            }
+        case 401, 404:
+            return .unknown
+        default:
+            logger.warning("exapp-meta failed", metadata: ["app": "\(appID)", "status": "\(response.status)"])
+            return .failed
+        }
+    }
+
+    /// `user-info` with the client's own headers (its cookies or Authorization say who it is),
+    /// except those that describe the client's connection or body.
+    func user(appID: String, clientHeaders: HTTPHeaders, on loop: EventLoop) async -> SessionCache.Answer {
+        var headers: [(String, String)] = [("Host", url.host)]
+        for (name, value) in clientHeaders.pairs where !Self.notForwarded.contains(name.lowercased()) {
+            headers.append((name, value))
+        }
+        headers.append(("harp-shared-key", sharedKey))
+        let started = EventLoop.preciseNanos()
+        let response: HTTPClientResponse
+        do {
+            response = try await client.request("GET", url.upstream, target: url.target("user-info", appID: appID), headers: headers, on: loop)
+        } catch {
+            metrics.nextcloudCall("user-info", outcome: "error", nanoseconds: EventLoop.preciseNanos() - started)
+            logger.warning("Nextcloud unreachable for user-info", metadata: ["app": "\(appID)", "error": "\(error)"])
+            return .failed
+        }
+        metrics.nextcloudCall("user-info", outcome: "\(response.status)", nanoseconds: EventLoop.preciseNanos() - started)
+        switch response.status {
+        case 200:
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] else { return .failed }
+            let id = object["user_id"] as? String ?? ""
+            let rawLevel = (object["access_level"] as? Int) ?? (object["access_level"] as? String).flatMap { Int($0) } ?? 0
+            guard let level = AccessLevel(rawValue: rawLevel) else { return .failed }
+            return .user(NextcloudUser(id: id, level: level))
+        case 400..<500:
+            return .anonymous
+        default:
+            return .failed
+        }
+    }
+
+    /// HaRP drops Host and Content-Length; harp also drops the hop-by-hop fields and the
+    /// body's framing (the call is a GET without a body) and the client's own copy of the key.
+    static let notForwarded: Set<String> = [
+        "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "expect", "te", "trailer",
+        "proxy-connection", "harp-shared-key",
+    ]
+}

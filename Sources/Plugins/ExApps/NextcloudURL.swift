@@ -1,0 +1,84 @@
+import Foundation
+import HTTPProxy
+import HarpKernel
+
+/// Nextcloud's base URL split for `HTTPClient`: where to connect, the `Host` to send (as the
+/// admin wrote it: Nextcloud checks it against `trusted_domains`) and the path of a
+/// sub-directory install.
+struct NextcloudURL: Sendable {
+    let upstream: Upstream
+    let host: String
+    /// "" or "/nextcloud": put before `/index.php/...`.
+    let pathPrefix: String
+
+    /// HaRP's normalisation: one trailing `/`, then a trailing `/index.php`, removed.
+    static func normalized(_ text: String) -> String {
+        var url = text.trimmingCharacters(in: .whitespaces)
+        for quote in ["\"", "'"] where url.hasPrefix(quote) && url.hasSuffix(quote) && url.count >= 2 {
+            url = String(url.dropFirst().dropLast())
+        }
+        if url.hasSuffix("/") { url.removeLast() }
+        if url.hasSuffix("/index.php") { url.removeLast("/index.php".count) }
+        return url
+    }
+
+    init(_ text: String) throws(ConfigValueProblem) {
+        guard text.hasPrefix("http://") || text.hasPrefix("https://") else {
+            throw ConfigValueProblem("expected an http:// or https:// URL, like \"https://cloud.example.com\"")
+        }
+        let scheme = text.hasPrefix("https://") ? "https://" : "http://"
+        let rest = text.dropFirst(scheme.count)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        host = String(rest[..<slash])
+        guard !host.isEmpty else { throw ConfigValueProblem("the URL has no host") }
+        pathPrefix = String(rest[slash...])
+        upstream = try Upstream(parsing: scheme + host)
+    }
+
+    /// `/index.php/apps/app_api/harp/<endpoint>?appId=<app id>` under the base path.
+    func target(_ endpoint: String, appID: String) -> String {
+        pathPrefix + "/index.php/apps/app_api/harp/" + endpoint + "?appId=" + PercentEncoding.encode(appID)
+    }
+}
+
+/// Percent-encoding and -decoding of URL components (RFC 3986 unreserved characters pass).
+enum PercentEncoding {
+    static func encode(_ text: String) -> String {
+        var out = ""
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            default:
+                out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
+            }
+        }
+        return out
+    }
+
+    /// `%XX` sequences decoded; a malformed one is kept as written.
+    static func decode<S: StringProtocol>(_ text: S) -> String {
+        let bytes = Array(text.utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var index = 0
+        while index < bytes.count {
+            if bytes[index] == UInt8(ascii: "%"), index + 2 < bytes.count,
+               let value = UInt8(String(decoding: bytes[index + 1...index + 2], as: UTF8.self), radix: 16) {
+                out.append(value)
+                index += 3
+            } else {
+                out.append(bytes[index])
+                index += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}

@@ -1,0 +1,36 @@
+import HarpKernel
+
+/// A group of listeners with its own route providers and response observers. The `[http]`
+/// listeners are one site (the static route table and providers added with
+/// `addRouteProvider`); the ExApps plugin adds its listeners as another, so a request on
+/// port 8780 is decided by the ExApps rules alone, whatever routes `[http]` has. Timeouts,
+/// limits, upstream pools and metrics are the http plugin's, shared by every site.
+public final class ProxySite: @unchecked Sendable {
+    // @unchecked Sendable: `providers` and `observers` are filled before the http plugin
+    // starts (plugins' `init`) and only read once connections are served.
+    public let name: String
+    let listen: [SocketAddress]
+    let certificates: ServerCertificates
+    var providers: [any RouteProvider]
+    var observers: [any ResponseObserver]
+
+    /// `keyPrefix` names the configuration the TLS listeners came from, for errors.
+    public init(name: String, listen: [SocketAddress], listenTLS: [TLSListenerConfiguration], keyPrefix: String,
+                providers: [any RouteProvider] = [], observers: [any ResponseObserver] = []) throws(ConfigError) {
+        self.name = name
+        self.listen = listen
+        certificates = try ServerCertificates(listenTLS, keyPrefix: keyPrefix, alpn: ["http/1.1"])
+        self.providers = providers
+        self.observers = observers
+    }
+
+    var isEmpty: Bool { listen.isEmpty && certificates.listeners.isEmpty }
+
+    /// Providers in order; the first non-nil decision wins, and nil from all is a 404.
+    func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision? {
+        for provider in providers {
+            if let decision = await provider.route(&request, client: client, exchange: exchange) { return decision }
+        }
+        return nil
+    }
+}

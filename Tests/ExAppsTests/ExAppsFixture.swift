@@ -1,0 +1,78 @@
+import Foundation
+import HarpKernel
+import HarpTestSupport
+
+/// harp's ExApps gateway on loopback with a fake Nextcloud and an ExApp (`HTTPTestOrigin`,
+/// whose `/headers` echoes the request head it got). The app `myapp` has a route per access
+/// level and one whose 401 counts toward a ban.
+final class ExAppsFixture: @unchecked Sendable {
+    // @unchecked Sendable: set once in init; the members guard themselves.
+    static let key = "test-shared-key"
+    let nextcloud: FakeNextcloud
+    let app: HTTPTestOrigin
+    let harp: HarpProcess
+    let port: UInt16
+    let frpPort: UInt16
+    let certs: String
+
+    /// `exapps` lines go into the `[exapps]` section (short TTLs, ban settings).
+    init(exapps: String = "", environment: [String: String] = [:]) throws {
+        nextcloud = try FakeNextcloud(sharedKey: Self.key)
+        app = try HTTPTestOrigin()
+        nextcloud.register("myapp", json: FakeNextcloud.record(token: "app-secret", version: "2.1.0", port: Int(app.address.port!), routes: [
+            ("^/public", 0, []), ("^/user", 1, []), ("^/admin", 2, []), ("^/status/401", 0, [401]), ("^/headers", 0, []),
+        ]))
+        nextcloud.login("alice-session", user: "alice", level: 1)
+        nextcloud.login("root-session", user: "root", level: 2)
+        port = freePort()
+        frpPort = freePort()
+        certs = NSTemporaryDirectory() + "harp-exapps-\(UUID().uuidString)"
+        harp = try HarpProcess.serve("""
+            [harp]
+            plugins = ["http", "websocket", "frp", "exapps"]
+            log_level = "info"
+
+            [http]
+            listen = []
+            client_timeout = "2s"
+
+            [frp]
+            listen = "127.0.0.1:\(frpPort)"
+            tls = "mutual"
+            cert_dir = "\(certs)/frp"
+            shared_key = "\(Self.key)"
+
+            [exapps]
+            listen = ["127.0.0.1:\(port)"]
+            nextcloud_url = "\(nextcloud.url)"
+            shared_key = "\(Self.key)"
+            \(exapps.contains("nextcloud_timeout") ? "" : "nextcloud_timeout = \"1s\"")
+            \(exapps)
+            """, environment: environment)
+    }
+
+    deinit {
+        nextcloud.stop()
+        app.stop()
+        try? FileManager.default.removeItem(atPath: certs)
+    }
+
+    var base: String { "http://127.0.0.1:\(port)" }
+
+    /// curl's status code and body for `path` (000 and "" when harp closed without a response).
+    func get(_ path: String, headers: [String] = [], method: String = "GET", data: String? = nil) throws -> (code: String, body: String) {
+        let headerFlags = headers.map { "-H '\($0)'" }.joined(separator: " ")
+        let dataFlag = data.map { "--data-binary '\($0)'" } ?? ""
+        let output = try shell("curl -s -X \(method) \(headerFlags) \(dataFlag) -w '\\n%{http_code}' '\(base)\(path)'").output
+        let lines = output.components(separatedBy: "\n")
+        return (lines.last ?? "", lines.dropLast().joined(separator: "\n"))
+    }
+
+    func code(_ path: String, headers: [String] = []) throws -> String { try get(path, headers: headers).code }
+
+    /// The six headers AppAPI sends with its own calls to an ExApp.
+    static func appAPIHeaders(key: String = key, port: UInt16) -> [String] {
+        ["EX-APP-VERSION: 2.1.0", "EX-APP-ID: myapp", "EX-APP-HOST: 127.0.0.1", "EX-APP-PORT: \(port)",
+         "AUTHORIZATION-APP-API: \(Data("admin:app-secret".utf8).base64EncodedString())", "harp-shared-key: \(key)", "AA-REQUEST-ID: 42"]
+    }
+}
