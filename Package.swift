@@ -142,6 +142,7 @@ let package = Package(
         .testTarget(
             name: "ExAppsTests",
             dependencies: ["ExApps", "HarpTestSupport"],
+            exclude: ["exapp.py"],
             swiftSettings: strictSettings
         ),
         .testTarget(

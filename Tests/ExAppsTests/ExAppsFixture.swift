@@ -16,7 +16,7 @@ final class ExAppsFixture: @unchecked Sendable {
     let certs: String
 
     /// `exapps` lines go into the `[exapps]` section (short TTLs, ban settings).
-    init(exapps: String = "", environment: [String: String] = [:]) throws {
+    init(exapps: String = "", frp: String = "", environment: [String: String] = [:]) throws {
         nextcloud = try FakeNextcloud(sharedKey: Self.key)
         app = try HTTPTestOrigin()
         nextcloud.register("myapp", json: FakeNextcloud.record(token: "app-secret", version: "2.1.0", port: Int(app.address.port!), routes: [
@@ -41,6 +41,7 @@ final class ExAppsFixture: @unchecked Sendable {
             tls = "mutual"
             cert_dir = "\(certs)/frp"
             shared_key = "\(Self.key)"
+            \(frp)
 
             [exapps]
             listen = ["127.0.0.1:\(port)"]

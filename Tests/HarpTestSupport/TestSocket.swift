@@ -91,6 +91,8 @@ public final class TestSocket {
 public func freePort() -> UInt16 {
     for _ in 0..<1000 {
         let port = UInt16.random(in: 20000...32000)
+        // 23000-23099 stay free for tests that use HaRP's fixed ExApp ports.
+        if (23000..<23100).contains(port) { continue }
         if let fd = try? Socket.listen(on: loopback(port), reusePort: false) {
             close(fd)
             return port

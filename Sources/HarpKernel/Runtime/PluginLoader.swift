@@ -13,9 +13,12 @@ enum PluginLoader {
 
     /// The effective section (defaults filled in), for `harp config check`. The plugin is
     /// built (without loops) so that its own validation runs too.
+    /// The section with defaults filled in; the plugin is built too (its `init` validates
+    /// what decoding cannot) and added to `instances`, so plugins that depend on it are built
+    /// as they would be at startup.
     static func effective<P: Plugin>(_ type: P.Type, section: ConfigValue?, context: PluginContext) throws -> ConfigValue {
         let configuration = try configuration(type, section: section)
-        _ = try P(configuration: configuration, context: context)
+        context.instances.append(try P(configuration: configuration, context: context))
         return ConfigEncoder.encode(configuration)
     }
 }

@@ -1,0 +1,114 @@
+import Foundation
+import Glibc
+import HarpKernel
+import HarpTestSupport
+import Testing
+
+/// `/exapps/app_api/...`: what AppAPI calls on HaRP, and the frps Login hook.
+@Suite("ExApps control plane")
+struct ExAppsControlPlaneTests {
+    static let key = "harp-shared-key: \(ExAppsFixture.key)"
+
+    @Test("/info and /heartbeat answer AppAPI; without the key: 401, counted")
+    func infoAndHeartbeat() throws {
+        let gateway = try ExAppsFixture(exapps: "ban_count = 2\nban_window = \"60s\"")
+        let info = try gateway.get("/exapps/app_api/info", headers: [Self.key])
+        #expect(info.code == "200")
+        let object = try JSONSerialization.jsonObject(with: Data(info.body.utf8)) as? [String: Any]
+        #expect(object?["version"] as? String == "0.4.4", "AppAPI requires at least 0.3.0")
+        #expect(object?["docker"] as? Bool == true)
+        #expect((object?["kubernetes"] as? [String: Any])?["enabled"] as? Bool == false)
+        #expect(try gateway.get("/exapps/app_api/heartbeat", headers: [Self.key]) == ("200", #"{"status":"ok"}"#))
+        #expect(try gateway.get("/exapps/app_api/heartbeat") == ("401", "401 Unauthorized"))
+        #expect(try gateway.get("/exapps/app_api/info", headers: ["harp-shared-key: wrong"]) == ("401", "401 Unauthorized"))
+        #expect(try gateway.code("/exapps/app_api/heartbeat", headers: [Self.key]) == "000", "two failures: banned, key or not")
+        #expect(try gateway.harp.stop() == 0)
+    }
+
+    @Test("/exapp_storage: a pushed record serves at once without asking Nextcloud; DELETE removes it (404 when absent); bad records get 400")
+    func exappStorage() throws {
+        let gateway = try ExAppsFixture()
+        let record = FakeNextcloud.record(token: "pushed-secret", version: "3.0.0", port: Int(gateway.app.address.port!), routes: [(".*", 0, [])])
+        #expect(try gateway.get("/exapps/app_api/exapp_storage/Pushed", headers: [Self.key, "Content-Type: application/json"],
+                                method: "POST", data: record).code == "204")
+        let echoed = try gateway.get("/exapps/pushed/headers").body
+        #expect(echoed.contains("EX-APP-VERSION: 3.0.0"))
+        #expect(gateway.nextcloud.calls("exapp-meta").isEmpty, "served from the pushed record")
+        #expect(try gateway.get("/exapps/app_api/exapp_storage/pushed", headers: [Self.key], method: "DELETE").code == "204")
+        #expect(try gateway.get("/exapps/app_api/exapp_storage/pushed", headers: [Self.key], method: "DELETE") == ("404", "404: Not Found"))
+        #expect(try gateway.code("/exapps/pushed/headers") == "404", "gone: Nextcloud does not know it either")
+        for bad in [#"{"exapp_token":"t"}"#, #"{"exapp_token":"t","exapp_version":3,"host":"h","port":1}"#, "not json",
+                    #"{"exapp_token":"t","exapp_version":"1","host":"h","port":1,"routes":[{"url":".*","access_level":7}]}"#] {
+            #expect(try gateway.get("/exapps/app_api/exapp_storage/bad", headers: [Self.key], method: "POST", data: bad).code == "400", "\(bad)")
+        }
+        #expect(try gateway.get("/exapps/app_api/exapp_storage/pushed", method: "POST", data: record).code == "401")
+        #expect(try gateway.harp.stop() == 0)
+    }
+
+    @Test("/frp_handler: the shared key admits, a wrong one is 400 and counted, a banned IP is rejected")
+    func frpHandler() throws {
+        let gateway = try ExAppsFixture(exapps: "ban_count = 2\nban_window = \"60s\"")
+        func login(_ token: String, from address: String) throws -> (code: String, body: String) {
+            try gateway.get("/exapps/app_api/frp_handler?version=0.1.0&op=Login", headers: [Self.key], method: "POST",
+                            data: #"{"version":"0.1.0","op":"Login","content":{"client_address":"\#(address)","metas":{"token":"\#(token)"}}}"#)
+        }
+        #expect(try login(ExAppsFixture.key, from: "192.0.2.1:5000") == ("200", #"{"reject":false,"unchange":true}"#))
+        #expect(try login("wrong", from: "192.0.2.9:5000").code == "400")
+        #expect(try login("wrong", from: "[2001:db8::9]:5000").code == "400")
+        #expect(try login("wrong", from: "192.0.2.9:5001").code == "400")
+        #expect(try login(ExAppsFixture.key, from: "192.0.2.9:5002") == ("200", #"{"reject":true,"reject_reason":"banned"}"#))
+        #expect(try login(ExAppsFixture.key, from: "[2001:db8::9]:1").code == "200", "one failure only for the IPv6 client")
+        #expect(try gateway.get("/exapps/app_api/frp_handler", headers: [Self.key], method: "POST", data: "{}").code == "400")
+        #expect(try gateway.harp.stop() == 0)
+    }
+
+    @Test("the Docker Engine passthrough: allow-listed calls reach the engine published through FRP, others get 403, no tunnel 503")
+    func dockerPassthrough() throws {
+        let gateway = try ExAppsFixture(frp: "allow_ports = [\"24000-24099\"]\nmax_ports_per_client = 0")
+        let socket = NSTemporaryDirectory() + "harp-docker-\(getpid()).sock"
+        let engine = try TinyHTTPServer(unixPath: socket) { request in
+            .json(200, #"{"engine":"fake","method":"\#(request.method)","target":"\#(request.target)"}"#)
+        }
+        defer { engine.stop(); unlink(socket) }
+        let enginePort = 24000 + UInt16.random(in: 10...99)
+        let tunnel = try FRPClient(config: """
+            serverAddr = "127.0.0.1"
+            serverPort = \(gateway.frpPort)
+            metadatas.token = "\(ExAppsFixture.key)"
+            transport.tls.enable = true
+            transport.tls.certFile = "\(gateway.certs)/frp/client.crt"
+            transport.tls.keyFile = "\(gateway.certs)/frp/client.key"
+            transport.tls.trustedCaFile = "\(gateway.certs)/frp/ca.crt"
+            transport.tls.serverName = "harp.nc"
+
+            [[proxies]]
+            name = "bundled-deploy-daemon"
+            type = "tcp"
+            remotePort = \(enginePort)
+            [proxies.plugin]
+            type = "unix_domain_socket"
+            unixPath = "\(socket)"
+            """, kind: .harpTunnel)
+        defer { tunnel.kill() }
+        #expect(waitForListener(port: enginePort), "\(tunnel.log)")
+        let docker = [Self.key, "docker-engine-port: \(enginePort)"]
+        for (method, path) in [("GET", "/v1.44/_ping"), ("GET", "/_ping"), ("HEAD", "/v1.41/_ping"), ("GET", "/v1.44/version"),
+                               ("GET", "/v1.44/images/ghcr.io%2Fnextcloud%2Fapp:1.0/json"), ("GET", "/v1.44/containers/nc_app_myapp/json"),
+                               ("GET", "/v1.44/containers/nc_app_myapp/logs?stdout=1"), ("POST", "/v1.44/images/create?fromImage=x")] {
+            let flag = method == "HEAD" ? "-I" : "-X \(method)"
+            let code = try shell("curl -s -o /dev/null -w '%{http_code}' \(flag) \(docker.map { "-H '\($0)'" }.joined(separator: " ")) '\(gateway.base)/exapps/app_api\(path)'").output
+            #expect(code == "200", "\(method) \(path) is allowed")
+        }
+        let pinged = try gateway.get("/exapps/app_api/v1.44/containers/nc_app_myapp/json", headers: docker).body
+        #expect(pinged.contains(#""target":"/v1.44/containers/nc_app_myapp/json""#), "the path after /exapps/app_api reached the engine")
+        for (method, path) in [("GET", "/v1.44/containers/json"), ("POST", "/v1.44/containers/nc_app_myapp/start"),
+                               ("DELETE", "/v1.44/containers/nc_app_myapp"), ("GET", "/v1.44/containers/other/json"),
+                               ("POST", "/v1.44/containers/create"), ("GET", "/v1.44/info")] {
+            #expect(try gateway.get("/exapps/app_api\(path)", headers: docker, method: method).code == "403", "\(method) \(path) is refused")
+        }
+        #expect(try gateway.get("/exapps/app_api/_ping", headers: [Self.key, "docker-engine-port: 24001"]).code == "503", "no tunnel on that port")
+        #expect(try gateway.get("/exapps/app_api/docker/exapp/exists", headers: [Self.key], method: "POST", data: "{}")
+                == ("400", "Missing 'docker-engine-port' header."))
+        #expect(try gateway.harp.stop() == 0)
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import Glibc
+import HarpKernel
+import HarpTestSupport
+import Testing
+
+/// The venv with nc_py_api, FastAPI and uvicorn (scripts/install-deps).
+let ncPyAPIPython = "/opt/harp-test/venv/bin/python"
+
+/// The whole path an ExApp takes in HaRP mode: a real nc_py_api app on a Unix socket, published
+/// by upstream frpc with HaRP's ExApp frpc.toml (mutual TLS with harp's generated
+/// certificates, the shared key in `metadatas.token`, `remotePort = 23000`), reached through
+/// harp's `/exapps/<appid>/…` with a session decided by the fake Nextcloud.
+@Suite("ExApps end to end: real frpc, a real nc_py_api app", .serialized,
+       .enabled(if: FRPClient.isAvailable && FileManager.default.isExecutableFile(atPath: ncPyAPIPython),
+                "frpc or the nc_py_api venv is missing (scripts/install-deps)"))
+struct ExAppsEndToEndTests {
+    static let python = ncPyAPIPython
+    static let here = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    static let exappScript = here.appendingPathComponent("exapp.py").path
+    static let wsPeer = here.deletingLastPathComponent().appendingPathComponent("WebSocketTests/ws_peer.py").path
+
+    /// The nc_py_api app on `socket`, with AppAPI's environment for it.
+    static func startExApp(socket: String) throws -> Process {
+        unlink(socket)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [exappScript, socket]
+        process.environment = ProcessInfo.processInfo.environment.merging([
+            "APP_ID": "ncapp", "APP_SECRET": "nc-app-secret", "APP_VERSION": "1.0.0", "NEXTCLOUD_URL": "http://127.0.0.1:1",
+        ]) { $1 }
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let ready = out.fileHandleForReading.availableData
+        guard String(decoding: ready, as: UTF8.self).contains("ready") else { throw TestFailure("the ExApp did not start") }
+        return process
+    }
+
+    /// HaRP's ExApp frpc.toml (exapps_dev/start.sh), pointed at the fixture's FRP port.
+    static func frpcConfig(_ gateway: ExAppsFixture, key: String = ExAppsFixture.key, socket: String) -> String {
+        """
+        serverAddr = "127.0.0.1"
+        serverPort = \(gateway.frpPort)
+        loginFailExit = false
+        transport.tls.enable = true
+        transport.tls.certFile = "\(gateway.certs)/frp/client.crt"
+        transport.tls.keyFile = "\(gateway.certs)/frp/client.key"
+        transport.tls.trustedCaFile = "\(gateway.certs)/frp/ca.crt"
+        transport.tls.serverName = "harp.nc"
+        metadatas.token = "\(key)"
+        log.level = "info"
+
+        [[proxies]]
+        remotePort = 23000
+        type = "tcp"
+        name = "ncapp"
+        [proxies.plugin]
+        type = "unix_domain_socket"
+        unixPath = "\(socket)"
+        """
+    }
+
+    @Test("curl and a WebSocket reach an nc_py_api app through harp and frpc; the app refuses what did not come through harp")
+    func publishedExApp() throws {
+        let gateway = try ExAppsFixture()
+        gateway.nextcloud.register("ncapp", json: FakeNextcloud.record(token: "nc-app-secret", port: 23000, routes: [
+            ("^/headers", 1, []), ("^/ws", 0, []),
+        ]))
+        let socket = NSTemporaryDirectory() + "harp-exapp-\(getpid()).sock"
+        let app = try Self.startExApp(socket: socket)
+        defer { app.terminate(); unlink(socket) }
+        let frpc = try FRPClient(config: Self.frpcConfig(gateway, socket: socket))
+        defer { frpc.kill() }
+        #expect(waitForListener(port: 23000), "frpc's proxy is up: \(frpc.log)")
+
+        let signed = try gateway.get("/exapps/ncapp/headers", headers: [ExAppsGatewayTests.alice])
+        #expect(signed.code == "200")
+        #expect(signed.body.contains(#""username":"alice""#), "nc_py_api accepted harp's signature for alice: \(signed.body)")
+        #expect(try gateway.code("/exapps/ncapp/headers") == "403", "a USER route without a session")
+        // Straight to the app, without harp's headers: nc_py_api refuses.
+        let direct = try shell("curl -s -w ' %{http_code}' --unix-socket \(socket) http://x/headers").output
+        #expect(direct == "Unauthorized 401")
+        // A WebSocket through the same path, silent for longer than the client timeout (2 s).
+        let idle = try shell("python3 \(Self.wsPeer) idle ws://127.0.0.1:\(gateway.port)/exapps/ncapp/ws 3 2>&1").output
+        #expect(idle.hasPrefix("ok"), "\(idle)")
+        #expect(try gateway.harp.stop() == 0)
+    }
+
+    @Test("an frpc with a wrong shared key is refused, and its failures ban the IP (frp and HTTP alike)")
+    func wrongKeyBans() throws {
+        let gateway = try ExAppsFixture(exapps: "ban_count = 2\nban_window = \"60s\"")
+        let socket = NSTemporaryDirectory() + "harp-exapp-bad-\(getpid()).sock"
+        for _ in 0..<2 {
+            let frpc = try FRPClient(config: Self.frpcConfig(gateway, key: "wrong-key", socket: socket))
+            #expect(frpc.waitForLog("invalid shared key"), "\(frpc.log)")
+            frpc.kill()
+        }
+        let third = try FRPClient(config: Self.frpcConfig(gateway, socket: socket))  // the right key, too late
+        #expect(third.waitForLog("banned"), "\(third.log)")
+        third.kill()
+        #expect(try gateway.code("/exapps/myapp/public") == "000", "the same IP's HTTP requests are dropped")
+        #expect(try gateway.harp.stop() == 0)
+    }
+}
