@@ -47,6 +47,21 @@ struct HaRPEnvironmentTests {
         #expect(try harp.stop() == 0)
     }
 
+    @Test("a Nextcloud host name that does not resolve yet does not stop startup: lookups get 503 until it does")
+    func unresolvedNextcloud() throws {
+        let port = freePort(), frpPort = freePort()
+        let certs = NSTemporaryDirectory() + "harp-env-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: certs) }
+        let harp = try HarpProcess(["serve"], environment: Self.environment([
+            "HP_SHARED_KEY": "k", "NC_INSTANCE_URL": "http://nextcloud.invalid", "HARP_CERTS_DIR": certs,
+            "HP_EXAPPS_ADDRESS": "127.0.0.1:\(port)", "HP_FRP_ADDRESS": "127.0.0.1:\(frpPort)",
+        ]))
+        try harp.waitForOutput("harp: ready")
+        #expect(try shell("curl -s -w ' %{http_code}' http://127.0.0.1:\(port)/exapps/someapp/x").output == "503 Service Unavailable (HaRP) 503")
+        #expect(try harp.stop() == 0)
+        #expect(harp.stderr.contains("cannot resolve Nextcloud's host name"))
+    }
+
     @Test("each invalid variable stops startup with a message naming it", arguments: [
         (["HP_SHARED_KEY": "k", "HP_SHARED_KEY_FILE": "/etc/hostname", "NC_INSTANCE_URL": "http://127.0.0.1"], "HP_SHARED_KEY_FILE"),
         (["NC_INSTANCE_URL": "http://127.0.0.1"], "HP_SHARED_KEY"),
@@ -89,5 +104,19 @@ struct HaRPEnvironmentTests {
         #expect(result.stdout.contains("ban_count = 7"))
         #expect(result.stdout.contains("client_timeout = \"90s\""))
         #expect(result.stdout.contains("trusted_proxies = [\"10.0.0.0/8\", \"192.168.0.1\"]"), "\(result.stdout)")
+    }
+
+    @Test("contrib/harp.service passes systemd-analyze verify", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze")))
+    func systemdUnit() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let unit = try String(contentsOf: root.appendingPathComponent("contrib/harp.service"), encoding: .utf8)
+        // The unit names the installed path; verify it against the binary just built.
+        let directory = NSTemporaryDirectory() + "harp-unit-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try unit.replacingOccurrences(of: "/usr/local/bin/harp", with: HarpProcess.binary)
+            .write(toFile: directory + "/harp.service", atomically: true, encoding: .utf8)
+        let result = try shell("systemd-analyze verify \(directory)/harp.service 2>&1; echo \"exit $?\"").output
+        #expect(result == "exit 0", "\(result)")
     }
 }

@@ -56,6 +56,6 @@ public final class ExAppsPlugin: Plugin {
     public func start() async throws {}
 
     public var endpoints: [String] {
-        ["nextcloud \(state.configuration.nextcloudURL) (ExApps listeners are listed by http)"]
+        ["Nextcloud at \(state.configuration.nextcloudURL)"]
     }
 }

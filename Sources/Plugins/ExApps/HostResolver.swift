@@ -7,15 +7,16 @@ import HarpKernel
 /// own (it blocks; a loop thread never waits for DNS), IPv4 preferred, once per record.
 enum HostResolver {
     static func upstream(host: String, port: Int) async -> Upstream? {
-        guard (1...65535).contains(port), !host.isEmpty else { return nil }
+        guard (1...65535).contains(port) else { return nil }
+        return await address(host: host, port: UInt16(port)).map { Upstream(address: $0) }
+    }
+
+    static func address(host: String, port: UInt16) async -> SocketAddress? {
+        guard !host.isEmpty else { return nil }
         let text = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-        if IPRange.bytes(of: host) != nil {
-            return (try? SocketAddress(parsing: text)).map { Upstream(address: $0) }
-        }
+        if IPRange.bytes(of: host) != nil { return try? SocketAddress(parsing: text) }
         return await withCheckedContinuation { continuation in
-            Thread {
-                continuation.resume(returning: (try? SocketAddress(parsing: text)).map { Upstream(address: $0) })
-            }.start()
+            Thread { continuation.resume(returning: try? SocketAddress(parsing: text)) }.start()
         }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import HTTPProxy
 import HarpKernel
 import Logging
+import Synchronization
 
 /// AppAPI's two endpoints for the gateway, called with `harp-shared-key` over the kernel's
 /// `HTTPClient` (pooled, on the caller's loop, never blocking it): `exapp-meta` (an app's
@@ -12,6 +13,11 @@ final class NextcloudClient: Sendable {
     private let sharedKey: String
     private let metrics: ExAppsMetrics
     private let logger: Logger
+    /// Nextcloud's address and until when it is believed (monotonic ns); looked up again after
+    /// `addressLifetime`, so a Nextcloud container that moves is followed.
+    private let resolved = Mutex<(upstream: Upstream, until: UInt64)?>(nil)
+    private let lookups = SingleFlight<Int, Upstream?>()
+    static let addressLifetime: UInt64 = 60_000_000_000
 
     init(url: NextcloudURL, client: HTTPClient, sharedKey: String, metrics: ExAppsMetrics, logger: Logger) {
         self.url = url
@@ -21,14 +27,39 @@ final class NextcloudClient: Sendable {
         self.logger = logger
     }
 
+    /// Where Nextcloud is now: an IP literal at once, a name from the cache or looked up off
+    /// the loop (a failed lookup keeps the last address, if any).
+    private func upstream() async -> Upstream? {
+        let now = EventLoop.preciseNanos()
+        let cached = resolved.withLock { $0 }
+        if let cached, cached.until > now { return cached.upstream }
+        return await lookups.run(0) {
+            if let fresh = resolved.withLock({ $0 }), fresh.until > EventLoop.preciseNanos() { return fresh.upstream }
+            guard let address = await HostResolver.address(host: url.hostName, port: url.port) else {
+                logger.warning("cannot resolve Nextcloud's host name", metadata: ["host": "\(url.hostName)"])
+                return cached?.upstream
+            }
+            let upstream = Upstream(address: address, tls: url.isTLS, host: url.hostName, port: url.port)
+            resolved.withLock { $0 = (upstream, EventLoop.preciseNanos() + Self.addressLifetime) }
+            return upstream
+        }
+    }
+
+    /// One call; nil when Nextcloud's host cannot be resolved.
+    private func call(_ target: String, headers: [(String, String)], on loop: EventLoop) async throws(HTTPClientError) -> HTTPClientResponse? {
+        guard let upstream = await upstream() else { return nil }
+        return try await client.request("GET", upstream, target: target, headers: headers, on: loop)
+    }
+
     /// `exapp-meta`: 200 → the record (its host resolved), 401/404 → unknown, anything else
     /// (5xx, a broken body, Nextcloud unreachable) → failed.
     func record(_ appID: String, on loop: EventLoop) async -> ExAppDirectory.Lookup {
         let started = EventLoop.preciseNanos()
         let response: HTTPClientResponse
         do {
-            response = try await client.request("GET", url.upstream, target: url.target("exapp-meta", appID: appID),
-                                                headers: [("Host", url.host), ("harp-shared-key", sharedKey)], on: loop)
+            guard let answer = try await call(url.target("exapp-meta", appID: appID),
+                                              headers: [("Host", url.host), ("harp-shared-key", sharedKey)], on: loop) else { return .failed }
+            response = answer
         } catch {
             metrics.nextcloudCall("exapp-meta", outcome: "error", nanoseconds: EventLoop.preciseNanos() - started)
             logger.warning("Nextcloud unreachable for exapp-meta", metadata: ["app": "\(appID)", "error": "\(error)"])
@@ -63,7 +94,8 @@ final class NextcloudClient: Sendable {
         let started = EventLoop.preciseNanos()
         let response: HTTPClientResponse
         do {
-            response = try await client.request("GET", url.upstream, target: url.target("user-info", appID: appID), headers: headers, on: loop)
+            guard let answer = try await call(url.target("user-info", appID: appID), headers: headers, on: loop) else { return .failed }
+            response = answer
         } catch {
             metrics.nextcloudCall("user-info", outcome: "error", nanoseconds: EventLoop.preciseNanos() - started)
             logger.warning("Nextcloud unreachable for user-info", metadata: ["app": "\(appID)", "error": "\(error)"])

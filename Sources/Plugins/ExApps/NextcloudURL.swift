@@ -4,9 +4,15 @@ import HarpKernel
 
 /// Nextcloud's base URL split for `HTTPClient`: where to connect, the `Host` to send (as the
 /// admin wrote it: Nextcloud checks it against `trusted_domains`) and the path of a
-/// sub-directory install.
+/// sub-directory install. The host name is not looked up here: Nextcloud may not resolve yet
+/// when harp starts (a compose file starting both), so `NextcloudClient` resolves it when it
+/// calls, off the loop, and again after a while.
 struct NextcloudURL: Sendable {
-    let upstream: Upstream
+    let isTLS: Bool
+    /// The host as written (brackets removed from an IPv6 literal).
+    let hostName: String
+    let port: UInt16
+    /// The Host header: the authority as written.
     let host: String
     /// "" or "/nextcloud": put before `/index.php/...`.
     let pathPrefix: String
@@ -26,13 +32,30 @@ struct NextcloudURL: Sendable {
         guard text.hasPrefix("http://") || text.hasPrefix("https://") else {
             throw ConfigValueProblem("expected an http:// or https:// URL, like \"https://cloud.example.com\"")
         }
-        let scheme = text.hasPrefix("https://") ? "https://" : "http://"
-        let rest = text.dropFirst(scheme.count)
+        isTLS = text.hasPrefix("https://")
+        let rest = text.dropFirst(isTLS ? 8 : 7)
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
         host = String(rest[..<slash])
-        guard !host.isEmpty else { throw ConfigValueProblem("the URL has no host") }
         pathPrefix = String(rest[slash...])
-        upstream = try Upstream(parsing: scheme + host)
+        var name = Substring(host)
+        var portText: Substring?
+        if name.hasPrefix("[") {
+            guard let close = name.firstIndex(of: "]") else { throw ConfigValueProblem("an IPv6 address needs its closing ]") }
+            let after = name[name.index(after: close)...]
+            if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty { throw ConfigValueProblem("unexpected text after ]") }
+            name = name[name.index(after: name.startIndex)..<close]
+        } else if let colon = name.lastIndex(of: ":") {
+            portText = name[name.index(after: colon)...]
+            name = name[..<colon]
+        }
+        guard !name.isEmpty, !name.contains(where: { $0 == " " || $0 == "@" }) else { throw ConfigValueProblem("the URL has no valid host") }
+        hostName = String(name)
+        if let portText {
+            guard let value = UInt16(portText), value > 0 else { throw ConfigValueProblem("the port must be 1-65535") }
+            port = value
+        } else {
+            port = isTLS ? 443 : 80
+        }
     }
 
     /// `/index.php/apps/app_api/harp/<endpoint>?appId=<app id>` under the base path.

@@ -41,6 +41,17 @@ public struct Upstream: Codable, Hashable, Sendable, CustomStringConvertible {
         self.text = text
     }
 
+    /// An upstream whose host name was resolved by the caller (an address looked up again
+    /// later, off the loop): `host` as written for SNI, verification and the pool key.
+    public init(address: SocketAddress, tls: Bool, host: String, port: UInt16) {
+        self.address = address
+        isTLS = tls
+        serverName = host
+        let bracketed = host.contains(":") ? "[\(host)]" : host
+        authority = "\(bracketed):\(port)"
+        text = (tls ? "https://" : "http://") + authority
+    }
+
     public init(address: SocketAddress) {
         self.address = address
         text = address.family == AF_UNIX_FAMILY ? "\(address)" : "http://\(address)"
