@@ -28,7 +28,7 @@ struct ExAppsGateway: RouteProvider {
     private func decide(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> Decided {
         let bans = state.bans
         // 1. Who is asking, and are they banned?
-        let ip = state.clientIP(peer: client.peer, headers: request.headers)
+        let ip = state.clientIP(client, headers: request.headers)
         if bans.isBanned(ip) { return Self.dropped }
         let trusted = request.headers["harp-shared-key"].map { SecretComparison.equal($0, state.sharedKey) } ?? false
         let path = request.path
@@ -134,23 +134,26 @@ struct ExAppsGateway: RouteProvider {
         return (.forward(upstream), "forward")
     }
 
-    /// HaRP's `(?:^|/)exapps/([^/]+)`: the app id as written, and the path after it.
+    /// HaRP's `(?:^|/)exapps/([^/]+)`: the app id as written, and the path after it. Bytes,
+    /// not Foundation's `range(of:)`: that search was 5% of harp's CPU at 23k req/s.
     static func appID(in path: Substring) -> (String, String)? {
-        var searchFrom = path.startIndex
-        while let range = path[searchFrom...].range(of: "exapps/") {
-            let atStart = range.lowerBound == path.startIndex || path[path.index(before: range.lowerBound)] == "/"
-            if atStart {
-                let rest = path[range.upperBound...]
-                let end = rest.firstIndex(of: "/") ?? rest.endIndex
-                let id = rest[..<end]
-                if !id.isEmpty {
+        let marker = Array("exapps/".utf8)
+        let bytes = path.utf8
+        var index = bytes.startIndex
+        while index != bytes.endIndex {
+            let atStart = index == bytes.startIndex || bytes[bytes.index(before: index)] == UInt8(ascii: "/")
+            if atStart && bytes[index...].starts(with: marker) {
+                let idStart = bytes.index(index, offsetBy: marker.count)
+                let idEnd = bytes[idStart...].firstIndex(of: UInt8(ascii: "/")) ?? bytes.endIndex
+                if idStart != idEnd {
+                    let id = String(path[idStart..<idEnd])
                     // HaRP removes "/exapps/<id>" as a prefix only; elsewhere in the path it stays.
-                    let prefix = "/exapps/" + id
-                    let target = path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : String(path)
-                    return (String(id), target)
+                    let target = index == bytes.index(after: bytes.startIndex) && bytes.first == UInt8(ascii: "/")
+                        ? String(path[idEnd...]) : String(path)
+                    return (id, target)
                 }
             }
-            searchFrom = range.upperBound
+            index = bytes.index(after: index)
         }
         return nil
     }
@@ -189,27 +192,32 @@ struct BruteforceObserver: ResponseObserver {
 /// HaRP's `(?:^|/|%2[fF])(?:\.|%2[eE]){2}(?:/|%2[fF]|$)`: a `..` segment however it is spelled.
 enum PathTraversal {
     static func found(in path: Substring) -> Bool {
-        let bytes = Array(path.utf8)
-        var index = 0
-        // Each position that starts a segment: the start, after "/", after "%2f".
+        var path = path
+        return path.withUTF8 { found(in: $0) }
+    }
+
+    static func found(in bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        func isPercent2(_ i: Int, _ letter: UInt8) -> Bool {
+            i + 2 < bytes.count && bytes[i] == UInt8(ascii: "%") && bytes[i + 1] == UInt8(ascii: "2") && (bytes[i + 2] | 0x20) == letter
+        }
+        /// The length of a `.` or `%2e` at `i`, or nil.
         func dot(at i: Int) -> Int? {
             if i < bytes.count && bytes[i] == UInt8(ascii: ".") { return 1 }
-            if i + 2 < bytes.count && bytes[i] == UInt8(ascii: "%") && bytes[i + 1] == UInt8(ascii: "2")
-                && (bytes[i + 2] | 0x20) == UInt8(ascii: "e") { return 3 }
-            return nil
+            return isPercent2(i, UInt8(ascii: "e")) ? 3 : nil
         }
+        /// The length of a `/` or `%2f` at `i`, or nil.
         func separator(at i: Int) -> Int? {
             if i < bytes.count && bytes[i] == UInt8(ascii: "/") { return 1 }
-            if i + 2 < bytes.count && bytes[i] == UInt8(ascii: "%") && bytes[i + 1] == UInt8(ascii: "2")
-                && (bytes[i + 2] | 0x20) == UInt8(ascii: "f") { return 3 }
-            return nil
+            return isPercent2(i, UInt8(ascii: "f")) ? 3 : nil
         }
         func dotDotSegment(at start: Int) -> Bool {
             guard let first = dot(at: start), let second = dot(at: start + first) else { return false }
             let end = start + first + second
             return end == bytes.count || separator(at: end) != nil
         }
+        // A segment starts at the beginning, after "/" and after "%2f".
         if dotDotSegment(at: 0) { return true }
+        var index = 0
         while index < bytes.count {
             if let length = separator(at: index) {
                 if dotDotSegment(at: index + length) { return true }

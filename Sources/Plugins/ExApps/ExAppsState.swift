@@ -36,9 +36,9 @@ final class ExAppsState: Sendable {
 
     /// The client's IP: the peer's, or — when the peer is a trusted front proxy — the first
     /// `X-Forwarded-For` entry, else `X-Real-IP` (each only if it is an IP address).
-    func clientIP(peer: SocketAddress, headers: HTTPHeaders) -> String {
-        let direct = peer.hostText
-        guard !configuration.trustedProxies.isEmpty, let bytes = peer.hostBytes,
+    func clientIP(_ client: ClientInfo, headers: HTTPHeaders) -> String {
+        let direct = client.address  // the peer's address as text, made once per connection
+        guard !configuration.trustedProxies.isEmpty, let bytes = client.peer.hostBytes,
               configuration.trustedProxies.contains(where: { $0.contains(bytes) }) else { return direct }
         if let forwarded = headers["x-forwarded-for"]?.split(separator: ",").first {
             let candidate = forwarded.trimmingCharacters(in: .whitespaces)

@@ -1,0 +1,95 @@
+@testable import ExApps
+import HarpKernel
+import Testing
+
+/// The gateway's pure pieces, in-process.
+@Suite("ExApps pieces")
+struct ExAppsUnitTests {
+    @Test("app id and target path as HaRP's (?:^|/)exapps/([^/]+) and removeprefix find them")
+    func appID() {
+        #expect(ExAppsGateway.appID(in: "/exapps/MyApp/a/b")! == ("MyApp", "/a/b"))
+        #expect(ExAppsGateway.appID(in: "/exapps/myapp")! == ("myapp", ""))
+        #expect(ExAppsGateway.appID(in: "/index.php/exapps/myapp/x")! == ("myapp", "/index.php/exapps/myapp/x"), "found, not a prefix: kept whole")
+        #expect(ExAppsGateway.appID(in: "/myexapps/x") == nil)
+        #expect(ExAppsGateway.appID(in: "/exapps/") == nil)
+        #expect(ExAppsGateway.appID(in: "/exapps//x") == nil)
+        #expect(ExAppsGateway.appID(in: "/a/exapps//b/exapps/c/d")! == ("c", "/a/exapps//b/exapps/c/d"))
+    }
+
+    @Test("a .. segment in any spelling, and nothing else", arguments: [
+        ("/a/../b", true), ("..", true), ("/a/..", true), ("/a/%2e%2e/b", true), ("/a/%2E.", true), ("/a%2f..%2Fb", true),
+        ("/a/.%2e/b", true), ("/a/a..b", false), ("/a/.../b", false), ("/a/..b", false), ("/a/%2e", false), ("/a/%2", false), ("/a/.", false),
+    ])
+    func traversal(path: String, found: Bool) {
+        #expect(PathTraversal.found(in: Substring(path)) == found)
+    }
+
+    @Test("routes that are a literal prefix skip the regex engine and match the same")
+    func literalRoutes() {
+        #expect(RoutePattern.literalPrefix("^/api/v1") == Array("/api/v1".utf8))
+        #expect(RoutePattern.literalPrefix(#"^\/api\/w\.x"#) == Array("/api/w.x".utf8))
+        #expect(RoutePattern.literalPrefix("^/api/(a|b)") == nil)
+        #expect(RoutePattern.literalPrefix(#"^/\d+"#) == nil)
+        for pattern in ["^/api/v1", #"^\/api"#, "ws", "^/api/(v1|v2)/x", ".*", #"^/\d+/x"#] {
+            let route = ExAppRoute(url: pattern, access: .everyone, bruteforceStatuses: [])
+            let regex = try! Regex(pattern)
+            for path in ["/api/v1/x", "/api/v2/x", "ws/x", "/12/x", "/x", ""] {
+                #expect(route.matches(path) == ((try? regex.prefixMatch(in: path)) != nil), "\(pattern) on \(path)")
+            }
+        }
+        #expect(!ExAppRoute(url: "([", access: .everyone, bruteforceStatuses: []).matches("/x"), "a broken pattern matches nothing")
+    }
+
+    @Test("the Docker passthrough allow-list")
+    func dockerAllowList() {
+        #expect(DockerAllowList.allows(method: "GET", path: "/v1.44/_ping"))
+        #expect(DockerAllowList.allows(method: "GET", path: "/V1.44/_PING"), "case-insensitive like HaRP's -i")
+        #expect(!DockerAllowList.allows(method: "GET", path: "/v1.44/_ping/x"))
+        #expect(DockerAllowList.allows(method: "GET", path: "/images/ghcr.io/nextcloud/app:1/json"))
+        #expect(DockerAllowList.allows(method: "GET", path: "/containers/nc_app_a.b-c_1/logs"))
+        #expect(!DockerAllowList.allows(method: "GET", path: "/containers/nc_app_é/json"))
+        #expect(!DockerAllowList.allows(method: "GET", path: "/containers/nc_app_/json"))
+        #expect(!DockerAllowList.allows(method: "POST", path: "/containers/nc_app_x/json"))
+        #expect(!DockerAllowList.allows(method: "GET", path: "/vx/_ping"))
+        #expect(DockerAllowList.allows(method: "POST", path: "/v1.41/images/create"))
+        #expect(!DockerAllowList.allows(method: "PUT", path: "/images/create"))
+    }
+
+    @Test("HAProxy times become harp durations; 0 is no limit")
+    func haproxyTimes() throws {
+        #expect(try HaRPEnvironment.haproxyTime("30s", variable: "V") == "30000ms")
+        #expect(try HaRPEnvironment.haproxyTime("1500", variable: "V") == "1500ms", "no unit: milliseconds")
+        #expect(try HaRPEnvironment.haproxyTime("2m", variable: "V") == "120000ms")
+        #expect(try HaRPEnvironment.haproxyTime("1d", variable: "V") == "86400000ms")
+        #expect(try HaRPEnvironment.haproxyTime("0", variable: "V") == "576h")
+        #expect(try HaRPEnvironment.haproxyTime("0s", variable: "V") == "576h")
+        #expect(throws: ConfigError.self) { try HaRPEnvironment.haproxyTime("30 s", variable: "V") }
+        #expect(throws: ConfigError.self) { try HaRPEnvironment.haproxyTime("-1s", variable: "V") }
+    }
+
+    @Test("the shared key: quotes stripped, printable ASCII, no \" or \\")
+    func sharedKey() throws {
+        #expect(try HaRPEnvironment.sharedKey(["HP_SHARED_KEY": "'abc def'"]) == "abc def")
+        #expect(try HaRPEnvironment.sharedKey(["HP_SHARED_KEY": "\"abc\""]) == "abc")
+        #expect(throws: ConfigError.self) { try HaRPEnvironment.sharedKey(["HP_SHARED_KEY": "a\\b"]) }
+        #expect(throws: ConfigError.self) { try HaRPEnvironment.sharedKey(["HP_SHARED_KEY": "ümlaut"]) }
+        #expect(throws: ConfigError.self) { try HaRPEnvironment.sharedKey(["HP_SHARED_KEY": "\"\""]) }
+    }
+
+    @Test("the frp client address: IPv4, bracketed IPv6 (HaRP's split broke it), bare")
+    func frpClientAddress() {
+        #expect(FRPLoginHook.host(of: "192.0.2.1:7000") == "192.0.2.1")
+        #expect(FRPLoginHook.host(of: "[2001:db8::1]:7000") == "2001:db8::1")
+        #expect(FRPLoginHook.host(of: "2001:db8::1") == "2001:db8::1")
+    }
+
+    @Test("records: lenient where AppAPI is (numeric strings), strict on types that decide")
+    func records() throws {
+        let record = try ExAppRecord.decode(Array(#"{"exapp_token":"t","exapp_version":"1","host":"h","port":"8080","routes":[{"url":".*","access_level":"1","bruteforce_protection":[401]}]}"#.utf8)).get()
+        #expect(record.port == 8080)
+        #expect(record.routes[0].access == .user)
+        #expect(record.routes[0].bruteforceStatuses == [401])
+        #expect(throws: RecordProblem.self) { try ExAppRecord.decode(Array(#"{"exapp_token":"t","exapp_version":1,"host":"h","port":1}"#.utf8)).get() }
+        #expect(throws: RecordProblem.self) { try ExAppRecord.decode(Array(#"{"exapp_token":"t","exapp_version":"1","host":"h","port":1.5}"#.utf8)).get() }
+    }
+}
