@@ -19,6 +19,7 @@ struct Harp: ParsableCommand {
     )
 
     static func main() {
+        PluginRegistry.executable = registeredPlugins
         // Two commands with one name would make one of them unreachable: refuse to run.
         let conflicts = registeredPlugins.commandConflicts(reserved: builtIn.map { $0._commandName })
         if !conflicts.isEmpty { fail("harp: command names claimed twice: \(conflicts.joined(separator: "; "))") }
@@ -39,18 +40,8 @@ struct ConfigOptions: ParsableArguments {
     /// The file, or a plugin's set-up asked for by the environment (HaRP's variables), or
     /// the embedded default; environment variables apply over each.
     func load() throws(ConfigError) -> ConfigFile {
-        let environment = ProcessEnvironment.current()
-        if let config {
-            return try ConfigFile.load(path: config, registry: registeredPlugins, environment: environment)
-        }
-        for type in registeredPlugins.types {
-            if let text = type.environmentDefault(environment) {
-                return try ConfigFile(text: text, source: "<\(type.name) set-up from the environment>", registry: registeredPlugins,
-                                      environment: environment)
-            }
-        }
-        return try ConfigFile(text: defaultConfigTOML, source: "<embedded default config>", registry: registeredPlugins,
-                              environment: environment)
+        try ConfigFile.resolve(path: config, registry: registeredPlugins, environment: ProcessEnvironment.current(),
+                               fallback: (defaultConfigTOML, "<embedded default config>"))
     }
 }
 

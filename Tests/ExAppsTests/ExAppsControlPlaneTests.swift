@@ -111,4 +111,34 @@ struct ExAppsControlPlaneTests {
                 == ("400", "Missing 'docker-engine-port' header."))
         #expect(try gateway.harp.stop() == 0)
     }
+
+    @Test("harp exapps check: each line ok or what to do; exit 1 when something is wrong")
+    func check() throws {
+        let gateway = try ExAppsFixture()
+        #expect(try gateway.code("/exapps/myapp/public") == "200")  // harp now knows myapp
+        let result = try HarpProcess.run(["exapps", "check", "--config", gateway.harp.configPath!])
+        let lines = result.stdout.components(separatedBy: "\n")
+        func line(_ text: String) -> String? { lines.first { $0.contains(text) } }
+        #expect(line("Nextcloud at")?.hasPrefix("ok") == true, "\(result.stdout)")
+        #expect(line("(version 32.0.1)") != nil)
+        #expect(line("ExApps listener")?.hasPrefix("ok") == true)
+        #expect(line("the running harp accepts the shared key")?.hasPrefix("ok") == true)
+        #expect(line("FRP listener")?.hasPrefix("ok") == true)
+        #expect(line("server.crt (harp.nc) verifies against ca.crt")?.hasPrefix("ok") == true)
+        #expect(line("client.crt (harp.client.nc) verifies against ca.crt")?.hasPrefix("ok") == true)
+        #expect(line("myapp: Nextcloud accepts the shared key")?.hasPrefix("ok") == true)
+        // myapp's host is 127.0.0.1 but no frpc serves its port: the one failure.
+        #expect(line("myapp: no frpc is connected for port")?.hasPrefix("FAIL") == true)
+        #expect(result.status == 1)
+
+        // Another key than the running harp's, and a broken client certificate.
+        let config = try String(contentsOfFile: gateway.harp.configPath!, encoding: .utf8)
+            .replacingOccurrences(of: "shared_key = \"\(ExAppsFixture.key)\"", with: "shared_key = \"other-key\"")
+        try Data("not a certificate".utf8).write(to: URL(fileURLWithPath: gateway.certs + "/frp/client.crt"))
+        let wrong = try HarpProcess.run(["exapps", "check"], config: config)
+        #expect(wrong.stdout.contains("FAIL  the running harp refuses this shared key"), "\(wrong.stdout)")
+        #expect(wrong.stdout.contains("FAIL  FRP certificates: \(gateway.certs)/frp/client.crt is missing or not a PEM certificate"))
+        #expect(wrong.status == 1)
+        #expect(try gateway.harp.stop() == 0)
+    }
 }

@@ -79,6 +79,8 @@ struct ExAppsEndToEndTests {
         #expect(signed.code == "200")
         #expect(signed.body.contains(#""username":"alice""#), "nc_py_api accepted harp's signature for alice: \(signed.body)")
         #expect(try gateway.code("/exapps/ncapp/headers") == "403", "a USER route without a session")
+        let check = try HarpProcess.run(["exapps", "check", "--config", gateway.harp.configPath!]).stdout
+        #expect(check.contains("ok    ncapp: tunnel on port 23000 (ncapp from 127.0.0.1:"), "\(check)")
         // Straight to the app, without harp's headers: nc_py_api refuses.
         let direct = try shell("curl -s -w ' %{http_code}' --unix-socket \(socket) http://x/headers").output
         #expect(direct == "Unauthorized 401")

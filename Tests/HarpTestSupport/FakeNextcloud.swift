@@ -41,6 +41,8 @@ public final class FakeNextcloud: Sendable {
             if store.failing.load(ordering: .relaxed) { return .json(500, #"{"message":"Internal Server Error"}"#) }
             let unauthorized = TinyHTTPServer.Response.json(401, #"{"message":"Harp shared key is not valid"}"#)
             switch endpoint {
+            case "/status.php":
+                return .json(200, #"{"installed":true,"maintenance":false,"versionstring":"32.0.1"}"#)
             case "exapp-meta":
                 guard request.header("harp-shared-key") == sharedKey, let record = store.records.withLock({ $0[appID] }) else { return unauthorized }
                 return .json(200, record)

@@ -27,6 +27,8 @@ struct ControlPlane {
                                     "implementation": "harp"]), "control")
         case ("GET", "/heartbeat"):
             return (Self.json(200, ["status": "ok"]), "control")
+        case ("GET", "/harp/status"):
+            return (Self.json(200, status()), "control")
         case ("POST", "/frp_handler"):
             let state = self.state
             return (.answerBody(limit: Self.bodyLimit) { body in FRPLoginHook(state: state).answer(body) }, "control")
@@ -66,6 +68,19 @@ struct ControlPlane {
                     "control")
         }
         return ExAppsGateway.notFound
+    }
+
+    /// harp's own addition, for `harp exapps check`: the ExApps this process knows and the
+    /// tunnels open on its frp server.
+    private func status() -> [String: Any] {
+        let apps = state.directory.all.sorted { $0.key < $1.key }.map { id, entry -> [String: Any] in
+            ["id": id, "host": entry.record.host, "port": entry.record.port, "routes": entry.record.routes.count,
+             "resolved": entry.upstream != nil]
+        }
+        let tunnels = (state.frp?.tunnels ?? [:]).values.sorted { $0.port < $1.port }.map { tunnel -> [String: Any] in
+            ["name": tunnel.name, "port": tunnel.port, "client": tunnel.client]
+        }
+        return ["apps": apps, "tunnels": tunnels]
     }
 
     /// HaRP forwards a few Docker Engine calls to the engine a deploy daemon publishes through

@@ -1,3 +1,4 @@
+import ArgumentParser
 import FRP
 import HTTPProxy
 import HarpKernel
@@ -12,6 +13,7 @@ public final class ExAppsPlugin: Plugin {
     public static let summary = "Nextcloud AppAPI gateway (HaRP replacement): decisions, bans, control plane, FRP-published ExApps"
     public static let dependencies = ["http", "websocket", "frp"]
     public static var defaultConfiguration: ExAppsConfiguration { ExAppsConfiguration() }
+    public static let commands: [any ParsableCommand.Type] = [ExAppsCommand.self]
 
     public static func environmentOverrides(_ environment: [String: String]) throws(ConfigError) -> [ConfigOverride] {
         try HaRPEnvironment.overrides(environment)
