@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import HarpKernel
 import HarpTestSupport
+import Synchronization
 import Testing
 
 /// `/exapps/app_api/...`: what AppAPI calls on HaRP, and the frps Login hook.
@@ -139,6 +140,88 @@ struct ExAppsControlPlaneTests {
         #expect(wrong.stdout.contains("FAIL  the running harp refuses this shared key"), "\(wrong.stdout)")
         #expect(wrong.stdout.contains("FAIL  FRP certificates: \(gateway.certs)/frp/client.crt is missing or not a PEM certificate"))
         #expect(wrong.status == 1)
+        #expect(try gateway.harp.stop() == 0)
+    }
+
+    /// A Docker Engine published through `harp tunnel` on a port the fixture's frp allows.
+    static func publishedEngine(_ gateway: ExAppsFixture) throws -> (FakeDockerEngine, FRPClient, UInt16) {
+        let engine = try FakeDockerEngine(socket: NSTemporaryDirectory() + "harp-engine-\(UUID().uuidString.prefix(8)).sock")
+        let port = 24000 + UInt16.random(in: 10...99)
+        let tunnel = try FRPClient(config: """
+            serverAddr = "127.0.0.1"
+            serverPort = \(gateway.frpPort)
+            metadatas.token = "\(ExAppsFixture.key)"
+            transport.tls.enable = true
+            transport.tls.certFile = "\(gateway.certs)/frp/client.crt"
+            transport.tls.keyFile = "\(gateway.certs)/frp/client.key"
+            transport.tls.trustedCaFile = "\(gateway.certs)/frp/ca.crt"
+            transport.tls.serverName = "harp.nc"
+
+            [[proxies]]
+            name = "bundled-deploy-daemon"
+            type = "tcp"
+            remotePort = \(port)
+            [proxies.plugin]
+            type = "unix_domain_socket"
+            unixPath = "\(engine.socket)"
+            """, kind: .harpTunnel)
+        guard waitForListener(port: port) else { throw TestFailure("the engine's tunnel did not open: \(tunnel.log)") }
+        return (engine, tunnel, port)
+    }
+
+    @Test("container actions drive the Docker Engine like HaRP's agent: exists, create, start, wait_for_start, install_certificates, stop, remove, image_remove")
+    func containerActions() throws {
+        let gateway = try ExAppsFixture(frp: "allow_ports = [\"24000-24099\"]\nmax_ports_per_client = 0")
+        let (engine, tunnel, port) = try Self.publishedEngine(gateway)
+        defer { tunnel.kill(); engine.stop() }
+        let headers = [Self.key, "docker-engine-port: \(port)", "Content-Type: application/json"]
+        func action(_ name: String, _ body: String) throws -> (code: String, body: String) {
+            try gateway.get("/exapps/app_api/docker/exapp/\(name)", headers: headers, method: "POST", data: body)
+        }
+        let app = #"{"name":"myapp","instance_id":""}"#
+        #expect(try action("exists", app) == ("200", #"{"exists":false}"#))
+        let created = try action("create", #"{"name":"myapp","instance_id":"","image_id":"ghcr.io/nextcloud/app:1.0","network_mode":"nextcloud","environment_variables":["APP_ID=myapp"],"mount_points":[{"source":"/srv/x","target":"/x","mode":"ro"}],"compute_device":"cuda","start_container":true}"#)
+        #expect(created == ("201", #"{"id":"id-nc_app_myapp","name":"nc_app_myapp"}"#))
+        let body = try JSONSerialization.jsonObject(with: Data(engine.store.containers.withLock { $0["nc_app_myapp"]!.body }.utf8)) as? [String: Any]
+        let host = body?["HostConfig"] as? [String: Any]
+        #expect(body?["Hostname"] as? String == "myapp")
+        #expect(body?["Env"] as? [String] == ["APP_ID=myapp"])
+        #expect(host?["NetworkMode"] as? String == "nextcloud")
+        #expect((host?["Mounts"] as? [[String: Any]])?.count == 2, "the data volume and the bind mount")
+        #expect(host?["DeviceRequests"] != nil, "cuda")
+        #expect(((body?["NetworkingConfig"] as? [String: Any])?["EndpointsConfig"] as? [String: Any])?["nextcloud"] != nil)
+        #expect(engine.store.volumes.withLock { $0 } == ["nc_app_myapp_data"])
+        #expect(try action("create", #"{"name":"myapp","image_id":"x"}"#) == ("409", "Container with name 'nc_app_myapp' already exists."))
+        #expect(try action("exists", app) == ("200", #"{"exists":true,"image_ref":"ghcr.io/nextcloud/app:1.0"}"#))
+        #expect(try action("start", app).code == "204")
+        #expect(try action("start", app) == ("200", "Container already started"))
+        engine.setHealth("nc_app_myapp", "healthy")
+        #expect(try action("wait_for_start", app) == ("200", #"{"health":"healthy","started":true,"status":"running"}"#))
+        let bundle = "-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n-----BEGIN CERTIFICATE-----\\nBBBB\\n-----END CERTIFICATE-----\\n"
+        #expect(try action("install_certificates", #"{"name":"myapp","system_certs_bundle":"\#(bundle)","install_frp_certs":true}"#).code == "204")
+        #expect(engine.archivedFiles("nc_app_myapp").sorted() == [
+            "certs/frp/ca.crt", "certs/frp/client.crt", "certs/frp/client.key",
+            "usr/local/share/ca-certificates/custom_ca_cert_0.crt", "usr/local/share/ca-certificates/custom_ca_cert_1.crt",
+        ])
+        #expect(try action("stop", app).code == "204")
+        #expect(try action("stop", app) == ("200", "Container already stopped"))
+        #expect(try action("wait_for_start", app) == ("200", #"{"health":"healthy","reason":"non-recoverable state: exited","started":false,"status":"exited"}"#))
+        #expect(try action("remove", #"{"name":"myapp","remove_data":true}"#).code == "204")
+        #expect(engine.store.volumes.withLock { $0 }.isEmpty)
+        #expect(try action("wait_for_start", app) == ("200", #"{"reason":"container not found","started":false,"status":"not_found"}"#))
+        #expect(try action("start", app) == ("404", "Container 'nc_app_myapp' not found."))
+        #expect(try action("image_remove", #"{"name":"myapp","image_ref":"ghcr.io/nextcloud/app:1.0"}"#) == ("200", #"{"bytes_freed":1234,"deleted":true}"#))
+        #expect(try action("image_remove", #"{"name":"myapp","image_ref":"ghcr.io/nextcloud/app:1.0"}"#) == ("200", #"{"bytes_freed":0,"deleted":true,"reason":"not_found"}"#))
+        // Requests that cannot be carried out.
+        #expect(try action("exists", "not json") == ("400", "Invalid JSON body"))
+        #expect(try action("exists", #"{"instance_id":""}"#).code == "400")
+        #expect(try gateway.get("/exapps/app_api/docker/exapp/exists", headers: [Self.key], method: "POST", data: app)
+                == ("400", "Missing 'docker-engine-port' header."))
+        #expect(try gateway.get("/exapps/app_api/docker/exapp/exists", headers: [Self.key, "docker-engine-port: x"], method: "POST", data: app)
+                == ("400", "Invalid 'docker-engine-port' header value: x"))
+        let nothing = try RefusingPort()
+        #expect(try gateway.get("/exapps/app_api/docker/exapp/exists", headers: [Self.key, "docker-engine-port: \(nothing.port)"], method: "POST", data: app)
+                == ("503", "Could not connect to Docker Engine on port \(nothing.port)"))
         #expect(try gateway.harp.stop() == 0)
     }
 }

@@ -60,12 +60,13 @@ struct ControlPlane {
                 return (.respond(status: 405, body: "405: Method Not Allowed"), "control")
             }
         }
-        if targetPath.hasPrefix("/docker/exapp/") {
-            guard request.headers["docker-engine-port"] != nil else {
-                return (.respond(status: 400, body: "Missing 'docker-engine-port' header."), "control")
-            }
-            return (.respond(status: 501, body: "harp does not run Docker container actions yet; deploy ExApps with a Docker daemon that AppAPI reaches directly"),
-                    "control")
+        if targetPath.hasPrefix("/docker/exapp/"), method == "POST" {
+            let action = String(targetPath.dropFirst("/docker/exapp/".count))
+            guard DockerActions.actions.contains(action), let docker = state.docker else { return ExAppsGateway.notFound }
+            let port = request.headers["docker-engine-port"]
+            let loop = exchange.loop
+            // JSON bodies; the largest carries Nextcloud's CA bundle (a few hundred KiB).
+            return (.answerBody(limit: 4 << 20) { body in await docker.run(action, port: port, body: body, on: loop) }, "control")
         }
         return ExAppsGateway.notFound
     }
@@ -103,7 +104,7 @@ struct ControlPlane {
     }
 
     static func jsonBytes(_ object: [String: Any]) -> [UInt8] {
-        Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8))
+        Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8))
     }
 }
 

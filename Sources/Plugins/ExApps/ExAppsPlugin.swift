@@ -46,9 +46,11 @@ public final class ExAppsPlugin: Plugin {
                                     tls: tls)
         let frp = context.dependency(FRPPlugin.self)
         let logger = context.logger
+        // Container actions wait on the Engine: image inspection, exec of update-ca-certificates.
+        let engineClient = try HTTPClient(loops: context.loops, connectTimeout: .seconds(5), responseTimeout: .seconds(120), keepalive: 2)
         state = ExAppsState(configuration: configuration, sharedKey: key, nextcloud: { metrics in
             NextcloudClient(url: url, client: client, sharedKey: key, metrics: metrics, logger: logger)
-        }, frp: frp, logger: logger)
+        }, frp: frp, docker: DockerActions(client: engineClient, certificateDirectory: frp?.certificateDirectory), logger: logger)
         http.addSite(try ProxySite(name: "exapps", listen: configuration.listen, listenTLS: configuration.listenTLS,
                                    keyPrefix: "exapps.listen_tls", providers: [ExAppsGateway(state: state)],
                                    observers: [BruteforceObserver(bans: state.bans)]))

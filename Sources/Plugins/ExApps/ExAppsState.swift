@@ -19,11 +19,14 @@ final class ExAppsState: Sendable {
     let logger: Logger
     /// The frp plugin, for tunnel status (the Docker passthrough, `harp exapps check`).
     let frp: FRPPlugin?
+    /// The `/docker/exapp/*` actions (nil in tests that build the state without loops).
+    let docker: DockerActions?
     private let hinted = Mutex<Set<String>>([])
     /// Built after `self` (it reads the state back).
     var control: ControlPlane { ControlPlane(state: self) }
 
-    init(configuration: ExAppsConfiguration, sharedKey: String, nextcloud: (ExAppsMetrics) -> NextcloudClient, frp: FRPPlugin?, logger: Logger) {
+    init(configuration: ExAppsConfiguration, sharedKey: String, nextcloud: (ExAppsMetrics) -> NextcloudClient, frp: FRPPlugin?,
+         docker: DockerActions?, logger: Logger) {
         self.configuration = configuration
         self.sharedKey = sharedKey
         bans = BanList(count: configuration.banCount, window: configuration.banWindow.duration, metrics: metrics)
@@ -31,6 +34,7 @@ final class ExAppsState: Sendable {
         sessions = SessionCache(lifetime: configuration.sessionLifetime.duration, metrics: metrics)
         self.nextcloud = nextcloud(metrics)
         self.frp = frp
+        self.docker = docker
         self.logger = logger
     }
 

@@ -51,6 +51,10 @@ public final class FRPPlugin: Plugin {
         server.loginChecks.insert(check, at: server.loginChecks.firstIndex { $0 is SharedKeyCheck } ?? server.loginChecks.endIndex)
     }
 
+    /// Where the server's certificates are (HaRP's /certs/frp): the ExApps plugin copies the
+    /// CA and client pair into ExApp containers (`install_certificates`).
+    public var certificateDirectory: String { configuration.certDir }
+
     /// The tunnels open now, by port (callable from any thread).
     public var tunnels: [Int: FRPTunnel] { server.tunnels.withLock { $0 } }
 

@@ -172,7 +172,7 @@ final class ProxyConnection {
             await respond(status: 411, keepAlive: false)
             return nil
         }
-        guard count <= limit, count <= inbound.capacity else {
+        guard count <= limit else {
             exchange.status = 413
             await respond(status: 413, keepAlive: false)
             return nil
@@ -180,11 +180,16 @@ final class ProxyConnection {
         if inbound.isEmpty, count > 0, expectsContinue {
             guard await sendToClient(Self.continueBytes) else { return nil }
         }
-        while inbound.count < count {
-            guard await requests.fill(timeout: config.clientTimeout.duration) > 0 else { return nil }
+        var body: [UInt8] = []
+        body.reserveCapacity(count)
+        while body.count < count {
+            if inbound.isEmpty {
+                guard await requests.fill(timeout: config.clientTimeout.duration) > 0 else { return nil }
+            }
+            let take = min(inbound.count, count - body.count)
+            body.append(contentsOf: inbound.readable[0..<take])
+            inbound.consume(take)
         }
-        let body = Array(inbound.readable[0..<count])
-        inbound.consume(count)
         exchange.requestBytes += count
         exchange.requestBodyDone = true
         return body

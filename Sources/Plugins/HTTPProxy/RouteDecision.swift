@@ -8,9 +8,9 @@ public enum RouteDecision: Sendable {
     case respond(Reply)
     /// Close the connection without any response.
     case drop
-    /// Read the whole request body (a `Content-Length` one of at most `limit` bytes, and no
-    /// more than the client buffer holds), then answer with what `answer` makes of it: a
-    /// control-plane POST. Bigger bodies get 413, chunked ones 411.
+    /// Read the whole request body (a `Content-Length` one of at most `limit` bytes), then
+    /// answer with what `answer` makes of it: a control-plane POST. Bigger bodies get 413,
+    /// chunked ones 411.
     case answerBody(limit: Int, answer: @Sendable ([UInt8]) async -> Reply)
 
     /// Answer with `body` (a `text/plain` one unless `contentType` says otherwise).
