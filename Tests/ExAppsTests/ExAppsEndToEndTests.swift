@@ -90,6 +90,52 @@ struct ExAppsEndToEndTests {
         #expect(try gateway.harp.stop() == 0)
     }
 
+    /// frpc publishing a TCP service on `remotePort`, with HaRP's TLS settings.
+    static func frpcTCP(_ gateway: ExAppsFixture, name: String, localPort: UInt16, remotePort: UInt16) -> String {
+        """
+        serverAddr = "127.0.0.1"
+        serverPort = \(gateway.frpPort)
+        transport.tls.enable = true
+        transport.tls.certFile = "\(gateway.certs)/frp/client.crt"
+        transport.tls.keyFile = "\(gateway.certs)/frp/client.key"
+        transport.tls.trustedCaFile = "\(gateway.certs)/frp/ca.crt"
+        transport.tls.serverName = "harp.nc"
+        metadatas.token = "\(ExAppsFixture.key)"
+
+        [[proxies]]
+        name = "\(name)"
+        type = "tcp"
+        localIP = "127.0.0.1"
+        localPort = \(localPort)
+        remotePort = \(remotePort)
+        """
+    }
+
+    @Test("a frozen frpc (SIGSTOP) stalls only its own app: another tunnelled app and a direct one answer meanwhile")
+    func frozenFrpc() throws {
+        let gateway = try ExAppsFixture(frp: "allow_ports = [\"23001-23002\"]\nmax_ports_per_client = 0")
+        let frozenOrigin = try HTTPTestOrigin(), otherOrigin = try HTTPTestOrigin()
+        defer { frozenOrigin.stop(); otherOrigin.stop() }
+        gateway.nextcloud.register("frozen", json: FakeNextcloud.record(token: "f", port: 23001, routes: [(".*", 0, [])]))
+        gateway.nextcloud.register("other", json: FakeNextcloud.record(token: "o", port: 23002, routes: [(".*", 0, [])]))
+        let frozen = try FRPClient(config: Self.frpcTCP(gateway, name: "frozen", localPort: frozenOrigin.address.port!, remotePort: 23001))
+        let other = try FRPClient(config: Self.frpcTCP(gateway, name: "other", localPort: otherOrigin.address.port!, remotePort: 23002))
+        defer { kill(frozen.process.processIdentifier, SIGCONT); frozen.kill(); other.kill() }
+        #expect(waitForListener(port: 23001) && waitForListener(port: 23002), "\(frozen.log) \(other.log)")
+        #expect(try gateway.code("/exapps/frozen/x") == "200")
+        kill(frozen.process.processIdentifier, SIGSTOP)
+        let stuck = try shellBackground("curl -s --max-time 6 '\(gateway.base)/exapps/frozen/x'")
+        Thread.sleep(forTimeInterval: 0.3)
+        for _ in 0..<10 {
+            #expect(try gateway.code("/exapps/other/x") == "200")
+            #expect(try gateway.code("/exapps/myapp/public") == "200")
+        }
+        #expect(stuck.isRunning, "the frozen app's request is still waiting while 20 others were answered")
+        kill(frozen.process.processIdentifier, SIGCONT)
+        stuck.waitUntilExit()
+        #expect(try gateway.harp.stop() == 0)
+    }
+
     @Test("an frpc with a wrong shared key is refused, and its failures ban the IP (frp and HTTP alike)")
     func wrongKeyBans() throws {
         let gateway = try ExAppsFixture(exapps: "ban_count = 2\nban_window = \"60s\"")

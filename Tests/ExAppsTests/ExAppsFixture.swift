@@ -16,7 +16,10 @@ final class ExAppsFixture: @unchecked Sendable {
     let certs: String
 
     /// `exapps` lines go into the `[exapps]` section (short TTLs, ban settings).
-    init(exapps: String = "", frp: String = "", environment: [String: String] = [:]) throws {
+    /// The admin plugin's port when `admin` was asked for.
+    let adminPort: UInt16?
+
+    init(exapps: String = "", frp: String = "", admin: Bool = false, environment: [String: String] = [:]) throws {
         nextcloud = try FakeNextcloud(sharedKey: Self.key)
         app = try HTTPTestOrigin()
         nextcloud.register("myapp", json: FakeNextcloud.record(token: "app-secret", version: "2.1.0", port: Int(app.address.port!), routes: [
@@ -27,10 +30,13 @@ final class ExAppsFixture: @unchecked Sendable {
         port = freePort()
         frpPort = freePort()
         certs = NSTemporaryDirectory() + "harp-exapps-\(UUID().uuidString)"
+        adminPort = admin ? freePort() : nil
         harp = try HarpProcess.serve("""
             [harp]
-            plugins = ["http", "websocket", "frp", "exapps"]
+            plugins = ["http", "websocket", "frp", "exapps"\(admin ? ", \"admin\"" : "")]
             log_level = "info"
+
+            \(adminPort.map { "[admin]\nlisten = \"127.0.0.1:\($0)\"" } ?? "")
 
             [http]
             listen = []

@@ -202,4 +202,28 @@ struct ExAppsGatewayTests {
         #expect(try gateway.harp.stop() == 0)
         #expect(gateway.harp.stderr.components(separatedBy: "front proxy strips the prefix").count == 2, "logged once")
     }
+
+    @Test("metrics: decisions by outcome, cache hits and misses, Nextcloud call latency, bans active")
+    func metrics() throws {
+        let gateway = try ExAppsFixture(exapps: "ban_count = 2\nban_window = \"60s\"", admin: true)
+        for _ in 0..<3 { #expect(try gateway.code("/exapps/myapp/public") == "200") }
+        #expect(try gateway.code("/exapps/myapp/user/x", headers: [Self.alice]) == "200")
+        #expect(try gateway.code("/exapps/myapp/admin/x", headers: [Self.alice]) == "403")
+        #expect(try gateway.code("/exapps/nosuchapp/x") == "404")  // the second failure: banned
+        #expect(try gateway.code("/exapps/myapp/public") == "000")
+        let metrics = try shell("curl -s http://127.0.0.1:\(gateway.adminPort!)/metrics").output
+        func value(_ line: String) -> Double? {
+            metrics.split(separator: "\n").first { $0.hasPrefix(line + " ") }.flatMap { Double($0.split(separator: " ").last!) }
+        }
+        #expect(value(#"harp_exapps_decisions_total{outcome="forward"}"#) == 4, "\(metrics)")
+        #expect(value(#"harp_exapps_decisions_total{outcome="403"}"#) == 1)
+        #expect(value(#"harp_exapps_decisions_total{outcome="404"}"#) == 1)
+        #expect(value(#"harp_exapps_decisions_total{outcome="drop"}"#) == 1)
+        #expect(value(#"harp_exapps_cache_total{cache="records",result="miss"}"#) == 2, "myapp once, nosuchapp once")
+        #expect(value(#"harp_exapps_cache_total{cache="records",result="hit"}"#) == 4)
+        #expect(value(#"harp_exapps_cache_total{cache="sessions",result="hit"}"#) == 1)
+        #expect(value("harp_exapps_bans_active") == 1)
+        #expect(metrics.contains(#"harp_exapps_nextcloud_seconds_count{endpoint="exapp-meta",outcome="200"} 1"#))
+        #expect(try gateway.harp.stop() == 0)
+    }
 }
