@@ -21,13 +21,22 @@ struct HaRPEnvironmentTests {
         defer { nextcloud.stop() }
         let certs = NSTemporaryDirectory() + "harp-env-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: certs) }
-        let port = freePort(), frpPort = freePort()
+        // HaRP's HTTPS listener: on when <certs>/cert.pem (certificate and key in one file) exists.
+        let pki = try TestCertificates()
+        defer { pki.remove() }
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        let bundle = try String(contentsOfFile: pki.certificate("localhost"), encoding: .utf8) + String(contentsOfFile: pki.key("localhost"), encoding: .utf8)
+        try bundle.write(toFile: certs + "/cert.pem", atomically: true, encoding: .utf8)
+        let port = freePort(), frpPort = freePort(), httpsPort = freePort()
         let harp = try HarpProcess(["serve"], environment: Self.environment([
             "HP_SHARED_KEY": "\"env-key\"", "NC_INSTANCE_URL": nextcloud.url + "/index.php/", "HARP_CERTS_DIR": certs,
-            // The two addresses move the listeners off HaRP's fixed ports, so tests can run side by side.
+            // The addresses move the listeners off HaRP's fixed ports, so tests can run side by side.
             "HP_EXAPPS_ADDRESS": "127.0.0.1:\(port)", "HP_FRP_ADDRESS": "127.0.0.1:\(frpPort)", "HP_BLACKLIST_COUNT": "2",
+            "HP_EXAPPS_HTTPS_ADDRESS": "127.0.0.1:\(httpsPort)",
         ]))
         try harp.waitForOutput("harp: ready")
+        let https = try shell("curl -s --cacert \(pki.ca) -H 'harp-shared-key: env-key' https://localhost:\(httpsPort)/exapps/app_api/heartbeat").output
+        #expect(https == #"{"status":"ok"}"#, "the HTTPS listener with cert.pem")
         for file in ["ca.crt", "server.crt", "server.key", "client.crt", "client.key"] {
             #expect(FileManager.default.fileExists(atPath: "\(certs)/frp/\(file)"), "\(file) generated")
         }
