@@ -72,24 +72,8 @@ struct ExAppsControlPlaneTests {
         }
         defer { engine.stop(); unlink(socket) }
         let enginePort = 24000 + UInt16.random(in: 10...99)
-        let tunnel = try FRPClient(config: """
-            serverAddr = "127.0.0.1"
-            serverPort = \(gateway.frpPort)
-            metadatas.token = "\(ExAppsFixture.key)"
-            transport.tls.enable = true
-            transport.tls.certFile = "\(gateway.certs)/frp/client.crt"
-            transport.tls.keyFile = "\(gateway.certs)/frp/client.key"
-            transport.tls.trustedCaFile = "\(gateway.certs)/frp/ca.crt"
-            transport.tls.serverName = "harp.nc"
-
-            [[proxies]]
-            name = "bundled-deploy-daemon"
-            type = "tcp"
-            remotePort = \(enginePort)
-            [proxies.plugin]
-            type = "unix_domain_socket"
-            unixPath = "\(socket)"
-            """, kind: .harpTunnel)
+        let tunnel = try FRPClient(config: gateway.frpcConfig(name: "bundled-deploy-daemon", remotePort: enginePort, unixPath: socket),
+                                   kind: .harpTunnel)
         defer { tunnel.kill() }
         #expect(waitForListener(port: enginePort), "\(tunnel.log)")
         let docker = [Self.key, "docker-engine-port: \(enginePort)"]
@@ -147,24 +131,8 @@ struct ExAppsControlPlaneTests {
     static func publishedEngine(_ gateway: ExAppsFixture) throws -> (FakeDockerEngine, FRPClient, UInt16) {
         let engine = try FakeDockerEngine(socket: NSTemporaryDirectory() + "harp-engine-\(UUID().uuidString.prefix(8)).sock")
         let port = 24000 + UInt16.random(in: 10...99)
-        let tunnel = try FRPClient(config: """
-            serverAddr = "127.0.0.1"
-            serverPort = \(gateway.frpPort)
-            metadatas.token = "\(ExAppsFixture.key)"
-            transport.tls.enable = true
-            transport.tls.certFile = "\(gateway.certs)/frp/client.crt"
-            transport.tls.keyFile = "\(gateway.certs)/frp/client.key"
-            transport.tls.trustedCaFile = "\(gateway.certs)/frp/ca.crt"
-            transport.tls.serverName = "harp.nc"
-
-            [[proxies]]
-            name = "bundled-deploy-daemon"
-            type = "tcp"
-            remotePort = \(port)
-            [proxies.plugin]
-            type = "unix_domain_socket"
-            unixPath = "\(engine.socket)"
-            """, kind: .harpTunnel)
+        let tunnel = try FRPClient(config: gateway.frpcConfig(name: "bundled-deploy-daemon", remotePort: port, unixPath: engine.socket),
+                                   kind: .harpTunnel)
         guard waitForListener(port: port) else { throw TestFailure("the engine's tunnel did not open: \(tunnel.log)") }
         return (engine, tunnel, port)
     }

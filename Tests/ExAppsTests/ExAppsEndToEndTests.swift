@@ -38,30 +38,6 @@ struct ExAppsEndToEndTests {
         return process
     }
 
-    /// HaRP's ExApp frpc.toml (exapps_dev/start.sh), pointed at the fixture's FRP port.
-    static func frpcConfig(_ gateway: ExAppsFixture, key: String = ExAppsFixture.key, socket: String) -> String {
-        """
-        serverAddr = "127.0.0.1"
-        serverPort = \(gateway.frpPort)
-        loginFailExit = false
-        transport.tls.enable = true
-        transport.tls.certFile = "\(gateway.certs)/frp/client.crt"
-        transport.tls.keyFile = "\(gateway.certs)/frp/client.key"
-        transport.tls.trustedCaFile = "\(gateway.certs)/frp/ca.crt"
-        transport.tls.serverName = "harp.nc"
-        metadatas.token = "\(key)"
-        log.level = "info"
-
-        [[proxies]]
-        remotePort = 23000
-        type = "tcp"
-        name = "ncapp"
-        [proxies.plugin]
-        type = "unix_domain_socket"
-        unixPath = "\(socket)"
-        """
-    }
-
     @Test("curl and a WebSocket reach an nc_py_api app through harp and frpc; the app refuses what did not come through harp")
     func publishedExApp() throws {
         let gateway = try ExAppsFixture()
@@ -71,7 +47,7 @@ struct ExAppsEndToEndTests {
         let socket = NSTemporaryDirectory() + "harp-exapp-\(getpid()).sock"
         let app = try Self.startExApp(socket: socket)
         defer { app.terminate(); unlink(socket) }
-        let frpc = try FRPClient(config: Self.frpcConfig(gateway, socket: socket))
+        let frpc = try FRPClient(config: gateway.frpcConfig(name: "ncapp", remotePort: 23000, unixPath: socket))
         defer { frpc.kill() }
         #expect(waitForListener(port: 23000), "frpc's proxy is up: \(frpc.log)")
 
@@ -90,27 +66,6 @@ struct ExAppsEndToEndTests {
         #expect(try gateway.harp.stop() == 0)
     }
 
-    /// frpc publishing a TCP service on `remotePort`, with HaRP's TLS settings.
-    static func frpcTCP(_ gateway: ExAppsFixture, name: String, localPort: UInt16, remotePort: UInt16) -> String {
-        """
-        serverAddr = "127.0.0.1"
-        serverPort = \(gateway.frpPort)
-        transport.tls.enable = true
-        transport.tls.certFile = "\(gateway.certs)/frp/client.crt"
-        transport.tls.keyFile = "\(gateway.certs)/frp/client.key"
-        transport.tls.trustedCaFile = "\(gateway.certs)/frp/ca.crt"
-        transport.tls.serverName = "harp.nc"
-        metadatas.token = "\(ExAppsFixture.key)"
-
-        [[proxies]]
-        name = "\(name)"
-        type = "tcp"
-        localIP = "127.0.0.1"
-        localPort = \(localPort)
-        remotePort = \(remotePort)
-        """
-    }
-
     @Test("a frozen frpc (SIGSTOP) stalls only its own app: another tunnelled app and a direct one answer meanwhile")
     func frozenFrpc() throws {
         let gateway = try ExAppsFixture(frp: "allow_ports = [\"23001-23002\"]\nmax_ports_per_client = 0")
@@ -118,8 +73,8 @@ struct ExAppsEndToEndTests {
         defer { frozenOrigin.stop(); otherOrigin.stop() }
         gateway.nextcloud.register("frozen", json: FakeNextcloud.record(token: "f", port: 23001, routes: [(".*", 0, [])]))
         gateway.nextcloud.register("other", json: FakeNextcloud.record(token: "o", port: 23002, routes: [(".*", 0, [])]))
-        let frozen = try FRPClient(config: Self.frpcTCP(gateway, name: "frozen", localPort: frozenOrigin.address.port!, remotePort: 23001))
-        let other = try FRPClient(config: Self.frpcTCP(gateway, name: "other", localPort: otherOrigin.address.port!, remotePort: 23002))
+        let frozen = try FRPClient(config: gateway.frpcConfig(name: "frozen", remotePort: 23001, localPort: frozenOrigin.address.port!))
+        let other = try FRPClient(config: gateway.frpcConfig(name: "other", remotePort: 23002, localPort: otherOrigin.address.port!))
         defer { kill(frozen.process.processIdentifier, SIGCONT); frozen.kill(); other.kill() }
         #expect(waitForListener(port: 23001) && waitForListener(port: 23002), "\(frozen.log) \(other.log)")
         #expect(try gateway.code("/exapps/frozen/x") == "200")
@@ -141,11 +96,11 @@ struct ExAppsEndToEndTests {
         let gateway = try ExAppsFixture(exapps: "ban_count = 2\nban_window = \"60s\"")
         let socket = NSTemporaryDirectory() + "harp-exapp-bad-\(getpid()).sock"
         for _ in 0..<2 {
-            let frpc = try FRPClient(config: Self.frpcConfig(gateway, key: "wrong-key", socket: socket))
+            let frpc = try FRPClient(config: gateway.frpcConfig(name: "ncapp", remotePort: 23000, unixPath: socket, key: "wrong-key"))
             #expect(frpc.waitForLog("invalid shared key"), "\(frpc.log)")
             frpc.kill()
         }
-        let third = try FRPClient(config: Self.frpcConfig(gateway, socket: socket))  // the right key, too late
+        let third = try FRPClient(config: gateway.frpcConfig(name: "ncapp", remotePort: 23000, unixPath: socket))  // the right key, too late
         #expect(third.waitForLog("banned"), "\(third.log)")
         third.kill()
         #expect(try gateway.code("/exapps/myapp/public") == "000", "the same IP's HTTP requests are dropped")

@@ -77,6 +77,32 @@ final class ExAppsFixture: @unchecked Sendable {
 
     func code(_ path: String, headers: [String] = []) throws -> String { try get(path, headers: headers).code }
 
+    /// An frpc.toml in the shape of HaRP's ExApp one (exapps_dev/start.sh): mutual TLS with
+    /// this harp's generated certificates, server name harp.nc, the key in `metadatas.token`,
+    /// one tcp proxy publishing a Unix socket (`unixPath`) or a local TCP port.
+    func frpcConfig(name: String, remotePort: UInt16, unixPath: String? = nil, localPort: UInt16? = nil, key: String = key) -> String {
+        let local = unixPath.map { "[proxies.plugin]\ntype = \"unix_domain_socket\"\nunixPath = \"\($0)\"" }
+            ?? "localIP = \"127.0.0.1\"\nlocalPort = \(localPort ?? 0)"
+        return """
+            serverAddr = "127.0.0.1"
+            serverPort = \(frpPort)
+            loginFailExit = false
+            transport.tls.enable = true
+            transport.tls.certFile = "\(certs)/frp/client.crt"
+            transport.tls.keyFile = "\(certs)/frp/client.key"
+            transport.tls.trustedCaFile = "\(certs)/frp/ca.crt"
+            transport.tls.serverName = "harp.nc"
+            metadatas.token = "\(key)"
+            log.level = "info"
+
+            [[proxies]]
+            remotePort = \(remotePort)
+            type = "tcp"
+            name = "\(name)"
+            \(local)
+            """
+    }
+
     /// The six headers AppAPI sends with its own calls to an ExApp.
     static func appAPIHeaders(key: String = key, port: UInt16) -> [String] {
         ["EX-APP-VERSION: 2.1.0", "EX-APP-ID: myapp", "EX-APP-HOST: 127.0.0.1", "EX-APP-PORT: \(port)",

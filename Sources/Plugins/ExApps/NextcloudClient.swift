@@ -45,27 +45,30 @@ final class NextcloudClient: Sendable {
         }
     }
 
-    /// One call; nil when Nextcloud's host cannot be resolved.
-    private func call(_ target: String, headers: [(String, String)], on loop: EventLoop) async throws(HTTPClientError) -> HTTPClientResponse? {
-        guard let upstream = await upstream() else { return nil }
-        return try await client.request("GET", upstream, target: target, headers: headers, on: loop)
+    /// One call to `endpoint`, timed and counted; nil (logged) when Nextcloud cannot be
+    /// reached: its name does not resolve, the connection fails, or no answer comes in time.
+    private func call(_ endpoint: String, appID: String, headers: [(String, String)], on loop: EventLoop) async -> HTTPClientResponse? {
+        let started = EventLoop.preciseNanos()
+        guard let upstream = await upstream() else {
+            metrics.nextcloudCall(endpoint, outcome: "unresolved", nanoseconds: EventLoop.preciseNanos() - started)
+            return nil
+        }
+        do {
+            let response = try await client.request("GET", upstream, target: url.target(endpoint, appID: appID), headers: headers, on: loop)
+            metrics.nextcloudCall(endpoint, outcome: "\(response.status)", nanoseconds: EventLoop.preciseNanos() - started)
+            return response
+        } catch {
+            metrics.nextcloudCall(endpoint, outcome: "error", nanoseconds: EventLoop.preciseNanos() - started)
+            logger.warning("Nextcloud unreachable", metadata: ["endpoint": "\(endpoint)", "app": "\(appID)", "error": "\(error)"])
+            return nil
+        }
     }
 
     /// `exapp-meta`: 200 → the record (its host resolved), 401/404 → unknown, anything else
     /// (5xx, a broken body, Nextcloud unreachable) → failed.
     func record(_ appID: String, on loop: EventLoop) async -> ExAppDirectory.Lookup {
-        let started = EventLoop.preciseNanos()
-        let response: HTTPClientResponse
-        do {
-            guard let answer = try await call(url.target("exapp-meta", appID: appID),
-                                              headers: [("Host", url.host), ("harp-shared-key", sharedKey)], on: loop) else { return .failed }
-            response = answer
-        } catch {
-            metrics.nextcloudCall("exapp-meta", outcome: "error", nanoseconds: EventLoop.preciseNanos() - started)
-            logger.warning("Nextcloud unreachable for exapp-meta", metadata: ["app": "\(appID)", "error": "\(error)"])
-            return .failed
-        }
-        metrics.nextcloudCall("exapp-meta", outcome: "\(response.status)", nanoseconds: EventLoop.preciseNanos() - started)
+        guard let response = await call("exapp-meta", appID: appID, headers: [("Host", url.host), ("harp-shared-key", sharedKey)],
+                                         on: loop) else { return .failed }
         switch response.status {
         case 200:
             switch ExAppRecord.decode(response.body) {
@@ -91,17 +94,7 @@ final class NextcloudClient: Sendable {
             headers.append((name, value))
         }
         headers.append(("harp-shared-key", sharedKey))
-        let started = EventLoop.preciseNanos()
-        let response: HTTPClientResponse
-        do {
-            guard let answer = try await call(url.target("user-info", appID: appID), headers: headers, on: loop) else { return .failed }
-            response = answer
-        } catch {
-            metrics.nextcloudCall("user-info", outcome: "error", nanoseconds: EventLoop.preciseNanos() - started)
-            logger.warning("Nextcloud unreachable for user-info", metadata: ["app": "\(appID)", "error": "\(error)"])
-            return .failed
-        }
-        metrics.nextcloudCall("user-info", outcome: "\(response.status)", nanoseconds: EventLoop.preciseNanos() - started)
+        guard let response = await call("user-info", appID: appID, headers: headers, on: loop) else { return .failed }
         switch response.status {
         case 200:
             guard let object = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] else { return .failed }
