@@ -191,6 +191,18 @@ struct ExAppsGatewayTests {
         #expect(try gateway.harp.stop() == 0)
     }
 
+    @Test("a route pattern that backtracks exponentially in Swift's Regex costs nothing here; other apps are not held up")
+    func nestedQuantifierRoute() throws {
+        let gateway = try ExAppsFixture()
+        gateway.nextcloud.register("nested", json: FakeNextcloud.record(token: "t", port: Int(gateway.app.address.port!), routes: [
+            (#"^/(\w+/?)+$"#, 0, []),
+        ]))
+        #expect(try gateway.code("/exapps/nested/aaaa/bbbb") == "200")
+        #expect(try gateway.code("/exapps/nested/" + String(repeating: "a", count: 4000) + "!") == "404")
+        #expect(try gateway.code("/exapps/myapp/public") == "200")
+        #expect(try gateway.harp.stop() == 0)
+    }
+
     @Test("a known app id without /exapps/ gets a 404 that names the front-proxy mistake")
     func frontProxyHint() throws {
         let gateway = try ExAppsFixture()

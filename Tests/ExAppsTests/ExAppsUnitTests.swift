@@ -1,4 +1,5 @@
 @testable import ExApps
+import Foundation
 import HarpKernel
 import Testing
 
@@ -24,20 +25,57 @@ struct ExAppsUnitTests {
         #expect(PathTraversal.found(in: Substring(path)) == found)
     }
 
-    @Test("routes that are a literal prefix skip the regex engine and match the same")
-    func literalRoutes() {
+    @Test("route patterns: a literal prefix compared as bytes, the rest on POSIX ERE, both matching as Python's re.match does")
+    func routePatterns() {
         #expect(RoutePattern.literalPrefix("^/api/v1") == Array("/api/v1".utf8))
         #expect(RoutePattern.literalPrefix(#"^\/api\/w\.x"#) == Array("/api/w.x".utf8))
         #expect(RoutePattern.literalPrefix("^/api/(a|b)") == nil)
         #expect(RoutePattern.literalPrefix(#"^/\d+"#) == nil)
-        for pattern in ["^/api/v1", #"^\/api"#, "ws", "^/api/(v1|v2)/x", ".*", #"^/\d+/x"#] {
+        // Swift's Regex (backtracking, Python-like syntax) as the reference for short paths.
+        let patterns = ["^/api/v1", #"^\/api"#, "ws", "^/api/(v1|v2)/x", ".*", #"^/\d+/x"#, #"^/(?:a|b)+/?$"#, #"^/(?P<id>[\w.-]+)/json"#,
+                        #"^/files/.*?\.txt"#, #"^/[^/]+/[0-9]{2,3}"#, #"^/a\-b"#, "^/(x|y)?z", #"^/\w+$"#]
+        let paths = ["/api/v1/x", "/api/v2/x", "ws/x", "/12/x", "/x", "", "/ab/", "/a.b-c/json", "/files/a/b.txt", "/q/123", "/a-b", "/z", "/yz",
+                     "/abc", "/ab/c"]
+        for pattern in patterns {
             let route = ExAppRoute(url: pattern, access: .everyone, bruteforceStatuses: [])
-            let regex = try! Regex(pattern)
-            for path in ["/api/v1/x", "/api/v2/x", "ws/x", "/12/x", "/x", ""] {
+            #expect(route.isUsable, "\(pattern)")
+            let regex = try! Regex(pattern.replacingOccurrences(of: "(?P<", with: "(?<"))
+            for path in paths {
                 #expect(route.matches(path) == ((try? regex.prefixMatch(in: path)) != nil), "\(pattern) on \(path)")
             }
         }
-        #expect(!ExAppRoute(url: "([", access: .everyone, bruteforceStatuses: []).matches("/x"), "a broken pattern matches nothing")
+        #expect(ExAppRoute(url: "(?i)^/API", access: .everyone, bruteforceStatuses: []).matches("/api/x"))
+        for unusable in ["([", #"^/(?=a)"#, #"^/(a)\1"#, #"^/\q"#] {
+            let route = ExAppRoute(url: unusable, access: .everyone, bruteforceStatuses: [])
+            #expect(!route.isUsable && !route.matches("/a"), "\(unusable) matches nothing")
+        }
+        // A pattern that backtracks exponentially in Swift's Regex (38 s for 20 bytes): linear here.
+        let nested = ExAppRoute(url: #"^/(\w+/?)+$"#, access: .everyone, bruteforceStatuses: [])
+        #expect(!nested.matches("/" + String(repeating: "a", count: 5000) + "!"))
+        #expect(nested.matches("/aaa/bbb/"))
+    }
+
+    @Test("an expiring table stays bounded under a flood of fresh keys, at O(1) per insert")
+    func expiringTable() {
+        var table = ExpiringTable<Int>(capacity: 4)
+        for index in 0..<4 { table.insert("k\(index)", index, until: 100, now: 0) }
+        #expect(table.value("k2", now: 1) == 2)
+        table.insert("k4", 4, until: 100, now: 1)  // full of live keys: emptied, then k4
+        #expect(table.count == 1 && table.value("k4", now: 1) == 4)
+        for index in 5..<8 { table.insert("k\(index)", index, until: 10, now: 1) }
+        table.insert("k8", 8, until: 100, now: 50)  // full again: the expired three go, k4 stays
+        #expect(table.count == 2 && table.value("k4", now: 50) == 4 && table.value("k8", now: 50) == 8)
+        #expect(table.value("k4", now: 200) == nil, "expired on lookup")
+    }
+
+    @Test("the ban table forgets IPs that are not banned when a flood fills it, and keeps the bans")
+    func banTableFlood() {
+        let bans = BanList(count: 2, window: .seconds(60), metrics: ExAppsMetrics())
+        bans.fail("192.0.2.1", reason: "test")
+        bans.fail("192.0.2.1", reason: "test")
+        for index in 0..<(BanList.minimumSweep + 10) { bans.fail("10.\(index >> 16).\(index >> 8 & 255).\(index & 255)", reason: "test") }
+        #expect(bans.isBanned("192.0.2.1"))
+        #expect(!bans.isBanned("10.0.0.1"))
     }
 
     @Test("the Docker passthrough allow-list")
@@ -91,5 +129,10 @@ struct ExAppsUnitTests {
         #expect(record.routes[0].bruteforceStatuses == [401])
         #expect(throws: RecordProblem.self) { try ExAppRecord.decode(Array(#"{"exapp_token":"t","exapp_version":1,"host":"h","port":1}"#.utf8)).get() }
         #expect(throws: RecordProblem.self) { try ExAppRecord.decode(Array(#"{"exapp_token":"t","exapp_version":"1","host":"h","port":1.5}"#.utf8)).get() }
+        #expect(throws: RecordProblem.self) { try ExAppRecord.decode(Array(#"{"exapp_token":"t","exapp_version":"1","host":"h","port":true}"#.utf8)).get() }
+        #expect(throws: RecordProblem.self) { try ExAppRecord.decode(Array(#"{"exapp_token":"t","exapp_version":"1","host":"h","port":0}"#.utf8)).get() }
+        #expect(throws: RecordProblem.self) {
+            try ExAppRecord.decode(Array(#"{"exapp_token":"t","exapp_version":"1","host":"h","port":1,"routes":[{"url":".*","access_level":true}]}"#.utf8)).get()
+        }
     }
 }

@@ -64,7 +64,7 @@ struct GatewayAPITests {
         #expect(observed.seen.withLock { $0 } == ["401 -", "200 app-route", "404 -"])
     }
 
-    @Test("HTTPClient: lengths, chunked bodies, POST bodies, kept-alive reuse, timeouts, a body over the limit")
+    @Test("HTTPClient: lengths, chunked bodies, POST bodies, kept-alive reuse, timeouts (a dripping server too), a body over the limit")
     func client() async throws {
         let origin = try HTTPTestOrigin()
         defer { origin.stop() }
@@ -93,6 +93,7 @@ struct GatewayAPITests {
             out.append(await call("GET", "/close"))
             out.append(await call("GET", "/slow/3000"))
             out.append(await call("GET", "/chunked/100000"))
+            out.append(await call("GET", "/drip/10"))
             return out
         }.value
         #expect(results[0] == "200 2 ok")
@@ -101,8 +102,9 @@ struct GatewayAPITests {
         #expect(results[3].hasPrefix("200 "))
         #expect(results[4] == "error: no complete response in time")
         #expect(results[5] == "error: invalid response: body over 65536 bytes")
+        #expect(results[6] == "error: no complete response in time", "the whole response within the limit, not each read")
         // The first three went over one kept-alive connection.
-        #expect(origin.requests.load(ordering: .relaxed) == 6)
+        #expect(origin.requests.load(ordering: .relaxed) == 7)
         #expect(origin.connections.load(ordering: .relaxed) <= 4, "connections: \(origin.connections.load(ordering: .relaxed))")
     }
 }

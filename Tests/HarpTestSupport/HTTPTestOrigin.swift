@@ -11,6 +11,8 @@ import Synchronization
 /// - `/chunked/<n>`: answers n bytes of 'x' in chunks of 1000.
 /// - `/slow/<ms>`: waits, then answers "slow".
 /// - `/status/<code>`: answers with that status (and the request head as body).
+/// - `/drip/<n>`: promises n bytes and sends one every 300 ms (a server that is never idle
+///   long enough for a per-read timeout, and never done).
 /// - `/split/<ms>`: sends the head and half of a 10-byte body, waits, then the rest.
 /// - `/short`: promises 10 bytes, sends 5 and closes.
 /// - `/close`: answers with `Connection: close` and no length (body until close).
@@ -164,6 +166,13 @@ public final class HTTPTestOrigin: @unchecked Sendable {
                     usleep(200_000)
                 }
                 response = Array("0\r\n\r\n".utf8)
+            } else if target.hasPrefix("/drip/"), let count = Int(target.dropFirst(6)) {
+                guard Self.sendAll(fd, Array("HTTP/1.1 200 OK\r\nContent-Length: \(count)\r\n\r\n".utf8)) else { return }
+                for _ in 0..<count {
+                    usleep(300_000)
+                    guard Self.sendAll(fd, [UInt8(ascii: "d")]) else { return }
+                }
+                continue
             } else if target.hasPrefix("/status/"), let code = Int(target.dropFirst(8).prefix { $0.isNumber }) {
                 response = Array("HTTP/1.1 \(code) X\r\nContent-Length: \(headText.utf8.count)\r\n\r\n\(headText)".utf8)
             } else if target.hasPrefix("/slow/"), let ms = UInt32(target.dropFirst(6)) {

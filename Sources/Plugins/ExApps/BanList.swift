@@ -6,7 +6,16 @@ import Synchronization
 /// requests are dropped without a response and its frp logins refused, until enough of its
 /// failures are older than the window.
 final class BanList: Sendable {
-    private let failures = Mutex<[String: [UInt64]]>([:])
+    private struct State {
+        var failures: [String: [UInt64]] = [:]
+        /// The table size at which stale entries are next swept: twice what a sweep left, so
+        /// a flood of distinct IPs costs O(1) per failure (sweeping on every failure once over
+        /// a fixed size made harp 12× slower under such a flood — hostile probe).
+        var sweepAt = BanList.minimumSweep
+    }
+
+    static let minimumSweep = 100_000
+    private let state = Mutex(State())
     private let count: Int
     private let window: UInt64
     private let metrics: ExAppsMetrics
@@ -20,11 +29,11 @@ final class BanList: Sendable {
     func isBanned(_ ip: String) -> Bool {
         guard count > 0 else { return false }
         let now = EventLoop.preciseNanos()
-        return failures.withLock { failures in
-            guard var times = failures[ip] else { return false }
+        return state.withLock { state in
+            guard var times = state.failures[ip] else { return false }
             let before = times.count
             times.removeAll { now &- $0 > window }
-            if times.isEmpty { failures[ip] = nil } else if times.count != before { failures[ip] = times }
+            if times.isEmpty { state.failures[ip] = nil } else if times.count != before { state.failures[ip] = times }
             if before >= count && times.count < count { metrics.banEnded() }
             return times.count >= count
         }
@@ -35,18 +44,28 @@ final class BanList: Sendable {
         metrics.failure(reason)
         guard count > 0 else { return }
         let now = EventLoop.preciseNanos()
-        failures.withLock { failures in
-            // Bounded: a flood from many addresses keeps only IPs with recent failures.
-            if failures.count >= 100_000 {
-                failures = failures.filter { entry in entry.value.contains { now &- $0 <= window } }
+        state.withLock { state in
+            if state.failures.count >= state.sweepAt {
+                // Failures older than the window no longer count; IPs left with none go.
+                state.failures = state.failures.compactMapValues { times in
+                    let recent = times.filter { now &- $0 <= window }
+                    return recent.isEmpty ? nil : recent
+                }
+                // Still that many within the window (forged X-Forwarded-For behind a trusted
+                // proxy): IPs that are not banned are forgotten, bans are kept.
+                if state.failures.count >= Self.minimumSweep {
+                    let banCount = count
+                    state.failures = state.failures.filter { $0.value.count >= banCount }
+                }
+                state.sweepAt = max(Self.minimumSweep, state.failures.count * 2)
             }
-            var times = failures[ip, default: []]
+            var times = state.failures[ip, default: []]
             times.removeAll { now &- $0 > window }
             let wasBanned = times.count >= count
             // Only the newest `count` matter for the rule: a flood cannot grow the list.
             if times.count >= count { times.removeFirst() }
             times.append(now)
-            failures[ip] = times
+            state.failures[ip] = times
             if !wasBanned && times.count >= count { metrics.banStarted() }
         }
     }

@@ -37,7 +37,8 @@ struct ControlPlane {
         }
         if targetPath.hasPrefix("/exapp_storage/") {
             let appID = String(targetPath.dropFirst("/exapp_storage/".count)).lowercased()
-            guard !appID.isEmpty, !appID.contains("/") else { return ExAppsGateway.notFound }
+            // "app_api" is the control plane's own name: a record under it could never be reached.
+            guard !appID.isEmpty, !appID.contains("/"), appID != "app_api" else { return ExAppsGateway.notFound }
             switch method {
             case "POST":
                 let directory = state.directory
@@ -45,6 +46,7 @@ struct ControlPlane {
                 return (.answerBody(limit: Self.bodyLimit) { body in
                     switch ExAppRecord.decode(body) {
                     case .success(let record):
+                        record.logUnusableRoutes(appID: appID, logger: logger)
                         directory.store(appID, await ExAppEntry.resolving(record))
                         logger.info("ExApp record stored", metadata: ["app": "\(appID)", "upstream": "\(record.host):\(record.port)"])
                         return Reply(status: 204, body: [])

@@ -15,8 +15,9 @@ final class ExAppDirectory: Sendable {
 
     private struct State {
         var records: [String: ExAppEntry] = [:]
-        /// App id → when "unknown" stops being believed (monotonic ns).
-        var unknownUntil: [String: UInt64] = [:]
+        /// App ids Nextcloud does not know, until "unknown" stops being believed. Bounded: ids
+        /// are attacker-chosen (/exapps/<random>).
+        var unknown = ExpiringTable<Void>(capacity: 10_000)
     }
 
     private let state = Mutex(State())
@@ -44,12 +45,8 @@ final class ExAppDirectory: Sendable {
                 switch result {
                 case .found(let entry): state.records[appID] = entry
                 case .unknown:
-                    // Bounded: ids are attacker-chosen (/exapps/<random>), so expired ones go.
-                    if state.unknownUntil.count >= 10_000 {
-                        let now = EventLoop.preciseNanos()
-                        state.unknownUntil = state.unknownUntil.filter { $0.value > now }
-                    }
-                    state.unknownUntil[appID] = EventLoop.preciseNanos() + unknownTTL
+                    let now = EventLoop.preciseNanos()
+                    state.unknown.insert(appID, (), until: now + unknownTTL, now: now)
                 case .failed: break
                 }
             }
@@ -60,11 +57,7 @@ final class ExAppDirectory: Sendable {
     private func cached(_ appID: String) -> Lookup? {
         state.withLock { state in
             if let entry = state.records[appID] { return .found(entry) }
-            if let until = state.unknownUntil[appID] {
-                if until > EventLoop.preciseNanos() { return .unknown }
-                state.unknownUntil[appID] = nil
-            }
-            return nil
+            return state.unknown.value(appID, now: EventLoop.preciseNanos()) != nil ? .unknown : nil
         }
     }
 
@@ -75,7 +68,7 @@ final class ExAppDirectory: Sendable {
     func store(_ appID: String, _ entry: ExAppEntry) {
         state.withLock { state in
             state.records[appID] = entry
-            state.unknownUntil[appID] = nil
+            state.unknown.remove(appID)
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPProxy
 import HarpKernel
+import Logging
 
 /// What Nextcloud's AppAPI knows of one ExApp (`exapp-meta`, or pushed by `/exapp_storage`):
 /// its secret, version, where it listens, and its routes with their access levels.
@@ -21,7 +22,7 @@ struct ExAppRecord: Sendable {
         guard let token = object["exapp_token"] as? String else { return .failure(RecordProblem("exapp_token: expected a string")) }
         guard let version = object["exapp_version"] as? String else { return .failure(RecordProblem("exapp_version: expected a string")) }
         guard let host = object["host"] as? String else { return .failure(RecordProblem("host: expected a string")) }
-        guard let port = Self.integer(object["port"]), (0...65535).contains(port) else {
+        guard let port = Self.integer(object["port"]), (1...65535).contains(port) else {
             return .failure(RecordProblem("port: expected a port number"))
         }
         var routes: [ExAppRoute] = []
@@ -52,14 +53,28 @@ struct ExAppRecord: Sendable {
         return .success(ExAppRecord(token: token, version: version, host: host, port: port, routes: routes))
     }
 
-    /// An integer, or a string holding one (never a fraction).
+    /// An integer, or a string holding one (never a fraction, never a JSON true/false).
     private static func integer(_ value: Any?) -> Int? {
-        if let number = value as? NSNumber {
+        if let number = value as? NSNumber, !Self.isBoolean(number) {
             let double = number.doubleValue
             return double == double.rounded() ? Int(exactly: double) : nil
         }
         if let text = value as? String { return Int(text) }
         return nil
+    }
+
+    /// JSON's true and false arrive as NSNumbers too; Foundation marks them with the C type
+    /// `c` (char) where numbers from JSON are `q` (Int64) or `d` (Double).
+    private static func isBoolean(_ number: NSNumber) -> Bool {
+        String(cString: number.objCType) == "c"
+    }
+
+    /// Routes whose pattern harp cannot match safely match nothing; says so once per record.
+    func logUnusableRoutes(appID: String, logger: Logger) {
+        for route in routes where !route.isUsable {
+            logger.warning("an ExApp route's pattern cannot be matched in linear time (lookaround, back-reference or an unknown escape): the route matches nothing",
+                           metadata: ["app": "\(appID)", "url": "\(route.url)"])
+        }
     }
 
     /// The first route whose pattern matches at the start of `targetPath` (Python's
@@ -94,54 +109,9 @@ struct ExAppRoute: Sendable {
         pattern = RoutePattern(url)
     }
 
-    /// A pattern that does not compile matches nothing (HaRP logs and skips it).
+    /// A pattern harp cannot compile matches nothing (HaRP logs and skips it too).
     func matches(_ targetPath: String) -> Bool { pattern?.matchesPrefix(of: targetPath) ?? false }
-}
 
-/// A route's regular expression, compiled once when the record arrives. Most routes are a
-/// literal prefix (`^/api/`, `ws`) or match everything (`.*`): those skip the regex engine,
-/// which cost ~2% of harp's CPU per request at 23k req/s.
-final class RoutePattern: @unchecked Sendable {
-    // @unchecked Sendable: the regex is never mutated after init; it is compiled eagerly
-    // here (the first match below), so threads only read its program afterwards.
-    private let regex: Regex<AnyRegexOutput>
-    /// The bytes a match must start with, when the pattern is only that (after `^`, with
-    /// `\/` and `\.` unescaped); `matchesAll` for `.*`, `^.*` and "".
-    private let literal: [UInt8]?
-    private let matchesAll: Bool
-
-    init?(_ text: String) {
-        guard let regex = try? Regex(text) else { return nil }
-        self.regex = regex
-        matchesAll = text == ".*" || text.isEmpty || text == "^.*"
-        literal = Self.literalPrefix(text)
-        _ = try? regex.prefixMatch(in: "")
-    }
-
-    /// `^/api/v1` → "/api/v1"; nil when the pattern has any other regex syntax.
-    static func literalPrefix(_ text: String) -> [UInt8]? {
-        var bytes = Array(text.utf8)
-        if bytes.first == UInt8(ascii: "^") { bytes.removeFirst() }
-        var out: [UInt8] = []
-        var index = 0
-        while index < bytes.count {
-            let byte = bytes[index]
-            if byte == UInt8(ascii: "\\") {
-                guard index + 1 < bytes.count, [UInt8(ascii: "/"), UInt8(ascii: "."), UInt8(ascii: "-")].contains(bytes[index + 1]) else { return nil }
-                out.append(bytes[index + 1])
-                index += 2
-                continue
-            }
-            guard byte >= 0x20, byte < 0x7f, !Array("^$.|?*+()[]{}".utf8).contains(byte) else { return nil }
-            out.append(byte)
-            index += 1
-        }
-        return out
-    }
-
-    func matchesPrefix(of path: String) -> Bool {
-        if matchesAll { return true }
-        if let literal { return path.utf8.starts(with: literal) }
-        return (try? regex.prefixMatch(in: path)) != nil
-    }
+    /// Whether the pattern could be compiled (the record's arrival logs those that cannot).
+    var isUsable: Bool { pattern != nil }
 }

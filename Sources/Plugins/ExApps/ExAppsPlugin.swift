@@ -42,8 +42,9 @@ public final class ExAppsPlugin: Plugin {
         if !configuration.nextcloudVerify {
             context.logger.warning("TLS verification of Nextcloud is off", metadata: ["nextcloud": "\(configuration.nextcloudURL)"])
         }
+        // Records and user answers are small JSON: 256 KiB is far above any real one.
         let client = try HTTPClient(loops: context.loops, connectTimeout: .seconds(5), responseTimeout: configuration.nextcloudTimeout.duration,
-                                    tls: tls)
+                                    maxBodySize: 256 << 10, tls: tls)
         let frp = context.dependency(FRPPlugin.self)
         let logger = context.logger
         // Container actions wait on the Engine: image inspection, exec of update-ca-certificates.

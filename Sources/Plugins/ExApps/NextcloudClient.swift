@@ -17,6 +17,9 @@ final class NextcloudClient: Sendable {
     /// `addressLifetime`, so a Nextcloud container that moves is followed.
     private let resolved = Mutex<(upstream: Upstream, until: UInt64)?>(nil)
     private let lookups = SingleFlight<Int, Upstream?>()
+    /// Nextcloud calls in flight at once (distinct apps and sessions; the same one is
+    /// coalesced before it gets here). More wait their turn, within their own timeout.
+    private let calls = AsyncLimit(64)
     static let addressLifetime: UInt64 = 60_000_000_000
 
     init(url: NextcloudURL, client: HTTPClient, sharedKey: String, metrics: ExAppsMetrics, logger: Logger) {
@@ -53,13 +56,20 @@ final class NextcloudClient: Sendable {
             metrics.nextcloudCall(endpoint, outcome: "unresolved", nanoseconds: EventLoop.preciseNanos() - started)
             return nil
         }
+        let result = await calls.run { () async -> Result<HTTPClientResponse, HTTPClientError> in
+            do throws(HTTPClientError) {
+                return .success(try await client.request("GET", upstream, target: url.target(endpoint, appID: appID), headers: headers, on: loop))
+            } catch {
+                return .failure(error)
+            }
+        }
         do {
-            let response = try await client.request("GET", upstream, target: url.target(endpoint, appID: appID), headers: headers, on: loop)
+            let response = try result.get()
             metrics.nextcloudCall(endpoint, outcome: "\(response.status)", nanoseconds: EventLoop.preciseNanos() - started)
             return response
         } catch {
             metrics.nextcloudCall(endpoint, outcome: "error", nanoseconds: EventLoop.preciseNanos() - started)
-            logger.warning("Nextcloud unreachable", metadata: ["endpoint": "\(endpoint)", "app": "\(appID)", "error": "\(error)"])
+            logger.warning("Nextcloud call failed", metadata: ["endpoint": "\(endpoint)", "app": "\(appID)", "error": "\(error)"])
             return nil
         }
     }
@@ -73,6 +83,7 @@ final class NextcloudClient: Sendable {
         case 200:
             switch ExAppRecord.decode(response.body) {
             case .success(let record):
+                record.logUnusableRoutes(appID: appID, logger: logger)
                 return .found(await ExAppEntry.resolving(record))
             case .failure(let problem):
                 logger.warning("Nextcloud sent an invalid ExApp record", metadata: ["app": "\(appID)", "problem": "\(problem)"])

@@ -19,7 +19,7 @@ final class SessionCache: Sendable {
         case failed
     }
 
-    private let entries = Mutex<[String: (answer: Answer, until: UInt64)]>([:])
+    private let entries = Mutex(ExpiringTable<Answer>(capacity: 10_000))
     private let flights = SingleFlight<String, Answer>()
     private let lifetime: UInt64
     private let metrics: ExAppsMetrics
@@ -42,21 +42,12 @@ final class SessionCache: Sendable {
             let answer = await fetch()
             if case .failed = answer { return answer }  // not cached: the next request asks again
             let now = EventLoop.preciseNanos()
-            entries.withLock { entries in
-                // Bounded by what expires: at most a few seconds of distinct sessions.
-                if entries.count >= 10_000 { entries = entries.filter { $0.value.until > now } }
-                entries[cookie] = (answer, now + lifetime)
-            }
+            entries.withLock { $0.insert(cookie, answer, until: now + lifetime, now: now) }
             return answer
         }
     }
 
     private func cached(_ cookie: String) -> Answer? {
-        entries.withLock { entries in
-            guard let entry = entries[cookie] else { return nil }
-            if entry.until > EventLoop.preciseNanos() { return entry.answer }
-            entries[cookie] = nil
-            return nil
-        }
+        entries.withLock { $0.value(cookie, now: EventLoop.preciseNanos()) }
     }
 }

@@ -104,14 +104,24 @@ public final class HTTPClient: @unchecked Sendable {
         }
     }
 
+    /// One request and its whole response, all within `responseTimeout`: a server that sends a
+    /// byte now and then must not hold the call (and every caller coalesced onto it) forever
+    /// — a per-read limit let a Nextcloud dribbling one byte every 5 s do that (hostile probe).
     private func exchange(_ request: [UInt8], method: String, on stream: any ByteStream) async -> Result<(HTTPClientResponse, Bool), HTTPClientError> {
+        let deadline = stream.loop.now &+ UInt64(responseTimeout.components.seconds) * 1_000_000_000
+            &+ UInt64(responseTimeout.components.attoseconds / 1_000_000_000)
+        /// What is left of the limit (at least 1 ms: a zero timeout would mean none).
+        func remaining() -> Duration {
+            let now = stream.loop.now
+            return .nanoseconds(Int64(deadline > now ? max(deadline - now, 1_000_000) : 1_000_000))
+        }
         guard await stream.write(request, timeout: responseTimeout) == 0 else { return .failure(.closedBeforeResponse) }
         let reader = FramedReader(stream: stream, capacity: 64 * 1024 + maxBodySize)
         var decoder = ResponseHeadDecoder(parser: parser)
         var head: HTTPResponseHead
         var sawHead = false
         repeat {
-            switch await reader.next(&decoder, timeout: responseTimeout, expectingWait: true) {
+            switch await reader.next(&decoder, timeout: remaining(), expectingWait: true) {
             case .frame(let parsed, let length, _):
                 reader.buffer.consume(length)
                 head = parsed
@@ -137,14 +147,14 @@ public final class HTTPClient: @unchecked Sendable {
         case .length(let count):
             guard count <= maxBodySize else { return .failure(.invalidResponse("body over \(maxBodySize) bytes")) }
             while reader.buffer.count < count {
-                let got = await reader.fill(timeout: responseTimeout)
+                let got = await reader.fill(timeout: remaining())
                 if got <= 0 { return .failure(got == -Int(ETIMEDOUT) ? .timedOut : .closed) }
             }
             body = Array(reader.buffer.readable[0..<count])
             reader.buffer.consume(count)
         case .untilClose:
             while true {
-                let got = await reader.fill(timeout: responseTimeout)
+                let got = await reader.fill(timeout: remaining())
                 if got == 0 { break }
                 if got == -Int(ENOBUFS) { return .failure(.invalidResponse("body over \(maxBodySize) bytes")) }
                 if got < 0 { return .failure(got == -Int(ETIMEDOUT) ? .timedOut : .closed) }
@@ -165,7 +175,7 @@ public final class HTTPClient: @unchecked Sendable {
                 }
                 if body.count > maxBodySize { return .failure(.invalidResponse("body over \(maxBodySize) bytes")) }
                 if chunks.isDone { break }
-                let got = await reader.fill(timeout: responseTimeout)
+                let got = await reader.fill(timeout: remaining())
                 if got <= 0 { return .failure(got == -Int(ETIMEDOUT) ? .timedOut : got == -Int(ENOBUFS) ? .invalidResponse("chunk line too long") : .closed) }
             }
         }
