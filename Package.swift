@@ -91,6 +91,16 @@ let package = Package(
             path: "Sources/Plugins/ExApps",
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "BlockExchange",
+            dependencies: [
+                "HarpKernel", "CShims",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/Plugins/BlockExchange",
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "harp",
             dependencies: [
@@ -101,6 +111,7 @@ let package = Package(
                 "Admin",
                 "FRP",
                 "ExApps",
+                "BlockExchange",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -143,6 +154,12 @@ let package = Package(
             name: "ExAppsTests",
             dependencies: ["ExApps", "HarpTestSupport"],
             exclude: ["exapp.py"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "BlockExchangeTests",
+            dependencies: ["BlockExchange", "HarpTestSupport"],
+            exclude: ["fastcdc_reference.py"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import Admin
+import BlockExchange
 import ExApps
 import FRP
 import HTTPProxy
@@ -15,4 +16,5 @@ let registeredPlugins = PluginRegistry([
     AdminPlugin.self,
     FRPPlugin.self,
     ExAppsPlugin.self,
+    BlockExchangePlugin.self,
 ])

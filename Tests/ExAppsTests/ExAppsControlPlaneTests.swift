@@ -25,7 +25,7 @@ struct ExAppsControlPlaneTests {
         #expect(try gateway.code("/exapps/app_api/info", headers: [Self.key, "harp-shared-key: wrong"]) == "000",
                 "two copies of the key are not trusted (the second failure: banned)")
         #expect(try gateway.code("/exapps/app_api/heartbeat", headers: [Self.key]) == "000", "banned, key or not")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("/exapp_storage: a pushed record serves at once without asking Nextcloud; DELETE removes it (404 when absent); bad records get 400")
@@ -47,7 +47,7 @@ struct ExAppsControlPlaneTests {
         #expect(try gateway.get("/exapps/app_api/exapp_storage/pushed", method: "POST", data: record).code == "401")
         #expect(try gateway.get("/exapps/app_api/exapp_storage/app_api", headers: [Self.key], method: "POST", data: record).code == "404",
                 "the control plane's own name cannot hold a record")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("/frp_handler: the shared key admits, a wrong one is 400 and counted, a banned IP is rejected")
@@ -64,7 +64,7 @@ struct ExAppsControlPlaneTests {
         #expect(try login(ExAppsFixture.key, from: "192.0.2.9:5002") == ("200", #"{"reject":true,"reject_reason":"banned"}"#))
         #expect(try login(ExAppsFixture.key, from: "[2001:db8::9]:1").code == "200", "one failure only for the IPv6 client")
         #expect(try gateway.get("/exapps/app_api/frp_handler", headers: [Self.key], method: "POST", data: "{}").code == "400")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("the Docker Engine passthrough: allow-listed calls reach the engine published through FRP, others get 403, no tunnel 503")
@@ -98,7 +98,7 @@ struct ExAppsControlPlaneTests {
         #expect(try gateway.get("/exapps/app_api/_ping", headers: [Self.key, "docker-engine-port: 24001"]).code == "503", "no tunnel on that port")
         #expect(try gateway.get("/exapps/app_api/docker/exapp/exists", headers: [Self.key], method: "POST", data: "{}")
                 == ("400", "Missing 'docker-engine-port' header."))
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("harp exapps check: each line ok or what to do; exit 1 when something is wrong")
@@ -128,7 +128,7 @@ struct ExAppsControlPlaneTests {
         #expect(wrong.stdout.contains("FAIL  the running harp refuses this shared key"), "\(wrong.stdout)")
         #expect(wrong.stdout.contains("FAIL  FRP certificates: \(gateway.certs)/frp/client.crt is missing or not a PEM certificate"))
         #expect(wrong.status == 1)
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     /// A Docker Engine published through `harp tunnel` on a port the fixture's frp allows.
@@ -194,6 +194,6 @@ struct ExAppsControlPlaneTests {
         let nothing = try RefusingPort()
         #expect(try gateway.get("/exapps/app_api/docker/exapp/exists", headers: [Self.key, "docker-engine-port: \(nothing.port)"], method: "POST", data: app)
                 == ("503", "Could not connect to Docker Engine on port \(nothing.port)"))
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import HarpKernel
 import HarpTestSupport
+import Testing
 
 /// harp's ExApps gateway on loopback with a fake Nextcloud and an ExApp (`HTTPTestOrigin`,
 /// whose `/headers` echoes the request head it got). The app `myapp` has a route per access
@@ -65,6 +66,14 @@ final class ExAppsFixture: @unchecked Sendable {
     }
 
     var base: String { "http://127.0.0.1:\(port)" }
+
+    /// Stops harp; it must exit 0 (SIGTERM: graceful). Otherwise the end of its stderr and
+    /// how it ended are in the failure.
+    func stop(sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let status = try harp.stop()
+        let how = harp.process.terminationReason == .uncaughtSignal ? "signal \(status)" : "exit \(status)"
+        #expect(status == 0, "harp ended with \(how); its stderr ends: \(harp.stderr.suffix(3000))", sourceLocation: sourceLocation)
+    }
 
     /// curl's status code and body for `path` (000 and "" when harp closed without a response).
     func get(_ path: String, headers: [String] = [], method: String = "GET", data: String? = nil) throws -> (code: String, body: String) {

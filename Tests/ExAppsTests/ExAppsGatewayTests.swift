@@ -24,7 +24,7 @@ struct ExAppsGatewayTests {
         // A Basic Authorization header is asked about too (no cookie: not cached).
         gateway.nextcloud.login("Basic Ym9iOnB3", user: "bob", level: 1)
         #expect(try gateway.code("/exapps/myapp/user/x", headers: ["Authorization: Basic Ym9iOnB3"]) == "200")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("the ExApp gets AppAPI's headers over the client's, its path without /exapps/<appid>, the query kept")
@@ -44,7 +44,7 @@ struct ExAppsGatewayTests {
         #expect(header("AUTHORIZATION-APP-API") == [Data("alice:app-secret".utf8).base64EncodedString()])
         let anonymous = try gateway.get("/exapps/myapp/headers").body
         #expect(anonymous.contains("AUTHORIZATION-APP-API: \(Data(":app-secret".utf8).base64EncodedString())"))
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("404 for unknown apps, paths without /exapps/ and paths no route matches; drop for .. in every spelling and for internal routes")
@@ -61,7 +61,7 @@ struct ExAppsGatewayTests {
             #expect(code == "000", "\(path) is dropped without a response")
         }
         #expect(try gateway.code("/exapps/myapp/public/a..b") == "200", "dots inside a segment are fine")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("AppAPI's six-header calls: the right key passes its signature through (even to /heartbeat); a wrong key is dropped")
@@ -77,7 +77,7 @@ struct ExAppsGatewayTests {
         let heartbeat = try shell("curl -s -o /dev/null -w '%{http_code}' \(ExAppsFixture.appAPIHeaders(port: port).map { "-H '\($0)'" }.joined(separator: " ")) '\(gateway.base)/exapps/myapp/status/200'").output
         #expect(heartbeat == "200")
         #expect(try gateway.code("/exapps/myapp/public", headers: ExAppsFixture.appAPIHeaders(key: "wrong", port: port)) == "000")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("bans: N failures inside the window drop everything from that IP until they age out")
@@ -90,7 +90,7 @@ struct ExAppsGatewayTests {
         // The right key makes a request trusted: its 404s are not counted.
         for _ in 0..<4 { #expect(try gateway.code("/exapps/nosuchapp/x", headers: ["harp-shared-key: \(ExAppsFixture.key)"]) == "404") }
         #expect(try gateway.code("/exapps/myapp/public") == "200")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("behind a trusted proxy the ban follows X-Forwarded-For (else X-Real-IP); an untrusted peer's header is ignored")
@@ -102,12 +102,12 @@ struct ExAppsGatewayTests {
         for _ in 0..<2 { #expect(try trusted.code("/exapps/nosuchapp", headers: ["X-Real-IP: 198.51.100.1"]) == "404") }
         #expect(try trusted.code("/exapps/myapp/public", headers: ["X-Real-IP: 198.51.100.1"]) == "000")
         #expect(try trusted.code("/exapps/myapp/public") == "200", "the proxy itself is not banned")
-        #expect(try trusted.harp.stop() == 0)
+        try trusted.stop()
 
         let untrusted = try ExAppsFixture(exapps: "ban_count = 2\nban_window = \"30s\"")
         for index in 0..<2 { #expect(try untrusted.code("/exapps/nosuchapp", headers: ["X-Forwarded-For: 203.0.113.\(index)"]) == "404") }
         #expect(try untrusted.code("/exapps/myapp/public", headers: ["X-Forwarded-For: 198.51.100.9"]) == "000", "the peer's own IP is banned")
-        #expect(try untrusted.harp.stop() == 0)
+        try untrusted.stop()
     }
 
     @Test("bruteforce_protection: an upstream status the route lists counts as a failure")
@@ -117,7 +117,7 @@ struct ExAppsGatewayTests {
         #expect(try gateway.code("/exapps/myapp/public") == "200", "one failure: not banned yet")
         #expect(try gateway.code("/exapps/myapp/status/401") == "401")
         #expect(try gateway.code("/exapps/myapp/public") == "000", "two: banned")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("sessions are cached for session_lifetime; records until replaced; unknown apps for unknown_app_ttl")
@@ -142,7 +142,7 @@ struct ExAppsGatewayTests {
         nextcloud.register("later", json: FakeNextcloud.record(token: "t", port: Int(gateway.app.address.port!), routes: [(".*", 0, [])]))
         Thread.sleep(forTimeInterval: 1.2)
         #expect(try gateway.code("/exapps/later/x") == "200", "asked again once unknown expired")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("50 concurrent requests on a cold cache make one exapp-meta and one user-info call")
@@ -156,7 +156,7 @@ struct ExAppsGatewayTests {
         #expect(codes == "50 200")
         #expect(gateway.nextcloud.calls("exapp-meta").count == 1)
         #expect(gateway.nextcloud.calls("user-info").count == 1)
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("Nextcloud down: cached apps keep serving; an uncached one gets 503 within nextcloud_timeout; a 5xx user-info is 401")
@@ -175,7 +175,7 @@ struct ExAppsGatewayTests {
         gateway.nextcloud.server.down.store(true, ordering: .relaxed)
         #expect(try gateway.code("/exapps/yetanother/x") == "503")
         #expect(try gateway.code("/exapps/myapp/public") == "200")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("a slow Nextcloud lookup for one app does not delay another app's requests")
@@ -188,7 +188,7 @@ struct ExAppsGatewayTests {
         for _ in 0..<20 { #expect(try gateway.code("/exapps/myapp/public") == "200") }
         #expect(slow.isRunning, "the slow lookup is still waiting for Nextcloud while the cached app answered 20 requests")
         slow.waitUntilExit()
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("a route pattern that backtracks exponentially in Swift's Regex costs nothing here; other apps are not held up")
@@ -200,7 +200,7 @@ struct ExAppsGatewayTests {
         #expect(try gateway.code("/exapps/nested/aaaa/bbbb") == "200")
         #expect(try gateway.code("/exapps/nested/" + String(repeating: "a", count: 4000) + "!") == "404")
         #expect(try gateway.code("/exapps/myapp/public") == "200")
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 
     @Test("a known app id without /exapps/ gets a 404 that names the front-proxy mistake")
@@ -211,7 +211,7 @@ struct ExAppsGatewayTests {
         #expect(hint.code == "404")
         #expect(hint.body.contains("/exapps/") && hint.body.contains("nginx:") && hint.body.contains("Caddy:")
                 && hint.body.contains("Traefik:") && hint.body.contains("Apache:"))
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
         #expect(gateway.harp.stderr.components(separatedBy: "front proxy strips the prefix").count == 2, "logged once")
     }
 
@@ -236,6 +236,6 @@ struct ExAppsGatewayTests {
         #expect(value(#"harp_exapps_cache_total{cache="sessions",result="hit"}"#) == 1)
         #expect(value("harp_exapps_bans_active") == 1)
         #expect(metrics.contains(#"harp_exapps_nextcloud_seconds_count{endpoint="exapp-meta",outcome="200"} 1"#))
-        #expect(try gateway.harp.stop() == 0)
+        try gateway.stop()
     }
 }

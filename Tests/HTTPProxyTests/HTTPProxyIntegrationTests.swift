@@ -138,9 +138,9 @@ struct HTTPProxyIntegrationTests {
         let interim = String(decoding: try socket.receive(exactly: 25), as: UTF8.self)
         #expect(interim == "HTTP/1.1 100 Continue\r\n\r\n")
         try socket.send(Array("hello".utf8))
-        let reply = try socket.receiveUntil(SHA256.hex(Array("hello".utf8)) + " 5")
+        let reply = try socket.receiveUntil(SHA256.hexDigest(of: Array("hello".utf8)) + " 5")
         #expect(reply.hasPrefix("HTTP/1.1 200 OK"))
-        #expect(reply.hasSuffix("\(SHA256.hex(Array("hello".utf8))) 5"))
+        #expect(reply.hasSuffix("\(SHA256.hexDigest(of: Array("hello".utf8))) 5"))
         #expect(!origin.heads.last!.lowercased().contains("expect"), "the origin does not see Expect")
         #expect(try harp.stop() == 0)
     }
@@ -237,7 +237,7 @@ struct HTTPProxyIntegrationTests {
         try socket.send(Array(("GET /one HTTP/1.1\r\nHost: x\r\n\r\nPOST /hash HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
             + "GET /close HTTP/1.1\r\nHost: x\r\n\r\n").utf8))
         let replies = String(decoding: try socket.receiveAll(), as: UTF8.self)
-        let ok = replies.range(of: "\r\n\r\nok")!, hash = replies.range(of: SHA256.hex(Array("abc".utf8)))!
+        let ok = replies.range(of: "\r\n\r\nok")!, hash = replies.range(of: SHA256.hexDigest(of: Array("abc".utf8)))!
         let untilClose = replies.range(of: "until close")!
         #expect(ok.lowerBound < hash.lowerBound && hash.lowerBound < untilClose.lowerBound)
         let old = try shell("curl -sf -0 http://127.0.0.1:\(port)/x").output

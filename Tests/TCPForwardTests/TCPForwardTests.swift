@@ -137,7 +137,7 @@ struct TCPForwardTests {
         try client.send(payload)
         client.shutdownWrite()
         let reply = String(decoding: try client.receiveAll(), as: UTF8.self)
-        #expect(reply == "\(SHA256.hex(payload)) 3\n")
+        #expect(reply == "\(SHA256.hexDigest(of: payload)) 3\n")
         #expect(try harp.stop() == 0)
     }
 

@@ -32,6 +32,8 @@
 #include <openssl/pem.h>
 #include <snappy-c.h>
 #include <openssl/crypto.h>
+#include <sqlite3.h>
+#include <zlib.h>
 
 // splice(2), pipe2(2) and F_SETPIPE_SZ are GNU extensions that Glibc's Swift overlay hides.
 ssize_t harp_splice(int fd_in, int fd_out, size_t len, unsigned int flags);

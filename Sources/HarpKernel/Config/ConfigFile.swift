@@ -3,7 +3,7 @@ import Glibc
 /// A whole configuration document: the `[harp]` settings plus one section per plugin.
 public struct ConfigFile: Sendable {
     public let settings: HarpSettings
-    /// Plugin sections by plugin name, as written (not yet decoded).
+    /// Plugin sections by plugin name (not section name), as written (not yet decoded).
     public let sections: [String: ConfigValue]
     /// The order sections appear in, for output.
     public let sectionOrder: [String]
@@ -23,13 +23,13 @@ public struct ConfigFile: Sendable {
         var sections: [String: ConfigValue] = [:]
         var order: [String] = []
         var settings = HarpSettings()
-        let allowed = ["harp"] + registry.names
+        let allowed = ["harp"] + registry.types.map { $0.section }
         for (key, value) in entries {
             if key == "harp" {
                 settings = try ConfigDecoder.decode(HarpSettings.self, from: value, path: "harp")
-            } else if registry.type(named: key) != nil {
-                sections[key] = value
-                order.append(key)
+            } else if let type = registry.type(section: key) {
+                sections[type.name] = value
+                order.append(type.name)
             } else {
                 throw .unknownKey(key: key, allowed: allowed)
             }

@@ -9,7 +9,7 @@ public enum EffectiveConfig {
         for type in selected {
             let context = PluginContext(loops: [], logger: Logger(label: "harp.\(type.name)"),
                                         settings: config.settings, instances: instances)
-            document.set(type.name, try PluginLoader.effective(type, section: config.sections[type.name], context: context))
+            document.set(type.section, try PluginLoader.effective(type, section: config.sections[type.name], context: context))
         }
         return document.renderTOML()
     }

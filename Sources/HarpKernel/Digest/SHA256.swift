@@ -30,18 +30,21 @@ public final class SHA256 {
     }
 
     /// The digest as 64 lowercase hex characters; the hash must not be updated afterwards.
-    public func finalizeHex() -> String {
-        let digest = finalize()
-        let hex = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(64)
-        for byte in digest { out.append(hex[Int(byte >> 4)]); out.append(hex[Int(byte & 15)]) }
-        return String(decoding: out, as: UTF8.self)
-    }
+    public func finalizeHex() -> String { Self.hexString(finalize()) }
 
-    public static func hex(_ bytes: [UInt8]) -> String {
+    /// SHA-256 of `bytes`, as lowercase hex.
+    public static func hexDigest(of bytes: [UInt8]) -> String {
         let hash = SHA256()
         hash.update(bytes)
         return hash.finalizeHex()
+    }
+
+    /// `bytes` as lowercase hex (no hashing).
+    public static func hexString(_ bytes: [UInt8]) -> String {
+        let hex = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count * 2)
+        for byte in bytes { out.append(hex[Int(byte >> 4)]); out.append(hex[Int(byte & 15)]) }
+        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -10,8 +10,12 @@ import Logging
 public protocol Plugin: AnyObject, Sendable {
     associatedtype Configuration: Codable & Sendable
 
-    /// The name used in `--plugins`, as the config section, and in logs and metrics.
+    /// The name used in `--plugins`, in logs and metrics, and (unless `section` says
+    /// otherwise) as the config section.
     static var name: String { get }
+    /// The config section (`[storage]` for the `p2p` plugin, whose keys users know by that
+    /// name); default: `name`.
+    static var section: String { get }
     /// One line for `harp plugins`.
     static var summary: String { get }
     /// Plugins that must run too; harp refuses a selection that lacks one.
@@ -54,6 +58,7 @@ public protocol Plugin: AnyObject, Sendable {
 }
 
 extension Plugin {
+    public static var section: String { name }
     public static var dependencies: [String] { [] }
     public static var commands: [any ParsableCommand.Type] { [] }
     public static func environmentOverrides(_ environment: [String: String]) throws(ConfigError) -> [ConfigOverride] { [] }

@@ -32,6 +32,11 @@ public struct PluginRegistry: Sendable {
         types.first { $0.name == name }
     }
 
+    /// The plugin whose config section is `section`.
+    public func type(section: String) -> (any Plugin.Type)? {
+        types.first { $0.section == section }
+    }
+
     /// Resolves a selection into start order (dependencies first). Unknown names and missing
     /// dependencies are errors that name the plugin.
     public func resolve(_ selection: [String]) throws(ConfigError) -> [any Plugin.Type] {

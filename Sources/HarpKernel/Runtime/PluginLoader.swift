@@ -3,7 +3,7 @@
 enum PluginLoader {
     static func configuration<P: Plugin>(_ type: P.Type, section: ConfigValue?) throws(ConfigError) -> P.Configuration {
         guard let section else { return P.defaultConfiguration }
-        return try ConfigDecoder.decode(P.Configuration.self, from: section, path: P.name)
+        return try ConfigDecoder.decode(P.Configuration.self, from: section, path: P.section)
     }
 
     static func make<P: Plugin>(_ type: P.Type, section: ConfigValue?, context: PluginContext) throws -> P {

@@ -1,0 +1,176 @@
+import Glibc
+import HarpKernel
+
+/// The SQLite index of the synced folder: which chunks each file holds and where. Checked
+/// before it is trusted: a file whose size, mtime or inode changed since it was indexed is
+/// indexed again, so a stale location is never served.
+public final class FolderIndex: Sendable {
+    public let folder: String
+    let database: Database
+
+    public static let migrations = Database.Migrations(plugin: "p2p", steps: [
+        """
+        CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
+                            root BLOB NOT NULL);
+        CREATE TABLE chunks (path TEXT NOT NULL REFERENCES files(path) ON DELETE CASCADE, offset INTEGER NOT NULL,
+                             id BLOB NOT NULL, length INTEGER NOT NULL, PRIMARY KEY (path, offset));
+        CREATE INDEX chunks_by_id ON chunks(id);
+        """,
+    ])
+
+    public init(folder: String, database: Database) {
+        self.folder = folder
+        self.database = database
+    }
+
+    /// What the file system says of a file now.
+    struct Stamp: Equatable {
+        let size: Int64
+        let mtime: Int64
+        let inode: Int64
+
+        init?(path: String) {
+            var info = stat()
+            guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+            size = Int64(info.st_size)
+            mtime = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+            inode = Int64(info.st_ino)
+        }
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Indexes `relative` (a path inside the folder) unless its entry is current; returns its
+    /// manifest root.
+    @discardableResult
+    public func index(_ relative: String) throws(Failure) -> ChunkID {
+        let path = folder + "/" + relative
+        guard let stamp = Stamp(path: path) else { throw Failure(description: "\(relative) is not a regular file in \(folder)") }
+        let current: [UInt8]? = try wrapped {
+            try database.readNow { connection in
+                try connection.query("SELECT root FROM files WHERE path = ? AND size = ? AND mtime_ns = ? AND inode = ?",
+                                     [.text(relative), .integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode)]) { $0.blob(0) }.first
+            }
+        }
+        if let current { return ChunkID(bytes: current) }
+        let chunked: (manifest: Manifest, offsets: [Int])
+        do {
+            chunked = try FileChunker.chunk(path: path)
+        } catch {
+            throw Failure(description: error.description)
+        }
+        // The file may have changed while it was read: only a stamp that held is recorded.
+        guard Stamp(path: path) == stamp else { return try index(relative) }
+        let root = chunked.manifest.root
+        try wrapped {
+            try database.readNow { connection in
+                try connection.transactionNow {
+                    try connection.run("DELETE FROM files WHERE path = ?", [.text(relative)])
+                    try connection.run("INSERT INTO files (path, size, mtime_ns, inode, root) VALUES (?, ?, ?, ?, ?)",
+                                       [.text(relative), .integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode), .blob(root.bytes)])
+                    for (entry, offset) in zip(chunked.manifest.entries, chunked.offsets) {
+                        try connection.run("INSERT INTO chunks (path, offset, id, length) VALUES (?, ?, ?, ?)",
+                                           [.text(relative), .integer(Int64(offset)), .blob(entry.id.bytes), .integer(Int64(entry.length))])
+                    }
+                }
+            }
+        }
+        return root
+    }
+
+    /// Indexes every regular file under the folder (hidden files and the state directory
+    /// aside) and forgets files that are gone. Returns how many files are indexed.
+    @discardableResult
+    public func indexAll() throws(Failure) -> Int {
+        let present = Self.files(under: folder)
+        for relative in present { try index(relative) }
+        let known: [String] = try wrapped { try database.readNow { try $0.query("SELECT path FROM files", []) { $0.text(0) } } }
+        let gone = Set(known).subtracting(present)
+        try wrapped {
+            try database.readNow { connection in
+                try connection.transactionNow {
+                    for relative in gone { try connection.run("DELETE FROM files WHERE path = ?", [.text(relative)]) }
+                }
+            }
+        }
+        return present.count
+    }
+
+    /// Where a chunk can be read now: a location whose file still has the stamp it was
+    /// indexed with. A stale file is indexed again first; nil when no file holds the chunk.
+    public func locate(_ id: ChunkID) throws(Failure) -> (path: String, offset: Int, length: Int)? {
+        for _ in 0..<2 {
+            let rows: [(String, Int64, Int64, Int64, Int64, Int64)] = try wrapped {
+                try database.readNow { connection in
+                    try connection.query("""
+                        SELECT chunks.path, chunks.offset, chunks.length, files.size, files.mtime_ns, files.inode
+                        FROM chunks JOIN files ON files.path = chunks.path WHERE chunks.id = ?
+                        """, [.blob(id.bytes)]) { ($0.text(0), $0.integer(1), $0.integer(2), $0.integer(3), $0.integer(4), $0.integer(5)) }
+                }
+            }
+            var reindexed = false
+            for (relative, offset, length, size, mtime, inode) in rows {
+                let stamp = Stamp(path: folder + "/" + relative)
+                if stamp?.size == size && stamp?.mtime == mtime && stamp?.inode == inode {
+                    return (folder + "/" + relative, Int(offset), Int(length))
+                }
+                // Stale: the file changed or went away since it was indexed.
+                if stamp == nil {
+                    try wrapped { try database.readNow { try $0.run("DELETE FROM files WHERE path = ?", [.text(relative)]) } }
+                } else {
+                    try index(relative)
+                }
+                reindexed = true
+            }
+            if !reindexed { return nil }
+        }
+        return nil
+    }
+
+    /// Counts for status lines.
+    public func counts() throws(Failure) -> (files: Int, chunks: Int) {
+        try wrapped {
+            try database.readNow { connection in
+                let files = try connection.query("SELECT COUNT(*) FROM files", []) { $0.integer(0) }.first ?? 0
+                let chunks = try connection.query("SELECT COUNT(*) FROM chunks", []) { $0.integer(0) }.first ?? 0
+                return (Int(files), Int(chunks))
+            }
+        }
+    }
+
+    private func wrapped<T>(_ body: () throws -> T) throws(Failure) -> T {
+        do {
+            return try body()
+        } catch {
+            throw Failure(description: "the index \(database.path): \(error)")
+        }
+    }
+
+    /// Regular files under `root`, relative, sorted; names starting with "." are skipped.
+    static func files(under root: String) -> [String] {
+        var out: [String] = []
+        func walk(_ relative: String) {
+            let path = relative.isEmpty ? root : root + "/" + relative
+            guard let directory = opendir(path) else { return }
+            defer { closedir(directory) }
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                if name.hasPrefix(".") { continue }
+                let child = relative.isEmpty ? name : relative + "/" + name
+                var info = stat()
+                guard lstat(root + "/" + child, &info) == 0 else { continue }
+                switch info.st_mode & S_IFMT {
+                case S_IFDIR: walk(child)
+                case S_IFREG: out.append(child)
+                default: break  // links, sockets, devices are not synced
+                }
+            }
+        }
+        walk("")
+        return out.sorted()
+    }
+}

@@ -1,0 +1,115 @@
+import Glibc
+import HarpKernel
+
+/// A chunk's identity: SHA-256 of its bytes.
+public struct ChunkID: Hashable, Sendable, CustomStringConvertible {
+    public let bytes: [UInt8]
+    public init(bytes: [UInt8]) {
+        precondition(bytes.count == 32, "a chunk ID is 32 bytes")
+        self.bytes = bytes
+    }
+    public var description: String { SHA256.hexString(bytes) }
+}
+
+/// A file version's content: its chunks in order, and the root that names it.
+///
+/// Canonical encoding (the root is SHA-256 of it): the 16 bytes `harp-manifest-1\n`, then per
+/// chunk its 32-byte ID and its length as 8 bytes big-endian. The version tag keeps a future
+/// profile or layout from ever producing a root that collides with this one's.
+public struct Manifest: Sendable, Equatable {
+    public struct Entry: Sendable, Equatable {
+        public let id: ChunkID
+        public let length: Int
+    }
+
+    public let entries: [Entry]
+    public var size: Int { entries.reduce(0) { $0 + $1.length } }
+
+    static let tag = Array("harp-manifest-1\n".utf8)
+
+    public var encoded: [UInt8] {
+        var out = Self.tag
+        out.reserveCapacity(Self.tag.count + entries.count * 40)
+        for entry in entries {
+            out += entry.id.bytes
+            out += (0..<8).reversed().map { UInt8(truncatingIfNeeded: UInt64(entry.length) >> ($0 * 8)) }
+        }
+        return out
+    }
+
+    /// The content root: SHA-256 of the canonical encoding.
+    public var root: ChunkID {
+        let digest = SHA256()
+        digest.update(encoded)
+        return ChunkID(bytes: digest.finalize())
+    }
+}
+
+/// Cuts a file into FastCDC chunks and hashes each: the manifest and where each chunk starts.
+public enum FileChunker {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Reads `path` once, in windows of two maximum chunks (8 MiB), cutting and hashing as it
+    /// goes; memory stays at one window whatever the file's size.
+    public static func chunk(path: String) throws(Failure) -> (manifest: Manifest, offsets: [Int]) {
+        var entries: [Manifest.Entry] = []
+        var offsets: [Int] = []
+        try walk(path: path) { chunk, offset in
+            let digest = SHA256()
+            digest.update(chunk)
+            entries.append(Manifest.Entry(id: ChunkID(bytes: digest.finalize()), length: chunk.count))
+            offsets.append(offset)
+        }
+        return (Manifest(entries: entries), offsets)
+    }
+
+    /// Only the cut points: how many chunks and bytes (the chunker's speed without hashing).
+    public static func cutPoints(path: String) throws(Failure) -> (chunks: Int, size: Int) {
+        var chunks = 0, size = 0
+        try walk(path: path) { chunk, _ in
+            chunks += 1
+            size += chunk.count
+        }
+        return (chunks, size)
+    }
+
+    /// Calls `body` with each chunk's bytes (valid during the call) and file offset, in order.
+    static func walk(path: String, _ body: (UnsafeRawBufferPointer, Int) -> Void) throws(Failure) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Failure(description: "cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let window = UnsafeMutableRawBufferPointer.allocate(byteCount: 2 * FastCDC.maximumSize, alignment: 64)
+        defer { window.deallocate() }
+        var filled = 0, start = 0, fileOffset = 0, atEnd = false
+        while true {
+            // Keep at least one maximum chunk ahead of `start`, unless the file ends first.
+            if !atEnd && filled - start < FastCDC.maximumSize {
+                if start > 0 {
+                    (window.baseAddress! + 0).copyMemory(from: window.baseAddress! + start, byteCount: filled - start)
+                    filled -= start
+                    start = 0
+                }
+                while filled < window.count {
+                    let count = read(fd, window.baseAddress! + filled, window.count - filled)
+                    if count < 0 {
+                        if errno == EINTR { continue }
+                        throw Failure(description: "cannot read \(path): \(String(cString: strerror(errno)))")
+                    }
+                    if count == 0 {
+                        atEnd = true
+                        break
+                    }
+                    filled += count
+                }
+            }
+            if start == filled { break }
+            let rest = UnsafeRawBufferPointer(rebasing: window[start..<filled])
+            let length = FastCDC.cut(rest)
+            body(UnsafeRawBufferPointer(rebasing: rest[0..<length]), fileOffset)
+            fileOffset += length
+            start += length
+        }
+    }
+}

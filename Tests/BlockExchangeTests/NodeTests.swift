@@ -1,0 +1,96 @@
+@testable import BlockExchange
+import Foundation
+import Glibc
+import HarpKernel
+import HarpTestSupport
+import Testing
+
+/// Node identity, the folder index, and the `harp storage` commands through the binary.
+@Suite("p2p node")
+struct NodeTests {
+    static func temporaryDirectory() -> String { NSTemporaryDirectory() + "harp-node-\(UUID().uuidString)" }
+
+    @Test("node IDs: base32 in groups of four, parsed back whatever the case and dashes; anything else refused")
+    func nodeIDs() {
+        let id = NodeID(bytes: (0..<32).map { UInt8($0 * 7 & 0xFF) })
+        let text = id.description
+        #expect(text.count == 52 + 12 && text.split(separator: "-").allSatisfy { $0.count == 4 })
+        #expect(NodeID(parsing: text) == id)
+        #expect(NodeID(parsing: text.lowercased().replacingOccurrences(of: "-", with: "")) == id)
+        #expect(NodeID(parsing: String(text.dropLast())) == nil)
+        #expect(NodeID(parsing: text.replacingOccurrences(of: "A", with: "1")) == nil || !text.contains("A"))
+        #expect(NodeID(parsing: "not an id") == nil)
+    }
+
+    @Test("harp storage init makes an Ed25519 identity (key 0600), refuses to replace it; the ID is SHA-256 of the public key")
+    func initAndID() throws {
+        let dir = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let made = try HarpProcess.run(["storage", "init", "--dir", dir])
+        #expect(made.status == 0, "\(made.stderr)")
+        let id = made.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(NodeID(parsing: id) != nil, "\(id)")
+        var info = stat()
+        #expect(stat(dir + "/node.key", &info) == 0 && info.st_mode & 0o777 == 0o600)
+        #expect(try shell("openssl pkey -in \(dir)/node.key -noout -text | head -1").output.contains("ED25519"))
+        // Independently: SHA-256 of the certificate's SubjectPublicKeyInfo DER.
+        let spki = try shell("openssl x509 -in \(dir)/node.crt -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -c1-64").output
+        #expect(SHA256.hexString(NodeID(parsing: id)!.bytes) == spki)
+        let again = try HarpProcess.run(["storage", "init", "--dir", dir])
+        #expect(again.status != 0 && again.stderr.contains("already has a node identity"), "\(again.stderr)")
+        let shown = try HarpProcess.run(["storage", "id", "--dir", dir])
+        #expect(shown.status == 0 && shown.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == id)
+        let missing = try HarpProcess.run(["storage", "id", "--dir", dir + "/nothing"])
+        #expect(missing.status != 0 && missing.stderr.contains("harp storage init --dir"), "\(missing.stderr)")
+    }
+
+    @Test("the folder index: files chunked at start; a changed file is indexed again before a chunk is served, a removed one never served")
+    func folderIndex() throws {
+        let dir = Self.temporaryDirectory(), folder = dir + "/folder"
+        try FileManager.default.createDirectory(atPath: folder + "/sub", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let bytes = ChunkingTests.stream(3 << 20)
+        try Data(bytes).write(to: URL(fileURLWithPath: folder + "/sub/a.bin"))
+        try Data("hello".utf8).write(to: URL(fileURLWithPath: folder + "/b.txt"))
+        try Data("hidden".utf8).write(to: URL(fileURLWithPath: folder + "/.hidden"))
+        let database = try Database(path: dir + "/index.sqlite", migrations: [FolderIndex.migrations])
+        let index = FolderIndex(folder: folder, database: database)
+        #expect(try index.indexAll() == 2)
+        let manifest = try FileChunker.chunk(path: folder + "/sub/a.bin").manifest
+        let first = manifest.entries[0]
+        let location = try index.locate(first.id)
+        #expect(location?.path == folder + "/sub/a.bin" && location?.offset == 0 && location?.length == first.length)
+        // The file changes: its old first chunk is gone, and the index notices before serving.
+        try Data([0x42] + bytes.dropFirst()).write(to: URL(fileURLWithPath: folder + "/sub/a.bin"))
+        #expect(try index.locate(first.id) == nil)
+        let changed = try FileChunker.chunk(path: folder + "/sub/a.bin").manifest
+        #expect(try index.locate(changed.entries[0].id)?.offset == 0)
+        try FileManager.default.removeItem(atPath: folder + "/sub/a.bin")
+        #expect(try index.locate(changed.entries[0].id) == nil)
+        #expect(try index.counts().files == 1)
+    }
+
+    @Test("harp serve with [storage]: the node's ID in the banner and the folder indexed at start")
+    func serveIndexes() throws {
+        let dir = Self.temporaryDirectory(), folder = dir + "/folder"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data(ChunkingTests.stream(2 << 20)).write(to: URL(fileURLWithPath: folder + "/x.bin"))
+        let id = try HarpProcess.run(["storage", "init", "--dir", dir]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let harp = try HarpProcess.serve("""
+            [harp]
+            plugins = ["p2p"]
+            log_level = "info"
+            [storage]
+            dir = "\(dir)"
+            folder = "\(folder)"
+            listen = "127.0.0.1:\(freePort())"
+            """)
+        #expect(harp.stdout.contains("p2p: node \(id)"))
+        try harp.waitForOutput("folder indexed")
+        #expect(harp.stderr.contains("files=1"), "\(harp.stderr)")
+        #expect(try harp.stop() == 0)
+        let unknown = try HarpProcess.run(["serve"], config: "[storage]\ndir = \"\(dir)/none\"\nfolder = \"\(folder)\"")
+        #expect(unknown.status != 0 && unknown.stderr.contains("storage.dir") && unknown.stderr.contains("harp storage init"), "\(unknown.stderr)")
+    }
+}
