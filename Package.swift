@@ -125,7 +125,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HarpKernelTests",
-            dependencies: ["HarpKernel", "HarpTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["HarpKernel", "CShims", "HarpTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSettings
         ),
         .testTarget(

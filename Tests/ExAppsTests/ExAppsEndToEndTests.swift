@@ -46,7 +46,11 @@ struct ExAppsEndToEndTests {
         ]))
         let socket = NSTemporaryDirectory() + "harp-exapp-\(getpid()).sock"
         let app = try Self.startExApp(socket: socket)
-        defer { app.terminate(); unlink(socket) }
+        defer {
+            kill(app.processIdentifier, SIGKILL)  // uvicorn may linger on SIGTERM
+            app.waitUntilExit()
+            unlink(socket)
+        }
         let frpc = try FRPClient(config: gateway.frpcConfig(name: "ncapp", remotePort: 23000, unixPath: socket))
         defer { frpc.kill() }
         #expect(waitForListener(port: 23000), "frpc's proxy is up: \(frpc.log)")

@@ -51,7 +51,7 @@ struct SyncTests {
                 let loop = loops[index % 2]
                 group.addTask {
                     await loop.spawn {
-                        await limit.run {
+                        _ = await limit.run(on: loop, timeout: .seconds(30)) {
                             let now = counters.inside.add(1, ordering: .relaxed).newValue
                             var most = counters.most.load(ordering: .relaxed)
                             while now > most, !counters.most.compareExchange(expected: most, desired: now, ordering: .relaxed).exchanged {
@@ -67,5 +67,25 @@ struct SyncTests {
         }
         #expect(counters.runs.load(ordering: .relaxed) == 20)
         #expect(counters.most.load(ordering: .relaxed) == 3)
+    }
+
+    @Test("a waiter that gets no place within its timeout gives up (nil) and leaves the queue; the next one still gets the place")
+    func asyncLimitTimeout() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let limit = AsyncLimit(1)
+        let results = await loop.spawn { () -> [String] in
+            let holder = loop.spawn {
+                await limit.run(on: loop, timeout: .seconds(5)) {
+                    _ = await loop.sleep(for: .milliseconds(400), using: AsyncCompletion())
+                    return "held"
+                } ?? "refused"
+            }
+            _ = await loop.sleep(for: .milliseconds(50), using: AsyncCompletion())
+            let impatient = await limit.run(on: loop, timeout: .milliseconds(100)) { "impatient ran" } ?? "impatient gave up"
+            let patient = await limit.run(on: loop, timeout: .seconds(5)) { "patient ran" } ?? "patient gave up"
+            return [await holder.value, impatient, patient]
+        }.value
+        #expect(results == ["held", "impatient gave up", "patient ran"])
     }
 }

@@ -1,3 +1,4 @@
+import CShims
 import Foundation
 import Glibc
 @testable import HarpKernel
@@ -225,6 +226,38 @@ struct TLSStreamTests {
         let after = try shell("printf 'still here\\n' | timeout 10 \(base) -ign_eof 2>&1").output
         #expect(after.contains("still here"))
         #expect(server.failures.value.load(ordering: .relaxed) >= 2)
+    }
+
+    @Test("pinned peers: self-signed Ed25519 certificates on both sides, TLS 1.3, each side sees the other's public key; a peer without a certificate is refused")
+    func pinnedPeers() async throws {
+        let directory = NSTemporaryDirectory() + "harp-pinned-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try CertificateFactory.makeDirectory(directory)
+        var publicKeys: [String: [UInt8]] = [:]
+        for name in ["a", "b"] {
+            let key = try CertificateFactory.newEd25519Key()
+            let certificate = try CertificateFactory.certificate(commonName: name, key: key, issuer: nil, dnsName: nil, isCA: false, days: 10)
+            try CertificateFactory.write(key: key, to: "\(directory)/\(name).key")
+            try CertificateFactory.write(certificate: certificate, to: "\(directory)/\(name).crt")
+            publicKeys[name] = CertificateFactory.publicKey(of: certificate)
+            X509_free(certificate)
+            EVP_PKEY_free(key)
+        }
+        let server = try TLSContext.pinnedPeers(certificate: "\(directory)/a.crt", key: "\(directory)/a.key", isServer: true, alpn: ["harp-p2p/1"])
+        let client = try TLSContext.pinnedPeers(certificate: "\(directory)/b.crt", key: "\(directory)/b.key", isServer: false, alpn: ["harp-p2p/1"])
+        let seen = Mutex<[[UInt8]?]>([])
+        let results = try await Self.pair(server: server, client: client, serverName: nil) { serverStream, clientStream in
+            seen.withLock { $0 = [serverStream.peerPublicKey, clientStream.peerPublicKey, [UInt8](clientStream.protocolVersion.utf8)] }
+        }
+        #expect(results.0 == nil && results.1 == nil, "\(results)")
+        let facts = seen.withLock { $0 }
+        #expect(facts[0] == publicKeys["b"], "the server sees the client's key")
+        #expect(facts[1] == publicKeys["a"], "the client sees the server's key")
+        #expect(facts[2].map { String(decoding: $0, as: UTF8.self) } == "TLSv1.3")
+        // A client with no certificate at all does not get through the handshake.
+        let anonymous = try TLSContext.client(verify: false, alpn: ["harp-p2p/1"])
+        let refused = try await Self.pair(server: server, client: anonymous, serverName: nil)
+        #expect(refused.0 != nil, "the server refuses a peer without a certificate")
     }
 }
 

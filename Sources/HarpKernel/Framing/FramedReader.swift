@@ -51,15 +51,19 @@ public struct FramedReader {
     /// Decodes the next frame, reading until the decoder decides. Each read may wait up to
     /// `timeout`; with `frameTimeout`, the whole header must arrive within that much time of
     /// its first byte (so a peer trickling one byte at a time cannot hold the connection:
-    /// `.ended(-ETIMEDOUT)`). `expectingWait` applies to the first read, when nothing is
+    /// `.ended(-ETIMEDOUT)`); with `until` (the loop clock, ns), everything must arrive by
+    /// then, first byte included. `expectingWait` applies to the first read, when nothing is
     /// buffered (see `EventLoop.recv`).
-    public func next<D: FrameDecoder>(_ decoder: inout D, timeout: Duration?, frameTimeout: Duration? = nil,
+    public func next<D: FrameDecoder>(_ decoder: inout D, timeout: Duration?, frameTimeout: Duration? = nil, until: UInt64? = nil,
                                       expectingWait: Bool = false) async -> FramedRead<D.Frame, D.Failure> {
         var waitExpected = expectingWait
-        var deadline: UInt64 = 0
+        var deadline: UInt64 = until ?? 0
+        var frameClockStarted = false
         while true {
-            if deadline == 0, !buffer.isEmpty, let frameTimeout {
-                deadline = stream.loop.now &+ frameTimeout.nanoseconds
+            if !frameClockStarted, !buffer.isEmpty, let frameTimeout {
+                frameClockStarted = true
+                let frameDeadline = stream.loop.now &+ frameTimeout.nanoseconds
+                deadline = deadline == 0 ? frameDeadline : min(deadline, frameDeadline)
             }
             if !buffer.isEmpty {
                 switch decoder.decode(buffer.readable) {

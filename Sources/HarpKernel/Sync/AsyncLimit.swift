@@ -1,14 +1,21 @@
 import Synchronization
 
-/// At most `limit` holders at once; the rest wait in order (a counting semaphore for tasks on
-/// any loop). The ExApps gateway bounds its concurrent Nextcloud calls with it: each call may
-/// hold a response buffer of up to a few hundred KiB, and 1,000 calls at once for distinct app
-/// ids took harp to 1.09 GB (hostile probe).
+/// At most `limit` holders at once; the rest wait in order, each no longer than its own
+/// timeout (a counting semaphore for tasks on any loop). The ExApps gateway bounds its
+/// concurrent Nextcloud calls with it: each call may hold a response buffer of up to a few
+/// hundred KiB, and 1,000 calls at once for distinct app ids took harp to 1.09 GB (hostile
+/// probe). The wait counts against the caller's deadline: without one, requests queued behind
+/// a slow Nextcloud waited minutes (a fresh login took 171 s — the same probe, again).
 public final class AsyncLimit: Sendable {
+    private struct Waiter {
+        let id: UInt64
+        let continuation: CheckedContinuation<Bool, Never>
+    }
+
     private struct State {
         var available: Int
-        var waiters: [CheckedContinuation<Void, Never>] = []
-        var head = 0
+        var waiters: [Waiter] = []
+        var nextID: UInt64 = 0
     }
 
     private let state: Mutex<State>
@@ -18,48 +25,58 @@ public final class AsyncLimit: Sendable {
         state = Mutex(State(available: limit))
     }
 
-    /// Runs `body` once a place is free.
-    public func run<T>(_ body: () async -> T) async -> T {
-        await acquire()
+    /// Runs `body` once a place is free, or returns nil when none came within `timeout`
+    /// (measured on `loop`, the caller's).
+    public func run<T>(on loop: EventLoop, timeout: Duration, _ body: () async -> T) async -> T? {
+        guard await acquire(on: loop, timeout: timeout) else { return nil }
         defer { release() }
         return await body()
     }
 
-    private func acquire() async {
+    private func acquire(on loop: EventLoop, timeout: Duration) async -> Bool {
         let granted = state.withLock { state in
             guard state.available > 0 else { return false }
             state.available -= 1
             return true
         }
-        if granted { return }
-        await withCheckedContinuation { continuation in
-            let now = state.withLock { state -> Bool in
+        if granted { return true }
+        var timer: LoopTimer?
+        let acquired = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let id = state.withLock { state -> UInt64? in
                 // A place may have been freed between the two locks.
                 if state.available > 0 {
                     state.available -= 1
-                    return true
+                    return nil
                 }
-                state.waiters.append(continuation)
-                return false
+                state.nextID += 1
+                state.waiters.append(Waiter(id: state.nextID, continuation: continuation))
+                return state.nextID
             }
-            if now { continuation.resume() }
+            guard let id else { return continuation.resume(returning: true) }
+            // Whoever takes the waiter out of the list resumes it: a release (true) or this
+            // timer (false); the other finds it gone.
+            let expiry = LoopTimer(loop: loop) { [self] in
+                let expired = state.withLock { state -> Waiter? in
+                    guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                    return state.waiters.remove(at: index)
+                }
+                expired?.continuation.resume(returning: false)
+            }
+            expiry.arm(after: timeout)
+            timer = expiry
         }
+        timer?.cancel()
+        return acquired
     }
 
     private func release() {
-        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard state.head < state.waiters.count else {
+        let next = state.withLock { state -> Waiter? in
+            guard !state.waiters.isEmpty else {
                 state.available += 1
                 return nil
             }
-            let waiter = state.waiters[state.head]
-            state.head += 1
-            if state.head > 64 && state.head * 2 > state.waiters.count {
-                state.waiters.removeFirst(state.head)
-                state.head = 0
-            }
-            return waiter  // the place passes straight to the next waiter
+            return state.waiters.removeFirst()  // the place passes straight to the next waiter
         }
-        next?.resume()
+        next?.continuation.resume(returning: true)
     }
 }

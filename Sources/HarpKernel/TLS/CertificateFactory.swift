@@ -78,6 +78,15 @@ public enum CertificateFactory {
         return x509
     }
 
+    /// A certificate's public key as SubjectPublicKeyInfo DER (nil if it has none).
+    public static func publicKey(of certificate: OpaquePointer) -> [UInt8]? {
+        var der: UnsafeMutablePointer<UInt8>?
+        let length = i2d_PUBKEY(X509_get0_pubkey(certificate), &der)
+        guard length > 0, let der else { return nil }
+        defer { CRYPTO_free(der, #fileID, #line) }
+        return Array(UnsafeBufferPointer(start: der, count: Int(length)))
+    }
+
     public static func write(certificate: OpaquePointer, to path: String) throws(Failure) {
         try withNewFile(path, mode: 0o644) { PEM_write_bio_X509($0, certificate) == 1 }
     }

@@ -81,6 +81,27 @@ public final class TLSContext: @unchecked Sendable {
         return tls
     }
 
+    /// A context for peers that know each other by key, not by a CA (P2P nodes): TLS 1.3
+    /// only, both sides present a certificate (a server demands one), and OpenSSL accepts any
+    /// certificate whose signature checks out — self-signed is the norm. **The caller decides
+    /// who the peer is**: after the handshake it must compare `TLSStream.peerPublicKey` with
+    /// its list and close the connection when it is not there, before any other byte moves.
+    public static func pinnedPeers(certificate: String, key: String, isServer: Bool, alpn: [String]) throws(TLSError) -> TLSContext {
+        let tls = try TLSContext(method: isServer ? TLS_server_method() : TLS_client_method(), alpn: alpn, versions: .tls13 ... .tls13)
+        try tls.loadIdentity(certificate: certificate, key: key)
+        // The chain is not checked against any store (there is none); the handshake still
+        // proves the peer holds the key of the certificate it sent (CertificateVerify).
+        SSL_CTX_set_verify(tls.context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT) { _, _ in 1 }
+        if isServer {
+            let sessionContext = Array("harp pinned peers".utf8)
+            guard SSL_CTX_set_session_id_context(tls.context, sessionContext, UInt32(sessionContext.count)) == 1 else {
+                throw TLSError("setting the session id context")
+            }
+            tls.installServerCallbacks()
+        }
+        return tls
+    }
+
     private func loadIdentity(certificate: String, key: String) throws(TLSError) {
         guard access(certificate, R_OK) == 0 else {
             throw TLSError(plain: "cannot read the certificate file \(certificate): \(String(cString: strerror(errno)))")

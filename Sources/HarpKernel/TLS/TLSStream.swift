@@ -211,6 +211,14 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     }
 
     public var protocolVersion: String { String(cString: SSL_get_version(ssl)) }
+
+    /// The peer's public key as SubjectPublicKeyInfo DER (what P2P node IDs hash), once the
+    /// handshake is done; nil without a peer certificate.
+    public var peerPublicKey: [UInt8]? {
+        guard let certificate = SSL_get1_peer_certificate(ssl) else { return nil }
+        defer { X509_free(certificate) }
+        return CertificateFactory.publicKey(of: certificate)
+    }
     public var sessionReused: Bool { harp_ssl_session_reused(ssl) != 0 }
 
     /// Calls `operation` until it succeeds, feeding OpenSSL from the socket and flushing

@@ -13,15 +13,17 @@ public struct NodeID: Hashable, Sendable, CustomStringConvertible {
         self.bytes = bytes
     }
 
+    /// The ID of whoever holds the key whose SubjectPublicKeyInfo DER this is (a TLS peer's
+    /// `peerPublicKey`).
+    public init(publicKey der: [UInt8]) {
+        let digest = SHA256()
+        digest.update(der)
+        self.init(bytes: digest.finalize())
+    }
+
     /// The ID of whoever holds the key in `certificate` (an X509 *).
     public init(certificate: OpaquePointer) {
-        let key = X509_get0_pubkey(certificate)
-        var der: UnsafeMutablePointer<UInt8>?
-        let length = i2d_PUBKEY(key, &der)
-        defer { CRYPTO_free(der, #fileID, #line) }
-        let digest = SHA256()
-        digest.update(UnsafeRawBufferPointer(start: der, count: Int(max(0, length))))
-        self.init(bytes: digest.finalize())
+        self.init(publicKey: CertificateFactory.publicKey(of: certificate) ?? [])
     }
 
     static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".utf8)

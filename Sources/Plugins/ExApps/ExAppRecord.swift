@@ -72,7 +72,7 @@ struct ExAppRecord: Sendable {
     /// Routes whose pattern harp cannot match safely match nothing; says so once per record.
     func logUnusableRoutes(appID: String, logger: Logger) {
         for route in routes where !route.isUsable {
-            logger.warning("an ExApp route's pattern cannot be matched in linear time (lookaround, back-reference or an unknown escape): the route matches nothing",
+            logger.warning("an ExApp route's pattern is invalid, or needs what harp cannot match in linear time (lookaround, a back-reference): the route matches nothing",
                            metadata: ["app": "\(appID)", "url": "\(route.url)"])
         }
     }

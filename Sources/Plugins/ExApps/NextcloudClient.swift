@@ -56,13 +56,19 @@ final class NextcloudClient: Sendable {
             metrics.nextcloudCall(endpoint, outcome: "unresolved", nanoseconds: EventLoop.preciseNanos() - started)
             return nil
         }
-        let result = await calls.run { () async -> Result<HTTPClientResponse, HTTPClientError> in
+        // The wait for a slot counts against the call's limit; the call gets what is left.
+        let limit = client.responseTimeout
+        let queued = EventLoop.preciseNanos()
+        let result = await calls.run(on: loop, timeout: limit) { () async -> Result<HTTPClientResponse, HTTPClientError> in
+            let waited = Duration.nanoseconds(Int64(EventLoop.preciseNanos() - queued))
+            let left = max(limit - waited, .milliseconds(1))
             do throws(HTTPClientError) {
-                return .success(try await client.request("GET", upstream, target: url.target(endpoint, appID: appID), headers: headers, on: loop))
+                return .success(try await client.request("GET", upstream, target: url.target(endpoint, appID: appID), headers: headers,
+                                                         timeout: left, on: loop))
             } catch {
                 return .failure(error)
             }
-        }
+        } ?? .failure(.timedOut)
         do {
             let response = try result.get()
             metrics.nextcloudCall(endpoint, outcome: "\(response.status)", nanoseconds: EventLoop.preciseNanos() - started)

@@ -43,7 +43,8 @@ public final class HTTPClient: @unchecked Sendable {
     // @unchecked Sendable: `pools[i]` is used only on loop i's thread; the rest is immutable.
     let dialer: Dialer
     let tls: TLSContext
-    let responseTimeout: Duration
+    /// How long a whole response may take (a call may ask for less).
+    public let responseTimeout: Duration
     let maxBodySize: Int
     let parser: HTTPHeadParser
     private let pools: [UpstreamPool]
@@ -65,7 +66,7 @@ public final class HTTPClient: @unchecked Sendable {
     /// `body`. A kept-alive connection that turns out closed before any response byte is
     /// replaced by a fresh one and the request sent again (harp holds the whole body).
     public func request(_ method: String, _ upstream: Upstream, target: String, headers: [(String, String)] = [],
-                        body: [UInt8] = [], on loop: EventLoop) async throws(HTTPClientError) -> HTTPClientResponse {
+                        body: [UInt8] = [], timeout: Duration? = nil, on loop: EventLoop) async throws(HTTPClientError) -> HTTPClientResponse {
         loop.assertInLoop()
         var head = HTTPRequestHead(method: method, target: target, headers: HTTPHeaders(headers.map { (name: $0.0, value: $0.1) }))
         if head.headers[.host] == nil { head.headers.add(.host, upstream.authority) }
@@ -89,7 +90,7 @@ public final class HTTPClient: @unchecked Sendable {
                     throw .connect(error)
                 }
             }
-            switch await exchange(bytes, method: method, on: stream) {
+            switch await exchange(bytes, method: method, timeout: timeout ?? responseTimeout, on: stream) {
             case .success(let (response, keepAlive)):
                 if keepAlive { pool.give(stream, to: upstream) } else { stream.abort() }
                 return response
@@ -104,24 +105,25 @@ public final class HTTPClient: @unchecked Sendable {
         }
     }
 
-    /// One request and its whole response, all within `responseTimeout`: a server that sends a
+    /// One request and its whole response, all within `timeout`: a server that sends a
     /// byte now and then must not hold the call (and every caller coalesced onto it) forever
     /// — a per-read limit let a Nextcloud dribbling one byte every 5 s do that (hostile probe).
-    private func exchange(_ request: [UInt8], method: String, on stream: any ByteStream) async -> Result<(HTTPClientResponse, Bool), HTTPClientError> {
-        let deadline = stream.loop.now &+ UInt64(responseTimeout.components.seconds) * 1_000_000_000
-            &+ UInt64(responseTimeout.components.attoseconds / 1_000_000_000)
+    private func exchange(_ request: [UInt8], method: String, timeout: Duration,
+                          on stream: any ByteStream) async -> Result<(HTTPClientResponse, Bool), HTTPClientError> {
+        let deadline = stream.loop.now &+ UInt64(timeout.components.seconds) * 1_000_000_000
+            &+ UInt64(timeout.components.attoseconds / 1_000_000_000)
         /// What is left of the limit (at least 1 ms: a zero timeout would mean none).
         func remaining() -> Duration {
             let now = stream.loop.now
             return .nanoseconds(Int64(deadline > now ? max(deadline - now, 1_000_000) : 1_000_000))
         }
-        guard await stream.write(request, timeout: responseTimeout) == 0 else { return .failure(.closedBeforeResponse) }
+        guard await stream.write(request, timeout: timeout) == 0 else { return .failure(.closedBeforeResponse) }
         let reader = FramedReader(stream: stream, capacity: 64 * 1024 + maxBodySize)
         var decoder = ResponseHeadDecoder(parser: parser)
         var head: HTTPResponseHead
         var sawHead = false
         repeat {
-            switch await reader.next(&decoder, timeout: remaining(), expectingWait: true) {
+            switch await reader.next(&decoder, timeout: remaining(), until: deadline, expectingWait: true) {
             case .frame(let parsed, let length, _):
                 reader.buffer.consume(length)
                 head = parsed
