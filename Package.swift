@@ -96,6 +96,7 @@ let package = Package(
             dependencies: [
                 "HarpKernel", "CShims",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/Plugins/BlockExchange",

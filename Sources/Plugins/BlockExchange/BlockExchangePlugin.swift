@@ -5,11 +5,12 @@ import Logging
 
 /// `p2p`: the node's identity and the content index of its synced folder (FastCDC chunks,
 /// SHA-256 IDs, manifests and roots, in SQLite) — the base of peer-to-peer block exchange
-/// (docs/protocols/p2p.md). Peer connections and swarm transfer are not built yet.
+/// (docs/protocols/p2p.md) — and its peer connections (pinned-key TLS 1.3, admission by node
+/// ID, Hello). Block exchange over them is not built yet.
 public final class BlockExchangePlugin: Plugin {
     public static let name = "p2p"
     public static let section = "storage"
-    public static let summary = "P2P storage node: identity and content index of the synced folder (peer transfer not built yet)"
+    public static let summary = "P2P storage node: identity, folder content index, authenticated peer connections (block transfer not built yet)"
     public static var defaultConfiguration: StorageConfiguration { StorageConfiguration() }
     public static let commands: [any ParsableCommand.Type] = [StorageCommand.self]
 
@@ -17,6 +18,8 @@ public final class BlockExchangePlugin: Plugin {
     let context: PluginContext
     public let node: NodeID
     let index: FolderIndex
+    let network: PeerNetwork
+    private let listeners: ListenerSet
 
     public init(configuration: StorageConfiguration, context: PluginContext) throws {
         self.configuration = configuration
@@ -33,11 +36,24 @@ public final class BlockExchangePlugin: Plugin {
             throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: "\(error)")
         }
         index = FolderIndex(folder: configuration.folder, database: database)
+        do {
+            network = try PeerNetwork(node: node, configuration: configuration, logger: context.logger)
+        } catch {
+            throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: "the node's certificate or key: \(error)")
+        }
+        listeners = ListenerSet(loops: context.loops, logger: context.logger)
     }
 
-    /// The folder is indexed at start, on a thread of its own (a large folder takes a while;
-    /// the loops go on serving meanwhile).
+    /// Listens for peers, dials those it should (see `PeerNetwork`), and indexes the folder on
+    /// a thread of its own (a large folder takes a while; the loops go on serving meanwhile).
     public func start() async throws {
+        let network = self.network
+        try listeners.listen(on: configuration.listen) { socket in await network.accept(socket) }
+        if let loop = context.loops.first {
+            for peer in configuration.peers where node.bytes.lexicographicallyPrecedes(peer.id.bytes) {
+                loop.serveConnection { await network.maintain(peer, on: loop) }
+            }
+        }
         let index = self.index
         let logger = context.logger
         DispatchQueue.global().async {
@@ -51,7 +67,12 @@ public final class BlockExchangePlugin: Plugin {
         }
     }
 
+    public func stopAccepting() async {
+        network.stop()
+        await listeners.stop()
+    }
+
     public var endpoints: [String] {
-        ["node \(node)", "folder \(configuration.folder)"]
+        ["node \(node)", "folder \(configuration.folder)"] + listeners.boundAddresses.map { "peers on \($0) (TLS 1.3, node IDs)" }
     }
 }

@@ -1,0 +1,125 @@
+import CoreMetrics
+import Glibc
+import HarpKernel
+import Logging
+import Synchronization
+
+/// The node's connections to its peers: mutually authenticated TLS 1.3 where each side is
+/// known by its key (node ID), not by a CA. A connection is admitted only when the peer's ID
+/// is in `[storage] peers` — checked right after the handshake, before any frame — and then
+/// both sides send a Hello. Of two configured peers, the one with the smaller ID dials (so
+/// each pair has one connection); the other listens. Dialing retries with back-off.
+final class PeerNetwork: Sendable {
+    let node: NodeID
+    let configuration: StorageConfiguration
+    let logger: Logger
+    private let server: TLSContext
+    private let client: TLSContext
+    private let allowed: [NodeID: SocketAddress]
+    private let connected = Mutex<Set<NodeID>>([])
+    private let stopping = Atomic<Bool>(false)
+    private let peersGauge = Meter(label: "harp_p2p_peers_connected")
+    static let alpn = ["harp-p2p/1"]
+    static let handshakeTimeout: Duration = .seconds(10)
+
+    init(node: NodeID, configuration: StorageConfiguration, logger: Logger) throws(TLSError) {
+        self.node = node
+        self.configuration = configuration
+        self.logger = logger
+        let certificate = configuration.dir + "/" + NodeIdentity.certificateFile, key = configuration.dir + "/" + NodeIdentity.keyFile
+        server = try TLSContext.pinnedPeers(certificate: certificate, key: key, isServer: true, alpn: Self.alpn)
+        client = try TLSContext.pinnedPeers(certificate: certificate, key: key, isServer: false, alpn: Self.alpn)
+        allowed = Dictionary(configuration.peers.map { ($0.id, $0.address) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    var connectedPeers: Set<NodeID> { connected.withLock { $0 } }
+
+    /// An accepted connection: handshake, admission, Hello, then held until it ends.
+    func accept(_ socket: SocketStream) async {
+        let peer = socket.peer.map { "\($0)" } ?? "?"
+        let stream: TLSStream
+        do {
+            stream = try TLSStream(transport: socket, context: server, isServer: true)
+            try await stream.handshake(timeout: Self.handshakeTimeout)
+        } catch {
+            logger.info("p2p handshake failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            socket.abort()
+            return
+        }
+        guard let key = stream.peerPublicKey else { return stream.abort() }
+        let id = NodeID(publicKey: key)
+        guard allowed[id] != nil else {
+            logger.warning("refused peer \(id): not in [storage] peers", metadata: ["address": "\(peer)"])
+            return stream.abort()
+        }
+        await run(stream, peer: id)
+    }
+
+    /// Keeps a connection to `peer` while the node runs (only toward peers with larger IDs).
+    func maintain(_ peer: StorageConfiguration.Peer, on loop: EventLoop) async {
+        let dialer = Dialer(connectTimeout: Self.handshakeTimeout)
+        let timer = AsyncCompletion()
+        var backoff: Duration = .milliseconds(250)
+        while !stopping.load(ordering: .relaxed) {
+            do {
+                let stream = try await dialer.dial(peer.address, on: loop, tls: client)
+                guard let tls = stream as? TLSStream, let key = tls.peerPublicKey else {
+                    stream.abort()
+                    continue
+                }
+                let id = NodeID(publicKey: key)
+                if id != peer.id {
+                    logger.warning("the node at \(peer.address) is \(id), not the configured \(peer.id): not connecting")
+                    stream.abort()
+                } else {
+                    backoff = .milliseconds(250)
+                    await run(tls, peer: id)
+                }
+            } catch {
+                logger.debug("p2p peer not reachable", metadata: ["peer": "\(peer.id)", "error": "\(error)"])
+            }
+            if stopping.load(ordering: .relaxed) { break }
+            _ = await loop.sleep(for: backoff, using: timer)
+            backoff = min(backoff * 2, .seconds(30))
+        }
+    }
+
+    /// Hello both ways, then the connection is held (frames beyond the Hello come with the
+    /// block exchange) until the peer goes or the node stops.
+    private func run(_ stream: TLSStream, peer id: NodeID) async {
+        let reader = FramedReader(stream: stream, capacity: 64 * 1024)
+        guard await stream.write(PeerFrameHeader.encode(.hello, body: PeerHello().body), timeout: Self.handshakeTimeout) == 0 else {
+            return stream.abort()
+        }
+        var decoder = PeerFrameDecoder()
+        switch await reader.next(&decoder, timeout: Self.handshakeTimeout) {
+        case .frame(let header, let headerLength, let payloadLength) where header.type == .hello:
+            while reader.buffer.count < headerLength + payloadLength {
+                guard await reader.fill(timeout: Self.handshakeTimeout) > 0 else { return stream.abort() }
+            }
+            let hello = PeerHello(body: UnsafeRawBufferPointer(rebasing: reader.buffer.readable[headerLength..<headerLength + payloadLength]))
+            reader.buffer.consume(headerLength + payloadLength)
+            guard let hello, hello.version == PeerHello.currentVersion else {
+                logger.warning("peer \(id) speaks another protocol version",
+                               metadata: ["theirs": "\(hello.map { "\($0.version)" } ?? "none")", "ours": "\(PeerHello.currentVersion)"])
+                return stream.abort()
+            }
+        case .invalid(let reason):
+            logger.warning("peer \(id) broke the protocol: \(reason)")
+            return stream.abort()
+        default:
+            logger.info("peer \(id) sent no Hello")
+            return stream.abort()
+        }
+        let fresh = connected.withLock { $0.insert(id).inserted }
+        if fresh { peersGauge.increment() }
+        logger.info("peer connected \(id)")
+        // Nothing else is spoken yet: wait for the end of the connection.
+        while await reader.fill(timeout: nil) > 0 { reader.buffer.consume(reader.buffer.count) }
+        if connected.withLock({ $0.remove(id) }) != nil { peersGauge.decrement() }
+        logger.info("peer disconnected \(id)")
+        stream.abort()
+    }
+
+    func stop() { stopping.store(true, ordering: .relaxed) }
+}
