@@ -98,6 +98,26 @@ struct FRPInteropTests {
         return ready
     }
 
+    @Test("a logged-in client that goes silent (SIGSTOP) is dropped after heartbeat_timeout and its port released",
+          arguments: [(FRPClient.Kind.frpc, false), (.frpc, true), (.harpTunnel, true)])
+    func silentClient(kind: FRPClient.Kind, mux: Bool) throws {
+        let port = freePort(), remote = freePort()
+        let echo = try EchoServer()
+        defer { echo.stop() }
+        let harp = try HarpProcess.serve(Self.harpConfig(port: port, allow: "\(remote)", extra: "heartbeat_timeout = \"3s\""))
+        // Without tcpMux the client pings each second (frpc's default 30 s would look silent).
+        let client = try FRPClient(config: Self.frpcConfig(serverPort: port, localPort: echo.address.port!, remotePort: remote, mux: mux,
+                                                           extra: mux ? "" : "transport.heartbeatInterval = 1"), kind: kind)
+        defer { kill(client.process.processIdentifier, SIGCONT); client.kill() }
+        guard Self.served(remote, client) else { return }
+        Thread.sleep(forTimeInterval: 4)
+        #expect(Self.echoes(through: remote), "a live client is not dropped: it answers within the timeout")
+        kill(client.process.processIdentifier, SIGSTOP)
+        try harp.waitForOutput("frp client gone", timeout: 15)
+        #expect(!waitForListener(port: remote, timeout: 1), "the port is released")
+        #expect(try harp.stop() == 0)
+    }
+
     @Test("plaintext, without and with tcpMux: 1 MiB both ways through the tunnel", arguments: clients, [false, true])
     func plaintext(client kind: FRPClient.Kind, mux: Bool) throws {
         try Self.run(kind, harp: { Self.harpConfig(port: $0, allow: "\($1)") },

@@ -30,9 +30,6 @@ final class ClientControl: @unchecked Sendable {
     static let maxPoolCount = 5
     /// How long a user connection waits for a work connection (frps: 10 s).
     static let workConnectionTimeout: Duration = .seconds(10)
-    /// Without tcpMux frpc sends a Ping every 30 s; three missed ones end the control (frps'
-    /// heartbeat timeout is 90 s). With tcpMux yamux's keep-alive watches the session instead.
-    static let heartbeatTimeout: Duration = .seconds(90)
 
     init(server: FRPServer, runID: String, login: FRPMessage.Login, stream: any ByteStream, leftover: ReadBuffer, peer: String) {
         self.server = server
@@ -59,7 +56,9 @@ final class ClientControl: @unchecked Sendable {
             guard await send(.requestWorkConnection) else { return await end(reason: "control stream failed") }
         }
         let reader = FramedReader(stream: secure, capacity: 16 * 1024)
-        let timeout: Duration? = plain is YamuxStream ? nil : Self.heartbeatTimeout
+        // Without tcpMux frpc sends a Ping every 30 s; `heartbeat_timeout` (90 s: three missed)
+        // ends the control. With tcpMux yamux's keep-alive watches the session instead.
+        let timeout: Duration? = plain is YamuxStream ? nil : server.configuration.heartbeatTimeout.duration
         while !ended {
             let message: FRPMessage
             do {

@@ -53,6 +53,10 @@ public struct FRPConfiguration: Codable, Sendable {
     public var maxPortsPerClient: Int
     /// Validity of certificates generated at start (mutual TLS, empty `cert_dir`).
     public var certDays: Int
+    /// A logged-in client silent this long is gone (frps' `heartbeatTimeout`, 90 s): without
+    /// tcpMux its control read times out; with tcpMux yamux pings every third of it and drops
+    /// a session silent for two pings.
+    public var heartbeatTimeout: ConfigDuration
 
     public init() {
         listen = .ipv4(host: 0, port: 8782)
@@ -64,11 +68,13 @@ public struct FRPConfiguration: Codable, Sendable {
         allowPorts = [try! PortRange(parsing: "23000-23999"), try! PortRange(parsing: "24000-24099")]
         maxPortsPerClient = 1
         certDays = 5000
+        heartbeatTimeout = .seconds(90)
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, tls, certDir = "cert_dir", token, sharedKey = "shared_key", proxyBind = "proxy_bind"
         case allowPorts = "allow_ports", maxPortsPerClient = "max_ports_per_client", certDays = "cert_days"
+        case heartbeatTimeout = "heartbeat_timeout"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -88,6 +94,7 @@ public struct FRPConfiguration: Codable, Sendable {
         d.allowPorts = try c.decodeIfPresent([PortRange].self, forKey: .allowPorts) ?? d.allowPorts
         d.maxPortsPerClient = try c.decodeIfPresent(Int.self, forKey: .maxPortsPerClient) ?? d.maxPortsPerClient
         d.certDays = try c.decodeIfPresent(Int.self, forKey: .certDays) ?? d.certDays
+        d.heartbeatTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .heartbeatTimeout) ?? d.heartbeatTimeout
         self = d
         try validate()
     }
@@ -103,6 +110,9 @@ public struct FRPConfiguration: Codable, Sendable {
             _ = try SocketAddress(parsing: "\(proxyBind.contains(":") ? "[\(proxyBind)]" : proxyBind):1")
         } catch {
             throw .invalid(key: "frp.proxy_bind", value: "\"\(proxyBind)\"", reason: "expected an IP address to bind proxies to")
+        }
+        guard heartbeatTimeout.duration >= .seconds(1) else {
+            throw .invalid(key: "frp.heartbeat_timeout", value: "\"\(heartbeatTimeout)\"", reason: "expected at least 1s")
         }
         guard (1...36500).contains(certDays) else {
             throw .invalid(key: "frp.cert_days", value: "\(certDays)", reason: "expected 1 to 36500 days")

@@ -100,6 +100,8 @@ final class FRPServer: @unchecked Sendable {
         // A client's pool is at most 5 and each user connection takes one work stream: 256 open
         // streams bound what one connection can make harp hold (256 × 256 KiB unread).
         settings.maxStreams = 256
+        // Pings every third of the heartbeat timeout; two unanswered end the session.
+        settings.keepAliveInterval = configuration.heartbeatTimeout.duration / 3
         let session = YamuxSession(transport: stream, isClient: false, settings: settings, buffered: buffered)
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await session.run() }
