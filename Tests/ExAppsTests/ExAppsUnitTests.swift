@@ -90,6 +90,8 @@ struct ExAppsUnitTests {
         #expect(!DockerAllowList.allows(method: "POST", path: "/containers/nc_app_x/json"))
         #expect(!DockerAllowList.allows(method: "GET", path: "/vx/_ping"))
         #expect(DockerAllowList.allows(method: "POST", path: "/v1.41/images/create"))
+        #expect(!DockerAllowList.allows(method: "GET", path: "/images/foo/json/get"), "an export is not an inspection")
+        #expect(!DockerAllowList.allows(method: "GET", path: "/containers/nc_app_x/json/extra"))
         #expect(!DockerAllowList.allows(method: "PUT", path: "/images/create"))
     }
 

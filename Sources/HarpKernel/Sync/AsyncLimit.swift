@@ -19,10 +19,14 @@ public final class AsyncLimit: Sendable {
     }
 
     private let state: Mutex<State>
+    /// Waiters beyond this are turned away at once: a queue that long would not drain within
+    /// anyone's timeout, and its list operations are linear.
+    private let maxWaiters: Int
 
-    public init(_ limit: Int) {
+    public init(_ limit: Int, maxWaiters: Int = 4096) {
         precondition(limit > 0, "a limit of at least one")
         state = Mutex(State(available: limit))
+        self.maxWaiters = maxWaiters
     }
 
     /// Runs `body` once a place is free, or returns nil when none came within `timeout`
@@ -48,11 +52,13 @@ public final class AsyncLimit: Sendable {
                     state.available -= 1
                     return nil
                 }
+                guard state.waiters.count < maxWaiters else { return 0 }
                 state.nextID += 1
                 state.waiters.append(Waiter(id: state.nextID, continuation: continuation))
                 return state.nextID
             }
             guard let id else { return continuation.resume(returning: true) }
+            guard id != 0 else { return continuation.resume(returning: false) }  // the queue is full
             // Whoever takes the waiter out of the list resumes it: a release (true) or this
             // timer (false); the other finds it gone.
             let expiry = LoopTimer(loop: loop) { [self] in

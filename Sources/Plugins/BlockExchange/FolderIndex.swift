@@ -46,6 +46,10 @@ public final class FolderIndex: Sendable {
     /// manifest root.
     @discardableResult
     public func index(_ relative: String) throws(Failure) -> ChunkID {
+        try index(relative, attempts: 3)
+    }
+
+    private func index(_ relative: String, attempts: Int) throws(Failure) -> ChunkID {
         let path = folder + "/" + relative
         guard let stamp = Stamp(path: path) else { throw Failure(description: "\(relative) is not a regular file in \(folder)") }
         let current: [UInt8]? = try wrapped {
@@ -61,8 +65,12 @@ public final class FolderIndex: Sendable {
         } catch {
             throw Failure(description: error.description)
         }
-        // The file may have changed while it was read: only a stamp that held is recorded.
-        guard Stamp(path: path) == stamp else { return try index(relative) }
+        // The file may have changed while it was read: only a stamp that held is recorded. A
+        // file written all the time (a log) is left for a later pass after a few tries.
+        guard Stamp(path: path) == stamp else {
+            guard attempts > 1 else { throw Failure(description: "\(relative) kept changing while it was read; not indexed now") }
+            return try index(relative, attempts: attempts - 1)
+        }
         let root = chunked.manifest.root
         try wrapped {
             try database.readNow { connection in
@@ -84,8 +92,16 @@ public final class FolderIndex: Sendable {
     /// aside) and forgets files that are gone. Returns how many files are indexed.
     @discardableResult
     public func indexAll() throws(Failure) -> Int {
-        let present = Self.files(under: folder)
-        for relative in present { try index(relative) }
+        var present = Self.files(under: folder)
+        // A file that vanished or keeps changing meanwhile is skipped, not the whole index.
+        present = present.filter { relative in
+            do {
+                try index(relative)
+                return true
+            } catch {
+                return false
+            }
+        }
         let known: [String] = try wrapped { try database.readNow { try $0.query("SELECT path FROM files", []) { $0.text(0) } } }
         let gone = Set(known).subtracting(present)
         try wrapped {

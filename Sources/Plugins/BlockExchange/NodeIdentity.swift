@@ -21,9 +21,11 @@ public struct NodeID: Hashable, Sendable, CustomStringConvertible {
         self.init(bytes: digest.finalize())
     }
 
-    /// The ID of whoever holds the key in `certificate` (an X509 *).
-    public init(certificate: OpaquePointer) {
-        self.init(publicKey: CertificateFactory.publicKey(of: certificate) ?? [])
+    /// The ID of whoever holds the key in `certificate` (an X509 *); nil for a certificate
+    /// without a key (never an ID of nothing).
+    public init?(certificate: OpaquePointer) {
+        guard let key = CertificateFactory.publicKey(of: certificate) else { return nil }
+        self.init(publicKey: key)
     }
 
     static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".utf8)
@@ -87,7 +89,8 @@ public enum NodeIdentity {
         defer { X509_free(certificate) }
         try CertificateFactory.write(key: key, to: directory + "/" + keyFile)
         try CertificateFactory.write(certificate: certificate, to: directory + "/" + certificateFile)
-        return NodeID(certificate: certificate)
+        guard let id = NodeID(certificate: certificate) else { throw CertificateFactory.Failure("the new certificate has no public key") }
+        return id
     }
 
     /// The ID of the identity in `directory`.
@@ -101,6 +104,7 @@ public enum NodeIdentity {
             throw CertificateFactory.Failure("\(path) is not a PEM certificate")
         }
         defer { X509_free(certificate) }
-        return NodeID(certificate: certificate)
+        guard let id = NodeID(certificate: certificate) else { throw CertificateFactory.Failure("\(path) holds no public key") }
+        return id
     }
 }

@@ -63,17 +63,15 @@ final class PeerNetwork: Sendable {
         while !stopping.load(ordering: .relaxed) {
             do {
                 let stream = try await dialer.dial(peer.address, on: loop, tls: client)
-                guard let tls = stream as? TLSStream, let key = tls.peerPublicKey else {
-                    stream.abort()
-                    continue
-                }
-                let id = NodeID(publicKey: key)
-                if id != peer.id {
-                    logger.warning("the node at \(peer.address) is \(id), not the configured \(peer.id): not connecting")
-                    stream.abort()
-                } else {
+                let tls = stream as? TLSStream
+                let id = tls?.peerPublicKey.map { NodeID(publicKey: $0) }
+                if let tls, let id, id == peer.id {
                     backoff = .milliseconds(250)
                     await run(tls, peer: id)
+                } else {
+                    // No key, or another node's: never a tight loop — the back-off below.
+                    logger.warning("the node at \(peer.address) is \(id.map { "\($0)" } ?? "without a key"), not the configured \(peer.id): not connecting")
+                    stream.abort()
                 }
             } catch {
                 logger.debug("p2p peer not reachable", metadata: ["peer": "\(peer.id)", "error": "\(error)"])

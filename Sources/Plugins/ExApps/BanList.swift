@@ -46,15 +46,19 @@ final class BanList: Sendable {
         let now = EventLoop.preciseNanos()
         state.withLock { state in
             if state.failures.count >= state.sweepAt {
-                // Failures older than the window no longer count; IPs left with none go.
+                // Failures older than the window no longer count; IPs left with none go (and
+                // a ban that ended unseen leaves the gauge).
+                let banCount = count
+                let bannedBefore = state.failures.values.lazy.filter { $0.count >= banCount }.count
                 state.failures = state.failures.compactMapValues { times in
                     let recent = times.filter { now &- $0 <= window }
                     return recent.isEmpty ? nil : recent
                 }
+                let bannedAfter = state.failures.values.lazy.filter { $0.count >= banCount }.count
+                for _ in 0..<max(0, bannedBefore - bannedAfter) { metrics.banEnded() }
                 // Still that many within the window (forged X-Forwarded-For behind a trusted
                 // proxy): IPs that are not banned are forgotten, bans are kept.
                 if state.failures.count >= Self.minimumSweep {
-                    let banCount = count
                     state.failures = state.failures.filter { $0.value.count >= banCount }
                 }
                 state.sweepAt = max(Self.minimumSweep, state.failures.count * 2)

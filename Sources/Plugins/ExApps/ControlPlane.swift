@@ -92,6 +92,8 @@ struct ControlPlane {
     private func dockerPassthrough(_ request: inout HTTPRequestHead, port portText: String, targetPath: String,
                                    query: String) -> ExAppsGateway.Decided {
         guard let port = Int(portText), (1...65535).contains(port) else { return ExAppsGateway.unavailable }
+        // Checked on the decoded path, as the Engine routes it (it decodes before matching:
+        // an image reference may come with its slashes encoded).
         guard DockerAllowList.allows(method: request.method, path: PercentEncoding.decode(targetPath)) else {
             return ExAppsGateway.forbidden
         }
@@ -124,12 +126,13 @@ enum DockerAllowList {
         switch method {
         case "GET":
             if rest == "/_ping" || rest == "/version" { return true }
-            if rest.hasPrefix("/images/"), rest.dropFirst("/images/".count).contains("/json") { return true }
+            // An image reference may hold slashes (ghcr.io/org/app:1): what ends in /json.
+            if rest.hasPrefix("/images/"), rest.hasSuffix("/json"), rest.count > "/images//json".count { return true }
             if rest.hasPrefix("/containers/nc_app_") {
                 let name = rest.dropFirst("/containers/nc_app_".count).prefix { $0 != "/" }
                 let after = rest.dropFirst("/containers/nc_app_".count + name.count)
                 return !name.isEmpty && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) }
-                    && (after.hasPrefix("/json") || after.hasPrefix("/logs"))
+                    && (after == "/json" || after == "/logs")
             }
             return false
         case "HEAD":

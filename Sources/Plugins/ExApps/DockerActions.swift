@@ -36,6 +36,11 @@ struct DockerActions: Sendable {
         let engine = Engine(client: client, upstream: Upstream(address: .ipv4(host: UInt32(0x7f000001).bigEndian, port: port)), port: port, loop: loop)
         let instance = payload["instance_id"] as? String ?? ""
         let role = payload["role_suffix"] as? String ?? ""
+        // They become Engine URL paths: Docker's own name characters only.
+        for (field, value) in [("name", name), ("instance_id", instance), ("role_suffix", role)]
+        where !value.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) }) {
+            return Self.text(400, "Payload validation error: \(field): only letters, digits, '_', '.' and '-'")
+        }
         let base = instance.isEmpty ? name : "\(instance)_\(name)"
         let container = "nc_app_" + base + (role.isEmpty ? "" : "_\(role)")
         let volume = "nc_app_\(base)_data"

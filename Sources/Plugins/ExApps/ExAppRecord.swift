@@ -54,7 +54,7 @@ struct ExAppRecord: Sendable {
     }
 
     /// An integer, or a string holding one (never a fraction, never a JSON true/false).
-    private static func integer(_ value: Any?) -> Int? {
+    static func integer(_ value: Any?) -> Int? {
         if let number = value as? NSNumber, !Self.isBoolean(number) {
             let double = number.doubleValue
             return double == double.rounded() ? Int(exactly: double) : nil

@@ -128,7 +128,8 @@ public struct ExAppsConfiguration: Codable, Sendable {
 /// HaRP's rules for the shared key: printable ASCII, one pair of surrounding quotes removed,
 /// and no `"` or `\` left (it is written into configuration files).
 enum SharedKey {
-    /// Trailing newlines dropped (a file written with `echo`), surrounding quotes removed.
+    /// Trailing newlines dropped (a file written with `echo`); then a leading and a trailing
+    /// quote each removed (HaRP's `sed` does the two independently).
     static func cleaned(_ raw: String) -> String {
         var key = Substring(raw)
         while key.last == "\n" || key.last == "\r" { key = key.dropLast() }

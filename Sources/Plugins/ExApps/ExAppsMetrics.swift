@@ -29,8 +29,16 @@ struct ExAppsMetrics: Sendable {
             .recordNanoseconds(Int64(nanoseconds))
     }
 
+    private let failures: [String: Counter] = Dictionary(uniqueKeysWithValues: ExAppsMetrics.failureReasons.map { reason in
+        (reason, Counter(label: "harp_exapps_failures_total", dimensions: [("reason", reason)]))
+    })
+    static let failureReasons = ["traversal", "no_app", "control_key", "appapi_key", "unknown_app", "internal_route", "no_route",
+                                 "forbidden", "bruteforce_status", "frp_key"]
+
+    /// One failure counted toward a ban (one of `failureReasons`; counters made once, as for
+    /// decisions: a flood of failures is exactly when they run most).
     func failure(_ reason: String) {
-        Counter(label: "harp_exapps_failures_total", dimensions: [("reason", reason)]).increment()
+        failures[reason]?.increment()
     }
 
     func banStarted() { bansActive.increment() }

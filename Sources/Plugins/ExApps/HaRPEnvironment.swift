@@ -184,6 +184,10 @@ enum HaRPEnvironment {
         guard let number = Double(digits), let factor = scale[unit] else {
             throw .environment(variable: variable, reason: "'\(text)': expected a time like 30s, 500ms, 5m or 1h (a bare number is milliseconds)")
         }
+        // Over a year is a typo, not a timeout (and would overflow).
+        guard number * factor <= 366 * 86_400_000 else {
+            throw .environment(variable: variable, reason: "'\(text)' is more than a year")
+        }
         let milliseconds = Int((number * factor).rounded(.up))
         return milliseconds == 0 ? "576h" : "\(milliseconds)ms"
     }

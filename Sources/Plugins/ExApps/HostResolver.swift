@@ -20,9 +20,3 @@ enum HostResolver {
         }
     }
 }
-
-extension Duration {
-    var nanoseconds: UInt64 {
-        UInt64(max(0, components.seconds)) * 1_000_000_000 + UInt64(max(0, components.attoseconds) / 1_000_000_000)
-    }
-}

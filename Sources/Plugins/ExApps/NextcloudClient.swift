@@ -116,8 +116,7 @@ final class NextcloudClient: Sendable {
         case 200:
             guard let object = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] else { return .failed }
             let id = object["user_id"] as? String ?? ""
-            let rawLevel = (object["access_level"] as? Int) ?? (object["access_level"] as? String).flatMap { Int($0) } ?? 0
-            guard let level = AccessLevel(rawValue: rawLevel) else { return .failed }
+            guard let level = AccessLevel(rawValue: ExAppRecord.integer(object["access_level"] ?? 0) ?? -1) else { return .failed }
             return .user(NextcloudUser(id: id, level: level))
         case 400..<500:
             return .anonymous

@@ -80,6 +80,16 @@ enum PercentEncoding {
         return out
     }
 
+    /// A hex digit's value (signs, which `UInt8(_:radix:)` would take, are not digits).
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
     /// `%XX` sequences decoded; a malformed one is kept as written.
     static func decode<S: StringProtocol>(_ text: S) -> String {
         let bytes = Array(text.utf8)
@@ -88,8 +98,8 @@ enum PercentEncoding {
         var index = 0
         while index < bytes.count {
             if bytes[index] == UInt8(ascii: "%"), index + 2 < bytes.count,
-               let value = UInt8(String(decoding: bytes[index + 1...index + 2], as: UTF8.self), radix: 16) {
-                out.append(value)
+               let high = hexValue(bytes[index + 1]), let low = hexValue(bytes[index + 2]) {
+                out.append(high << 4 | low)
                 index += 3
             } else {
                 out.append(bytes[index])
