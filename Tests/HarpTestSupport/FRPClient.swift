@@ -16,6 +16,7 @@ public final class FRPClient: @unchecked Sendable {
     public let process = Process()
     private let output = LogText()
     public let configPath: String
+    private let pipe: Pipe
 
     /// The frpc binary: `FRPC_BINARY`, else where install-deps unpacks it.
     public static var binary: String {
@@ -37,6 +38,7 @@ public final class FRPClient: @unchecked Sendable {
             process.arguments = ["tunnel", "--config", configPath]
         }
         let pipe = Pipe()
+        self.pipe = pipe
         process.standardOutput = pipe
         process.standardError = pipe
         let output = self.output
@@ -83,6 +85,7 @@ public final class FRPClient: @unchecked Sendable {
             Glibc.kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
+        pipe.fileHandleForReading.readabilityHandler = nil  // see HarpProcess.pipes
         try? FileManager.default.removeItem(atPath: configPath)
     }
 }

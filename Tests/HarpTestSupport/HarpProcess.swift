@@ -9,6 +9,10 @@ public final class HarpProcess: @unchecked Sendable {
     private var stdoutText = ""
     private var stderrText = ""
     public let configPath: String?
+    /// The output pipes, whose readability handlers are removed before they go: a handler
+    /// left on a pipe that is freed can fire into freed memory in libdispatch (a test run
+    /// crashed in `_dispatch_event_loop_drain` with many processes coming and going).
+    private let pipes: [Pipe]
 
     /// The built `harp` executable: `HARP_BINARY`, else next to the test bundle (SwiftPM
     /// puts products and the test runner in the same folder), else `.build/debug/harp`.
@@ -43,6 +47,7 @@ public final class HarpProcess: @unchecked Sendable {
         env.merge(environment) { $1 }
         process.environment = env
         let out = Pipe(), err = Pipe()
+        pipes = [out, err]
         process.standardOutput = out
         process.standardError = err
         out.fileHandleForReading.readabilityHandler = { [weak self] handle in
@@ -59,7 +64,11 @@ public final class HarpProcess: @unchecked Sendable {
     }
 
     deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        for pipe in pipes { pipe.fileHandleForReading.readabilityHandler = nil }
         if let configPath { try? FileManager.default.removeItem(atPath: configPath) }
     }
 
