@@ -16,7 +16,11 @@ final class PeerNetwork: Sendable {
     private let server: TLSContext
     private let client: TLSContext
     private let allowed: [NodeID: SocketAddress]
-    private let connected = Mutex<Set<NodeID>>([])
+    /// Live connections by peer (a count: during a restart an old and a new connection to one
+    /// peer may overlap), and every stream and back-off timer, so that `stop` can end them.
+    private let connected = Mutex<[NodeID: Int]>([:])
+    private let streams = Mutex<[ObjectIdentifier: TLSStream]>([:])
+    private let sleepers = Mutex<[ObjectIdentifier: (loop: EventLoop, timer: AsyncCompletion)]>([:])
     private let stopping = Atomic<Bool>(false)
     private let peersGauge = Meter(label: "harp_p2p_peers_connected")
     static let alpn = ["harp-p2p/1"]
@@ -32,7 +36,7 @@ final class PeerNetwork: Sendable {
         allowed = Dictionary(configuration.peers.map { ($0.id, $0.address) }, uniquingKeysWith: { first, _ in first })
     }
 
-    var connectedPeers: Set<NodeID> { connected.withLock { $0 } }
+    var connectedPeers: Set<NodeID> { connected.withLock { Set($0.keys) } }
 
     /// An accepted connection: handshake, admission, Hello, then held until it ends.
     func accept(_ socket: SocketStream) async {
@@ -59,6 +63,8 @@ final class PeerNetwork: Sendable {
     func maintain(_ peer: StorageConfiguration.Peer, on loop: EventLoop) async {
         let dialer = Dialer(connectTimeout: Self.handshakeTimeout)
         let timer = AsyncCompletion()
+        sleepers.withLock { $0[ObjectIdentifier(timer)] = (loop, timer) }
+        defer { sleepers.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(timer)) } }
         var backoff: Duration = .milliseconds(250)
         while !stopping.load(ordering: .relaxed) {
             do {
@@ -109,15 +115,37 @@ final class PeerNetwork: Sendable {
             logger.info("peer \(id) sent no Hello")
             return stream.abort()
         }
-        let fresh = connected.withLock { $0.insert(id).inserted }
-        if fresh { peersGauge.increment() }
+        let key = ObjectIdentifier(stream)
+        streams.withLock { $0[key] = stream }
+        if stopping.load(ordering: .relaxed) { stream.abort() }  // `stop` may have run meanwhile
+        let first = connected.withLock { connected -> Bool in
+            connected[id, default: 0] += 1
+            return connected[id] == 1
+        }
+        if first { peersGauge.increment() }
         logger.info("peer connected \(id)")
         // Nothing else is spoken yet: wait for the end of the connection.
         while await reader.fill(timeout: nil) > 0 { reader.buffer.consume(reader.buffer.count) }
-        if connected.withLock({ $0.remove(id) }) != nil { peersGauge.decrement() }
+        streams.withLock { _ = $0.removeValue(forKey: key) }
+        let last = connected.withLock { connected -> Bool in
+            connected[id, default: 1] -= 1
+            if connected[id] == 0 { connected[id] = nil }
+            return connected[id] == nil
+        }
+        if last { peersGauge.decrement() }
         logger.info("peer disconnected \(id)")
         stream.abort()
     }
 
-    func stop() { stopping.store(true, ordering: .relaxed) }
+    /// Ends every peer connection and back-off wait, each on its own loop, so that shutdown
+    /// does not wait out its grace period for connections that never end by themselves.
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        for stream in streams.withLock({ Array($0.values) }) {
+            stream.loop.spawn { stream.abort() }
+        }
+        for (loop, timer) in sleepers.withLock({ Array($0.values) }) {
+            loop.spawn { if timer.isPending { loop.cancel(timer) } }
+        }
+    }
 }
