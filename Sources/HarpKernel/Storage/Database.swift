@@ -77,79 +77,26 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// The thread that owns the connection, and its queue of jobs.
+/// The connection and the thread that owns it (`WorkerThread`): every use of the connection
+/// is a job on that thread, and the connection is closed there too.
 final class DatabaseWorker: @unchecked Sendable {
-    // @unchecked Sendable: `jobs` is behind its mutex; `connection` is set once before any
-    // job but the opening one runs, and then used only on the worker thread.
-    private let jobs = Mutex<(queue: [@Sendable () -> Void], stopping: Bool)>(([], false))
-    private let pending = DispatchSemaphore(value: 0)
+    // @unchecked Sendable: `connection` is set once before any job but the opening one runs,
+    // and then used only on the worker thread.
+    private let thread = WorkerThread()
     var connection: Connection?
 
-    init() {
-        let unmanaged = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<DatabaseWorker>.fromOpaque(raw!).takeRetainedValue().loop()
-            return nil
-        }, unmanaged.toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
-    }
-
-    private func loop() {
-        while true {
-            pending.wait()
-            let (job, stop) = jobs.withLock { state -> ((@Sendable () -> Void)?, Bool) in
-                state.queue.isEmpty ? (nil, state.stopping) : (state.queue.removeFirst(), false)
-            }
-            if let job { job() } else if stop {
-                connection = nil  // closes the database on its own thread
-                return
-            }
-        }
-    }
-
-    private func enqueue(_ job: @escaping @Sendable () -> Void) {
-        jobs.withLock { $0.queue.append(job) }
-        pending.signal()
-    }
-
     func stop() {
-        jobs.withLock { $0.stopping = true }
-        pending.signal()
+        thread.enqueue { [self] in connection = nil }  // closes the database on its own thread
+        thread.stop()
     }
 
     func run<T: Sendable>(_ body: @escaping @Sendable (Connection) throws(DatabaseError) -> T) async -> Result<T, DatabaseError> {
-        await withCheckedContinuation { continuation in
-            enqueue { [self] in
-                continuation.resume(returning: Result { () throws(DatabaseError) -> T in try body(connection!) })
-            }
-        }
+        await thread.run { [self] in Result { () throws(DatabaseError) -> T in try body(connection!) } }
     }
 
     /// Runs `body` on the worker and waits for it (the caller is not a loop).
     func runSync<T>(_ body: () -> T) -> T {
-        withoutActuallyEscaping(body) { body in
-            let done = DispatchSemaphore(value: 0)
-            let box = Box(body)
-            enqueue {
-                box.result = box.body!()
-                // Dropped before the caller goes on: the job closure outlives this call in the
-                // worker's hands, and `body` must not (it is not really escaping).
-                box.body = nil
-                done.signal()
-            }
-            done.wait()
-            return box.result!
-        }
-    }
-
-    private final class Box<V>: @unchecked Sendable {
-        // @unchecked Sendable: the worker runs `body` and writes `result` before it signals;
-        // the caller reads it after the wait.
-        var body: (() -> V)?
-        var result: V?
-        init(_ body: @escaping () -> V) { self.body = body }
+        thread.runSync(body)
     }
 }
 

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import HarpKernel
 import Logging
 
@@ -20,6 +19,8 @@ public final class BlockExchangePlugin: Plugin {
     let index: FolderIndex
     let network: PeerNetwork
     private let listeners: ListenerSet
+    /// Indexing runs here: a large folder takes a while, and it is all file reads.
+    private let indexer = WorkerThread()
 
     public init(configuration: StorageConfiguration, context: PluginContext) throws {
         self.configuration = configuration
@@ -56,7 +57,7 @@ public final class BlockExchangePlugin: Plugin {
         }
         let index = self.index
         let logger = context.logger
-        DispatchQueue.global().async {
+        indexer.enqueue {
             do {
                 let files = try index.indexAll()
                 let counts = try index.counts()
@@ -68,6 +69,7 @@ public final class BlockExchangePlugin: Plugin {
     }
 
     public func stopAccepting() async {
+        indexer.stop()
         network.stop()
         await listeners.stop()
     }

@@ -225,16 +225,16 @@ struct DockerActions: Sendable {
             _ = try await engine.exec(container, redHat ? ["update-ca-trust", "extract"] : ["update-ca-certificates"])
         }
         if frp, let directory = certificateDirectory {
-            var archive = TarArchive()
-            var complete = true
-            for file in ["ca.crt", "client.crt", "client.key"] {
-                guard let data = FileManager.default.contents(atPath: "\(directory)/\(file)") else {
-                    complete = false
-                    break
+            // Read off the loop; all three or none (HaRP skips the copy when one is missing).
+            let files = ["ca.crt", "client.crt", "client.key"]
+            let contents = await BlockingWork.run { files.compactMap { FileManager.default.contents(atPath: "\(directory)/\($0)") } }
+            if contents.count == files.count {
+                var archive = TarArchive()
+                for (file, data) in zip(files, contents) {
+                    archive.add("certs/frp/\(file)", Array(data), mode: file.hasSuffix(".key") ? 0o600 : 0o644)
                 }
-                archive.add("certs/frp/\(file)", Array(data), mode: file.hasSuffix(".key") ? 0o600 : 0o644)
+                try await engine.putArchive(container, archive.finished())
             }
-            if complete { try await engine.putArchive(container, archive.finished()) }
         }
         if !running { _ = try await engine.call("POST", "/containers/\(container)/stop") }
         return Reply(status: 204, body: [])

@@ -1,3 +1,4 @@
+import Foundation
 import HTTPProxy
 import HarpKernel
 import Synchronization
@@ -86,6 +87,14 @@ struct ExAppEntry: Sendable {
     let record: ExAppRecord
     /// nil when the host could not be resolved (requests get 404, like HaRP).
     let upstream: Upstream?
+    /// AppAPI's signature for an anonymous user, base64(":<token>"): made once, not per request.
+    let anonymousAuthorization: String
+
+    init(record: ExAppRecord, upstream: Upstream?) {
+        self.record = record
+        self.upstream = upstream
+        anonymousAuthorization = Data(":\(record.token)".utf8).base64EncodedString()
+    }
 
     /// Resolves `record.host`: an IP literal at once, a name on a thread of its own
     /// (getaddrinfo blocks), IPv4 preferred.

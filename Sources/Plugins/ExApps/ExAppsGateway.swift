@@ -120,7 +120,7 @@ struct ExAppsGateway: RouteProvider {
             exchange.context = BruteforceWatch(ip: ip, statuses: route.bruteforceStatuses)
         }
         // 9. AppAPI's signature: base64("<user id>:<app secret>"), the user empty when anonymous.
-        let authorization = Data("\(user?.id ?? ""):\(entry.record.token)".utf8).base64EncodedString()
+        let authorization = user.map { Data("\($0.id):\(entry.record.token)".utf8).base64EncodedString() } ?? entry.anonymousAuthorization
         return forward(&request, entry, appID: appID, targetPath: targetPath, query: query, authorization: authorization)
     }
 

@@ -24,10 +24,8 @@ public final class ExAppsPlugin: Plugin {
     }
 
     let state: ExAppsState
-    let context: PluginContext
 
     public init(configuration: ExAppsConfiguration, context: PluginContext) throws {
-        self.context = context
         guard let http = context.dependency(HTTPProxyPlugin.self) else {
             throw ConfigError.plugins("exapps needs the http plugin")
         }

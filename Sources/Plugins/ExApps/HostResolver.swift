@@ -1,10 +1,10 @@
-import Foundation
 import HTTPProxy
 import HarpKernel
 
 /// Turns an ExApp's host and port into an upstream. FRP-published apps are `127.0.0.1`;
-/// Docker-network apps are container names, looked up with getaddrinfo on a thread of their
-/// own (it blocks; a loop thread never waits for DNS), IPv4 preferred, once per record.
+/// Docker-network apps are container names, looked up with getaddrinfo on the kernel's
+/// `BlockingWork` threads (it blocks; a loop thread never waits for DNS), IPv4 preferred,
+/// once per record.
 enum HostResolver {
     static func upstream(host: String, port: Int) async -> Upstream? {
         guard (1...65535).contains(port) else { return nil }
@@ -15,8 +15,6 @@ enum HostResolver {
         guard !host.isEmpty else { return nil }
         let text = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         if IPRange.bytes(of: host) != nil { return try? SocketAddress(parsing: text) }
-        return await withCheckedContinuation { continuation in
-            Thread { continuation.resume(returning: try? SocketAddress(parsing: text)) }.start()
-        }
+        return await BlockingWork.run { try? SocketAddress(parsing: text) }
     }
 }

@@ -64,7 +64,8 @@ public final class HTTPClient: @unchecked Sendable {
     /// Sends one request to `upstream` and returns the response. `target` is the path and
     /// query; `Host` defaults to the upstream's authority and `Content-Length` is set from
     /// `body`. A kept-alive connection that turns out closed before any response byte is
-    /// replaced by a fresh one and the request sent again (harp holds the whole body).
+    /// replaced by a fresh one and the request sent again (harp holds the whole body). The
+    /// whole call — a retry included — ends within `timeout` (default `responseTimeout`).
     public func request(_ method: String, _ upstream: Upstream, target: String, headers: [(String, String)] = [],
                         body: [UInt8] = [], timeout: Duration? = nil, on loop: EventLoop) async throws(HTTPClientError) -> HTTPClientResponse {
         loop.assertInLoop()
@@ -76,6 +77,7 @@ public final class HTTPClient: @unchecked Sendable {
         HeadWriter.request(head, into: &bytes)
         bytes.append(contentsOf: body)
         let pool = pools[loop.index]
+        let deadline = loop.now &+ (timeout ?? responseTimeout).nanoseconds
         var fresh = false
         while true {
             let stream: any ByteStream
@@ -90,7 +92,7 @@ public final class HTTPClient: @unchecked Sendable {
                     throw .connect(error)
                 }
             }
-            switch await exchange(bytes, method: method, timeout: timeout ?? responseTimeout, on: stream) {
+            switch await exchange(bytes, method: method, until: deadline, on: stream) {
             case .success(let (response, keepAlive)):
                 if keepAlive { pool.give(stream, to: upstream) } else { stream.abort() }
                 return response
@@ -105,19 +107,18 @@ public final class HTTPClient: @unchecked Sendable {
         }
     }
 
-    /// One request and its whole response, all within `timeout`: a server that sends a
-    /// byte now and then must not hold the call (and every caller coalesced onto it) forever
-    /// — a per-read limit let a Nextcloud dribbling one byte every 5 s do that (hostile probe).
-    private func exchange(_ request: [UInt8], method: String, timeout: Duration,
+    /// One request and its whole response, all by `deadline` (the loop clock): a server that
+    /// sends a byte now and then must not hold the call (and every caller coalesced onto it)
+    /// forever — a per-read limit let a Nextcloud dribbling one byte every 5 s do that (hostile
+    /// probe).
+    private func exchange(_ request: [UInt8], method: String, until deadline: UInt64,
                           on stream: any ByteStream) async -> Result<(HTTPClientResponse, Bool), HTTPClientError> {
-        let deadline = stream.loop.now &+ UInt64(timeout.components.seconds) * 1_000_000_000
-            &+ UInt64(timeout.components.attoseconds / 1_000_000_000)
         /// What is left of the limit (at least 1 ms: a zero timeout would mean none).
         func remaining() -> Duration {
             let now = stream.loop.now
             return .nanoseconds(Int64(deadline > now ? max(deadline - now, 1_000_000) : 1_000_000))
         }
-        guard await stream.write(request, timeout: timeout) == 0 else { return .failure(.closedBeforeResponse) }
+        guard await stream.write(request, timeout: remaining()) == 0 else { return .failure(.closedBeforeResponse) }
         let reader = FramedReader(stream: stream, capacity: 64 * 1024 + maxBodySize)
         var decoder = ResponseHeadDecoder(parser: parser)
         var head: HTTPResponseHead
