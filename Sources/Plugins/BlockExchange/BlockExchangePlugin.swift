@@ -2,14 +2,14 @@ import ArgumentParser
 import HarpKernel
 import Logging
 
-/// `p2p`: the node's identity and the content index of its synced folder (FastCDC chunks,
-/// SHA-256 IDs, manifests and roots, in SQLite) — the base of peer-to-peer block exchange
-/// (docs/protocols/p2p.md) — and its peer connections (pinned-key TLS 1.3, admission by node
-/// ID, Hello). Block exchange over them is not built yet.
+/// `p2p`: a P2P storage node (docs/protocols/p2p.md) — its identity, the content index of its
+/// synced folder (FastCDC chunks, SHA-256 IDs, manifests and roots, in SQLite), peer
+/// connections (pinned-key TLS 1.3, admission by node ID, Hello), the block exchange over them
+/// (`Swarm`, `PeerSession`, `Transfer`) and the command socket `harp storage` talks to.
 public final class BlockExchangePlugin: Plugin {
     public static let name = "p2p"
     public static let section = "storage"
-    public static let summary = "P2P storage node: identity, folder content index, authenticated peer connections (block transfer not built yet)"
+    public static let summary = "P2P storage node: verified multi-peer chunk transfer between authenticated peers, folder content index"
     public static var defaultConfiguration: StorageConfiguration { StorageConfiguration() }
     public static let commands: [any ParsableCommand.Type] = [StorageCommand.self]
 
@@ -18,6 +18,8 @@ public final class BlockExchangePlugin: Plugin {
     public let node: NodeID
     let index: FolderIndex
     let network: PeerNetwork
+    let swarm: Swarm
+    private let control: ControlSocket
     private let listeners: ListenerSet
     /// Indexing runs here: a large folder takes a while, and it is all file reads.
     private let indexer = WorkerThread()
@@ -37,18 +39,21 @@ public final class BlockExchangePlugin: Plugin {
             throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: "\(error)")
         }
         index = FolderIndex(folder: configuration.folder, database: database)
+        swarm = Swarm(node: node, configuration: configuration, index: index, indexer: indexer, logger: context.logger)
         do {
-            network = try PeerNetwork(node: node, configuration: configuration, logger: context.logger)
+            network = try PeerNetwork(node: node, configuration: configuration, swarm: swarm, logger: context.logger)
         } catch {
             throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: "the node's certificate or key: \(error)")
         }
         listeners = ListenerSet(loops: context.loops, logger: context.logger)
+        control = ControlSocket(swarm: swarm, network: network, indexer: indexer, configuration: configuration, logger: context.logger)
     }
 
     /// Listens for peers, dials those it should (see `PeerNetwork`), and indexes the folder on
     /// a thread of its own (a large folder takes a while; the loops go on serving meanwhile).
     public func start() async throws {
         let network = self.network
+        try control.listen(on: listeners)
         try listeners.listen(on: configuration.listen) { socket in await network.accept(socket) }
         if let loop = context.loops.first {
             for peer in configuration.peers where node.bytes.lexicographicallyPrecedes(peer.id.bytes) {
@@ -66,15 +71,21 @@ public final class BlockExchangePlugin: Plugin {
                 logger.error("indexing the folder failed", metadata: ["error": "\(error)"])
             }
         }
+        swarm.resumeSaved()
     }
 
     public func stopAccepting() async {
         indexer.stop()
         network.stop()
         await listeners.stop()
+        control.remove()
+        swarm.stop()
     }
 
     public var endpoints: [String] {
-        ["node \(node)", "folder \(configuration.folder)"] + listeners.boundAddresses.map { "peers on \($0) (TLS 1.3, node IDs)" }
+        ["node \(node)", "folder \(configuration.folder)"] + listeners.boundAddresses.map {
+            if case .unix(let path) = $0 { return "commands on \(path)" }
+            return "peers on \($0) (TLS 1.3, node IDs)"
+        }
     }
 }

@@ -16,6 +16,7 @@ public final class FolderIndex: Sendable {
                              id BLOB NOT NULL, length INTEGER NOT NULL, PRIMARY KEY (path, offset));
         CREATE INDEX chunks_by_id ON chunks(id);
         """,
+        "CREATE INDEX files_by_root ON files(root);\n" + TransferStore.migration,
     ])
 
     public init(folder: String, database: Database) {
@@ -143,6 +144,54 @@ public final class FolderIndex: Sendable {
             if !reindexed { return nil }
         }
         return nil
+    }
+
+    /// The manifest of content the folder holds (any file with that root), or nil.
+    public func manifest(of root: ChunkID) throws(Failure) -> Manifest? {
+        try wrapped {
+            try database.readNow { connection -> Manifest? in
+                guard let path = try connection.query("SELECT path FROM files WHERE root = ? LIMIT 1", [.blob(root.bytes)], { $0.text(0) }).first
+                else { return nil }
+                let entries = try connection.query("SELECT id, length FROM chunks WHERE path = ? ORDER BY offset", [.text(path)]) { row in
+                    Manifest.Entry(id: ChunkID(bytes: row.blob(0)), length: Int(row.integer(1)))
+                }
+                let manifest = Manifest(entries: entries)
+                return manifest.root == root ? manifest : nil
+            }
+        }
+    }
+
+    /// Records a file whose chunks were all verified as they were written (a finished
+    /// download): no need to read it again.
+    public func record(_ relative: String, manifest: Manifest) throws(Failure) {
+        guard let stamp = Stamp(path: folder + "/" + relative) else { throw Failure(description: "\(relative) is not a regular file in \(folder)") }
+        try wrapped {
+            try database.readNow { connection in
+                try connection.transactionNow {
+                    try connection.run("DELETE FROM files WHERE path = ?", [.text(relative)])
+                    try connection.run("INSERT INTO files (path, size, mtime_ns, inode, root) VALUES (?, ?, ?, ?, ?)",
+                                       [.text(relative), .integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode), .blob(manifest.root.bytes)])
+                    var offset = 0
+                    for entry in manifest.entries {
+                        try connection.run("INSERT INTO chunks (path, offset, id, length) VALUES (?, ?, ?, ?)",
+                                           [.text(relative), .integer(Int64(offset)), .blob(entry.id.bytes), .integer(Int64(entry.length))])
+                        offset += entry.length
+                    }
+                }
+            }
+        }
+    }
+
+    /// The folder-relative form of `path` (absolute or relative to the folder), or nil when
+    /// it lies outside the folder.
+    public func relative(_ path: String) -> String? {
+        let base = folder.hasSuffix("/") ? String(folder.dropLast()) : folder
+        if path.hasPrefix("/") {
+            guard path.hasPrefix(base + "/") else { return nil }
+            let rest = String(path.dropFirst(base.count + 1))
+            return rest.isEmpty || rest.split(separator: "/").contains("..") ? nil : rest
+        }
+        return path.split(separator: "/").contains("..") ? nil : path
     }
 
     /// Counts for status lines.

@@ -37,6 +37,28 @@ public struct Manifest: Sendable, Equatable {
         return out
     }
 
+    public init(entries: [Entry]) {
+        self.entries = entries
+    }
+
+    /// Decodes a canonical encoding; nil when it is not one (wrong tag, a partial entry, a
+    /// chunk length outside the profile).
+    public init?(encoded bytes: [UInt8]) {
+        guard bytes.count >= Self.tag.count, Array(bytes[0..<Self.tag.count]) == Self.tag,
+              (bytes.count - Self.tag.count) % 40 == 0 else { return nil }
+        var entries: [Entry] = []
+        entries.reserveCapacity((bytes.count - Self.tag.count) / 40)
+        var offset = Self.tag.count
+        while offset < bytes.count {
+            let id = ChunkID(bytes: Array(bytes[offset..<offset + 32]))
+            let length = bytes[offset + 32..<offset + 40].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            guard length > 0, length <= UInt64(FastCDC.maximumSize) else { return nil }
+            entries.append(Entry(id: id, length: Int(length)))
+            offset += 40
+        }
+        self.entries = entries
+    }
+
     /// The content root: SHA-256 of the canonical encoding.
     public var root: ChunkID {
         let digest = SHA256()

@@ -2,18 +2,64 @@ import HarpKernel
 
 /// The P2P wire format inside the pinned-peer TLS stream: each frame is a type byte, a 32-bit
 /// big-endian body length, then the body. Bodies are bounded per type, so a peer cannot make
-/// a node buffer more than one chunk's worth; a chunk's bytes will follow its header as
-/// payload (the decoder reports header and payload lengths separately for that).
+/// a node buffer more than its largest metadata message; a chunk's bytes follow its 32-byte
+/// ID as payload, read straight into the chunk buffer (the decoder reports the ID as part of
+/// the header and the bytes as payload).
 enum PeerFrameType: UInt8, Sendable, CaseIterable {
     /// The first frame each side sends: magic, protocol version, capabilities.
     case hello = 1
+    /// root: "send me this content's manifest".
+    case getManifest = 2
+    /// root, flags, the manifest's canonical encoding (deflated when flags say so).
+    case manifest = 3
+    /// root: "I do not know this content".
+    case noManifest = 4
+    /// root: "which of its chunks do you hold?" — and from now on, tell me of new ones.
+    case haveQuery = 5
+    /// root, flags, a bitfield over the manifest's entries (deflated when flags say so).
+    case have = 6
+    /// root, then entry indices (u32 BE) that the sender has verified since.
+    case haveUpdate = 7
+    /// chunk ID: "send me this chunk".
+    case request = 8
+    /// chunk ID, then the chunk's bytes as payload.
+    case chunk = 9
+    /// chunk ID: "I cannot send it" (never had it, or its file changed).
+    case dontHave = 10
+    /// chunk ID: "I no longer want it" (it came from someone else).
+    case cancel = 11
+    /// 8 bytes, echoed in a pong: round-trip time and keepalive.
+    case ping = 12
+    case pong = 13
 
     /// The largest body a frame of this type may carry.
     var maximumBody: Int {
         switch self {
         case .hello: 64
+        case .getManifest, .noManifest, .haveQuery, .request, .dontHave, .cancel: 32
+        case .manifest: 33 + PeerLimits.manifestBytes
+        case .have: 33 + PeerLimits.manifestEntries / 8 + 1
+        case .haveUpdate: 32 + 4 * PeerLimits.updateIndices
+        case .chunk: 32 + FastCDC.maximumSize
+        case .ping, .pong: 8
         }
     }
+}
+
+enum PeerLimits {
+    /// A manifest's encoding: 16 MiB holds ~420,000 chunks (about 400 GiB at the average size).
+    static let manifestBytes = 16 << 20
+    static let manifestEntries = (manifestBytes - Manifest.tag.count) / 40
+    /// Indices per have-update frame.
+    static let updateIndices = 1024
+}
+
+/// Flag bits of manifest and have frames.
+enum PeerFrameFlags {
+    /// The rest of the body is zlib-deflated (sent only when that is smaller).
+    static let deflated: UInt8 = 1
+    /// A have frame: the sender holds every chunk (no bitfield follows).
+    static let complete: UInt8 = 2
 }
 
 struct PeerFrameHeader: Sendable, Equatable {
@@ -23,12 +69,19 @@ struct PeerFrameHeader: Sendable, Equatable {
     static let size = 5
 
     static func encode(_ type: PeerFrameType, body: [UInt8]) -> [UInt8] {
-        let length = UInt32(body.count)
-        return [type.rawValue, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)] + body
+        var out = header(type, length: body.count)
+        out += body
+        return out
+    }
+
+    static func header(_ type: PeerFrameType, length: Int) -> [UInt8] {
+        let length = UInt32(length)
+        return [type.rawValue, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
     }
 }
 
-/// Where the next frame ends; an unknown type or an oversize body ends the connection.
+/// Where the next frame ends; an unknown type or an oversize body ends the connection. A
+/// chunk frame's header includes its ID; its payload is the chunk's bytes.
 struct PeerFrameDecoder: FrameDecoder {
     func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<PeerFrameHeader, String> {
         guard bytes.count >= PeerFrameHeader.size else { return .needMore }
@@ -36,6 +89,11 @@ struct PeerFrameDecoder: FrameDecoder {
         let length = Int(UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 1, as: UInt32.self)))
         guard length <= type.maximumBody else {
             return .invalid("a \(type) frame of \(length) bytes (at most \(type.maximumBody))")
+        }
+        if type == .chunk {
+            guard length > 32 else { return .invalid("a chunk frame of \(length) bytes (an ID and at least one byte)") }
+            guard bytes.count >= PeerFrameHeader.size + 32 else { return .needMore }
+            return .frame(PeerFrameHeader(type: type, length: length), headerLength: PeerFrameHeader.size + 32, payloadLength: length - 32)
         }
         return .frame(PeerFrameHeader(type: type, length: length), headerLength: PeerFrameHeader.size, payloadLength: length)
     }

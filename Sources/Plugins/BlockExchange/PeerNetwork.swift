@@ -13,6 +13,7 @@ final class PeerNetwork: Sendable {
     let node: NodeID
     let configuration: StorageConfiguration
     let logger: Logger
+    let swarm: Swarm
     private let server: TLSContext
     private let client: TLSContext
     private let allowed: [NodeID: SocketAddress]
@@ -26,8 +27,9 @@ final class PeerNetwork: Sendable {
     static let alpn = ["harp-p2p/1"]
     static let handshakeTimeout: Duration = .seconds(10)
 
-    init(node: NodeID, configuration: StorageConfiguration, logger: Logger) throws(TLSError) {
+    init(node: NodeID, configuration: StorageConfiguration, swarm: Swarm, logger: Logger) throws(TLSError) {
         self.node = node
+        self.swarm = swarm
         self.configuration = configuration
         self.logger = logger
         let certificate = configuration.dir + "/" + NodeIdentity.certificateFile, key = configuration.dir + "/" + NodeIdentity.keyFile
@@ -88,10 +90,11 @@ final class PeerNetwork: Sendable {
         }
     }
 
-    /// Hello both ways, then the connection is held (frames beyond the Hello come with the
-    /// block exchange) until the peer goes or the node stops.
+    /// Hello both ways, then the block exchange (`PeerSession`) until the peer goes or the
+    /// node stops.
     private func run(_ stream: TLSStream, peer id: NodeID) async {
-        let reader = FramedReader(stream: stream, capacity: 64 * 1024)
+        // Room for the largest metadata frame; the buffer grows only as far as frames need.
+        let reader = FramedReader(stream: stream, capacity: PeerFrameHeader.size + PeerFrameType.manifest.maximumBody)
         guard await stream.write(PeerFrameHeader.encode(.hello, body: PeerHello().body), timeout: Self.handshakeTimeout) == 0 else {
             return stream.abort()
         }
@@ -124,8 +127,7 @@ final class PeerNetwork: Sendable {
         }
         if first { peersGauge.increment() }
         logger.info("peer connected \(id)")
-        // Nothing else is spoken yet: wait for the end of the connection.
-        while await reader.fill(timeout: nil) > 0 { reader.buffer.consume(reader.buffer.count) }
+        await PeerSession(peer: id, stream: stream, reader: reader, swarm: swarm).run()
         streams.withLock { _ = $0.removeValue(forKey: key) }
         let last = connected.withLock { connected -> Bool in
             connected[id, default: 1] -= 1

@@ -6,7 +6,7 @@ import HarpKernel
 /// `harp storage …`: the P2P node's commands.
 struct StorageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "storage", abstract: "The P2P storage node's commands.",
-                                                    subcommands: [Init.self, ID.self, Chunk.self])
+                                                    subcommands: [Init.self, ID.self, Add.self, Get.self, Status.self, Chunk.self])
 
     struct Init: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a node identity (Ed25519 key and certificate) in DIR; print its node ID.")
@@ -73,5 +73,118 @@ struct StorageCommand: ParsableCommand {
                 print("\(result.root.isEmpty ? "(no hash)" : result.root)  \(result.chunks) chunks, \(result.size) bytes, \(String(format: "%.2f", rate / 1e9)) GB/s")
             }
         }
+    }
+
+    /// Options of the commands that talk to a running node.
+    struct NodeOptions: ParsableArguments {
+        @Option(name: .long, help: "The node's TOML config file (as given to `harp serve`).")
+        var config: String?
+
+        @Flag(name: .long, help: "Print JSON.")
+        var json = false
+
+        /// The client for the node this config describes.
+        func client() throws -> StorageClient {
+            do {
+                let file = try ConfigFile.resolve(path: config, registry: PluginRegistry.executable, environment: ProcessEnvironment.current(),
+                                                  fallback: nil)
+                return StorageClient(path: try file.configuration(of: BlockExchangePlugin.self).dir + "/" + ControlSocket.fileName)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+    }
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Index a file in the node's folder; print its content root.")
+
+        @Argument(help: "The file (inside [storage] folder; absolute, or relative to the folder).")
+        var path: String
+
+        @OptionGroup var options: NodeOptions
+
+        func run() throws {
+            let client = try options.client()
+            let absolute = path.hasPrefix("/") || !FileManager.default.fileExists(atPath: path) ? path
+                : FileManager.default.currentDirectoryPath + "/" + path
+            let answer = try StorageCommand.calling { try client.call(["cmd": "add", "path": absolute]) }
+            if options.json { return StorageCommand.printJSON(answer) }
+            print("\(answer["root"] as? String ?? "")  \(answer["path"] as? String ?? "")  \(answer["size"] as? Int ?? 0) bytes")
+        }
+    }
+
+    struct Get: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Fetch content by its root from every connected peer that has it; verify it and move it into place.")
+
+        @Argument(help: "The content root (64 hex digits).")
+        var root: String
+
+        @Option(name: .long, help: "Where to put the file.")
+        var out: String
+
+        @OptionGroup var options: NodeOptions
+
+        func run() throws {
+            let client = try options.client()
+            let output = out.hasPrefix("/") ? out : FileManager.default.currentDirectoryPath + "/" + out
+            var bar = ProgressBar()
+            let terminal = isatty(2) == 1 && !options.json
+            let answer = try StorageCommand.calling {
+                try client.call(["cmd": "get", "root": root, "out": output]) { line in
+                    guard terminal, line["event"] as? String == "progress" else { return }
+                    bar.draw(bytes: line["bytes"] as? Int ?? 0, size: line["size"] as? Int ?? 0, rate: line["rate"] as? Int ?? 0,
+                             peers: line["peers"] as? Int ?? 0)
+                }
+            } finally: { bar.finish() }
+            if options.json { return StorageCommand.printJSON(answer) }
+            let size = answer["size"] as? Int ?? 0, seconds = answer["seconds"] as? Double ?? 0
+            let peers = (answer["bytes_by_peer"] as? [String: Int] ?? [:]).count
+            print("\(output): \(ProgressBar.bytes(size)) in \(String(format: "%.2f", seconds)) s from \(peers) peer\(peers == 1 ? "" : "s")")
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The node's peers (rates, chunks served and received) and downloads.")
+
+        @OptionGroup var options: NodeOptions
+
+        func run() throws {
+            let client = try options.client()
+            let answer = try StorageCommand.calling { try client.call(["cmd": "status"]) }
+            if options.json { return StorageCommand.printJSON(answer) }
+            print("node \(answer["node"] as? String ?? "?")  folder \(answer["folder"] as? String ?? "?")  "
+                  + "\(answer["files"] as? Int ?? 0) files, \(answer["chunks"] as? Int ?? 0) chunks")
+            for peer in answer["peers"] as? [[String: Any]] ?? [] {
+                func number(_ key: String) -> Int { peer[key] as? Int ?? 0 }
+                let id = peer["id"] as? String ?? "?", address = peer["address"] as? String ?? "?"
+                let state = peer["connected"] as? Bool == true ? "connected" : "not connected"
+                let up = "up \(ProgressBar.bytes(number("send_rate")))/s (\(number("chunks_sent")) chunks)"
+                let down = "down \(ProgressBar.bytes(number("receive_rate")))/s (\(number("chunks_received")) chunks)"
+                let bad = number("bad_chunks") > 0 ? "  \(number("bad_chunks")) bad" : ""
+                print("  peer \(id) at \(address): \(state)  \(up)  \(down)\(bad)")
+            }
+            for transfer in answer["transfers"] as? [[String: Any]] ?? [] {
+                func number(_ key: String) -> Int { transfer[key] as? Int ?? 0 }
+                let root = transfer["root"] as? String ?? "?", out = transfer["out"] as? String ?? "?"
+                print("  fetching \(root) into \(out): \(ProgressBar.bytes(number("bytes"))) of \(ProgressBar.bytes(number("size"))) from \(number("peers")) peers")
+            }
+        }
+    }
+
+    /// Runs a node call; its failure becomes the command's one-line error.
+    static func calling(_ body: () throws -> [String: Any], finally: () -> Void = {}) throws -> [String: Any] {
+        defer { finally() }
+        do {
+            return try body()
+        } catch let failure as StorageClient.Failure {
+            throw ValidationError(failure.description)
+        }
+    }
+
+    static func printJSON(_ object: [String: Any]) {
+        var clean = object
+        clean["done"] = nil
+        if let data = try? JSONSerialization.data(withJSONObject: clean, options: [.sortedKeys]) { print(String(decoding: data, as: UTF8.self)) }
     }
 }

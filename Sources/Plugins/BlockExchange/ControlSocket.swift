@@ -1,0 +1,198 @@
+import Foundation
+import Glibc
+import HarpKernel
+import Logging
+
+/// The node's command socket (`[storage] dir/harp.sock`, mode 0600): `harp storage add`,
+/// `get` and `status` send one JSON request line and read JSON lines back — progress while a
+/// download runs, then a last line with `"done": true` or an `"error"`. Whoever can open the
+/// socket can make the node write files, hence the mode.
+final class ControlSocket: Sendable {
+    let path: String
+    let swarm: Swarm
+    let network: PeerNetwork
+    let indexer: WorkerThread
+    let configuration: StorageConfiguration
+    let logger: Logger
+
+    static let fileName = "harp.sock"
+
+    init(swarm: Swarm, network: PeerNetwork, indexer: WorkerThread, configuration: StorageConfiguration, logger: Logger) {
+        path = configuration.dir + "/" + Self.fileName
+        self.swarm = swarm
+        self.network = network
+        self.indexer = indexer
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Binds the socket: a stale one (no node behind it) is replaced; a live one means
+    /// another node runs on this state directory, which is refused.
+    func listen(on listeners: ListenerSet) throws(ConfigError) {
+        if access(path, F_OK) == 0 {
+            if StorageClient.canConnect(path) {
+                throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: "another node is running on it (\(path) answers)")
+            }
+            unlink(path)
+        }
+        do {
+            try listeners.listen(on: .unix(path: path), loopCount: 1) { socket in await self.serve(socket) }
+        } catch {
+            throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: "cannot listen on \(path): \(error)")
+        }
+        chmod(path, 0o600)
+    }
+
+    func remove() { unlink(path) }
+
+    private func serve(_ socket: SocketStream) async {
+        defer { socket.abort() }
+        let reader = FramedReader(stream: socket, capacity: 64 * 1024)
+        var decoder = LineDecoder()
+        guard case .frame(let length, _, _) = await reader.next(&decoder, timeout: .seconds(10)) else { return }
+        let line = Data(reader.buffer.readable[0..<length])
+        guard let request = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any], let command = request["cmd"] as? String else {
+            return await send(["error": "not a JSON request"], to: socket)
+        }
+        switch command {
+        case "status": await send(status(), to: socket)
+        case "add": await add(request["path"] as? String ?? "", socket: socket)
+        case "get": await get(root: request["root"] as? String ?? "", output: request["out"] as? String ?? "", socket: socket)
+        default: await send(["error": "unknown command \(command)"], to: socket)
+        }
+    }
+
+    private func send(_ object: [String: Any], to socket: SocketStream) async {
+        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+        data.append(0x0A)
+        _ = await socket.write([UInt8](data), timeout: .seconds(10))
+    }
+
+    private func add(_ path: String, socket: SocketStream) async {
+        let index = swarm.index
+        guard let relative = index.relative(path) else {
+            return await send(["error": "\(path) is not inside the folder \(index.folder)"], to: socket)
+        }
+        let result: Result<(ChunkID, Int), FolderIndex.Failure> = await indexer.run {
+            Result { () throws(FolderIndex.Failure) -> (ChunkID, Int) in
+                let root = try index.index(relative)
+                return (root, try index.manifest(of: root)?.size ?? 0)
+            }
+        }
+        switch result {
+        case .success(let (root, size)): await send(["done": true, "root": root.description, "path": relative, "size": size], to: socket)
+        case .failure(let failure): await send(["error": failure.description], to: socket)
+        }
+    }
+
+    private func get(root text: String, output: String, socket: SocketStream) async {
+        guard let root = ChunkID(hex: text) else {
+            return await send(["error": "\(text) is not a content root (64 hex digits, as `harp storage add` prints)"], to: socket)
+        }
+        guard output.hasPrefix("/") else { return await send(["error": "the output path must be absolute"], to: socket) }
+        let loop = socket.loop
+        let timer = AsyncCompletion()
+        // Peers connect within a moment of a start: give them a few seconds.
+        var waited = 0
+        while swarm.connected.isEmpty && waited < 50 {
+            _ = await loop.sleep(for: .milliseconds(100), using: timer)
+            waited += 1
+        }
+        guard !swarm.connected.isEmpty else {
+            return await send(["error": "no peer is connected (\(configuration.peers.count) configured): check that they run and list this node in their [storage] peers"], to: socket)
+        }
+        let transfer: Transfer
+        do {
+            transfer = try swarm.start(root, output: output)
+        } catch {
+            return await send(["error": error.description], to: socket)
+        }
+        var lastProgress = (bytes: -1, at: EventLoop.preciseNanos())
+        var meter = RateMeter()
+        while true {
+            let snapshot = transfer.snapshot()
+            let now = EventLoop.preciseNanos()
+            switch snapshot.outcome {
+            case .complete:
+                let seconds = Double(now &- transfer.started) / 1e9
+                let peers = Dictionary(uniqueKeysWithValues: snapshot.bytesByPeer.map { ("\($0.key)", $0.value) })
+                return await send(["done": true, "root": root.description, "out": output, "size": snapshot.size, "seconds": seconds,
+                                   "bytes_by_peer": peers, "wasted_bytes": snapshot.wasted], to: socket)
+            case .failed(let reason):
+                return await send(["error": reason], to: socket)
+            case nil:
+                break
+            }
+            let connected = Set(swarm.connected.keys)
+            if !snapshot.hasManifest, !connected.isEmpty, connected.isSubset(of: transfer.peersWithoutManifest()) {
+                swarm.abandon(transfer, "no connected peer has \(root) (asked \(connected.count))")
+                continue
+            }
+            if snapshot.verifiedBytes != lastProgress.bytes {
+                if lastProgress.bytes >= 0 { meter.add(snapshot.verifiedBytes - lastProgress.bytes, now: now) }
+                lastProgress = (snapshot.verifiedBytes, now)
+            } else if now &- lastProgress.at > 15_000_000_000, snapshot.inFlight == 0 {
+                let reason = snapshot.hasManifest
+                    ? "\(snapshot.missingEverywhere) chunks of \(root) are on no connected peer"
+                    : "no connected peer sent the manifest of \(root)"
+                swarm.abandon(transfer, reason)
+                continue
+            }
+            await send(["event": "progress", "bytes": snapshot.verifiedBytes, "size": snapshot.size, "peers": snapshot.holders,
+                        "rate": Int(meter.current(now: now))], to: socket)
+            _ = await loop.sleep(for: .milliseconds(200), using: timer)
+        }
+    }
+
+    private func status() -> [String: Any] {
+        let statistics = swarm.statistics.snapshot()
+        let connected = swarm.connected
+        let now = EventLoop.preciseNanos()
+        let peers: [[String: Any]] = configuration.peers.map { peer in
+            let stats = statistics[peer.id] ?? PeerStatistics.Peer()
+            return ["id": "\(peer.id)", "address": "\(peer.address)", "connected": connected[peer.id] != nil,
+                    "bytes_sent": stats.bytesSent, "bytes_received": stats.bytesReceived,
+                    "chunks_sent": stats.chunksSent, "chunks_received": stats.chunksReceived, "bad_chunks": stats.badChunks,
+                    "send_rate": Int(stats.sending.current(now: now)), "receive_rate": Int(stats.receivingRate.current(now: now))]
+        }
+        let transfers: [[String: Any]] = swarm.activeTransfers().map { transfer in
+            let snapshot = transfer.snapshot()
+            return ["root": transfer.root.description, "out": transfer.output, "size": snapshot.size, "bytes": snapshot.verifiedBytes,
+                    "chunks": snapshot.chunks, "verified_chunks": snapshot.verifiedChunks, "peers": snapshot.holders]
+        }
+        let counts = try? swarm.index.counts()
+        return ["node": "\(swarm.node)", "folder": swarm.index.folder, "files": counts?.files ?? 0, "chunks": counts?.chunks ?? 0,
+                "peers": peers, "transfers": transfers]
+    }
+}
+
+/// One newline-terminated line (without the newline) as a frame.
+struct LineDecoder: FrameDecoder {
+    func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<Int, String> {
+        guard let end = bytes.firstIndex(of: 0x0A) else { return .needMore }
+        return .frame(end, headerLength: end + 1, payloadLength: 0)
+    }
+}
+
+extension ChunkID {
+    /// From 64 hex digits (as printed); nil otherwise.
+    init?(hex text: String) {
+        let digits = Array(text.utf8)
+        guard digits.count == 64 else { return nil }
+        var bytes: [UInt8] = []
+        for index in stride(from: 0, to: 64, by: 2) {
+            guard let high = Self.nibble(digits[index]), let low = Self.nibble(digits[index + 1]) else { return nil }
+            bytes.append(high << 4 | low)
+        }
+        self.init(bytes: bytes)
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}

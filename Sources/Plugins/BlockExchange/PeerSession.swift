@@ -1,0 +1,442 @@
+import Glibc
+import HarpKernel
+import Logging
+
+/// One admitted peer connection after the Hello: the block exchange over it (frames in
+/// PeerFrame.swift). Three kinds of task share it, all on its loop:
+///
+/// - the reader, which only reads and never waits for a write: two nodes trading chunks fill
+///   both directions at once, and a reader blocked on a send would deadlock with the other
+///   side's (every reply it causes is a task of its own, through the frame writer);
+/// - the server, which sends the chunks the peer asked for, in order, one at a time, paced by
+///   the upload limits (a cancel removes a request that is still queued);
+/// - the pinger: a ping every 10 s measures the round trip and keeps the peer talking, and a
+///   peer silent for 30 s is dropped.
+final class PeerSession: @unchecked Sendable {
+    // @unchecked Sendable: every stored var is used only on `loop`'s thread (the reader,
+    // server and pinger tasks and every `send` run there); other threads reach a session only
+    // through `spawn`-ing onto its loop.
+    let peer: NodeID
+    let stream: TLSStream
+    let swarm: Swarm
+    let logger: Logger
+    var loop: EventLoop { stream.loop }
+    private let reader: FramedReader
+    private let writer: FrameWriter
+
+    private var queue: [ChunkID] = []
+    private var queueHead = 0
+    private var servingNow: ChunkID?
+    private var cancelledNow = false
+    private lazy var serveWait = LoopWait(loop: loop)
+    private let serveTimer = AsyncCompletion()
+    private let fileRecord = AsyncCompletion()
+    private let writeRecord = AsyncCompletion()
+    private let paceTimer = AsyncCompletion()
+    private let pingTimer = AsyncCompletion()
+    private var serveBuffer: UnsafeMutableRawBufferPointer?
+    private var receiveBuffer: UnsafeMutableRawBufferPointer?
+
+    /// Roots the peer asked about: verified chunks of those are announced to it.
+    private(set) var interested: Set<ChunkID> = []
+    /// What we asked this peer for, and for which download.
+    private var outstanding: [ChunkID: Transfer] = [:]
+    private var receiving = RateMeter()
+    private var pingSentAt: UInt64 = 0
+    private(set) var roundTrip: Duration = .milliseconds(1)
+    private var filling = false
+    private var fillAgain = false
+    private var pendingReplies = 0
+    private(set) var closed = false
+
+    static let silence: Duration = .seconds(30)
+    static let pingInterval: Duration = .seconds(10)
+    /// Requests a peer may queue with us (a pipeline of 32 MiB is 128 minimum-size chunks).
+    static let maximumQueue = 1024
+    /// Replies that may wait for the writer before the peer counts as flooding us.
+    static let maximumPendingReplies = 256
+    /// A peer that sent this many chunks that did not hash to their IDs is disconnected.
+    static let maximumStrikes = 3
+
+    init(peer: NodeID, stream: TLSStream, reader: FramedReader, swarm: Swarm) {
+        self.peer = peer
+        self.stream = stream
+        self.reader = reader
+        self.swarm = swarm
+        logger = swarm.logger
+        writer = FrameWriter(stream: stream)
+    }
+
+    deinit {
+        serveBuffer?.deallocate()
+        receiveBuffer?.deallocate()
+    }
+
+    /// Serves the connection until it ends (or the node stops and aborts the stream).
+    func run() async {
+        swarm.attach(self)
+        let server = loop.spawn { await self.serve() }
+        let pinger = loop.spawn { await self.ping() }
+        let reason = await read()
+        closed = true
+        serveWait.signal()
+        if pingTimer.isPending { loop.cancel(pingTimer) }
+        if serveTimer.isPending { loop.cancel(serveTimer) }
+        stream.abort()
+        await server.value
+        await pinger.value
+        for (id, transfer) in outstanding { transfer.cancelled(id, at: peer) }
+        outstanding = [:]
+        swarm.detach(self, reason: reason)
+    }
+
+    // MARK: Reading
+
+    /// Reads frames until the connection ends; returns why it ended.
+    private func read() async -> String {
+        var decoder = PeerFrameDecoder()
+        while true {
+            switch await reader.next(&decoder, timeout: Self.silence) {
+            case .frame(let header, let headerLength, let payloadLength):
+                if header.type == .chunk {
+                    let id = ChunkID(bytes: Array(reader.buffer.readable[PeerFrameHeader.size..<headerLength]))
+                    reader.buffer.consume(headerLength)
+                    if let failure = await receiveChunk(id, length: payloadLength) { return failure }
+                    continue
+                }
+                while reader.buffer.count < headerLength + payloadLength {
+                    let got = await reader.fill(timeout: Self.silence)
+                    if got <= 0 { return got == -Int(ETIMEDOUT) ? "silent for \(Self.silence)" : "connection closed" }
+                }
+                let body = Array(reader.buffer.readable[headerLength..<headerLength + payloadLength])
+                reader.buffer.consume(headerLength + payloadLength)
+                if body.count > 64 * 1024 { reader.buffer.shrinkIfIdle() }
+                if let failure = handle(header.type, body) {
+                    logger.warning("peer \(peer) broke the protocol: \(failure); disconnected")
+                    return failure
+                }
+            case .invalid(let reason):
+                logger.warning("peer \(peer) broke the protocol: \(reason); disconnected")
+                return reason
+            case .full:
+                return "a frame larger than the read buffer"
+            case .ended(let code):
+                return code == -Int(ETIMEDOUT) ? "silent for \(Self.silence)" : code == 0 ? "connection closed" : "connection failed (\(code))"
+            }
+        }
+    }
+
+    /// One metadata or control frame; a message that breaks the protocol returns why.
+    private func handle(_ type: PeerFrameType, _ body: [UInt8]) -> String? {
+        switch type {
+        case .hello:
+            return "a second Hello"
+        case .getManifest:
+            guard body.count == 32 else { return "a manifest request of \(body.count) bytes" }
+            let root = ChunkID(bytes: body)
+            reply { session in await session.swarm.manifestFrame(for: root) }
+        case .manifest:
+            guard body.count >= 33 else { return "a manifest frame of \(body.count) bytes" }
+            let root = ChunkID(bytes: Array(body[0..<32]))
+            var encoded = Array(body[33...])
+            if body[32] & PeerFrameFlags.deflated != 0 {
+                guard let inflated = encoded.withUnsafeBytes({ Deflate.decompress($0, limit: PeerLimits.manifestBytes) }) else {
+                    return "a manifest that does not inflate"
+                }
+                encoded = inflated
+            }
+            guard let manifest = Manifest(encoded: encoded), manifest.root == root else {
+                return "a manifest that does not match its root \(root)"
+            }
+            swarm.received(manifest, from: self)
+        case .noManifest:
+            guard body.count == 32 else { return "a no-manifest frame of \(body.count) bytes" }
+            swarm.transfer(ChunkID(bytes: body))?.peerLacksManifest(peer)
+        case .haveQuery:
+            guard body.count == 32 else { return "a have query of \(body.count) bytes" }
+            let root = ChunkID(bytes: body)
+            interested.insert(root)
+            reply { session in await session.swarm.haveFrame(for: root) }
+        case .have:
+            guard body.count >= 33 else { return "a have frame of \(body.count) bytes" }
+            let root = ChunkID(bytes: Array(body[0..<32]))
+            let flags = body[32]
+            var entries: [UInt8]? = Array(body[33...])
+            if flags & PeerFrameFlags.complete != 0 {
+                entries = nil
+            } else if flags & PeerFrameFlags.deflated != 0 {
+                guard let inflated = body[33...].withUnsafeBytes({ Deflate.decompress($0, limit: PeerLimits.manifestEntries / 8 + 1) }) else {
+                    return "a have-list that does not inflate"
+                }
+                entries = inflated
+            }
+            guard let transfer = swarm.transfer(root) else { return nil }
+            transfer.peerHas(peer, entries: entries)
+            fillSoon()
+        case .haveUpdate:
+            guard body.count >= 32, (body.count - 32) % 4 == 0 else { return "a have-update of \(body.count) bytes" }
+            guard let transfer = swarm.transfer(ChunkID(bytes: Array(body[0..<32]))) else { return nil }
+            var indices: [Int] = []
+            for offset in stride(from: 32, to: body.count, by: 4) {
+                let value = body[offset..<offset + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                indices.append(Int(value))
+            }
+            transfer.peerGained(peer, entries: indices)
+            fillSoon()
+        case .request:
+            guard body.count == 32 else { return "a request of \(body.count) bytes" }
+            guard queue.count - queueHead < Self.maximumQueue else { return "more than \(Self.maximumQueue) requests queued" }
+            queue.append(ChunkID(bytes: body))
+            serveWait.signal()
+        case .cancel:
+            guard body.count == 32 else { return "a cancel of \(body.count) bytes" }
+            let id = ChunkID(bytes: body)
+            if servingNow == id { cancelledNow = true }
+            if let index = queue[queueHead...].firstIndex(of: id) { queue.remove(at: index) }
+        case .dontHave:
+            guard body.count == 32 else { return "a don't-have of \(body.count) bytes" }
+            let id = ChunkID(bytes: body)
+            if let transfer = outstanding.removeValue(forKey: id) {
+                transfer.refused(id, by: peer)
+                swarm.wakeAll()
+            }
+        case .ping:
+            guard body.count == 8 else { return "a ping of \(body.count) bytes" }
+            reply { _ in PeerFrameHeader.encode(.pong, body: body) }
+        case .pong:
+            guard body.count == 8 else { return "a pong of \(body.count) bytes" }
+            let sent = body.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            if sent == pingSentAt, sent != 0 {
+                roundTrip = .nanoseconds(Int64(EventLoop.preciseNanos() &- sent))
+                pingSentAt = 0
+            }
+        case .chunk:
+            break  // read in `receiveChunk`
+        }
+        return nil
+    }
+
+    /// Sends what `make` returns from a task of its own (see the type's comment on why the
+    /// reader never writes). A peer that keeps us answering faster than it reads is flooding.
+    private func reply(_ make: @escaping @Sendable (PeerSession) async -> [UInt8]?) {
+        pendingReplies += 1
+        if pendingReplies > Self.maximumPendingReplies {
+            logger.warning("peer \(peer) floods queries faster than it reads the answers; disconnected")
+            stream.abort()
+            return
+        }
+        loop.spawn {
+            defer { self.pendingReplies -= 1 }
+            guard let frame = await make(self), !self.closed else { return }
+            _ = await self.writer.write(frame, timeout: Self.silence)
+        }
+    }
+
+    /// Sends a frame from another thread (have-updates, cancels, queries): on the loop.
+    func send(_ frame: [UInt8]) {
+        loop.spawn {
+            guard !self.closed else { return }
+            _ = await self.writer.write(frame, timeout: Self.silence)
+        }
+    }
+
+    /// A chunk's bytes: read whole into the receive buffer, hashed, written into the download
+    /// it belongs to. A chunk nobody wants any more (an endgame loser) is read and dropped.
+    private func receiveChunk(_ id: ChunkID, length: Int) async -> String? {
+        let buffer = receiveBuffer ?? .allocate(byteCount: FastCDC.maximumSize, alignment: 64)
+        receiveBuffer = buffer
+        var got = min(reader.buffer.count, length)
+        buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: reader.buffer.readable[0..<got]))
+        reader.buffer.consume(got)
+        while got < length {
+            let count = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[got..<length]), timeout: Self.silence)
+            if count <= 0 { return count == -Int(ETIMEDOUT) ? "silent for \(Self.silence) inside a chunk" : "connection closed inside a chunk" }
+            got += count
+        }
+        let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
+        receiving.add(length)
+        swarm.statistics.received(length, from: peer)
+        let transfer = outstanding.removeValue(forKey: id) ?? swarm.transferWanting(id)
+        if let transfer, let slot = transfer.want(id), slot.length == length {
+            let digest = SHA256()
+            digest.update(bytes)
+            if digest.finalize() == id.bytes {
+                if let failure = await write(bytes, at: slot.offsets, into: transfer) {
+                    swarm.fail(transfer, failure)
+                } else {
+                    swarm.delivered(id, to: transfer, from: self)
+                }
+            } else {
+                let strikes = transfer.rejected(id, from: peer)
+                swarm.statistics.badChunk(from: peer)
+                if strikes >= Self.maximumStrikes {
+                    logger.error("peer \(peer) sent \(strikes) chunks that do not match their IDs: disconnected")
+                    return "bad chunks"
+                }
+                logger.warning("peer \(peer) sent chunk \(id) with other bytes: discarded, fetched elsewhere (strike \(strikes))")
+                swarm.wakeAll()
+            }
+        } else if let transfer {
+            transfer.cancelled(id, at: peer)
+        }
+        await pace(length)
+        fillSoon()
+        return nil
+    }
+
+    /// Writes a verified chunk at each of its offsets; a failure (a full disk) is described.
+    private func write(_ bytes: UnsafeRawBufferPointer, at offsets: [Int], into transfer: Transfer) async -> String? {
+        for offset in offsets {
+            var done = 0
+            while done < bytes.count {
+                let count = await loop.write(transfer.fd, UnsafeRawBufferPointer(rebasing: bytes[done...]), at: UInt64(offset + done),
+                                             using: writeRecord)
+                if count < 0 { return "cannot write \(transfer.partialPath): \(String(cString: strerror(-count)))" }
+                if count == 0 { return "cannot write \(transfer.partialPath): no progress" }
+                done += Int(count)
+            }
+        }
+        return nil
+    }
+
+    /// Waits as the download limits say after `bytes` came in (the peer's sends then wait
+    /// for TCP's window: the limit reaches the sender without a message).
+    private func pace(_ bytes: Int) async {
+        let wait = swarm.downloadDelay(bytes, from: peer)
+        if wait > .zero { _ = await loop.sleep(for: wait, using: paceTimer) }
+    }
+
+    // MARK: Requesting
+
+    /// The bytes to keep requested from this peer: its rate × (round trip + 250 ms), at least
+    /// four average chunks, at most 32 MiB (libtorrent keeps ~3 s of a peer's rate queued; on
+    /// loopback and LAN a quarter second already never lets the pipe run dry, and a shorter
+    /// queue means less to cancel in the endgame).
+    var pipelineBudget: Int {
+        let seconds = Double(roundTrip.nanoseconds) / 1e9 + 0.25
+        return min(max(Int(receiving.current() * seconds), 4 * FastCDC.averageSize), 32 << 20)
+    }
+
+    /// Fills the pipeline on this session's loop (from any thread).
+    func fillSoon() {
+        if loop.isCurrent, filling {
+            fillAgain = true
+            return
+        }
+        loop.spawn { await self.fill() }
+    }
+
+    private func fill() async {
+        if filling {
+            fillAgain = true
+            return
+        }
+        filling = true
+        defer { filling = false }
+        repeat {
+            fillAgain = false
+            for transfer in swarm.activeTransfers() {
+                let ids = transfer.nextRequests(for: peer, budget: pipelineBudget)
+                guard !ids.isEmpty, !closed else { continue }
+                var frames: [UInt8] = []
+                frames.reserveCapacity(ids.count * (PeerFrameHeader.size + 32))
+                for id in ids {
+                    outstanding[id] = transfer
+                    frames += PeerFrameHeader.encode(.request, body: id.bytes)
+                }
+                _ = await writer.write(frames, timeout: Self.silence)
+            }
+        } while fillAgain && !closed
+    }
+
+    /// Asks the peer about a download (its manifest first if we lack it).
+    func query(_ transfer: Transfer) {
+        var frames: [UInt8] = []
+        if transfer.manifest == nil { frames += PeerFrameHeader.encode(.getManifest, body: transfer.root.bytes) }
+        frames += PeerFrameHeader.encode(.haveQuery, body: transfer.root.bytes)
+        send(frames)
+    }
+
+    /// Tells the peer we no longer want a chunk it may still be sending.
+    func cancel(_ id: ChunkID) {
+        loop.spawn {
+            guard !self.closed, self.outstanding.removeValue(forKey: id) != nil else { return }
+            _ = await self.writer.write(PeerFrameHeader.encode(.cancel, body: id.bytes), timeout: Self.silence)
+        }
+    }
+
+    // MARK: Serving
+
+    private func serve() async {
+        while !closed {
+            guard queueHead < queue.count else {
+                queue.removeAll(keepingCapacity: queue.count < 4096)
+                queueHead = 0
+                serveBuffer?.deallocate()
+                serveBuffer = nil
+                _ = await serveWait.wait(timeout: nil)
+                continue
+            }
+            let id = queue[queueHead]
+            queueHead += 1
+            servingNow = id
+            cancelledNow = false
+            let frame = await serveOne(id)
+            servingNow = nil
+            guard !closed, !cancelledNow else { continue }
+            if let frame {
+                _ = await writer.write(UnsafeRawBufferPointer(rebasing: serveBuffer![0..<frame]), timeout: Self.silence)
+                swarm.statistics.sent(frame - PeerFrameHeader.size - 32, to: peer)
+            } else {
+                _ = await writer.write(PeerFrameHeader.encode(.dontHave, body: id.bytes), timeout: Self.silence)
+            }
+        }
+    }
+
+    /// Reads the chunk into the serve buffer as a whole frame; its length, or nil when the
+    /// chunk is not here (or not readable now).
+    private func serveOne(_ id: ChunkID) async -> Int? {
+        guard let location = await swarm.locate(id), location.length <= FastCDC.maximumSize else { return nil }
+        let buffer = serveBuffer ?? .allocate(byteCount: PeerFrameHeader.size + 32 + FastCDC.maximumSize, alignment: 64)
+        serveBuffer = buffer
+        let fd = open(location.path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        let start = PeerFrameHeader.size + 32
+        var got = 0
+        while got < location.length {
+            let count = await loop.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[start + got..<start + location.length]),
+                                        at: UInt64(location.offset + got), using: fileRecord)
+            guard count > 0 else { return nil }
+            got += Int(count)
+        }
+        let header = PeerFrameHeader.header(.chunk, length: 32 + location.length)
+        buffer.copyBytes(from: header)
+        UnsafeMutableRawBufferPointer(rebasing: buffer[PeerFrameHeader.size..<start]).copyBytes(from: id.bytes)
+        let wait = swarm.uploadDelay(location.length, to: peer)
+        if wait > .zero { _ = await loop.sleep(for: wait, using: serveTimer) }
+        return start + location.length
+    }
+
+    // MARK: Liveness
+
+    private func ping() async {
+        while !closed {
+            let now = EventLoop.preciseNanos()
+            pingSentAt = now
+            let body = (0..<8).reversed().map { UInt8(truncatingIfNeeded: now >> ($0 * 8)) }
+            _ = await writer.write(PeerFrameHeader.encode(.ping, body: body), timeout: Self.silence)
+            if closed { break }
+            _ = await loop.sleep(for: Self.pingInterval, using: pingTimer)
+        }
+    }
+
+    /// Announces a verified entry of a download to the peer, if it asked about that root.
+    func announce(root: ChunkID, entry: Int) {
+        loop.spawn {
+            guard !self.closed, self.interested.contains(root) else { return }
+            let body = root.bytes + [UInt8(entry >> 24 & 0xFF), UInt8(entry >> 16 & 0xFF), UInt8(entry >> 8 & 0xFF), UInt8(entry & 0xFF)]
+            _ = await self.writer.write(PeerFrameHeader.encode(.haveUpdate, body: body), timeout: Self.silence)
+        }
+    }
+}

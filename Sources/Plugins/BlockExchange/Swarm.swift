@@ -1,0 +1,318 @@
+import CoreMetrics
+import Glibc
+import HarpKernel
+import Logging
+import Synchronization
+
+/// The node's block exchange: its peer sessions, its downloads, and what it serves. Sessions
+/// live on the loops; downloads are shared by all of them (see `Transfer`); the disk work a
+/// download needs beyond chunk writes — syncing, recording, renaming — runs on a worker
+/// thread of its own, in order.
+final class Swarm: Sendable {
+    let node: NodeID
+    let index: FolderIndex
+    let store: TransferStore
+    let logger: Logger
+    let statistics = PeerStatistics()
+    private let indexer: WorkerThread
+    private let disk = WorkerThread()
+    private let sessions = Mutex<[NodeID: PeerSession]>([:])
+    private let transfers = Mutex<[ChunkID: Transfer]>([:])
+    private let uploadLimit: TokenBucket?
+    private let downloadLimit: TokenBucket?
+    private let peerUploadLimits: [NodeID: TokenBucket]
+    private let peerDownloadLimits: [NodeID: TokenBucket]
+    private let activeGauge = Meter(label: "harp_p2p_transfers_active")
+
+    init(node: NodeID, configuration: StorageConfiguration, index: FolderIndex, indexer: WorkerThread, logger: Logger) {
+        self.node = node
+        self.index = index
+        self.indexer = indexer
+        self.logger = logger
+        store = TransferStore(database: index.database)
+        uploadLimit = TokenBucket(bytesPerSecond: configuration.uploadRate)
+        downloadLimit = TokenBucket(bytesPerSecond: configuration.downloadRate)
+        // The same rate caps each peer too: one fast peer cannot take the whole global budget
+        // while another waits (and with one peer, the two are the same).
+        peerUploadLimits = Dictionary(configuration.peers.compactMap { peer in
+            TokenBucket(bytesPerSecond: configuration.uploadRate).map { (peer.id, $0) }
+        }, uniquingKeysWith: { first, _ in first })
+        peerDownloadLimits = Dictionary(configuration.peers.compactMap { peer in
+            TokenBucket(bytesPerSecond: configuration.downloadRate).map { (peer.id, $0) }
+        }, uniquingKeysWith: { first, _ in first })
+    }
+
+    // MARK: Sessions
+
+    func attach(_ session: PeerSession) {
+        sessions.withLock { $0[session.peer] = session }
+        for transfer in activeTransfers() { session.query(transfer) }
+    }
+
+    func detach(_ session: PeerSession, reason: String) {
+        let removed = sessions.withLock { sessions -> Bool in
+            guard sessions[session.peer] === session else { return false }
+            sessions[session.peer] = nil
+            return true
+        }
+        if removed {
+            for transfer in activeTransfers() { transfer.peerGone(session.peer) }
+            wakeAll()
+        }
+        logger.info("peer session ended \(session.peer): \(reason)")
+    }
+
+    var connected: [NodeID: PeerSession] { sessions.withLock { $0 } }
+
+    /// Every session looks for requests to make (chunks went missing again, a download began).
+    func wakeAll() {
+        for session in sessions.withLock({ Array($0.values) }) { session.fillSoon() }
+    }
+
+    // MARK: Serving
+
+    /// A manifest frame for `root`, or no-manifest when neither a download nor the folder
+    /// knows it.
+    func manifestFrame(for root: ChunkID) async -> [UInt8] {
+        var manifest = transfer(root)?.manifest
+        if manifest == nil {
+            let index = self.index
+            manifest = await indexer.run { try? index.manifest(of: root) }
+        }
+        guard let manifest else { return PeerFrameHeader.encode(.noManifest, body: root.bytes) }
+        let encoded = manifest.encoded
+        if let deflated = Deflate.compressIfSmaller(encoded) {
+            return PeerFrameHeader.encode(.manifest, body: root.bytes + [PeerFrameFlags.deflated] + deflated)
+        }
+        return PeerFrameHeader.encode(.manifest, body: root.bytes + [0] + encoded)
+    }
+
+    /// A have frame for `root`: every chunk for content in the folder, the verified ones of a
+    /// download, or no-manifest when we hold none of it.
+    func haveFrame(for root: ChunkID) async -> [UInt8] {
+        if let transfer = transfer(root), let entries = transfer.haveEntries() {
+            if let deflated = Deflate.compressIfSmaller(entries.bytes) {
+                return PeerFrameHeader.encode(.have, body: root.bytes + [PeerFrameFlags.deflated] + deflated)
+            }
+            return PeerFrameHeader.encode(.have, body: root.bytes + [0] + entries.bytes)
+        }
+        let index = self.index
+        let known = await indexer.run { (try? index.manifest(of: root)) != nil }
+        return known ? PeerFrameHeader.encode(.have, body: root.bytes + [PeerFrameFlags.complete])
+            : PeerFrameHeader.encode(.noManifest, body: root.bytes)
+    }
+
+    /// Where a chunk can be read: a verified chunk of a download, else a file of the folder
+    /// whose stamp still holds (`FolderIndex.locate`, off the loop: it may re-index).
+    func locate(_ id: ChunkID) async -> (path: String, offset: Int, length: Int)? {
+        for transfer in activeTransfers() {
+            if let location = transfer.location(of: id) { return location }
+        }
+        let index = self.index
+        return await indexer.run { try? index.locate(id) }
+    }
+
+    func uploadDelay(_ bytes: Int, to peer: NodeID) -> Duration {
+        max(uploadLimit?.reserve(bytes) ?? .zero, peerUploadLimits[peer]?.reserve(bytes) ?? .zero)
+    }
+
+    func downloadDelay(_ bytes: Int, from peer: NodeID) -> Duration {
+        max(downloadLimit?.reserve(bytes) ?? .zero, peerDownloadLimits[peer]?.reserve(bytes) ?? .zero)
+    }
+
+    // MARK: Downloads
+
+    func transfer(_ root: ChunkID) -> Transfer? { transfers.withLock { $0[root] } }
+    func activeTransfers() -> [Transfer] { transfers.withLock { Array($0.values) } }
+
+    func transferWanting(_ id: ChunkID) -> Transfer? {
+        activeTransfers().first { $0.want(id) != nil }
+    }
+
+    enum StartError: Error, CustomStringConvertible {
+        case busy(String)
+        case file(String)
+        case database(DatabaseError)
+
+        var description: String {
+            switch self {
+            case .busy(let message), .file(let message): message
+            case .database(let error): "the node's database: \(error)"
+            }
+        }
+    }
+
+    /// Starts (or joins, or resumes) the download of `root` into `output`.
+    func start(_ root: ChunkID, output: String) throws(StartError) -> Transfer {
+        if let running = transfer(root) {
+            guard running.output == output else { throw .busy("\(root) is already being fetched into \(running.output)") }
+            return running
+        }
+        let saved: TransferStore.Saved?
+        do {
+            saved = try store.all().first { $0.root == root && $0.output == output }
+        } catch {
+            throw .database(error)
+        }
+        return try begin(root, output: output, saved: saved)
+    }
+
+    private func begin(_ root: ChunkID, output: String, saved: TransferStore.Saved?) throws(StartError) -> Transfer {
+        let partial = Transfer.partialPath(for: output)
+        // A saved download whose partial file vanished starts over.
+        let resumable = saved != nil && access(partial, F_OK) == 0
+        let fd = open(partial, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .file("cannot create \(partial): \(String(cString: strerror(errno)))") }
+        let transfer = Transfer(root: root, output: output, fd: fd)
+        do {
+            if !resumable { try store.forget(root) }
+            try store.begin(root, output: output)
+        } catch {
+            Glibc.close(fd)
+            throw .database(error)
+        }
+        if resumable, let manifest = saved?.manifest {
+            transfer.setManifest(manifest, verified: saved!.verified)
+        }
+        let added = transfers.withLock { transfers -> Transfer in
+            if let raced = transfers[root] { return raced }
+            transfers[root] = transfer
+            return transfer
+        }
+        guard added === transfer else {
+            Glibc.close(fd)
+            return added
+        }
+        activeGauge.increment()
+        let resumed = transfer.snapshot()
+        logger.info("fetching \(root) into \(output)", metadata: resumable && resumed.hasManifest
+            ? ["resumed_bytes": "\(resumed.verifiedBytes)", "of": "\(resumed.size)"] : [:])
+        if transfer.isComplete {
+            flush(transfer, complete: true)
+        } else {
+            for session in connected.values { session.query(transfer) }
+            wakeAll()
+        }
+        return transfer
+    }
+
+    /// Downloads left unfinished by the last run go on.
+    func resumeSaved() {
+        let saved: [TransferStore.Saved]
+        do {
+            saved = try store.all()
+        } catch {
+            return logger.error("cannot read unfinished downloads: \(error)")
+        }
+        for item in saved {
+            do {
+                _ = try begin(item.root, output: item.output, saved: item)
+            } catch {
+                logger.error("cannot resume fetching \(item.root) into \(item.output): \(error)")
+            }
+        }
+    }
+
+    /// A peer's manifest for a download: installed, saved, the file sized (a disk without the
+    /// room fails the download now, not at 99%), and every peer asked for chunks.
+    func received(_ manifest: Manifest, from session: PeerSession) {
+        guard let transfer = transfer(manifest.root), transfer.setManifest(manifest) else { return }
+        let store = self.store
+        disk.enqueue {
+            do {
+                try store.saveManifest(manifest, for: transfer.root)
+            } catch {
+                self.logger.error("cannot record the manifest of \(transfer.root): \(error)")
+            }
+            let status = posix_fallocate(transfer.fd, 0, off_t(manifest.size))
+            if status != 0, status != EOPNOTSUPP {
+                self.fail(transfer, "cannot make room for \(manifest.size) bytes in \(transfer.partialPath): \(String(cString: strerror(status)))")
+            }
+        }
+        wakeAll()
+    }
+
+    /// A verified chunk was written: cancel its duplicates, tell interested peers, and make
+    /// it durable when enough has landed.
+    func delivered(_ id: ChunkID, to transfer: Transfer, from session: PeerSession) {
+        let result = transfer.verified(id, from: session.peer)
+        let all = connected
+        for peer in result.cancels { all[peer]?.cancel(id) }
+        if let entry = result.entry {
+            for (peer, other) in all where peer != session.peer { other.announce(root: transfer.root, entry: entry) }
+        }
+        if result.flush { flush(transfer, complete: result.complete) }
+    }
+
+    /// Syncs the partial file, then records what it holds (so a kill loses at most what came
+    /// since); when the download is complete, also renames it into place.
+    func flush(_ transfer: Transfer, complete: Bool) {
+        let store = self.store, index = self.index
+        disk.enqueue {
+            guard transfer.outcome == nil else { return }
+            let slots = transfer.takeUnflushed()
+            guard fdatasync(transfer.fd) == 0 else {
+                return self.fail(transfer, "cannot sync \(transfer.partialPath): \(String(cString: strerror(errno)))")
+            }
+            do {
+                try store.record(slots, for: transfer.root)
+            } catch {
+                self.logger.error("cannot record progress of \(transfer.root): \(error)")
+            }
+            guard complete, let manifest = transfer.manifest else { return }
+            guard fsync(transfer.fd) == 0, Glibc.close(transfer.fd) == 0 else {
+                return self.fail(transfer, "cannot sync \(transfer.partialPath): \(String(cString: strerror(errno)))")
+            }
+            guard rename(transfer.partialPath, transfer.output) == 0 else {
+                return self.fail(transfer, "cannot rename \(transfer.partialPath) to \(transfer.output): \(String(cString: strerror(errno)))")
+            }
+            Self.syncDirectory(of: transfer.output)
+            if let relative = index.relative(transfer.output) {
+                do { try index.record(relative, manifest: manifest) } catch { self.logger.error("cannot index \(transfer.output): \(error)") }
+            }
+            try? store.forget(transfer.root)
+            transfer.finish(.complete)
+            self.remove(transfer)
+            let snapshot = transfer.snapshot()
+            let seconds = Double(EventLoop.preciseNanos() &- transfer.started) / 1e9
+            let peers = snapshot.bytesByPeer.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")
+            self.logger.info("fetched \(transfer.root) into \(transfer.output): \(manifest.size) bytes in \((seconds * 100).rounded() / 100) s",
+                             metadata: ["from": "\(peers)"])
+        }
+    }
+
+    /// Ends a download that cannot go on; its partial file and records stay for a retry.
+    func fail(_ transfer: Transfer, _ reason: String) {
+        guard transfer.outcome == nil else { return }
+        transfer.finish(.failed(reason + "; the partial file is kept: run the same get again to resume"))
+        remove(transfer)
+        logger.error("fetching \(transfer.root) failed: \(reason)")
+        disk.enqueue { Glibc.close(transfer.fd) }
+    }
+
+    /// Stops a download nobody can serve now (the CLI gave up); a later get resumes it.
+    func abandon(_ transfer: Transfer, _ reason: String) {
+        fail(transfer, reason)
+    }
+
+    private func remove(_ transfer: Transfer) {
+        let removed = transfers.withLock { transfers -> Bool in
+            guard transfers[transfer.root] === transfer else { return false }
+            transfers[transfer.root] = nil
+            return true
+        }
+        if removed { activeGauge.decrement() }
+    }
+
+    private static func syncDirectory(of path: String) {
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        let fd = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        fsync(fd)
+        Glibc.close(fd)
+    }
+
+    func stop() {
+        disk.stop()
+    }
+}

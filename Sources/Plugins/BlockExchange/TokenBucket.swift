@@ -1,0 +1,50 @@
+import Glibc
+import HarpKernel
+import Synchronization
+
+/// A rate limit in bytes per second (`upload_rate`, `download_rate`): a sender reserves the
+/// bytes it is about to move and waits the time it is told. Reservations may run the bucket
+/// into debt, so one 4 MiB chunk through a 1 MiB/s limit waits ~4 s instead of never fitting;
+/// the burst (a quarter second of the rate, at least one maximum chunk) is what an idle
+/// bucket lets through at once. Shared across loops (the global limits).
+final class TokenBucket: Sendable {
+    let rate: Int
+    private let burst: Double
+    private let state: Mutex<(tokens: Double, at: UInt64)>
+
+    /// nil for 0: no limit.
+    init?(bytesPerSecond rate: Int) {
+        guard rate > 0 else { return nil }
+        self.rate = rate
+        burst = max(Double(rate) / 4, Double(FastCDC.maximumSize))
+        state = Mutex((burst, EventLoop.preciseNanos()))
+    }
+
+    /// Takes `bytes`; returns how long to wait before sending them (zero when they fit).
+    func reserve(_ bytes: Int, now: UInt64 = EventLoop.preciseNanos()) -> Duration {
+        state.withLock { state in
+            let elapsed = Double(now &- state.at) / 1e9
+            state.tokens = min(burst, state.tokens + elapsed * Double(rate)) - Double(bytes)
+            state.at = now
+            return state.tokens >= 0 ? .zero : .nanoseconds(Int64(-state.tokens / Double(rate) * 1e9))
+        }
+    }
+}
+
+/// Bytes per second, averaged with exponential decay over about a second: what a peer moves
+/// now, for pipeline sizing and `harp storage status`.
+struct RateMeter: Sendable {
+    private var rate: Double = 0
+    private var at: UInt64 = 0
+    static let window = 1.0
+
+    mutating func add(_ bytes: Int, now: UInt64 = EventLoop.preciseNanos()) {
+        rate = current(now: now) + Double(bytes) / Self.window
+        at = now
+    }
+
+    func current(now: UInt64 = EventLoop.preciseNanos()) -> Double {
+        guard at != 0 else { return 0 }
+        return rate * exp(-Double(now &- at) / 1e9 / Self.window)
+    }
+}
