@@ -160,7 +160,7 @@ let package = Package(
         .testTarget(
             name: "BlockExchangeTests",
             dependencies: ["BlockExchange", "HarpTestSupport"],
-            exclude: ["fastcdc_reference.py"],
+            exclude: ["fastcdc_reference.py", "hostile_peer.py"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -91,23 +91,34 @@ struct PeerTests {
     @Test("the frame decoder on 20,000 random inputs: no crash, frames within their limits, garbage refused")
     func decoderFuzz() {
         var generator = SeededGenerator(seed: 1_234_567)
-        var frames = 0, invalid = 0
+        var frames = 0, invalid = 0, chunks = 0
         for _ in 0..<20_000 {
-            let count = Int.random(in: 0...24, using: &generator)
+            let count = Int.random(in: 0...48, using: &generator)
             var bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
-            // Often a known type with a small length, so that every outcome is exercised.
-            if Bool.random(using: &generator), bytes.count >= 5 { bytes[0] = 1; bytes[1] = 0; bytes[2] = 0; bytes[3] = 0 }
+            // Often a known type with a plausible length, so that every outcome is exercised.
+            if Bool.random(using: &generator), bytes.count >= 5 {
+                bytes[0] = UInt8.random(in: 1...14, using: &generator)
+                bytes[1] = 0
+                bytes[2] = Bool.random(using: &generator) ? 0 : bytes[2] & 0x7F
+            }
             bytes.withUnsafeBytes { raw -> Void in
                 switch PeerFrameDecoder().decode(raw) {
-                case .needMore: #expect(raw.count < PeerFrameHeader.size)
+                case .needMore:
+                    #expect(raw.count < PeerFrameHeader.size || (raw[0] == PeerFrameType.chunk.rawValue && raw.count < PeerFrameHeader.size + 32))
                 case .frame(let header, let headerLength, let payloadLength):
                     frames += 1
-                    #expect(headerLength == 5 && payloadLength == header.length && header.length <= header.type.maximumBody)
+                    #expect(header.length <= header.type.maximumBody)
+                    if header.type == .chunk {
+                        chunks += 1
+                        #expect(headerLength == 37 && payloadLength == header.length - 32 && payloadLength > 0)
+                    } else {
+                        #expect(headerLength == 5 && payloadLength == header.length)
+                    }
                 case .invalid: invalid += 1
                 }
             }
         }
-        #expect(frames > 0 && invalid > 0)
+        #expect(frames > 0 && invalid > 0 && chunks > 0, "\(frames) frames, \(invalid) invalid, \(chunks) chunks")
         let hello = PeerFrameHeader.encode(.hello, body: PeerHello(capabilities: 5).body)
         hello.withUnsafeBytes { raw -> Void in
             guard case .frame(let header, 5, let length) = PeerFrameDecoder().decode(raw) else {
@@ -118,5 +129,36 @@ struct PeerTests {
             #expect(PeerHello(body: UnsafeRawBufferPointer(rebasing: raw[5...])) == PeerHello(capabilities: 5))
         }
         #expect(PeerHello(body: UnsafeRawBufferPointer(start: nil, count: 0)) == nil)
+    }
+
+    @Test("manifests and have-lists round-trip; deflate only when smaller, refused past its limit")
+    func metadataEncoding() throws {
+        var generator = SeededGenerator(seed: 99)
+        let manifest = Manifest(entries: (0..<500).map { _ in
+            Manifest.Entry(id: ChunkID(bytes: (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }),
+                           length: Int.random(in: FastCDC.minimumSize...FastCDC.maximumSize, using: &generator))
+        })
+        #expect(Manifest(encoded: manifest.encoded) == manifest)
+        #expect(Manifest(encoded: Array(manifest.encoded.dropLast())) == nil)
+        var zeroLength = manifest.encoded
+        for index in 48..<56 { zeroLength[index] = 0 }
+        #expect(Manifest(encoded: zeroLength) == nil, "a chunk of length 0 is not in the profile")
+        // IDs do not compress, the lengths' high zero bytes do: a little smaller, and back.
+        let encoded = manifest.encoded
+        let packed = try #require(Deflate.compressIfSmaller(encoded))
+        #expect(packed.count < encoded.count)
+        #expect(packed.withUnsafeBytes { Deflate.decompress($0, limit: encoded.count) } == encoded)
+        let noise = (0..<4096).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        #expect(Deflate.compressIfSmaller(noise) == nil, "random bytes are sent as they are")
+        // A half-done have-list does.
+        var have = Bitfield(count: 10_000)
+        for index in 0..<5_000 { have[index] = true }
+        let deflated = try #require(Deflate.compressIfSmaller(have.bytes))
+        #expect(deflated.count < 100)
+        #expect(deflated.withUnsafeBytes { Deflate.decompress($0, limit: 2_000) } == have.bytes)
+        #expect(deflated.withUnsafeBytes { Deflate.decompress($0, limit: 1_000) } == nil, "inflating past the limit is refused")
+        #expect([UInt8](repeating: 7, count: 20).withUnsafeBytes { Deflate.decompress($0, limit: 1_000) } == nil)
+        #expect(Bitfield(bytes: [0xFF, 0xFF], count: 12) == nil, "bits past the end")
+        #expect(Bitfield(bytes: [0xFF, 0xF0], count: 12) == Bitfield(count: 12, set: true))
     }
 }

@@ -117,7 +117,8 @@ final class ControlSocket: Sendable {
                 let seconds = Double(now &- transfer.started) / 1e9
                 let peers = Dictionary(uniqueKeysWithValues: snapshot.bytesByPeer.map { ("\($0.key)", $0.value) })
                 return await send(["done": true, "root": root.description, "out": output, "size": snapshot.size, "seconds": seconds,
-                                   "bytes_by_peer": peers, "wasted_bytes": snapshot.wasted], to: socket)
+                                   "bytes_by_peer": peers, "wasted_bytes": snapshot.wasted,
+                                   "local_bytes": snapshot.localBytes], to: socket)
             case .failed(let reason):
                 return await send(["error": reason], to: socket)
             case nil:

@@ -31,6 +31,10 @@ enum PeerFrameType: UInt8, Sendable, CaseIterable {
     /// 8 bytes, echoed in a pong: round-trip time and keepalive.
     case ping = 12
     case pong = 13
+    /// root, then entry indices (u32 BE) the sender has just requested from someone: a
+    /// downloader that hears it picks other chunks first, so two downloaders of one origin
+    /// rarely fetch the same chunk from it (they trade it instead once it lands).
+    case fetching = 14
 
     /// The largest body a frame of this type may carry.
     var maximumBody: Int {
@@ -39,7 +43,7 @@ enum PeerFrameType: UInt8, Sendable, CaseIterable {
         case .getManifest, .noManifest, .haveQuery, .request, .dontHave, .cancel: 32
         case .manifest: 33 + PeerLimits.manifestBytes
         case .have: 33 + PeerLimits.manifestEntries / 8 + 1
-        case .haveUpdate: 32 + 4 * PeerLimits.updateIndices
+        case .haveUpdate, .fetching: 32 + 4 * PeerLimits.updateIndices
         case .chunk: 32 + FastCDC.maximumSize
         case .ping, .pong: 8
         }

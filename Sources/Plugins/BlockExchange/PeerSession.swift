@@ -55,8 +55,6 @@ final class PeerSession: @unchecked Sendable {
     static let maximumQueue = 1024
     /// Replies that may wait for the writer before the peer counts as flooding us.
     static let maximumPendingReplies = 256
-    /// A peer that sent this many chunks that did not hash to their IDs is disconnected.
-    static let maximumStrikes = 3
 
     init(peer: NodeID, stream: TLSStream, reader: FramedReader, swarm: Swarm) {
         self.peer = peer
@@ -173,16 +171,20 @@ final class PeerSession: @unchecked Sendable {
             guard let transfer = swarm.transfer(root) else { return nil }
             transfer.peerHas(peer, entries: entries)
             fillSoon()
-        case .haveUpdate:
-            guard body.count >= 32, (body.count - 32) % 4 == 0 else { return "a have-update of \(body.count) bytes" }
+        case .haveUpdate, .fetching:
+            guard body.count >= 32, (body.count - 32) % 4 == 0 else { return "a \(type) frame of \(body.count) bytes" }
             guard let transfer = swarm.transfer(ChunkID(bytes: Array(body[0..<32]))) else { return nil }
             var indices: [Int] = []
             for offset in stride(from: 32, to: body.count, by: 4) {
                 let value = body[offset..<offset + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
                 indices.append(Int(value))
             }
-            transfer.peerGained(peer, entries: indices)
-            fillSoon()
+            if type == .fetching {
+                transfer.peerFetching(peer, entries: indices)
+            } else {
+                transfer.peerGained(peer, entries: indices)
+                fillSoon()
+            }
         case .request:
             guard body.count == 32 else { return "a request of \(body.count) bytes" }
             guard queue.count - queueHead < Self.maximumQueue else { return "more than \(Self.maximumQueue) requests queued" }
@@ -269,7 +271,7 @@ final class PeerSession: @unchecked Sendable {
             } else {
                 let strikes = transfer.rejected(id, from: peer)
                 swarm.statistics.badChunk(from: peer)
-                if strikes >= Self.maximumStrikes {
+                if strikes >= Transfer.maximumStrikes {
                     logger.error("peer \(peer) sent \(strikes) chunks that do not match their IDs: disconnected")
                     return "bad chunks"
                 }
@@ -336,14 +338,15 @@ final class PeerSession: @unchecked Sendable {
         repeat {
             fillAgain = false
             for transfer in swarm.activeTransfers() {
-                let ids = transfer.nextRequests(for: peer, budget: pipelineBudget)
-                guard !ids.isEmpty, !closed else { continue }
+                let picked = transfer.nextRequests(for: peer, budget: pipelineBudget)
+                guard !picked.isEmpty, !closed else { continue }
                 var frames: [UInt8] = []
-                frames.reserveCapacity(ids.count * (PeerFrameHeader.size + 32))
-                for id in ids {
+                frames.reserveCapacity(picked.count * (PeerFrameHeader.size + 32))
+                for (id, _) in picked {
                     outstanding[id] = transfer
                     frames += PeerFrameHeader.encode(.request, body: id.bytes)
                 }
+                swarm.announceFetching(transfer, entries: picked.map(\.entry), except: peer)
                 _ = await writer.write(frames, timeout: Self.silence)
             }
         } while fillAgain && !closed
@@ -431,12 +434,16 @@ final class PeerSession: @unchecked Sendable {
         }
     }
 
-    /// Announces a verified entry of a download to the peer, if it asked about that root.
-    func announce(root: ChunkID, entry: Int) {
+    /// Tells the peer, if it asked about `root`, of entries we verified (`.haveUpdate`) or
+    /// just requested elsewhere (`.fetching`).
+    func announce(_ type: PeerFrameType, root: ChunkID, entries: [Int]) {
         loop.spawn {
             guard !self.closed, self.interested.contains(root) else { return }
-            let body = root.bytes + [UInt8(entry >> 24 & 0xFF), UInt8(entry >> 16 & 0xFF), UInt8(entry >> 8 & 0xFF), UInt8(entry & 0xFF)]
-            _ = await self.writer.write(PeerFrameHeader.encode(.haveUpdate, body: body), timeout: Self.silence)
+            var body = root.bytes
+            for entry in entries.prefix(PeerLimits.updateIndices) {
+                body += [UInt8(entry >> 24 & 0xFF), UInt8(entry >> 16 & 0xFF), UInt8(entry >> 8 & 0xFF), UInt8(entry & 0xFF)]
+            }
+            _ = await self.writer.write(PeerFrameHeader.encode(type, body: body), timeout: Self.silence)
         }
     }
 }

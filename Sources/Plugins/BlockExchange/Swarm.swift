@@ -173,6 +173,7 @@ final class Swarm: Sendable {
         }
         if resumable, let manifest = saved?.manifest {
             transfer.setManifest(manifest, verified: saved!.verified)
+            scanLocally(transfer)
         }
         let added = transfers.withLock { transfers -> Transfer in
             if let raced = transfers[root] { return raced }
@@ -229,7 +230,45 @@ final class Swarm: Sendable {
                 self.fail(transfer, "cannot make room for \(manifest.size) bytes in \(transfer.partialPath): \(String(cString: strerror(status)))")
             }
         }
-        wakeAll()
+        scanLocally(transfer)
+    }
+
+    /// Copies the chunks the folder already holds (an older version of the file shares most
+    /// of them: one byte inserted moves one chunk) before any is requested from a peer, then
+    /// lets the sessions request the rest. On the disk worker: it reads and hashes files.
+    private func scanLocally(_ transfer: Transfer) {
+        let index = self.index
+        disk.enqueue {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: FastCDC.maximumSize, alignment: 64)
+            defer { buffer.deallocate() }
+            var last = Transfer.Verified()
+            var found: [Int] = []
+            for slot in transfer.missingSlots() where transfer.outcome == nil {
+                guard let location = try? index.locate(slot.id), location.length == slot.length else { continue }
+                let fd = open(location.path, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { continue }
+                let read = pread(fd, buffer.baseAddress, slot.length, off_t(location.offset))
+                Glibc.close(fd)
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<slot.length])
+                let digest = SHA256()
+                digest.update(bytes)
+                guard read == slot.length, digest.finalize() == slot.id.bytes else { continue }
+                guard slot.offsets.allSatisfy({ pwrite(transfer.fd, bytes.baseAddress, slot.length, off_t($0)) == slot.length }) else {
+                    self.fail(transfer, "cannot write \(transfer.partialPath): \(String(cString: strerror(errno)))")
+                    break
+                }
+                last = transfer.verifiedLocally(slot.id)
+                if let entry = last.entry { found.append(entry) }
+            }
+            transfer.finishLocalScan()
+            for session in self.connected.values {
+                for start in stride(from: 0, to: found.count, by: PeerLimits.updateIndices) {
+                    session.announce(.haveUpdate, root: transfer.root, entries: Array(found[start..<min(start + PeerLimits.updateIndices, found.count)]))
+                }
+            }
+            if last.complete { self.flush(transfer, complete: true) }
+            self.wakeAll()
+        }
     }
 
     /// A verified chunk was written: cancel its duplicates, tell interested peers, and make
@@ -239,9 +278,16 @@ final class Swarm: Sendable {
         let all = connected
         for peer in result.cancels { all[peer]?.cancel(id) }
         if let entry = result.entry {
-            for (peer, other) in all where peer != session.peer { other.announce(root: transfer.root, entry: entry) }
+            for (peer, other) in all where peer != session.peer { other.announce(.haveUpdate, root: transfer.root, entries: [entry]) }
         }
         if result.flush { flush(transfer, complete: result.complete) }
+    }
+
+    /// Tells the other peers what we just requested from `peer` (see `PeerFrameType.fetching`).
+    func announceFetching(_ transfer: Transfer, entries: [Int], except peer: NodeID) {
+        for (other, session) in connected where other != peer {
+            session.announce(.fetching, root: transfer.root, entries: entries)
+        }
     }
 
     /// Syncs the partial file, then records what it holds (so a kill loses at most what came

@@ -43,6 +43,8 @@ final class Transfer: Sendable {
         var holders: [NodeID: Bitfield] = [:]
         var complete: Set<NodeID> = []
         var rarity: [Int] = []
+        /// Slots each peer said it is fetching right now (from someone): picked last.
+        var fetching: [NodeID: Set<Int>] = [:]
         /// Have answers that came before the manifest (entry bitfield bytes; nil = complete).
         var early: [NodeID: [UInt8]?] = [:]
         var inFlight: [NodeID: Int] = [:]
@@ -59,7 +61,15 @@ final class Transfer: Sendable {
         var unflushedBytes = 0
         var lastFlush = EventLoop.preciseNanos()
         var wasted = 0
+        /// Chunks copied from the node's own folder (an older version of the file).
+        var localBytes = 0
+        /// While the folder is searched for chunks we already hold, nothing is requested.
+        var scanningLocally = false
     }
+
+    /// A peer that sent this many chunks that did not hash to their IDs is disconnected and
+    /// not asked again for this download.
+    static let maximumStrikes = 3
 
     init(root: ChunkID, output: String, fd: Int32) {
         self.root = root
@@ -86,6 +96,7 @@ final class Transfer: Sendable {
         state.withLock { state in
             guard state.manifest == nil else { return false }
             state.manifest = manifest
+            state.scanningLocally = true
             var offset = 0
             for (entry, item) in manifest.entries.enumerated() {
                 if let slot = state.slotOf[item.id] {
@@ -154,12 +165,23 @@ final class Transfer: Sendable {
             var holds = state.holders[peer] ?? Bitfield(count: state.slots.count)
             for entry in entries where entry >= 0 && entry < state.entrySlot.count {
                 let slot = state.entrySlot[entry]
+                state.fetching[peer]?.remove(slot)
                 if !holds[slot] {
                     holds[slot] = true
                     state.rarity[slot] += 1
                 }
             }
             state.holders[peer] = holds
+        }
+    }
+
+    /// A fetching announcement: the peer will soon hold these entries.
+    func peerFetching(_ peer: NodeID, entries: [Int]) {
+        state.withLock { state in
+            guard state.manifest != nil else { return }
+            for entry in entries where entry >= 0 && entry < state.entrySlot.count {
+                state.fetching[peer, default: []].insert(state.entrySlot[entry])
+            }
         }
     }
 
@@ -177,6 +199,7 @@ final class Transfer: Sendable {
                 return
             }
             Self.removeHolder(&state, peer)
+            state.fetching[peer] = nil
             state.inFlight[peer] = nil
             for (slot, peers) in state.requesters where peers.contains(peer) {
                 let rest = peers.filter { $0 != peer }
@@ -187,11 +210,13 @@ final class Transfer: Sendable {
     }
 
     /// What to ask `peer` for now, up to `budget` bytes in flight to it: the rarest missing
-    /// chunks it holds (ties in random order), and in endgame — nothing missing is
-    /// unrequested — chunks already requested elsewhere that it could send sooner.
-    func nextRequests(for peer: NodeID, budget: Int) -> [ChunkID] {
+    /// chunks it holds — among equals those no other downloader announced it is fetching,
+    /// then in random order — and in endgame (nothing missing is unrequested) chunks already
+    /// requested elsewhere that it could send sooner. Each with the entry to announce.
+    func nextRequests(for peer: NodeID, budget: Int) -> [(id: ChunkID, entry: Int)] {
         state.withLock { state in
-            guard state.manifest != nil, state.outcome == nil else { return [] }
+            guard state.manifest != nil, state.outcome == nil, !state.scanningLocally,
+                  state.strikes[peer, default: 0] < Self.maximumStrikes else { return [] }
             var room = budget - state.inFlight[peer, default: 0]
             guard room > 0 else { return [] }
             let all = state.complete.contains(peer)
@@ -201,15 +226,18 @@ final class Transfer: Sendable {
             // Compact the order (verified slots leave it), then pick by rarity.
             state.order.removeAll { state.status[$0] == .verified }
             var picked: [Int] = []
-            var candidates: [(rarity: Int, slot: Int)] = []
+            var candidates: [(rarity: Int, soon: Int, slot: Int)] = []
             var anyMissing = false
+            let soon = state.fetching.values.reduce(into: Set<Int>()) { $0.formUnion($1) }
             for slot in state.order where state.status[slot] == .missing {
                 anyMissing = true
-                if has(slot) { candidates.append((state.rarity[slot], slot)) }
+                if has(slot) { candidates.append((state.rarity[slot], soon.contains(slot) ? 1 : 0, slot)) }
             }
             if !candidates.isEmpty {
-                // Stable sort keeps the random order among equals.
-                for candidate in candidates.enumerated().sorted(by: { ($0.element.rarity, $0.offset) < ($1.element.rarity, $1.offset) }) {
+                // The offset keeps the random order among equals.
+                for candidate in candidates.enumerated().sorted(by: {
+                    ($0.element.rarity, $0.element.soon, $0.offset) < ($1.element.rarity, $1.element.soon, $1.offset)
+                }) {
                     guard room > 0 else { break }
                     picked.append(candidate.element.slot)
                     room -= state.slots[candidate.element.slot].length
@@ -231,7 +259,7 @@ final class Transfer: Sendable {
                 state.requesters[slot, default: []].append(peer)
                 state.inFlight[peer, default: 0] += state.slots[slot].length
             }
-            return picked.map { state.slots[$0].id }
+            return picked.map { (state.slots[$0].id, state.slots[$0].entry) }
         }
     }
 
@@ -287,6 +315,34 @@ final class Transfer: Sendable {
             result.flush = result.complete || state.unflushedBytes >= bytes || now &- state.lastFlush >= flushEvery
             return result
         }
+    }
+
+    /// The slots still missing, for the local scan.
+    func missingSlots() -> [Slot] {
+        state.withLock { state in state.slots.indices.filter { state.status[$0] != .verified }.map { state.slots[$0] } }
+    }
+
+    /// A chunk found in the node's own folder, verified and written: like `verified`, but
+    /// nobody sent it.
+    func verifiedLocally(_ id: ChunkID) -> Verified {
+        state.withLock { state in
+            var result = Verified()
+            guard let slot = state.slotOf[id], state.status[slot] != .verified else { return result }
+            let length = state.slots[slot].length
+            state.status[slot] = .verified
+            state.verifiedCount += 1
+            state.verifiedBytes += length * state.slots[slot].offsets.count
+            state.localBytes += length
+            result.entry = state.slots[slot].entry
+            state.unflushed.append(slot)
+            state.unflushedBytes += length
+            result.complete = state.verifiedCount == state.slots.count
+            return result
+        }
+    }
+
+    func finishLocalScan() {
+        state.withLock { $0.scanningLocally = false }
     }
 
     /// Slots verified since the last flush (they become durable once the file is synced).
@@ -375,6 +431,7 @@ final class Transfer: Sendable {
         let inFlight: Int
         let missingEverywhere: Int
         let wasted: Int
+        let localBytes: Int
         let outcome: Outcome?
         let hasManifest: Bool
     }
@@ -387,7 +444,7 @@ final class Transfer: Sendable {
                             verifiedChunks: state.verifiedCount, bytesByPeer: state.bytesByPeer,
                             holders: Set(state.holders.keys).union(state.complete).count,
                             inFlight: state.inFlight.values.reduce(0, +), missingEverywhere: missingEverywhere,
-                            wasted: state.wasted, outcome: state.outcome, hasManifest: state.manifest != nil)
+                            wasted: state.wasted, localBytes: state.localBytes, outcome: state.outcome, hasManifest: state.manifest != nil)
         }
     }
 }

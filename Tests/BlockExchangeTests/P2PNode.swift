@@ -1,0 +1,122 @@
+@testable import BlockExchange
+import Foundation
+import HarpKernel
+import HarpTestSupport
+
+/// A P2P node for swarm tests: an identity and folder in a temporary directory, its config
+/// on disk (the CLI needs the file), and the `harp serve` process while it runs.
+final class P2PNode: @unchecked Sendable {
+    // @unchecked Sendable: used from one test's thread.
+    let dir: String
+    let id: String
+    let port: UInt16
+    var process: HarpProcess?
+    var folder: String { dir + "/folder" }
+    var configPath: String { dir + "/harp.toml" }
+
+    init() throws {
+        dir = NodeTests.temporaryDirectory()
+        try FileManager.default.createDirectory(atPath: dir + "/folder", withIntermediateDirectories: true)
+        id = try HarpProcess.run(["storage", "init", "--dir", dir]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        port = freePort()
+    }
+
+    /// Writes the config: these peers, this upload cap (bytes/s, 0 = none).
+    func configure(peers: [P2PNode], uploadRate: Int = 0) throws {
+        try """
+            [harp]
+            plugins = ["p2p"]
+            log_level = "info"
+            [storage]
+            dir = "\(dir)"
+            folder = "\(folder)"
+            listen = "127.0.0.1:\(port)"
+            peers = [\(peers.map { "\"\($0.id)@127.0.0.1:\($0.port)\"" }.joined(separator: ", "))]
+            upload_rate = \(uploadRate)
+            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    /// Starts the node; waits until it is ready and its folder is indexed.
+    func start() throws {
+        let harp = try HarpProcess(["serve", "--config", configPath])
+        process = harp
+        try harp.waitForOutput("harp: ready")
+        try harp.waitForOutput("folder indexed", timeout: 120)
+    }
+
+    func waitConnected(to others: [P2PNode], timeout: Double = 20) throws {
+        for other in others { try process!.waitForOutput("peer connected \(other.id)", timeout: timeout) }
+    }
+
+    func kill() throws {
+        try process?.stop(signal: SIGKILL)
+    }
+
+    func stop() throws {
+        try process?.stop()
+    }
+
+    var log: String { process?.stderr ?? "" }
+
+    /// `harp storage ARGS --config … --json` → the JSON object it prints (or its error).
+    func storage(_ arguments: [String]) throws -> [String: Any] {
+        let result = try HarpProcess.run(["storage"] + arguments + ["--config", configPath, "--json"])
+        guard result.status == 0 else { throw TestFailure("harp storage \(arguments.joined(separator: " ")): \(result.stderr)") }
+        guard let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] else {
+            throw TestFailure("not JSON: \(result.stdout)")
+        }
+        return object
+    }
+
+    func add(_ name: String) throws -> String {
+        try storage(["add", folder + "/" + name])["root"] as! String
+    }
+
+    /// `harp storage get` in the background.
+    func startGet(_ root: String, into out: String) throws -> HarpProcess {
+        try HarpProcess(["storage", "get", root, "--out", out, "--config", configPath, "--json"])
+    }
+
+    /// Waits for a background get; its JSON answer.
+    static func answer(of get: HarpProcess, timeout: Double = 120) throws -> [String: Any] {
+        let status = try get.waitForExit(timeout: timeout)
+        guard status == 0, let object = try JSONSerialization.jsonObject(with: Data(get.stdout.utf8)) as? [String: Any] else {
+            throw TestFailure("get failed (\(status)): \(get.stderr)")
+        }
+        return object
+    }
+
+    /// Bytes verified so far of the download in progress (0 when none is running).
+    func downloadedBytes() -> Int {
+        guard let status = try? storage(["status"]), let transfers = status["transfers"] as? [[String: Any]] else { return 0 }
+        return transfers.first?["bytes"] as? Int ?? 0
+    }
+
+    /// This node's counters for `peer` from `harp storage status`.
+    func counters(for peer: P2PNode) throws -> [String: Any] {
+        let peers = try storage(["status"])["peers"] as? [[String: Any]] ?? []
+        return peers.first { $0["id"] as? String == peer.id } ?? [:]
+    }
+
+    func remove() {
+        if process?.process.isRunning == true { try? kill() }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// Every node lists every other.
+    static func mesh(_ nodes: [P2PNode], uploadRates: [Int]? = nil) throws {
+        for (index, node) in nodes.enumerated() {
+            try node.configure(peers: nodes.filter { $0 !== node }, uploadRate: uploadRates?[index] ?? 0)
+        }
+    }
+
+    /// A file of `size` random bytes.
+    static func makeFile(_ path: String, size: Int) throws {
+        let result = try shell("head -c \(size) /dev/urandom > '\(path)'")
+        guard result.status == 0 else { throw TestFailure("cannot create \(path)") }
+    }
+
+    static func sha256(_ path: String) throws -> String {
+        try shell("sha256sum '\(path)' | cut -d' ' -f1").output
+    }
+}
