@@ -55,10 +55,10 @@ public final class BlockExchangePlugin: Plugin {
         let network = self.network
         try control.listen(on: listeners)
         try listeners.listen(on: configuration.listen) { socket in await network.accept(socket) }
-        if let loop = context.loops.first {
-            for peer in configuration.peers where node.bytes.lexicographicallyPrecedes(peer.id.bytes) {
-                loop.serveConnection { await network.maintain(peer, on: loop) }
-            }
+        // Dialers spread over the loops, as accepted connections are.
+        for (number, peer) in configuration.peers.filter({ $0.id != node }).enumerated() {
+            let loop = context.loops[number % context.loops.count]
+            loop.serveConnection { await network.maintain(peer, on: loop) }
         }
         let index = self.index
         let logger = context.logger

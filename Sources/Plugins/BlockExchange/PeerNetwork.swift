@@ -7,8 +7,10 @@ import Synchronization
 /// The node's connections to its peers: mutually authenticated TLS 1.3 where each side is
 /// known by its key (node ID), not by a CA. A connection is admitted only when the peer's ID
 /// is in `[storage] peers` — checked right after the handshake, before any frame — and then
-/// both sides send a Hello. Of two configured peers, the one with the smaller ID dials (so
-/// each pair has one connection); the other listens. Dialing retries with back-off.
+/// both sides send a Hello. Both sides dial a configured peer they are not connected to
+/// (with back-off), so a node that starts is connected at once to every peer that runs,
+/// whoever's back-off was long; when two connections meet, both sides keep the one the
+/// smaller ID dialed and close the other.
 final class PeerNetwork: Sendable {
     let node: NodeID
     let configuration: StorageConfiguration
@@ -17,10 +19,9 @@ final class PeerNetwork: Sendable {
     private let server: TLSContext
     private let client: TLSContext
     private let allowed: [NodeID: SocketAddress]
-    /// Live connections by peer (a count: during a restart an old and a new connection to one
-    /// peer may overlap), and every stream and back-off timer, so that `stop` can end them.
-    private let connected = Mutex<[NodeID: Int]>([:])
-    private let streams = Mutex<[ObjectIdentifier: TLSStream]>([:])
+    /// Live connections by peer, each with whether we dialed it: during a restart or a
+    /// simultaneous dial, an old and a new connection to one peer may overlap for a moment.
+    private let links = Mutex<[NodeID: [ObjectIdentifier: (stream: TLSStream, outbound: Bool)]]>([:])
     private let sleepers = Mutex<[ObjectIdentifier: (loop: EventLoop, timer: AsyncCompletion)]>([:])
     private let stopping = Atomic<Bool>(false)
     private let peersGauge = Meter(label: "harp_p2p_peers_connected")
@@ -38,7 +39,7 @@ final class PeerNetwork: Sendable {
         allowed = Dictionary(configuration.peers.map { ($0.id, $0.address) }, uniquingKeysWith: { first, _ in first })
     }
 
-    var connectedPeers: Set<NodeID> { connected.withLock { Set($0.keys) } }
+    var connectedPeers: Set<NodeID> { links.withLock { Set($0.keys) } }
 
     /// An accepted connection: handshake, admission, Hello, then held until it ends.
     func accept(_ socket: SocketStream) async {
@@ -58,24 +59,32 @@ final class PeerNetwork: Sendable {
             logger.warning("refused peer \(id): not in [storage] peers", metadata: ["address": "\(peer)"])
             return stream.abort()
         }
-        await run(stream, peer: id)
+        await run(stream, peer: id, outbound: false)
     }
 
-    /// Keeps a connection to `peer` while the node runs (only toward peers with larger IDs).
+    /// Keeps a connection to `peer` while the node runs: dials while there is none. The
+    /// larger ID waits a moment first, so that two nodes starting together usually make one
+    /// connection, not two.
     func maintain(_ peer: StorageConfiguration.Peer, on loop: EventLoop) async {
         let dialer = Dialer(connectTimeout: Self.handshakeTimeout)
         let timer = AsyncCompletion()
         sleepers.withLock { $0[ObjectIdentifier(timer)] = (loop, timer) }
         defer { sleepers.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(timer)) } }
         var backoff: Duration = .milliseconds(250)
+        if peer.id.bytes.lexicographicallyPrecedes(node.bytes) { _ = await loop.sleep(for: .milliseconds(200), using: timer) }
         while !stopping.load(ordering: .relaxed) {
+            if connectedPeers.contains(peer.id) {
+                backoff = .milliseconds(250)
+                _ = await loop.sleep(for: .seconds(1), using: timer)
+                continue
+            }
             do {
                 let stream = try await dialer.dial(peer.address, on: loop, tls: client)
                 let tls = stream as? TLSStream
                 let id = tls?.peerPublicKey.map { NodeID(publicKey: $0) }
                 if let tls, let id, id == peer.id {
                     backoff = .milliseconds(250)
-                    await run(tls, peer: id)
+                    await run(tls, peer: id, outbound: true)
                 } else {
                     // No key, or another node's: never a tight loop — the back-off below.
                     logger.warning("the node at \(peer.address) is \(id.map { "\($0)" } ?? "without a key"), not the configured \(peer.id): not connecting")
@@ -92,7 +101,7 @@ final class PeerNetwork: Sendable {
 
     /// Hello both ways, then the block exchange (`PeerSession`) until the peer goes or the
     /// node stops.
-    private func run(_ stream: TLSStream, peer id: NodeID) async {
+    private func run(_ stream: TLSStream, peer id: NodeID, outbound: Bool) async {
         // Room for the largest metadata frame; the buffer grows only as far as frames need.
         let reader = FramedReader(stream: stream, capacity: PeerFrameHeader.size + PeerFrameType.manifest.maximumBody)
         guard await stream.write(PeerFrameHeader.encode(.hello, body: PeerHello().body), timeout: Self.handshakeTimeout) == 0 else {
@@ -118,24 +127,42 @@ final class PeerNetwork: Sendable {
             logger.info("peer \(id) sent no Hello")
             return stream.abort()
         }
+        // Of two connections to one peer, both sides keep the one the smaller ID dialed.
         let key = ObjectIdentifier(stream)
-        streams.withLock { $0[key] = stream }
+        let dialedBySmaller = outbound == node.bytes.lexicographicallyPrecedes(id.bytes)
+        let (admitted, displaced, first) = links.withLock { links -> (Bool, TLSStream?, Bool) in
+            let existing = links[id] ?? [:]
+            if let (otherKey, other) = existing.first(where: { _ in true }) {
+                let otherDialedBySmaller = other.outbound == node.bytes.lexicographicallyPrecedes(id.bytes)
+                guard dialedBySmaller, !otherDialedBySmaller else { return (false, nil, false) }
+                links[id]![otherKey] = nil
+                links[id]![key] = (stream, outbound)
+                return (true, other.stream, false)
+            }
+            links[id] = [key: (stream, outbound)]
+            return (true, nil, true)
+        }
+        guard admitted else {
+            logger.debug("a second connection to peer \(id): closed (one is enough)")
+            return stream.abort()
+        }
+        if let displaced { displaced.loop.spawn { displaced.abort() } }
         if stopping.load(ordering: .relaxed) { stream.abort() }  // `stop` may have run meanwhile
-        let first = connected.withLock { connected -> Bool in
-            connected[id, default: 0] += 1
-            return connected[id] == 1
+        if first {
+            peersGauge.increment()
+            logger.info("peer connected \(id)")
         }
-        if first { peersGauge.increment() }
-        logger.info("peer connected \(id)")
         await PeerSession(peer: id, stream: stream, reader: reader, swarm: swarm).run()
-        streams.withLock { _ = $0.removeValue(forKey: key) }
-        let last = connected.withLock { connected -> Bool in
-            connected[id, default: 1] -= 1
-            if connected[id] == 0 { connected[id] = nil }
-            return connected[id] == nil
+        let last = links.withLock { links -> Bool in
+            guard links[id]?[key] != nil else { return false }  // displaced: the new one goes on
+            links[id]![key] = nil
+            if links[id]!.isEmpty { links[id] = nil }
+            return links[id] == nil
         }
-        if last { peersGauge.decrement() }
-        logger.info("peer disconnected \(id)")
+        if last {
+            peersGauge.decrement()
+            logger.info("peer disconnected \(id)")
+        }
         stream.abort()
     }
 
@@ -143,7 +170,7 @@ final class PeerNetwork: Sendable {
     /// does not wait out its grace period for connections that never end by themselves.
     func stop() {
         stopping.store(true, ordering: .relaxed)
-        for stream in streams.withLock({ Array($0.values) }) {
+        for stream in links.withLock({ $0.values.flatMap { $0.values.map(\.stream) } }) {
             stream.loop.spawn { stream.abort() }
         }
         for (loop, timer) in sleepers.withLock({ Array($0.values) }) {

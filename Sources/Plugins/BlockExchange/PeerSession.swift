@@ -84,6 +84,7 @@ final class PeerSession: @unchecked Sendable {
         await server.value
         await pinger.value
         for (id, transfer) in outstanding { transfer.cancelled(id, at: peer) }
+        if !outstanding.isEmpty { swarm.wakeAll() }
         outstanding = [:]
         swarm.detach(self, reason: reason)
     }
