@@ -5,8 +5,9 @@ import Synchronization
 /// A rate limit in bytes per second (`upload_rate`, `download_rate`): a sender reserves the
 /// bytes it is about to move and waits the time it is told. Reservations may run the bucket
 /// into debt, so one 4 MiB chunk through a 1 MiB/s limit waits ~4 s instead of never fitting;
-/// the burst (a quarter second of the rate, at least one maximum chunk) is what an idle
-/// bucket lets through at once. Shared across loops (the global limits).
+/// the burst — one maximum chunk — is what an idle bucket lets through at once (a larger one
+/// let a short capped benchmark beat its ideal: three seeders with a quarter second of burst
+/// each moved 256 MiB 3.09× faster than one, ideal 3.00×). Shared across loops.
 final class TokenBucket: Sendable {
     let rate: Int
     private let burst: Double
@@ -16,7 +17,7 @@ final class TokenBucket: Sendable {
     init?(bytesPerSecond rate: Int) {
         guard rate > 0 else { return nil }
         self.rate = rate
-        burst = max(Double(rate) / 4, Double(FastCDC.maximumSize))
+        burst = Double(FastCDC.maximumSize)
         state = Mutex((burst, EventLoop.preciseNanos()))
     }
 
