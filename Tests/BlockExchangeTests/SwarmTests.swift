@@ -225,6 +225,29 @@ struct SwarmTests {
         #expect(second.stderr.contains("another node is running on it"), "\(second.stderr)")
     }
 
+    @Test("harp bench transfer runs its nodes and prints every JSON key; the ideal speedup follows caps and joins")
+    func benchTransfer() throws {
+        let result = try HarpProcess.run(["bench", "transfer", "--size", "24MiB", "--peers", "2", "--peer-rate", "16MiB/s", "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(json["hash_ok"] as? Bool == true)
+        #expect(json["size_bytes"] as? Int == 24 * Self.MiB && json["peers"] as? Int == 2 && json["join"] as? String == "all")
+        #expect(json["peer_rate_bytes_per_s"] as? Int == 16 * Self.MiB && json["ideal_speedup"] as? Double == 3)
+        for key in ["speedup", "cpu_seconds_per_gb"] { #expect(json[key] as? Double != nil, "\(key)") }
+        let single = try #require(json["single_source"] as? [String: Any]), swarm = try #require(json["swarm"] as? [String: Any])
+        for part in [single, swarm] { #expect((part["seconds"] as? Double ?? 0) > 0 && (part["bytes_per_s"] as? Double ?? 0) > 0) }
+        let byPeer = try #require(swarm["bytes_by_peer"] as? [String: Int])
+        #expect(Set(byPeer.keys) == ["origin", "peer1", "peer2"] && byPeer.values.reduce(0, +) >= 24 * Self.MiB, "\(byPeer)")
+        // 2 GiB at 100 MiB/s from 5 sources joining a second apart: T solves
+        // 100 (T + (T-1) + … + (T-4)) = 2048, T = 6.096 s, against 20.48 s alone.
+        let staggered = try #require(TransferBench.idealSpeedup(size: 2 << 30, rate: 100 << 20, peers: 4, staggered: true))
+        #expect(abs(staggered - 3.36) < 0.01, "\(staggered)")
+        #expect(TransferBench.idealSpeedup(size: 1 << 30, rate: 0, peers: 4, staggered: false) == nil)
+        // A large file: every source has joined long before the end.
+        let long = try #require(TransferBench.idealSpeedup(size: 100 << 30, rate: 100 << 20, peers: 4, staggered: true))
+        #expect(abs(long - 1024.0 / ((1024.0 + 10) / 5)) < 0.001)
+    }
+
     /// Polls `condition` every 50 ms for up to `timeout` seconds.
     func waitUntil(timeout: Double = 60, _ condition: () -> Bool) throws {
         let deadline = Date().addingTimeInterval(timeout)

@@ -78,10 +78,14 @@ final class TransferBench: @unchecked Sendable {
         }
         for node in nodes {
             let others = nodes.filter { $0.name != node.name }
+            // The downloader gets a loop per core (`threads`): a laptop fetching a file has
+            // nothing else to do, and one loop caps a receiver at ~0.5 GB/s here (decrypt,
+            // hash, write: ~2 CPU s/GB). Seeders keep the default (half the cores).
             try """
                 [harp]
                 plugins = ["p2p"]
                 log_level = "warning"
+                threads = \(node.name == "downloader" ? ProcessInfo.processInfo.activeProcessorCount : 0)
                 [storage]
                 dir = "\(node.dir)"
                 folder = "\(node.folder)"
@@ -131,20 +135,22 @@ final class TransferBench: @unchecked Sendable {
         bar.finish()
         let swarmSeconds = Date().timeIntervalSince(started)
         for (name, pid) in joined.withLock({ $0 }) { pids[name] = pid }
-        var cpu = 0.0
-        for (name, pid) in pids { cpu += Self.cpuSeconds(pid) - (cpuBefore[name] ?? 0) }
+        var cpuByNode: [String: Double] = [:]
+        for (name, pid) in pids { cpuByNode[name] = Self.cpuSeconds(pid) - (cpuBefore[name] ?? 0) }
+        let cpu = cpuByNode.values.reduce(0, +)
         let hashOK = try Self.sha256(of: out) == expected && single.hash == expected
         let byID = answer["bytes_by_peer"] as? [String: Int] ?? [:]
         var byPeer: [String: Int] = [:]
         for node in seeders { byPeer[node.name] = byID["\(node.id)"] ?? 0 }
-        let ideal = idealSpeedup()
+        let ideal = Self.idealSpeedup(size: size, rate: rate, peers: peers, staggered: staggered)
         let speedup = single.seconds / swarmSeconds
         let gigabytes = Double(size) / 1e9
         let json: [String: Any] = [
             "size_bytes": size, "peers": peers, "peer_rate_bytes_per_s": rate, "join": staggered ? "staggered" : "all",
             "ideal_speedup": ideal.map { $0 as Any } ?? NSNull(),
             "single_source": ["seconds": single.seconds, "bytes_per_s": Double(size) / single.seconds],
-            "swarm": ["seconds": swarmSeconds, "bytes_per_s": Double(size) / swarmSeconds, "bytes_by_peer": byPeer],
+            "swarm": ["seconds": swarmSeconds, "bytes_per_s": Double(size) / swarmSeconds, "bytes_by_peer": byPeer,
+                      "cpu_seconds_by_node": cpuByNode],
             "speedup": speedup, "cpu_seconds_per_gb": cpu / gigabytes, "hash_ok": hashOK,
         ]
         let cap = rate > 0 ? "each capped at \(ProgressBar.bytes(rate))/s" : "uncapped"
@@ -156,13 +162,14 @@ final class TransferBench: @unchecked Sendable {
                 + String(format: "   CPU %.2f s/GB (all nodes)   hash %@", cpu / gigabytes, hashOK ? "ok" : "MISMATCH"),
         ]
         lines.append("  bytes by peer: " + seeders.map { "\($0.name) \(ProgressBar.bytes(byPeer[$0.name] ?? 0))" }.joined(separator: ", "))
+        lines.append("  CPU seconds by node: " + nodes.map { String(format: "%@ %.2f", $0.name, cpuByNode[$0.name] ?? 0) }.joined(separator: ", "))
         return Result(json: json, lines: lines)
     }
 
     /// The ideal speedup from the caps and the join schedule: n capped sources at once are n×;
     /// staggered, source k joins at k seconds, so the swarm needs T with
     /// rate × Σ max(0, T − k) = size. None without a cap.
-    func idealSpeedup() -> Double? {
+    static func idealSpeedup(size: Int, rate: Int, peers: Int, staggered: Bool) -> Double? {
         guard rate > 0 else { return nil }
         let single = Double(size) / Double(rate)
         guard staggered else { return Double(peers + 1) }
