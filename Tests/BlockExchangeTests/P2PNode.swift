@@ -21,18 +21,21 @@ final class P2PNode: @unchecked Sendable {
         port = freePort()
     }
 
-    /// Writes the config: these peers, this upload cap (bytes/s, 0 = none).
-    func configure(peers: [P2PNode], uploadRate: Int = 0) throws {
+    /// Writes the config: these peers, these caps (bytes/s, 0 = none), and with `admin` the
+    /// metrics endpoint on that port.
+    func configure(peers: [P2PNode], uploadRate: Int = 0, downloadRate: Int = 0, admin: UInt16? = nil) throws {
         try """
             [harp]
-            plugins = ["p2p"]
+            plugins = ["p2p"\(admin == nil ? "" : ", \"admin\"")]
             log_level = "info"
+            \(admin.map { "[admin]\nlisten = \"127.0.0.1:\($0)\"" } ?? "")
             [storage]
             dir = "\(dir)"
             folder = "\(folder)"
             listen = "127.0.0.1:\(port)"
             peers = [\(peers.map { "\"\($0.id)@127.0.0.1:\($0.port)\"" }.joined(separator: ", "))]
             upload_rate = \(uploadRate)
+            download_rate = \(downloadRate)
             """.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
 

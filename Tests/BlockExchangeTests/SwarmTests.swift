@@ -225,6 +225,57 @@ struct SwarmTests {
         #expect(second.stderr.contains("another node is running on it"), "\(second.stderr)")
     }
 
+    @Test("a full disk: the CLI says so, nothing appears at the target, and the node goes on")
+    func fullDisk() throws {
+        let origin = try P2PNode(), downloader = try P2PNode()
+        let small = NodeTests.temporaryDirectory()
+        defer {
+            _ = try? shell("umount \(small)")
+            for node in [origin, downloader] { node.remove() }
+            try? FileManager.default.removeItem(atPath: small)
+        }
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        // An 8 MiB file system for a 24 MiB download (tmpfs; the tests run as root).
+        #expect(try shell("mount -t tmpfs -o size=8m tmpfs \(small)").status == 0, "mounting a small tmpfs needs root")
+        try P2PNode.makeFile(origin.folder + "/file", size: 24 * Self.MiB)
+        try P2PNode.mesh([origin, downloader])
+        for node in [origin, downloader] { try node.start() }
+        try downloader.waitConnected(to: [origin])
+        let root = try origin.add("file")
+        let get = try HarpProcess.run(["storage", "get", root, "--out", small + "/file", "--config", downloader.configPath])
+        #expect(get.status != 0 && get.stderr.contains("No space left on device"), "\(get.stderr)")
+        #expect(get.stderr.contains("the partial file is kept"))
+        #expect(!FileManager.default.fileExists(atPath: small + "/file"))
+        try downloader.process!.waitForOutput("fetching \(root) failed")
+        // The node still serves its CLI and can fetch into a disk with room.
+        _ = try P2PNode.answer(of: try downloader.startGet(root, into: downloader.folder + "/file"))
+        #expect(try P2PNode.sha256(downloader.folder + "/file") == P2PNode.sha256(origin.folder + "/file"))
+    }
+
+    @Test("download_rate holds a download to its rate; the metrics count peers, bytes and chunks per peer")
+    func downloadLimitAndMetrics() throws {
+        let origin = try P2PNode(), downloader = try P2PNode()
+        defer { for node in [origin, downloader] { node.remove() } }
+        let size = 24 * Self.MiB, admin = freePort()
+        try P2PNode.makeFile(origin.folder + "/file", size: size)
+        try origin.configure(peers: [downloader])
+        try downloader.configure(peers: [origin], downloadRate: 8 * Self.MiB, admin: admin)
+        for node in [origin, downloader] { try node.start() }
+        try downloader.waitConnected(to: [origin])
+        let root = try origin.add("file")
+        let answer = try P2PNode.answer(of: try downloader.startGet(root, into: downloader.folder + "/file"))
+        // One maximum chunk of burst, then 8 MiB/s: at least (24 − 4) / 8 = 2.5 s.
+        let seconds = answer["seconds"] as? Double ?? 0
+        #expect(seconds >= 2.4, "24 MiB at 8 MiB/s took \(seconds) s")
+        let metrics = try shell("curl -s http://127.0.0.1:\(admin)/metrics").output
+        let lines = metrics.split(separator: "\n").map(String.init)
+        #expect(lines.contains("harp_p2p_peers_connected 1.0"), "\(metrics)")
+        #expect(lines.contains("harp_p2p_transfers_active 0.0"))
+        #expect(lines.contains("harp_p2p_received_bytes_total{peer=\"\(origin.id)\"} \(size)"), "\(metrics)")
+        let chunks = lines.first { $0.hasPrefix("harp_p2p_received_chunks_total{peer=\"\(origin.id)\"}") }
+        #expect((chunks?.split(separator: " ").last.flatMap { Int($0) } ?? 0) >= 6)
+    }
+
     @Test("harp bench transfer runs its nodes and prints every JSON key; the ideal speedup follows caps and joins")
     func benchTransfer() throws {
         let result = try HarpProcess.run(["bench", "transfer", "--size", "24MiB", "--peers", "2", "--peer-rate", "16MiB/s", "--json"])

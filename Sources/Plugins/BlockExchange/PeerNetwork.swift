@@ -22,6 +22,12 @@ final class PeerNetwork: Sendable {
     /// Live connections by peer, each with whether we dialed it: during a restart or a
     /// simultaneous dial, an old and a new connection to one peer may overlap for a moment.
     private let links = Mutex<[NodeID: [ObjectIdentifier: (stream: TLSStream, outbound: Bool)]]>([:])
+    /// Peers reported connected (log line, gauge). A peer is reported gone only when it had no
+    /// connection for `reconnectGrace`: when both sides dial at once, one side may close the
+    /// connection the other kept before the one that replaces it arrives (a few ms), which is
+    /// not a disconnect worth a log line.
+    private let reported = Mutex<Set<NodeID>>([])
+    static let reconnectGrace: Duration = .milliseconds(500)
     private let sleepers = Mutex<[ObjectIdentifier: (loop: EventLoop, timer: AsyncCompletion)]>([:])
     private let stopping = Atomic<Bool>(false)
     private let peersGauge = Meter(label: "harp_p2p_peers_connected")
@@ -130,17 +136,17 @@ final class PeerNetwork: Sendable {
         // Of two connections to one peer, both sides keep the one the smaller ID dialed.
         let key = ObjectIdentifier(stream)
         let dialedBySmaller = outbound == node.bytes.lexicographicallyPrecedes(id.bytes)
-        let (admitted, displaced, first) = links.withLock { links -> (Bool, TLSStream?, Bool) in
+        let (admitted, displaced) = links.withLock { links -> (Bool, TLSStream?) in
             let existing = links[id] ?? [:]
             if let (otherKey, other) = existing.first(where: { _ in true }) {
                 let otherDialedBySmaller = other.outbound == node.bytes.lexicographicallyPrecedes(id.bytes)
-                guard dialedBySmaller, !otherDialedBySmaller else { return (false, nil, false) }
+                guard dialedBySmaller, !otherDialedBySmaller else { return (false, nil) }
                 links[id]![otherKey] = nil
                 links[id]![key] = (stream, outbound)
-                return (true, other.stream, false)
+                return (true, other.stream)
             }
             links[id] = [key: (stream, outbound)]
-            return (true, nil, true)
+            return (true, nil)
         }
         guard admitted else {
             logger.debug("a second connection to peer \(id): closed (one is enough)")
@@ -148,7 +154,7 @@ final class PeerNetwork: Sendable {
         }
         if let displaced { displaced.loop.spawn { displaced.abort() } }
         if stopping.load(ordering: .relaxed) { stream.abort() }  // `stop` may have run meanwhile
-        if first {
+        if reported.withLock({ $0.insert(id).inserted }) {
             peersGauge.increment()
             logger.info("peer connected \(id)")
         }
@@ -159,11 +165,16 @@ final class PeerNetwork: Sendable {
             if links[id]!.isEmpty { links[id] = nil }
             return links[id] == nil
         }
-        if last {
-            peersGauge.decrement()
-            logger.info("peer disconnected \(id)")
-        }
         stream.abort()
+        if last {
+            let timer = AsyncCompletion()
+            if !stopping.load(ordering: .relaxed) { _ = await stream.loop.sleep(for: Self.reconnectGrace, using: timer) }
+            let gone = links.withLock { $0[id] == nil } && reported.withLock { $0.remove(id) != nil }
+            if gone {
+                peersGauge.decrement()
+                logger.info("peer disconnected \(id)")
+            }
+        }
     }
 
     /// Ends every peer connection and back-off wait, each on its own loop, so that shutdown

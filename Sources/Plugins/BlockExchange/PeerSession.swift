@@ -265,10 +265,12 @@ final class PeerSession: @unchecked Sendable {
         swarm.statistics.received(length, from: peer)
         if let transfer, let slot {
             if let digest, digest.finalize() == id.bytes {
-                if let failure = await write(bytes, at: slot.offsets, into: transfer) {
-                    swarm.fail(transfer, failure)
+                if transfer.beginWrite() {
+                    let failure = await write(bytes, at: slot.offsets, into: transfer)
+                    transfer.endWrite()
+                    if let failure { swarm.fail(transfer, failure) } else { swarm.delivered(id, to: transfer, from: self) }
                 } else {
-                    swarm.delivered(id, to: transfer, from: self)
+                    transfer.cancelled(id, at: peer)  // the download just completed or failed
                 }
             } else {
                 let strikes = transfer.rejected(id, from: peer)

@@ -306,7 +306,8 @@ final class Swarm: Sendable {
                 self.logger.error("cannot record progress of \(transfer.root): \(error)")
             }
             guard complete, let manifest = transfer.manifest else { return }
-            guard fsync(transfer.fd) == 0, Glibc.close(transfer.fd) == 0 else {
+            transfer.quiesce()
+            guard fsync(transfer.fd) == 0, transfer.closeFile() == 0 else {
                 return self.fail(transfer, "cannot sync \(transfer.partialPath): \(String(cString: strerror(errno)))")
             }
             guard rename(transfer.partialPath, transfer.output) == 0 else {
@@ -333,7 +334,7 @@ final class Swarm: Sendable {
         transfer.finish(.failed(reason + "; the partial file is kept: run the same get again to resume"))
         remove(transfer)
         logger.error("fetching \(transfer.root) failed: \(reason)")
-        disk.enqueue { Glibc.close(transfer.fd) }
+        disk.enqueue { _ = transfer.closeFile() }
     }
 
     /// Stops a download nobody can serve now (the CLI gave up); a later get resumes it.

@@ -17,6 +17,11 @@ final class Transfer: Sendable {
     let fd: Int32
     let started = EventLoop.preciseNanos()
     private let state = Mutex(State())
+    /// Writes into `fd` in flight, and whether it is about to be closed: the descriptor is
+    /// closed only once no session writes into it (a late endgame copy, verified like the
+    /// first, may still be landing when the last chunk completes the file), so a write never
+    /// meets a closed — or worse, reused — descriptor number.
+    private let io = Mutex<(writers: Int, closing: Bool, closed: Bool)>((0, false, false))
 
     struct Slot: Sendable {
         let id: ChunkID
@@ -76,6 +81,36 @@ final class Transfer: Sendable {
         self.output = output
         partialPath = Transfer.partialPath(for: output)
         self.fd = fd
+    }
+
+    /// Registers a write into `fd`; false once the file is being closed.
+    func beginWrite() -> Bool {
+        io.withLock { io in
+            guard !io.closing else { return false }
+            io.writers += 1
+            return true
+        }
+    }
+
+    func endWrite() {
+        io.withLock { $0.writers -= 1 }
+    }
+
+    /// Refuses new writes and waits for those in flight (a few milliseconds at most: each is
+    /// one chunk into the page cache). Blocks: for the disk worker, never a loop.
+    func quiesce() {
+        io.withLock { $0.closing = true }
+        while io.withLock({ $0.writers }) > 0 { usleep(1000) }
+    }
+
+    /// Closes `fd` once, after the writes in flight (`quiesce`): 0 or `close`'s -1.
+    func closeFile() -> Int32 {
+        quiesce()
+        return io.withLock { io in
+            guard !io.closed else { return 0 }
+            io.closed = true
+            return Glibc.close(fd)
+        }
     }
 
     /// `dir/.name.harp-partial` beside `output`: same file system, so the rename is atomic.
