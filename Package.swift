@@ -102,6 +102,12 @@ let package = Package(
             path: "Sources/Plugins/BlockExchange",
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "MetadataSync",
+            dependencies: ["HarpKernel", "BlockExchange"],
+            path: "Sources/Plugins/MetadataSync",
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "harp",
             dependencies: [
@@ -161,6 +167,11 @@ let package = Package(
             name: "BlockExchangeTests",
             dependencies: ["BlockExchange", "HarpTestSupport"],
             exclude: ["fastcdc_reference.py", "hostile_peer.py"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "MetadataSyncTests",
+            dependencies: ["MetadataSync", "HarpTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

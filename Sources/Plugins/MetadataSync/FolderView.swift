@@ -1,0 +1,79 @@
+import BlockExchange
+
+/// What the folder shows for a replica: paths, with the rules that keep it free of conflict
+/// copies (docs/protocols/p2p.md, "Metadata"):
+///
+/// - a deleted item (under TRASH) comes back where it was when a version of it is newer than
+///   the delete (delete vs. edit: the larger timestamp decides);
+/// - two files with one parent and one name are one path whose history merges both, in
+///   timestamp order; two such directories are one directory with the union of children;
+/// - a version whose base is not its predecessor's root is marked concurrent.
+public struct FolderView: Equatable, Sendable {
+    public struct HistoryEntry: Equatable, Sendable {
+        public let number: Int
+        public let version: TreeOperation.Version
+        public let concurrent: Bool
+        public let head: Bool
+    }
+
+    public struct Entry: Equatable, Sendable {
+        public let path: String
+        public let isDirectory: Bool
+        /// The items shown at this path (more than one when same-named ones merged).
+        public let items: [ItemID]
+        public let history: [HistoryEntry]
+        public var head: TreeOperation.Version? { history.last?.version }
+    }
+
+    public let entries: [String: Entry]
+
+    public init(tree: ReplicatedTree, histories: FileHistories) {
+        // Effective placements: the tree's, with deleted items restored by a later version.
+        var live: [ItemID: ReplicatedTree.Placement] = [:]
+        var deletedAt: [ItemID: HLCTimestamp] = [:]
+        for move in tree.appliedMoves {
+            if move.parent == .trash {
+                deletedAt[move.item] = move.timestamp
+            } else {
+                live[move.item] = ReplicatedTree.Placement(parent: move.parent, name: move.name, isDirectory: move.isDirectory)
+                deletedAt[move.item] = nil
+            }
+        }
+        var placements: [ItemID: ReplicatedTree.Placement] = [:]
+        for (item, placement) in tree.placements {
+            if placement.parent != .trash {
+                placements[item] = placement
+            } else if let deleted = deletedAt[item], let head = histories.head(of: item), deleted < head.timestamp, let was = live[item] {
+                placements[item] = was
+            }
+        }
+        var children: [ItemID: [ItemID]] = [:]
+        for (item, placement) in placements { children[placement.parent, default: []].append(item) }
+
+        var entries: [String: Entry] = [:]
+        func walk(_ directories: [ItemID], path: String, depth: Int) {
+            guard depth < 4096 else { return }
+            let members = directories.flatMap { children[$0] ?? [] }
+            let byName = Dictionary(grouping: members) { placements[$0]!.name }
+            for (name, items) in byName {
+                let childPath = path.isEmpty ? name : path + "/" + name
+                let directories = items.filter { placements[$0]!.isDirectory }.sorted()
+                if !directories.isEmpty {
+                    entries[childPath] = Entry(path: childPath, isDirectory: true, items: directories, history: [])
+                    walk(directories, path: childPath, depth: depth + 1)
+                } else {
+                    let files = items.sorted()
+                    let versions = files.flatMap { histories.versions[$0] ?? [] }.sorted { $0.timestamp < $1.timestamp }
+                    var history: [HistoryEntry] = []
+                    for (index, version) in versions.enumerated() {
+                        let concurrent = index > 0 && version.base != versions[index - 1].root
+                        history.append(HistoryEntry(number: index + 1, version: version, concurrent: concurrent, head: index == versions.count - 1))
+                    }
+                    entries[childPath] = Entry(path: childPath, isDirectory: false, items: files, history: history)
+                }
+            }
+        }
+        walk([.root], path: "", depth: 0)
+        self.entries = entries
+    }
+}

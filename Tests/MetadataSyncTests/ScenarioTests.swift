@@ -1,0 +1,164 @@
+import BlockExchange
+import HarpTestSupport
+@testable import MetadataSync
+import Testing
+
+/// The cases the metadata model exists for, each on two replicas that change things while
+/// apart and then sync both ways.
+@Suite("metadata scenarios")
+struct ScenarioTests {
+    var generator = SeededGenerator(seed: 11)
+    var a = Replica(node: ConvergenceTests.node(1))
+    var b = Replica(node: ConvergenceTests.node(2))
+    var now: UInt64 = 5_000
+
+    mutating func content() -> ChunkID { ConvergenceTests.root(&generator) }
+
+    /// Creates an item on `a` and gives it to `b`.
+    @discardableResult
+    mutating func create(_ name: String, in parent: ItemID = .root, directory: Bool = false) -> ItemID {
+        let item = ItemID.random(using: &generator)
+        now += 1
+        a.local(now: now) { .move(.init(timestamp: $0, item: item, parent: parent, name: name, isDirectory: directory)) }
+        if !directory {
+            let root = content()
+            a.local(now: now) { .version(.init(timestamp: $0, item: item, root: root, size: 1, mtime: 0, base: nil)) }
+        }
+        syncBoth()
+        return item
+    }
+
+    enum Side { case a, b }
+
+    mutating func local(_ side: Side, at time: UInt64, _ make: (HLCTimestamp) -> TreeOperation) {
+        switch side {
+        case .a: a.local(now: time, make)
+        case .b: b.local(now: time, make)
+        }
+    }
+
+    mutating func move(on side: Side, _ item: ItemID, to parent: ItemID, name: String, directory: Bool, at time: UInt64) {
+        local(side, at: time) { .move(.init(timestamp: $0, item: item, parent: parent, name: name, isDirectory: directory)) }
+    }
+
+    mutating func write(on side: Side, _ item: ItemID, at time: UInt64) -> ChunkID {
+        let root = content(), base = (side == .a ? a : b).histories.head(of: item)?.root
+        local(side, at: time) { .version(.init(timestamp: $0, item: item, root: root, size: 3, mtime: 0, base: base)) }
+        return root
+    }
+
+    mutating func syncBoth() {
+        b.apply(a.missing(for: b.vector))
+        a.apply(b.missing(for: a.vector))
+    }
+
+    func view(_ replica: Replica) -> FolderView { FolderView(tree: replica.tree, histories: replica.histories) }
+
+    mutating func converged() -> FolderView {
+        syncBoth()
+        #expect(view(a) == view(b))
+        #expect(a.tree.placements == b.tree.placements)
+        return view(a)
+    }
+
+    @Test("one directory moved to two places at once ends in one of them, once")
+    mutating func concurrentMoves() {
+        let x = create("x", directory: true), y = create("y", directory: true), d = create("d", directory: true)
+        create("f", in: d)
+        move(on: .a, d, to: x, name: "d", directory: true, at: now + 10)
+        move(on: .b, d, to: y, name: "d", directory: true, at: now + 20)  // later: wins
+        let paths = Set(converged().entries.keys)
+        #expect(paths == ["x", "y", "y/d", "y/d/f"])
+    }
+
+    @Test("/a into /b on one node, /b into /a on the other: one move is skipped, nothing lost, no cycle")
+    mutating func moveCycle() {
+        let first = create("a", directory: true), second = create("b", directory: true)
+        move(on: .a, first, to: second, name: "a", directory: true, at: now + 10)
+        move(on: .b, second, to: first, name: "b", directory: true, at: now + 20)  // would make a cycle after a's
+        let paths = Set(converged().entries.keys)
+        #expect(paths == ["b", "b/a"])
+        #expect(ConvergenceTests.checkTree(a) == nil)
+    }
+
+    @Test("a directory renamed on one node while a file inside is edited on the other")
+    mutating func renameWhileEditing() {
+        let d = create("docs", directory: true), f = create("f.txt", in: d)
+        move(on: .a, d, to: .root, name: "papers", directory: true, at: now + 10)
+        let edited = write(on: .b, f, at: now + 5)
+        let view = converged()
+        #expect(Set(view.entries.keys) == ["papers", "papers/f.txt"])
+        #expect(view.entries["papers/f.txt"]?.head?.root == edited)
+    }
+
+    @Test("one file edited on two nodes while apart: one path, both versions, the later is the head, the other concurrent")
+    mutating func concurrentEdits() {
+        let f = create("report.odt")
+        let first = write(on: .a, f, at: now + 10)
+        let second = write(on: .b, f, at: now + 20)
+        let entry = converged().entries["report.odt"]
+        let history = entry?.history ?? []
+        #expect(history.count == 3 && history.map(\.number) == [1, 2, 3])
+        #expect(history.last?.version.root == second && history.last?.head == true)
+        #expect(history[1].version.root == first && !history[1].concurrent)
+        #expect(history[2].concurrent, "written from the original, not from the other edit")
+        #expect(view(a).entries.count == 1, "no conflict copy")
+    }
+
+    @Test("delete, then a later edit elsewhere: the file comes back where it was, its history whole")
+    mutating func deleteThenEdit() {
+        let d = create("d", directory: true), f = create("f", in: d)
+        move(on: .a, f, to: .trash, name: "f", directory: false, at: now + 10)
+        let edited = write(on: .b, f, at: now + 20)
+        let view = converged()
+        #expect(view.entries["d/f"]?.head?.root == edited)
+        #expect(view.entries["d/f"]?.history.count == 2)
+    }
+
+    @Test("an edit, then a later delete: the file is gone, its bytes stay in the history")
+    mutating func editThenDelete() {
+        let f = create("f")
+        let edited = write(on: .b, f, at: now + 10)
+        move(on: .a, f, to: .trash, name: "f", directory: false, at: now + 20)
+        let view = converged()
+        #expect(view.entries["f"] == nil)
+        #expect(a.histories.versions[f]?.map(\.root).contains(edited) == true)
+    }
+
+    @Test("two files made with one name on two nodes are one path; two directories, one directory with both children")
+    mutating func sameNames() {
+        let fileA = ItemID.random(using: &generator), fileB = ItemID.random(using: &generator)
+        let dirA = ItemID.random(using: &generator), dirB = ItemID.random(using: &generator)
+        let rootA = content(), rootB = content()
+        a.local(now: now + 1) { .move(.init(timestamp: $0, item: fileA, parent: .root, name: "notes", isDirectory: false)) }
+        a.local(now: now + 1) { .version(.init(timestamp: $0, item: fileA, root: rootA, size: 1, mtime: 0, base: nil)) }
+        b.local(now: now + 2) { .move(.init(timestamp: $0, item: fileB, parent: .root, name: "notes", isDirectory: false)) }
+        b.local(now: now + 2) { .version(.init(timestamp: $0, item: fileB, root: rootB, size: 1, mtime: 0, base: nil)) }
+        a.local(now: now + 3) { .move(.init(timestamp: $0, item: dirA, parent: .root, name: "photos", isDirectory: true)) }
+        b.local(now: now + 4) { .move(.init(timestamp: $0, item: dirB, parent: .root, name: "photos", isDirectory: true)) }
+        let one = ItemID.random(using: &generator), two = ItemID.random(using: &generator)
+        a.local(now: now + 5) { .move(.init(timestamp: $0, item: one, parent: dirA, name: "1.jpg", isDirectory: false)) }
+        b.local(now: now + 6) { .move(.init(timestamp: $0, item: two, parent: dirB, name: "2.jpg", isDirectory: false)) }
+        let view = converged()
+        #expect(Set(view.entries.keys) == ["notes", "photos", "photos/1.jpg", "photos/2.jpg"])
+        #expect(view.entries["notes"]?.history.map(\.version.root) == [rootA, rootB])
+        #expect(view.entries["notes"]?.history.last?.concurrent == true)
+        #expect(view.entries["photos"]?.items.count == 2)
+    }
+
+    @Test("the hybrid clock never goes back, passes what it hears, and flags what is too far ahead")
+    func clock() {
+        var clock = HybridLogicalClock(node: ConvergenceTests.node(1))
+        let first = clock.tick(now: 100), second = clock.tick(now: 90)  // the wall clock stepped back
+        #expect(first < second && second.wall == 100 && second.counter == 1)
+        clock.observe(HLCTimestamp(wall: 500, counter: 7, node: ConvergenceTests.node(2)))
+        let third = clock.tick(now: 200)
+        #expect(third.wall == 500 && third.counter == 8)
+        let ahead = HLCTimestamp(wall: 1_000_000, counter: 0, node: ConvergenceTests.node(2))
+        #expect(HybridLogicalClock.isTooFarAhead(ahead, now: 600_000, maxSkew: 300_000))
+        #expect(!HybridLogicalClock.isTooFarAhead(ahead, now: 700_000, maxSkew: 300_000))
+        // Equal wall and counter: the node ID orders them, the same way everywhere.
+        let x = HLCTimestamp(wall: 1, counter: 0, node: ConvergenceTests.node(1)), y = HLCTimestamp(wall: 1, counter: 0, node: ConvergenceTests.node(2))
+        #expect(x < y && !(y < x))
+    }
+}
