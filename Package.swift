@@ -104,7 +104,10 @@ let package = Package(
         ),
         .target(
             name: "MetadataSync",
-            dependencies: ["HarpKernel", "BlockExchange"],
+            dependencies: [
+                "HarpKernel", "BlockExchange", "CShims",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Sources/Plugins/MetadataSync",
             swiftSettings: strictSettings
         ),
@@ -119,6 +122,7 @@ let package = Package(
                 "FRP",
                 "ExApps",
                 "BlockExchange",
+                "MetadataSync",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

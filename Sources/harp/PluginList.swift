@@ -4,6 +4,7 @@ import ExApps
 import FRP
 import HTTPProxy
 import HarpKernel
+import MetadataSync
 import TCPForward
 import WebSocket
 
@@ -17,4 +18,5 @@ let registeredPlugins = PluginRegistry([
     FRPPlugin.self,
     ExAppsPlugin.self,
     BlockExchangePlugin.self,
+    MetadataSyncPlugin.self,
 ])

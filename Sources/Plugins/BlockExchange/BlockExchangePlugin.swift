@@ -82,6 +82,49 @@ public final class BlockExchangePlugin: Plugin {
         swarm.stop()
     }
 
+    /// Adds another plugin's frames to the peer sessions (call before `start`).
+    public func register(channel: any PeerChannel) {
+        swarm.register(channel)
+    }
+
+    /// Adds a command to the node's socket (call before `start`).
+    public func register(command name: String, _ handler: @escaping NodeCommand) {
+        swarm.register(command: name, handler)
+    }
+
+    /// The `[storage]` section (the metadata sync reads its folder and state directory).
+    public var storageConfiguration: StorageConfiguration { configuration }
+
+    /// The folder's content index (another plugin indexes the files it versions through it).
+    public var folderIndex: FolderIndex { index }
+
+    /// Fetches `root` into `output` from the peers (the metadata sync's materialization).
+    /// Returns nil when done, else why it failed — also when for `patience` nothing arrived
+    /// and nothing was asked for (no connected peer has it now; the partial file is kept).
+    public func fetch(_ root: ChunkID, into output: String, patience: Duration = .seconds(10)) async -> String? {
+        let transfer: Transfer
+        do {
+            transfer = try swarm.start(root, output: output)
+        } catch {
+            return error.description
+        }
+        var progress = (bytes: -1, at: ContinuousClock.now)
+        while true {
+            switch transfer.outcome {
+            case .complete: return nil
+            case .failed(let reason): return reason
+            case nil: break
+            }
+            let snapshot = transfer.snapshot()
+            if snapshot.verifiedBytes != progress.bytes || snapshot.inFlight > 0 {
+                progress = (snapshot.verifiedBytes, .now)
+            } else if ContinuousClock.now - progress.at > patience {
+                swarm.abandon(transfer, "no connected peer sent any of \(root) for \(patience)")
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
     public var endpoints: [String] {
         ["node \(node)", "folder \(configuration.folder)"] + listeners.boundAddresses.map {
             if case .unix(let path) = $0 { return "commands on \(path)" }

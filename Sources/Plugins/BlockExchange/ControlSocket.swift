@@ -58,7 +58,17 @@ final class ControlSocket: Sendable {
         case "status": await send(status(), to: socket)
         case "add": await add(request["path"] as? String ?? "", socket: socket)
         case "get": await get(root: request["root"] as? String ?? "", output: request["out"] as? String ?? "", socket: socket)
-        default: await send(["error": "unknown command \(command)"], to: socket)
+        default:
+            guard let handler = swarm.command(command) else {
+                let hint = ["ls", "history", "restore", "log"].contains(command) ? ": the crdt plugin does not run on this node" : ""
+                return await send(["error": "unknown command \(command)\(hint)"], to: socket)
+            }
+            var fields: [String: String] = [:]
+            for (key, value) in request {
+                if let text = value as? String { fields[key] = text } else if let number = value as? Int { fields[key] = String(number) }
+            }
+            let answer = await handler(fields)
+            _ = await socket.write(Array((answer + "\n").utf8), timeout: .seconds(10))
         }
     }
 

@@ -213,7 +213,12 @@ public final class FolderIndex: Sendable {
         }
     }
 
-    /// Regular files under `root`, relative, sorted; names starting with "." are skipped.
+    /// The version store inside the folder (replaced and deleted versions, kept by the metadata
+    /// sync): hidden from the synced tree, but indexed, so peers can fetch old versions too.
+    public static let versionStore = ".harp-versions"
+
+    /// Regular files under `root`, relative, sorted; names starting with "." are skipped, but
+    /// for the version store.
     static func files(under root: String) -> [String] {
         var out: [String] = []
         func walk(_ relative: String) {
@@ -224,7 +229,7 @@ public final class FolderIndex: Sendable {
                 let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                     String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
                 }
-                if name.hasPrefix(".") { continue }
+                if name.hasPrefix("."), !(relative.isEmpty && name == versionStore) { continue }
                 let child = relative.isEmpty ? name : relative + "/" + name
                 var info = stat()
                 guard lstat(root + "/" + child, &info) == 0 else { continue }

@@ -35,6 +35,8 @@ enum PeerFrameType: UInt8, Sendable, CaseIterable {
     /// downloader that hears it picks other chunks first, so two downloaders of one origin
     /// rarely fetch the same chunk from it (they trade it instead once it lands).
     case fetching = 14
+    /// A frame of another plugin's channel (`PeerChannel`): its own type code, 64–127.
+    case channel = 64
 
     /// The largest body a frame of this type may carry.
     var maximumBody: Int {
@@ -46,6 +48,7 @@ enum PeerFrameType: UInt8, Sendable, CaseIterable {
         case .haveUpdate, .fetching: 32 + 4 * PeerLimits.updateIndices
         case .chunk: 32 + FastCDC.maximumSize
         case .ping, .pong: 8
+        case .channel: PeerLimits.channelBytes
         }
     }
 }
@@ -56,6 +59,8 @@ enum PeerLimits {
     static let manifestEntries = (manifestBytes - Manifest.tag.count) / 40
     /// Indices per have-update frame.
     static let updateIndices = 1024
+    /// The most any channel frame may carry (a channel sets its own, lower, limits).
+    static let channelBytes = 4 << 20
 }
 
 /// Flag bits of manifest and have frames.
@@ -69,6 +74,8 @@ enum PeerFrameFlags {
 struct PeerFrameHeader: Sendable, Equatable {
     let type: PeerFrameType
     let length: Int
+    /// The type byte as sent (a channel's own code for `.channel`).
+    var code: UInt8 = 0
 
     static let size = 5
 
@@ -79,18 +86,29 @@ struct PeerFrameHeader: Sendable, Equatable {
     }
 
     static func header(_ type: PeerFrameType, length: Int) -> [UInt8] {
+        header(raw: type.rawValue, length: length)
+    }
+
+    static func header(raw type: UInt8, length: Int) -> [UInt8] {
         let length = UInt32(length)
-        return [type.rawValue, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
+        return [type, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
     }
 }
 
 /// Where the next frame ends; an unknown type or an oversize body ends the connection. A
-/// chunk frame's header includes its ID; its payload is the chunk's bytes.
+/// chunk frame's header includes its ID; its payload is the chunk's bytes. `channels` holds
+/// the types other plugins registered (64–127) with their limits.
 struct PeerFrameDecoder: FrameDecoder {
+    var channels: [UInt8: Int] = [:]
+
     func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<PeerFrameHeader, String> {
         guard bytes.count >= PeerFrameHeader.size else { return .needMore }
-        guard let type = PeerFrameType(rawValue: bytes[0]) else { return .invalid("unknown frame type \(bytes[0])") }
         let length = Int(UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 1, as: UInt32.self)))
+        if let limit = channels[bytes[0]] {
+            guard length <= limit else { return .invalid("a channel frame of type \(bytes[0]) with \(length) bytes (at most \(limit))") }
+            return .frame(PeerFrameHeader(type: .channel, length: length, code: bytes[0]), headerLength: PeerFrameHeader.size, payloadLength: length)
+        }
+        guard let type = PeerFrameType(rawValue: bytes[0]), type != .channel else { return .invalid("unknown frame type \(bytes[0])") }
         guard length <= type.maximumBody else {
             return .invalid("a \(type) frame of \(length) bytes (at most \(type.maximumBody))")
         }

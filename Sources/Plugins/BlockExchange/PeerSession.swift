@@ -91,7 +91,7 @@ final class PeerSession: @unchecked Sendable {
 
     /// Reads frames until the connection ends; returns why it ended.
     private func read() async -> String {
-        var decoder = PeerFrameDecoder()
+        var decoder = PeerFrameDecoder(channels: swarm.channelTypes)
         while true {
             switch await reader.next(&decoder, timeout: Self.silence) {
             case .frame(let header, let headerLength, let payloadLength):
@@ -108,6 +108,10 @@ final class PeerSession: @unchecked Sendable {
                 let body = Array(reader.buffer.readable[headerLength..<headerLength + payloadLength])
                 reader.buffer.consume(headerLength + payloadLength)
                 if body.count > 64 * 1024 { reader.buffer.shrinkIfIdle() }
+                if header.type == .channel {
+                    swarm.channel(for: header.code)?.received(type: header.code, body: body, from: peer)
+                    continue
+                }
                 if let failure = handle(header.type, body) {
                     logger.warning("peer \(peer) broke the protocol: \(failure); disconnected")
                     return failure
@@ -211,8 +215,8 @@ final class PeerSession: @unchecked Sendable {
                 roundTrip = .nanoseconds(Int64(EventLoop.preciseNanos() &- sent))
                 pingSentAt = 0
             }
-        case .chunk:
-            break  // read in `receiveChunk`
+        case .chunk, .channel:
+            break  // read in `receiveChunk`, handed to the channel in `read`
         }
         return nil
     }

@@ -6,7 +6,7 @@ import HarpKernel
 /// `harp storage …`: the P2P node's commands.
 struct StorageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "storage", abstract: "The P2P storage node's commands.",
-                                                    subcommands: [Init.self, ID.self, Add.self, Get.self, Status.self, Chunk.self])
+                                                    subcommands: [Init.self, ID.self, Add.self, Get.self, Status.self, Ls.self, History.self, Restore.self, Log.self, Chunk.self])
 
     struct Init: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a node identity (Ed25519 key and certificate) in DIR; print its node ID.")
@@ -168,6 +168,85 @@ struct StorageCommand: ParsableCommand {
                 func number(_ key: String) -> Int { transfer[key] as? Int ?? 0 }
                 let root = transfer["root"] as? String ?? "?", out = transfer["out"] as? String ?? "?"
                 print("  fetching \(root) into \(out): \(ProgressBar.bytes(number("bytes"))) of \(ProgressBar.bytes(number("size"))) from \(number("peers")) peers")
+            }
+        }
+    }
+
+    // The metadata commands: answered by the `crdt` plugin through the node's socket.
+
+    struct Ls: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List a folder path as the replicated tree shows it (P2P storage mode).")
+
+        @Argument(help: "A directory in the folder (default: its top).")
+        var path: String = ""
+
+        @OptionGroup var options: NodeOptions
+
+        func run() throws {
+            let client = try options.client()
+            let answer = try StorageCommand.calling { try client.call(["cmd": "ls", "path": path]) }
+            if options.json { return StorageCommand.printJSON(answer) }
+            for entry in answer["entries"] as? [[String: Any]] ?? [] {
+                let name = entry["name"] as? String ?? "?", type = entry["type"] as? String ?? "?"
+                print(type == "dir" ? "\(name)/" : "\(name)  \(entry["size"] as? Int ?? 0) bytes  \(entry["root"] as? String ?? "")")
+            }
+        }
+    }
+
+    struct History: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "A file's versions, oldest first: node, size, root, concurrent, head.")
+
+        @Argument(help: "A file in the folder.")
+        var path: String
+
+        @OptionGroup var options: NodeOptions
+
+        func run() throws {
+            let client = try options.client()
+            let answer = try StorageCommand.calling { try client.call(["cmd": "history", "path": path]) }
+            if options.json { return StorageCommand.printJSON(answer) }
+            for version in answer["versions"] as? [[String: Any]] ?? [] {
+                let flags = [(version["head"] as? Bool == true) ? "head" : nil, (version["concurrent"] as? Bool == true) ? "concurrent" : nil]
+                print("\(version["n"] as? Int ?? 0)  \(version["timestamp"] as? String ?? "")  \(version["node"] as? String ?? "")  "
+                      + "\(version["size"] as? Int ?? 0) bytes  \(version["root"] as? String ?? "")  \(flags.compactMap { $0 }.joined(separator: " "))")
+            }
+        }
+    }
+
+    struct Restore: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make an old version of a file its newest (the history only grows).")
+
+        @Argument(help: "A file in the folder.")
+        var path: String
+
+        @Option(help: "The version number, as `history` shows it.")
+        var version: Int
+
+        @OptionGroup var options: NodeOptions
+
+        func run() throws {
+            let client = try options.client()
+            let answer = try StorageCommand.calling { try client.call(["cmd": "restore", "path": path, "version": version]) }
+            if options.json { return StorageCommand.printJSON(answer) }
+            print("\(path): version \(version) is the newest again")
+        }
+    }
+
+    struct Log: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The most recent metadata operations.")
+
+        @Option(help: "How many.")
+        var count: Int = 50
+
+        @OptionGroup var options: NodeOptions
+
+        func run() throws {
+            let client = try options.client()
+            let answer = try StorageCommand.calling { try client.call(["cmd": "log", "count": count]) }
+            if options.json { return StorageCommand.printJSON(answer) }
+            for operation in answer["operations"] as? [[String: Any]] ?? [] {
+                let detail = operation["op"] as? String == "version" ? "\(operation["root"] as? String ?? "")" : "\(operation["name"] as? String ?? "") in \(operation["parent"] as? String ?? "")"
+                print("\(operation["timestamp"] as? String ?? "")  \(operation["op"] as? String ?? "")  \(operation["item"] as? String ?? "")  \(detail)")
             }
         }
     }

@@ -23,6 +23,8 @@ final class Swarm: Sendable {
     private let peerUploadLimits: [NodeID: TokenBucket]
     private let peerDownloadLimits: [NodeID: TokenBucket]
     private let activeGauge = Meter(label: "harp_p2p_transfers_active")
+    /// Other plugins' channels and commands (registered before `start`, read-only after).
+    private let extensions = Mutex<(channels: [any PeerChannel], commands: [String: NodeCommand])>(([], [:]))
 
     init(node: NodeID, configuration: StorageConfiguration, index: FolderIndex, indexer: WorkerThread, logger: Logger) {
         self.node = node
@@ -47,7 +49,30 @@ final class Swarm: Sendable {
     func attach(_ session: PeerSession) {
         sessions.withLock { $0[session.peer] = session }
         for transfer in activeTransfers() { session.query(transfer) }
+        for channel in extensions.withLock({ $0.channels }) { channel.peerConnected(PeerLink(peer: session.peer, session: session)) }
     }
+
+    // MARK: Extensions
+
+    func register(_ channel: any PeerChannel) {
+        extensions.withLock { $0.channels.append(channel) }
+    }
+
+    func register(command name: String, _ handler: @escaping NodeCommand) {
+        extensions.withLock { $0.commands[name] = handler }
+    }
+
+    var channelTypes: [UInt8: Int] {
+        extensions.withLock { state in
+            state.channels.reduce(into: [:]) { types, channel in types.merge(channel.channelTypes) { first, _ in first } }
+        }
+    }
+
+    func channel(for type: UInt8) -> (any PeerChannel)? {
+        extensions.withLock { $0.channels.first { $0.channelTypes[type] != nil } }
+    }
+
+    func command(_ name: String) -> NodeCommand? { extensions.withLock { $0.commands[name] } }
 
     func detach(_ session: PeerSession, reason: String) {
         let removed = sessions.withLock { sessions -> Bool in
@@ -58,6 +83,7 @@ final class Swarm: Sendable {
         if removed {
             for transfer in activeTransfers() { transfer.peerGone(session.peer) }
             wakeAll()
+            for channel in extensions.withLock({ $0.channels }) { channel.peerDisconnected(session.peer) }
         }
         logger.info("peer session ended \(session.peer): \(reason)")
     }

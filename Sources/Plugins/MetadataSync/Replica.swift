@@ -27,10 +27,12 @@ public struct Replica: Sendable {
     /// Per origin, the highest sequence below which nothing is missing.
     public private(set) var vector: [NodeID: UInt64] = [:]
 
-    public init(node: NodeID) {
+    public init(node: NodeID, wall: UInt64 = 0, counter: UInt32 = 0) {
         self.node = node
-        clock = HybridLogicalClock(node: node)
+        clock = HybridLogicalClock(node: node, wall: wall, counter: counter)
     }
+
+    public func contains(_ logged: LoggedOperation) -> Bool { operations[logged.origin]?[logged.sequence] != nil }
 
     // MARK: Remote
 

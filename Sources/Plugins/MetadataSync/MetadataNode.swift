@@ -1,0 +1,489 @@
+import BlockExchange
+import Foundation
+import Glibc
+import HarpKernel
+import Logging
+
+/// One node's metadata sync: the replica, the folder it mirrors, and its peers. An actor: peer
+/// messages, scans and materialization take turns; the folder work itself (`work`) runs one
+/// pass at a time — scan the folder for local changes, then make the folder match the view —
+/// so the node never mistakes a file it is writing for a change of the user's.
+actor MetadataNode {
+    let folder: String
+    let stateDirectory: String
+    let configuration: MetadataConfiguration
+    let log: OperationLog
+    let p2p: BlockExchangePlugin
+    let logger: Logger
+    private var replica: Replica
+    /// What each synced path is on disk (relative paths), as last seen or written.
+    private var paths: [String: PathState]
+    private var links: [NodeID: PeerLink] = [:]
+    private var working = false
+    private var workAgain = false
+    /// Remote operations stamped too far ahead of our clock, kept until time catches up.
+    private var heldBack: [LoggedOperation] = []
+    private var watcher: FolderWatcher?
+    private var generator = SystemRandomNumberGenerator()
+
+    init(folder: String, stateDirectory: String, node: NodeID, configuration: MetadataConfiguration, log: OperationLog,
+         p2p: BlockExchangePlugin, logger: Logger) throws(DatabaseError) {
+        self.folder = folder
+        self.stateDirectory = stateDirectory
+        self.configuration = configuration
+        self.log = log
+        self.p2p = p2p
+        self.logger = logger
+        let loaded = try log.load()
+        var replica = Replica(node: node, wall: loaded.wall, counter: loaded.counter)
+        replica.apply(loaded.operations)
+        self.replica = replica
+        paths = loaded.paths
+    }
+
+    static var nowMilliseconds: UInt64 { UInt64(Date().timeIntervalSince1970 * 1000) }
+
+    // MARK: Running
+
+    func start() {
+        watcher = FolderWatcher { [weak self] in
+            guard let self else { return }
+            Task { await self.requestWork() }
+        }
+        let interval = configuration.rescanInterval.duration
+        Task { [weak self] in
+            while let self, await self.isRunning {
+                await self.requestWork()
+                try? await Task.sleep(for: interval)
+            }
+        }
+    }
+
+    private var stopped = false
+    var isRunning: Bool { !stopped }
+
+    func stop() {
+        stopped = true
+        watcher?.stop()
+    }
+
+    /// Asks for a scan-and-materialize pass (one runs at a time; a request during one makes
+    /// another follow it).
+    func requestWork() {
+        guard !stopped else { return }
+        if working {
+            workAgain = true
+            return
+        }
+        working = true
+        Task { await self.work() }
+    }
+
+    private func work() async {
+        repeat {
+            workAgain = false
+            releaseHeldBack()
+            let unstable = await scan()
+            await materialize()
+            if unstable {
+                // Something is still being written: look again once it may have settled.
+                let wait = configuration.stableAfter.duration + .milliseconds(100)
+                Task { [weak self] in
+                    try? await Task.sleep(for: wait)
+                    await self?.requestWork()
+                }
+            }
+        } while workAgain && !stopped
+        working = false
+    }
+
+    // MARK: Peers
+
+    func connected(_ link: PeerLink) {
+        links[link.peer] = link
+        link.send(type: SyncChannel.vector, body: SyncChannel.encodeVector(replica.vector))
+    }
+
+    func disconnected(_ peer: NodeID) {
+        links[peer] = nil
+    }
+
+    func received(type: UInt8, body: [UInt8], from peer: NodeID) async {
+        switch type {
+        case SyncChannel.vector:
+            guard let theirs = SyncChannel.decodeVector(body) else {
+                return logger.warning("peer \(peer) sent a vector that does not decode")
+            }
+            let missing = replica.missing(for: theirs)
+            for start in stride(from: 0, to: missing.count, by: SyncChannel.batchSize) {
+                let batch = Array(missing[start..<min(start + SyncChannel.batchSize, missing.count)])
+                links[peer]?.send(type: SyncChannel.operations, body: SyncChannel.encodeBatch(batch))
+            }
+        case SyncChannel.operations:
+            guard let batch = SyncChannel.decodeBatch(body) else {
+                return logger.warning("peer \(peer) sent an operation batch that does not decode; ignored")
+            }
+            await accept(batch, from: peer)
+        default:
+            break
+        }
+    }
+
+    /// Applies remote operations: new ones only, none stamped beyond the skew limit; durable
+    /// before they are passed on to the other peers.
+    private func accept(_ batch: [LoggedOperation], from peer: NodeID?) async {
+        let now = Self.nowMilliseconds, skew = UInt64(configuration.maxClockSkew.duration.nanoseconds / 1_000_000)
+        var fresh: [LoggedOperation] = []
+        for logged in batch where !replica.contains(logged) {
+            if HybridLogicalClock.isTooFarAhead(logged.operation.timestamp, now: now, maxSkew: skew) {
+                if !heldBack.contains(logged) {
+                    heldBack.append(logged)
+                    logger.warning("held back an operation from \(logged.origin) stamped \(logged.operation.timestamp.wall - now) ms ahead of this node's clock (max_clock_skew \(configuration.maxClockSkew))")
+                }
+                continue
+            }
+            fresh.append(logged)
+        }
+        guard !fresh.isEmpty else { return }
+        replica.apply(fresh)
+        do {
+            try await log.append(fresh, clock: replica.clock)
+        } catch {
+            logger.error("cannot record operations: \(error)")
+        }
+        let body = SyncChannel.encodeBatch(fresh)
+        for (other, link) in links where other != peer { link.send(type: SyncChannel.operations, body: body) }
+        requestWork()
+    }
+
+    private func releaseHeldBack() {
+        guard !heldBack.isEmpty else { return }
+        let now = Self.nowMilliseconds, skew = UInt64(configuration.maxClockSkew.duration.nanoseconds / 1_000_000)
+        let ready = heldBack.filter { !HybridLogicalClock.isTooFarAhead($0.operation.timestamp, now: now, maxSkew: skew) }
+        guard !ready.isEmpty else { return }
+        heldBack.removeAll { ready.contains($0) }
+        Task { await self.accept(ready, from: nil) }
+    }
+
+    /// Makes, records and sends local operations.
+    private func commit(_ makes: [(HLCTimestamp) -> TreeOperation]) async {
+        guard !makes.isEmpty else { return }
+        var made: [LoggedOperation] = []
+        for make in makes { made.append(replica.local(now: Self.nowMilliseconds, make)) }
+        do {
+            try await log.append(made, clock: replica.clock)
+        } catch {
+            logger.error("cannot record local operations: \(error)")
+        }
+        let body = SyncChannel.encodeBatch(made)
+        for link in links.values { link.send(type: SyncChannel.operations, body: body) }
+    }
+
+    // MARK: Folder → operations
+
+    struct DiskEntry {
+        let isDirectory: Bool
+        let inode: Int64
+        let size: Int64
+        let mtime: Int64
+    }
+
+    /// Turns what changed on disk since the last pass into operations. Returns whether a file
+    /// was still being written (not versioned yet).
+    private func scan() async -> Bool {
+        let disk = walk()
+        watcher?.watch([folder] + disk.filter(\.value.isDirectory).map { folder + "/" + $0.key })
+        let nowNanos = Int64(Date().timeIntervalSince1970 * 1e9)
+        let stable = Int64(configuration.stableAfter.duration.nanoseconds)
+        var unstable = false
+        var makes: [(HLCTimestamp) -> TreeOperation] = []
+        var changes: [String: PathState?] = [:]
+        // Paths whose recorded inode is no longer there: sources of renames.
+        var vanished: [Int64: String] = [:]
+        for (path, state) in paths where disk[path].map({ $0.inode != state.inode || $0.isDirectory != state.isDirectory }) ?? true {
+            vanished[state.inode] = path
+        }
+        func parentItem(of path: String) -> ItemID {
+            guard let slash = path.lastIndex(of: "/") else { return .root }
+            return paths[String(path[..<slash])]?.item ?? .root
+        }
+        func name(of path: String) -> String { path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path }
+        func record(_ path: String, _ state: PathState?) {
+            paths[path] = state
+            changes[path] = .some(state)
+        }
+        for path in disk.keys.sorted() {
+            let entry = disk[path]!
+            if let state = paths[path], state.inode == entry.inode, state.isDirectory == entry.isDirectory {
+                guard !entry.isDirectory, state.size != entry.size || state.mtime != entry.mtime else { continue }
+                guard nowNanos - entry.mtime >= stable else {
+                    unstable = true
+                    continue
+                }
+                guard let root = index(path) else { continue }
+                let item = state.item, base = state.root, size = Int(entry.size), mtime = entry.mtime
+                if root != base { makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: base)) } }
+                record(path, PathState(item: item, isDirectory: false, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root))
+                continue
+            }
+            if let from = vanished[entry.inode], let old = paths[from], old.isDirectory == entry.isDirectory {
+                // The same inode under a new name: a move, not a delete and a create.
+                vanished[entry.inode] = nil
+                let item = old.item, parent = parentItem(of: path), newName = name(of: path), directory = old.isDirectory
+                makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
+                record(from, nil)
+                record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: old.size, mtime: old.mtime, root: old.root))
+                if directory {
+                    for (child, state) in paths where child.hasPrefix(from + "/") {
+                        record(child, nil)
+                        record(path + child.dropFirst(from.count), state)
+                    }
+                }
+                continue
+            }
+            if !entry.isDirectory && nowNanos - entry.mtime < stable {
+                unstable = true
+                continue
+            }
+            let item = ItemID.random(using: &generator), parent = parentItem(of: path), newName = name(of: path)
+            let directory = entry.isDirectory
+            var root: ChunkID?
+            if !directory {
+                guard let indexed = index(path) else { continue }
+                root = indexed
+            }
+            makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
+            if let root {
+                let size = Int(entry.size), mtime = entry.mtime
+                makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: nil)) }
+            }
+            record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root))
+        }
+        // What is gone: a delete for each topmost path (its subtree goes with it).
+        for (path, state) in paths where disk[path] == nil || disk[path]!.inode != state.inode {
+            guard paths[path] == state else { continue }
+            let parentGone = path.lastIndex(of: "/").map { slash in disk[String(path[..<slash])] == nil } ?? false
+            if !parentGone {
+                let item = state.item, oldName = name(of: path), directory = state.isDirectory
+                makes.append { .move(.init(timestamp: $0, item: item, parent: .trash, name: oldName, isDirectory: directory)) }
+            }
+            record(path, nil)
+        }
+        await commit(makes)
+        await persist(changes)
+        return unstable
+    }
+
+    private func index(_ path: String) -> ChunkID? {
+        do {
+            return try p2p.folderIndex.index(path)
+        } catch {
+            logger.info("not versioned yet: \(error)")
+            return nil
+        }
+    }
+
+    private func persist(_ changes: [String: PathState?]) async {
+        guard !changes.isEmpty else { return }
+        do {
+            try await log.record(changes)
+        } catch {
+            logger.error("cannot record the folder's state: \(error)")
+        }
+    }
+
+    /// Every synced path under the folder (relative), without hidden names, the node's state
+    /// directory, or what `.harpignore` names.
+    private func walk() -> [String: DiskEntry] {
+        var out: [String: DiskEntry] = [:]
+        let ignore = Ignore(folder: folder)
+        func visit(_ relative: String) {
+            let path = relative.isEmpty ? folder : folder + "/" + relative
+            guard let directory = opendir(path) else { return }
+            defer { closedir(directory) }
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name.hasPrefix(".") { continue }
+                let child = relative.isEmpty ? name : relative + "/" + name
+                let full = folder + "/" + child
+                if full == stateDirectory || ignore.matches(child) { continue }
+                var info = stat()
+                guard lstat(full, &info) == 0 else { continue }
+                let kind = info.st_mode & S_IFMT
+                guard kind == S_IFDIR || kind == S_IFREG else { continue }
+                out[child] = DiskEntry(isDirectory: kind == S_IFDIR, inode: Int64(info.st_ino), size: Int64(info.st_size),
+                                       mtime: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec))
+                if kind == S_IFDIR { visit(child) }
+            }
+        }
+        visit("")
+        return out
+    }
+
+    // MARK: Operations → folder
+
+    /// Makes the folder show the view: directories made, files fetched (from the folder
+    /// itself, the version store, or the peers), moves done as renames, removed files kept
+    /// in the version store.
+    private func materialize() async {
+        let view = FolderView(tree: replica.tree, histories: replica.histories)
+        var changes: [String: PathState?] = [:]
+        func record(_ path: String, _ state: PathState?) {
+            paths[path] = state
+            changes[path] = .some(state)
+        }
+        // Directories and moves first, then removals, then content: a slow download does not
+        // hold up a delete.
+        var fetches: [(path: String, head: TreeOperation.Version)] = []
+        for entry in view.entries.values.sorted(by: { $0.path < $1.path }) {
+            let full = folder + "/" + entry.path
+            if entry.isDirectory {
+                if let current = paths[entry.path], current.isDirectory { continue }
+                if let item = entry.items.first(where: { item in paths.contains { $0.value.item == item } }),
+                   let from = paths.first(where: { $0.value.item == item })?.key, from != entry.path,
+                   access(folder + "/" + from, F_OK) == 0, access(full, F_OK) != 0, rename(folder + "/" + from, full) == 0 {
+                    for (path, state) in paths where path == from || path.hasPrefix(from + "/") {
+                        record(path, nil)
+                        record(entry.path + path.dropFirst(from.count), state)
+                    }
+                    continue
+                }
+                mkdir(full, 0o755)
+                if let state = Self.state(full, item: entry.items[0], root: nil) { record(entry.path, state) }
+                continue
+            }
+            guard let head = entry.head else { continue }
+            if let current = paths[entry.path], current.root == head.root { continue }
+            if paths[entry.path] == nil, access(full, F_OK) == 0 { continue }  // a local file the next scan will version
+            // Changed on disk since it was recorded (being written, or not scanned yet): the
+            // user's bytes are never replaced; the next scan makes them a version.
+            if let current = paths[entry.path], !unchanged(full, current) { continue }
+            // The same content under another path of ours: a move.
+            if let from = paths.first(where: { $0.value.item == head.item && $0.value.root == head.root })?.key, from != entry.path,
+               access(full, F_OK) != 0, rename(folder + "/" + from, full) == 0 {
+                record(from, nil)
+                if let state = Self.state(full, item: head.item, root: head.root) { record(entry.path, state) }
+                continue
+            }
+            fetches.append((entry.path, head))
+        }
+        // Recorded paths the view no longer has: files into the version store, then empty
+        // directories (deepest first).
+        for (path, state) in paths.sorted(by: { $0.key.count > $1.key.count }) where view.entries[path] == nil {
+            let full = folder + "/" + path
+            if !state.isDirectory, !unchanged(full, state) { continue }  // edited meanwhile: the scan decides
+            if state.isDirectory {
+                rmdir(full)
+            } else {
+                keepVersion(path, root: state.root)
+            }
+            record(path, nil)
+        }
+        for (path, head) in fetches {
+            let full = folder + "/" + path
+            if let old = paths[path] { keepVersion(path, root: old.root) }
+            if let failure = await place(head.root, at: full) {
+                logger.warning("cannot fetch \(path) (\(head.root)): \(failure); retried on the next pass")
+                continue
+            }
+            if let state = Self.state(full, item: head.item, root: head.root) { record(path, state) }
+        }
+        await persist(changes)
+    }
+
+    /// Puts the file with `root` at `path`: a copy from the version store when it is there,
+    /// else a download (the p2p plugin copies chunks the folder already holds and fetches
+    /// the rest, into a temporary file renamed into place).
+    private func place(_ root: ChunkID, at path: String) async -> String? {
+        let stored = versionPath(root)
+        if access(stored, R_OK) == 0 {
+            let partial = path + ".harp-restore"
+            guard copyFile(stored, to: partial), rename(partial, path) == 0 else { return "cannot copy \(stored)" }
+            return nil
+        }
+        return await p2p.fetch(root, into: path)
+    }
+
+    /// Moves a replaced or removed file into the version store (`FOLDER/.harp-versions/ROOT`)
+    /// and indexes it there, so its bytes stay retrievable — here and from every peer.
+    private func keepVersion(_ path: String, root: ChunkID?) {
+        let full = folder + "/" + path
+        guard let root else {
+            unlink(full)
+            return
+        }
+        mkdir(folder + "/" + FolderIndex.versionStore, 0o755)
+        guard rename(full, versionPath(root)) == 0 else {
+            unlink(full)
+            return
+        }
+        _ = index(FolderIndex.versionStore + "/" + root.description)
+    }
+
+    private func versionPath(_ root: ChunkID) -> String { folder + "/" + FolderIndex.versionStore + "/" + root.description }
+
+    private func copyFile(_ from: String, to: String) -> Bool {
+        (try? FileManager.default.copyItem(atPath: from, toPath: to)) != nil || {
+            unlink(to)
+            return (try? FileManager.default.copyItem(atPath: from, toPath: to)) != nil
+        }()
+    }
+
+    /// Whether the file at `path` is still what `state` recorded (or gone).
+    private func unchanged(_ path: String, _ state: PathState) -> Bool {
+        guard let now = Self.state(path, item: state.item, root: state.root) else { return true }
+        return now.inode == state.inode && now.size == state.size && now.mtime == state.mtime
+    }
+
+    static func state(_ path: String, item: ItemID, root: ChunkID?) -> PathState? {
+        var info = Glibc.stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        return PathState(item: item, isDirectory: (info.st_mode & S_IFMT) == S_IFDIR, inode: Int64(info.st_ino), size: Int64(info.st_size),
+                         mtime: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec), root: root)
+    }
+
+    // MARK: Commands
+
+    func view() -> FolderView { FolderView(tree: replica.tree, histories: replica.histories) }
+
+    func recentOperations(_ count: Int) -> [LoggedOperation] {
+        Array(replica.allOperations.sorted { $0.operation.timestamp > $1.operation.timestamp }.prefix(count))
+    }
+
+    /// A new version of `path` with the content of its version `number` (history only grows).
+    func restore(_ path: String, version number: Int) async -> String? {
+        guard let entry = view().entries[path], !entry.isDirectory else { return "\(path) is not a file in the folder" }
+        guard number >= 1, number <= entry.history.count else { return "\(path) has versions 1 to \(entry.history.count), not \(number)" }
+        guard let head = entry.head else { return "\(path) has no content" }
+        let old = entry.history[number - 1].version
+        await commit([{ .version(.init(timestamp: $0, item: head.item, root: old.root, size: old.size, mtime: old.mtime, base: head.root)) }])
+        requestWork()
+        return nil
+    }
+}
+
+/// `.harpignore` at the folder's top: one pattern per line (`#` comments), gitignore-style
+/// as far as fnmatch goes — a pattern without `/` matches a name at any depth, one with `/`
+/// the path from the top.
+struct Ignore {
+    let patterns: [String]
+
+    init(folder: String) {
+        let text = (try? String(contentsOfFile: folder + "/.harpignore", encoding: .utf8)) ?? ""
+        patterns = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+    }
+
+    func matches(_ relative: String) -> Bool {
+        let name = relative.split(separator: "/").last.map(String.init) ?? relative
+        for raw in patterns {
+            let pattern = raw.hasSuffix("/") ? String(raw.dropLast()) : raw
+            if pattern.contains("/") {
+                let anchored = pattern.hasPrefix("/") ? String(pattern.dropFirst()) : pattern
+                if fnmatch(anchored, relative, FNM_PATHNAME) == 0 { return true }
+            } else if fnmatch(pattern, name, 0) == 0 {
+                return true
+            }
+        }
+        return false
+    }
+}

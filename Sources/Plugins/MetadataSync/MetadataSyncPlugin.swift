@@ -1,0 +1,122 @@
+import BlockExchange
+import Foundation
+import HarpKernel
+import Logging
+
+/// `crdt`: P2P storage mode's metadata (docs/protocols/p2p.md, "Metadata"). Keeps
+/// `[storage] folder` in sync with the peers of the `p2p` plugin without a coordinator: local
+/// changes become operations (HLC-stamped moves and versions), operations travel in the p2p
+/// sessions (delta anti-entropy), and the replicated tree — moves never duplicate or lose a
+/// subtree, concurrent edits are one path with a linear history — is materialized in the
+/// folder, content fetched by the p2p plugin.
+public final class MetadataSyncPlugin: Plugin {
+    public static let name = "crdt"
+    public static let summary = "P2P storage mode's metadata sync: a replicated folder tree with per-file histories, no conflict copies"
+    public static let dependencies = ["p2p"]
+    public static var defaultConfiguration: MetadataConfiguration { MetadataConfiguration() }
+
+    let node: MetadataNode
+
+    public init(configuration: MetadataConfiguration, context: PluginContext) throws {
+        guard let p2p = context.dependency(BlockExchangePlugin.self) else {
+            throw ConfigError.invalid(key: "harp.plugins", value: "crdt", reason: "the crdt plugin needs the p2p plugin running")
+        }
+        let storage = p2p.storageConfiguration
+        let log: OperationLog
+        do {
+            log = try OperationLog(path: storage.dir + "/metadata.sqlite")
+            node = try MetadataNode(folder: storage.folder, stateDirectory: storage.dir, node: p2p.node, configuration: configuration,
+                                    log: log, p2p: p2p, logger: context.logger)
+        } catch {
+            throw ConfigError.invalid(key: "storage.dir", value: "\"\(storage.dir)\"", reason: "the metadata log: \(error)")
+        }
+        let node = self.node
+        p2p.register(channel: SyncChannel(node: node))
+        p2p.register(command: "ls") { request in await MetadataCommands.list(node, path: request["path"] ?? "") }
+        p2p.register(command: "history") { request in await MetadataCommands.history(node, path: request["path"] ?? "") }
+        p2p.register(command: "restore") { request in
+            await MetadataCommands.restore(node, path: request["path"] ?? "", version: Int(request["version"] ?? "") ?? 0)
+        }
+        p2p.register(command: "log") { request in await MetadataCommands.log(node, count: Int(request["count"] ?? "") ?? 50) }
+    }
+
+    public func start() async throws {
+        await node.start()
+    }
+
+    public func stopAccepting() async {
+        await node.stop()
+    }
+
+    public var endpoints: [String] { ["metadata sync of the p2p folder (HLC moves and versions)"] }
+}
+
+/// The answers of `harp storage ls/history/restore/log`, as JSON text.
+enum MetadataCommands {
+    static func json(_ object: [String: Any]) -> String {
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return #"{"error":"encoding"}"# }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func clean(_ path: String) -> String {
+        path.split(separator: "/").filter { !$0.isEmpty && $0 != "." }.joined(separator: "/")
+    }
+
+    static func list(_ node: MetadataNode, path: String) async -> String {
+        let view = await node.view()
+        let directory = clean(path)
+        if !directory.isEmpty, view.entries[directory]?.isDirectory != true {
+            return json(["error": "\(directory) is not a directory in the folder"])
+        }
+        let prefix = directory.isEmpty ? "" : directory + "/"
+        let children = view.entries.values.filter { $0.path.hasPrefix(prefix) && !$0.path.dropFirst(prefix.count).contains("/") }
+        let entries: [[String: Any]] = children.sorted { $0.path < $1.path }.map { entry in
+            var item: [String: Any] = ["name": String(entry.path.dropFirst(prefix.count)), "type": entry.isDirectory ? "dir" : "file"]
+            if let head = entry.head {
+                item["size"] = head.size
+                item["root"] = head.root.description
+            }
+            return item
+        }
+        return json(["done": true, "path": directory, "entries": entries])
+    }
+
+    static func history(_ node: MetadataNode, path: String) async -> String {
+        let target = clean(path)
+        guard let entry = await node.view().entries[target], !entry.isDirectory else {
+            return json(["error": "\(target) is not a file in the folder"])
+        }
+        let versions: [[String: Any]] = entry.history.map { item in
+            ["n": item.number, "timestamp": "\(item.version.timestamp.wall).\(item.version.timestamp.counter)",
+             "node": "\(item.version.timestamp.node)", "size": item.version.size, "root": item.version.root.description,
+             "concurrent": item.concurrent, "head": item.head]
+        }
+        return json(["done": true, "path": target, "versions": versions])
+    }
+
+    static func restore(_ node: MetadataNode, path: String, version: Int) async -> String {
+        let target = clean(path)
+        if let failure = await node.restore(target, version: version) { return json(["error": failure]) }
+        return json(["done": true, "path": target, "restored": version])
+    }
+
+    static func log(_ node: MetadataNode, count: Int) async -> String {
+        let operations: [[String: Any]] = await node.recentOperations(max(1, min(count, 1000))).map { logged in
+            var item: [String: Any] = ["origin": "\(logged.origin)", "sequence": logged.sequence,
+                                       "timestamp": "\(logged.operation.timestamp.wall).\(logged.operation.timestamp.counter)",
+                                       "item": logged.operation.item.description]
+            switch logged.operation {
+            case .move(let move):
+                item["op"] = move.parent == .trash ? "delete" : "move"
+                item["parent"] = move.parent.description
+                item["name"] = move.name
+            case .version(let version):
+                item["op"] = "version"
+                item["root"] = version.root.description
+                item["size"] = version.size
+            }
+            return item
+        }
+        return json(["done": true, "operations": operations])
+    }
+}

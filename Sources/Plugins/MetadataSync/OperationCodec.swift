@@ -1,0 +1,112 @@
+import BlockExchange
+
+/// The binary form of a logged operation, for the SQLite log and the wire (batches are
+/// deflated on the wire). Big-endian integers:
+///
+///     kind u8 (1 move, 2 version) · sequence u64 · wall u64 · counter u32 · node [32] · item [16]
+///     move:    parent [16] · directory u8 · name length u16 · name (UTF-8)
+///     version: root [32] · size u64 · mtime i64 · has base u8 · base [32]?
+///
+/// The origin is the timestamp's node (an operation is stamped where it is made).
+enum OperationCodec {
+    static func encode(_ logged: LoggedOperation, into out: inout [UInt8]) {
+        let timestamp = logged.operation.timestamp
+        switch logged.operation {
+        case .move: out.append(1)
+        case .version: out.append(2)
+        }
+        append(logged.sequence, to: &out)
+        append(timestamp.wall, to: &out)
+        append(UInt64(timestamp.counter), bytes: 4, to: &out)
+        out += timestamp.node.bytes
+        append(logged.operation.item, to: &out)
+        switch logged.operation {
+        case .move(let move):
+            append(move.parent, to: &out)
+            out.append(move.isDirectory ? 1 : 0)
+            let name = Array(move.name.utf8.prefix(4096))
+            append(UInt64(name.count), bytes: 2, to: &out)
+            out += name
+        case .version(let version):
+            out += version.root.bytes
+            append(UInt64(version.size), to: &out)
+            append(UInt64(bitPattern: version.mtime), to: &out)
+            if let base = version.base {
+                out.append(1)
+                out += base.bytes
+            } else {
+                out.append(0)
+            }
+        }
+    }
+
+    static func encode(_ batch: [LoggedOperation]) -> [UInt8] {
+        var out: [UInt8] = []
+        for logged in batch { encode(logged, into: &out) }
+        return out
+    }
+
+    /// Decodes a run of operations; nil when the bytes are not exactly that (a truncated or
+    /// corrupt record: the whole batch is refused, never half applied).
+    static func decode(_ bytes: [UInt8]) -> [LoggedOperation]? {
+        var reader = Reader(bytes: bytes)
+        var out: [LoggedOperation] = []
+        while !reader.atEnd {
+            guard let kind = reader.byte(), let sequence = reader.integer(8), let wall = reader.integer(8), let counter = reader.integer(4),
+                  let node = reader.take(32), let item = reader.item() else { return nil }
+            let timestamp = HLCTimestamp(wall: wall, counter: UInt32(counter), node: NodeID(bytes: node))
+            let operation: TreeOperation
+            switch kind {
+            case 1:
+                guard let parent = reader.item(), let directory = reader.byte(), let length = reader.integer(2),
+                      let name = reader.take(Int(length)), let text = String(validating: name, as: UTF8.self), !text.isEmpty else { return nil }
+                operation = .move(.init(timestamp: timestamp, item: item, parent: parent, name: text, isDirectory: directory == 1))
+            case 2:
+                guard let root = reader.take(32), let size = reader.integer(8), let mtime = reader.integer(8), let hasBase = reader.byte() else { return nil }
+                var base: ChunkID?
+                if hasBase == 1 {
+                    guard let bytes = reader.take(32) else { return nil }
+                    base = ChunkID(bytes: bytes)
+                }
+                operation = .version(.init(timestamp: timestamp, item: item, root: ChunkID(bytes: root), size: Int(truncatingIfNeeded: size),
+                                           mtime: Int64(bitPattern: mtime), base: base))
+            default:
+                return nil
+            }
+            out.append(LoggedOperation(origin: timestamp.node, sequence: sequence, operation: operation))
+        }
+        return out
+    }
+
+    private static func append(_ value: UInt64, bytes: Int = 8, to out: inout [UInt8]) {
+        for shift in stride(from: (bytes - 1) * 8, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+    }
+
+    private static func append(_ item: ItemID, to out: inout [UInt8]) {
+        append(item.high, to: &out)
+        append(item.low, to: &out)
+    }
+
+    private struct Reader {
+        let bytes: [UInt8]
+        var offset = 0
+        var atEnd: Bool { offset >= bytes.count }
+
+        mutating func take(_ count: Int) -> [UInt8]? {
+            guard count >= 0, offset + count <= bytes.count else { return nil }
+            defer { offset += count }
+            return Array(bytes[offset..<offset + count])
+        }
+
+        mutating func byte() -> UInt8? { take(1)?.first }
+
+        mutating func integer(_ count: Int) -> UInt64? {
+            take(count)?.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+
+        mutating func item() -> ItemID? {
+            guard let high = integer(8), let low = integer(8) else { return nil }
+            return ItemID(high: high, low: low)
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import BlockExchange
+import CShims
+import HarpKernel
+
+/// The metadata sync's frames inside the p2p sessions (delta anti-entropy): on connect each
+/// side sends its vector — per origin node, the highest operation sequence it holds without
+/// gaps — and the other answers with what is missing; afterwards every new operation is
+/// pushed to every peer at once. Batches are deflated.
+struct SyncChannel: PeerChannel {
+    static let vector: UInt8 = 64
+    static let operations: UInt8 = 65
+    /// A batch holds at most this many operations (a node 10,000 operations behind gets five).
+    static let batchSize = 2000
+
+    let node: MetadataNode
+
+    var channelTypes: [UInt8: Int] { [Self.vector: 40 * 4096, Self.operations: 4 << 20] }
+
+    func peerConnected(_ link: PeerLink) {
+        Task { await node.connected(link) }
+    }
+
+    func received(type: UInt8, body: [UInt8], from peer: NodeID) {
+        Task { await node.received(type: type, body: body, from: peer) }
+    }
+
+    func peerDisconnected(_ peer: NodeID) {
+        Task { await node.disconnected(peer) }
+    }
+
+    static func encodeVector(_ vector: [NodeID: UInt64]) -> [UInt8] {
+        var out: [UInt8] = []
+        for (origin, sequence) in vector.sorted(by: { $0.key.bytes.lexicographicallyPrecedes($1.key.bytes) }) {
+            out += origin.bytes
+            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: sequence >> UInt64(shift))) }
+        }
+        return out
+    }
+
+    static func decodeVector(_ body: [UInt8]) -> [NodeID: UInt64]? {
+        guard body.count % 40 == 0 else { return nil }
+        var vector: [NodeID: UInt64] = [:]
+        for start in stride(from: 0, to: body.count, by: 40) {
+            vector[NodeID(bytes: Array(body[start..<start + 32]))] = body[start + 32..<start + 40].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+        return vector
+    }
+
+    /// A batch as sent: flag byte (1 = deflated) and the encoded operations.
+    static func encodeBatch(_ batch: [LoggedOperation]) -> [UInt8] {
+        let encoded = OperationCodec.encode(batch)
+        var level = uLong(0)
+        var out = [UInt8](repeating: 0, count: Int(compressBound(uLong(encoded.count))))
+        level = uLong(out.count)
+        let status = encoded.withUnsafeBufferPointer { compress2(&out, &level, $0.baseAddress, uLong($0.count), 6) }
+        guard status == Z_OK, Int(level) < encoded.count else { return [0] + encoded }
+        return [1] + out[0..<Int(level)]
+    }
+
+    static func decodeBatch(_ body: [UInt8]) -> [LoggedOperation]? {
+        guard let flag = body.first else { return nil }
+        var encoded = Array(body.dropFirst())
+        if flag == 1 {
+            var size = uLong(16 << 20)
+            var out = [UInt8](repeating: 0, count: Int(size))
+            let status = encoded.withUnsafeBufferPointer { uncompress(&out, &size, $0.baseAddress, uLong($0.count)) }
+            guard status == Z_OK else { return nil }
+            encoded = Array(out[0..<Int(size)])
+        }
+        return OperationCodec.decode(encoded)
+    }
+}

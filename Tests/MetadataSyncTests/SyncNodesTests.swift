@@ -1,0 +1,96 @@
+import Foundation
+import HarpTestSupport
+import Testing
+
+/// P2P storage mode on three real harp nodes (`p2p` + `crdt`) on loopback: what a user does
+/// in one folder shows in the others; edits made apart become one path with a history.
+@Suite("metadata sync between real nodes", .serialized)
+struct SyncNodesTests {
+    let nodes: [P2PNode]
+
+    init() throws {
+        nodes = try (0..<3).map { _ in
+            let node = try P2PNode()
+            node.plugins = ["p2p", "crdt"]
+            node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\""
+            return node
+        }
+        try P2PNode.mesh(nodes)
+    }
+
+    func startAll() throws {
+        for node in nodes { try node.start() }
+        for node in nodes { try node.waitConnected(to: nodes.filter { $0 !== node }) }
+    }
+
+    func removeAll() { for node in nodes { node.remove() } }
+
+    /// Polls until `condition` holds (20 s at most).
+    func eventually(_ what: String, _ condition: () -> Bool) throws {
+        let deadline = Date().addingTimeInterval(20)
+        while !condition() {
+            guard Date() < deadline else { throw TestFailure("not within 20 s: \(what)") }
+            usleep(100_000)
+        }
+    }
+
+    func read(_ node: P2PNode, _ path: String) -> String? { try? String(contentsOfFile: node.folder + "/" + path, encoding: .utf8) }
+
+    func files(_ node: P2PNode) -> [String] {
+        (FileManager.default.enumerator(atPath: node.folder)?.allObjects as? [String] ?? []).filter { !$0.hasPrefix(".") }.sorted()
+    }
+
+    @Test("a file and a directory made on one node appear on the others; a rename and a delete follow")
+    func dropRenameDelete() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        try "hello\n".write(toFile: a.folder + "/a.txt", atomically: false, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: a.folder + "/docs", withIntermediateDirectories: true)
+        try "world\n".write(toFile: a.folder + "/docs/b.txt", atomically: false, encoding: .utf8)
+        for node in [b, c] {
+            try eventually("a.txt and docs/b.txt on \(node.id)") { read(node, "a.txt") == "hello\n" && read(node, "docs/b.txt") == "world\n" }
+        }
+        // A rename on disk is a move: same item, nothing fetched again.
+        try FileManager.default.moveItem(atPath: b.folder + "/docs", toPath: b.folder + "/papers")
+        for node in [a, c] { try eventually("docs renamed to papers on \(node.id)") { files(node) == ["a.txt", "papers", "papers/b.txt"] } }
+        try FileManager.default.removeItem(atPath: c.folder + "/papers/b.txt")
+        for node in [a, b] { try eventually("papers/b.txt deleted on \(node.id)") { files(node) == ["a.txt", "papers"] } }
+        // The deleted bytes stay in the version store.
+        let store = a.folder + "/.harp-versions/"
+        let stored = try FileManager.default.contentsOfDirectory(atPath: store)
+        #expect(stored.contains { (try? String(contentsOfFile: store + $0, encoding: .utf8)) == "world\n" })
+        let listing = try a.storage(["ls"])["entries"] as? [[String: Any]] ?? []
+        #expect(listing.map { $0["name"] as? String ?? "" } == ["a.txt", "papers"])
+        #expect(listing.first?["type"] as? String == "file" && listing.first?["size"] as? Int == 6)
+    }
+
+    @Test("one file edited on two nodes while one is stopped: one path, both versions, the other marked concurrent; restore adds a version")
+    func editsWhileApart() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        try "original\n".write(toFile: a.folder + "/report.txt", atomically: false, encoding: .utf8)
+        for node in [b, c] { try eventually("report.txt on \(node.id)") { read(node, "report.txt") == "original\n" } }
+        try c.stop()
+        try "edited on A\n".write(toFile: a.folder + "/report.txt", atomically: false, encoding: .utf8)
+        try eventually("A's edit on B") { read(b, "report.txt") == "edited on A\n" }
+        try "edited on C while apart\n".write(toFile: c.folder + "/report.txt", atomically: false, encoding: .utf8)
+        try c.start()
+        let converged = { Set(self.nodes.map { self.read($0, "report.txt") ?? "" }).count == 1 }
+        try eventually("all three agree on report.txt", converged)
+        let history = try b.storage(["history", "report.txt"])
+        let versions = history["versions"] as? [[String: Any]] ?? []
+        #expect(versions.count == 3, "\(versions)")
+        #expect(versions.map { $0["n"] as? Int ?? 0 } == [1, 2, 3])
+        #expect(versions.last?["head"] as? Bool == true)
+        #expect(versions.filter { $0["concurrent"] as? Bool == true }.count == 1, "one of the two edits was made from the original")
+        for node in nodes { #expect(files(node) == ["report.txt"], "no conflict copy on \(node.id)") }
+        // Restore version 1 on B: every node shows it, and the history has grown by one.
+        _ = try b.storage(["restore", "report.txt", "--version", "1"])
+        for node in nodes { try eventually("version 1 restored on \(node.id)") { read(node, "report.txt") == "original\n" } }
+        #expect((try a.storage(["history", "report.txt"])["versions"] as? [[String: Any]])?.count == 4)
+        let missing = try HarpProcess.run(["storage", "history", "nope.txt", "--config", a.configPath])
+        #expect(missing.status != 0 && missing.stderr.contains("nope.txt is not a file in the folder"), "\(missing.stderr)")
+    }
+}
