@@ -29,7 +29,10 @@ struct SyncNodesTests {
     func eventually(_ what: String, _ condition: () -> Bool) throws {
         let deadline = Date().addingTimeInterval(20)
         while !condition() {
-            guard Date() < deadline else { throw TestFailure("not within 20 s: \(what)") }
+            guard Date() < deadline else {
+                let logs = nodes.map { "\($0.id.prefix(9)) files \(files($0)):\n\($0.log.suffix(1500))" }.joined(separator: "\n---\n")
+                throw TestFailure("not within 20 s: \(what)\n\(logs)")
+            }
             usleep(100_000)
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import HarpKernel
 import Logging
+import Synchronization
 
 /// `p2p`: a P2P storage node (docs/protocols/p2p.md) — its identity, the content index of its
 /// synced folder (FastCDC chunks, SHA-256 IDs, manifests and roots, in SQLite), peer
@@ -98,21 +99,27 @@ public final class BlockExchangePlugin: Plugin {
     /// The folder's content index (another plugin indexes the files it versions through it).
     public var folderIndex: FolderIndex { index }
 
+    public enum FetchOutcome: Sendable {
+        /// In place; the file's inode as it landed.
+        case done(inode: Int64)
+        case failed(String)
+    }
+
     /// Fetches `root` into `output` from the peers (the metadata sync's materialization).
-    /// Returns nil when done, else why it failed — also when for `patience` nothing arrived
-    /// and nothing was asked for (no connected peer has it now; the partial file is kept).
-    public func fetch(_ root: ChunkID, into output: String, patience: Duration = .seconds(10)) async -> String? {
+    /// Fails also when for `patience` nothing arrived and nothing was asked for (no
+    /// connected peer has it now; the partial file is kept).
+    public func fetch(_ root: ChunkID, into output: String, patience: Duration = .seconds(10)) async -> FetchOutcome {
         let transfer: Transfer
         do {
             transfer = try swarm.start(root, output: output)
         } catch {
-            return error.description
+            return .failed(error.description)
         }
         var progress = (bytes: -1, at: ContinuousClock.now)
         while true {
             switch transfer.outcome {
-            case .complete: return nil
-            case .failed(let reason): return reason
+            case .complete: return .done(inode: transfer.landedInode.load(ordering: .relaxed))
+            case .failed(let reason): return .failed(reason)
             case nil: break
             }
             let snapshot = transfer.snapshot()

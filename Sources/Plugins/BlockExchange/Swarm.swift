@@ -333,6 +333,8 @@ final class Swarm: Sendable {
             }
             guard complete, let manifest = transfer.manifest else { return }
             transfer.quiesce()
+            var info = stat()
+            if fstat(transfer.fd, &info) == 0 { transfer.landedInode.store(Int64(info.st_ino), ordering: .relaxed) }
             guard fsync(transfer.fd) == 0, transfer.closeFile() == 0 else {
                 return self.fail(transfer, "cannot sync \(transfer.partialPath): \(String(cString: strerror(errno)))")
             }

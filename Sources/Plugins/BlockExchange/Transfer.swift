@@ -122,6 +122,10 @@ final class Transfer: Sendable {
     }
 
     var manifest: Manifest? { state.withLock { $0.manifest } }
+
+    /// The finished file's inode (set just before it is renamed into place): the metadata
+    /// sync knows the file by it even if the user moves it the moment it lands.
+    let landedInode = Atomic<Int64>(0)
     var outcome: Outcome? { state.withLock { $0.outcome } }
 
     /// Installs the manifest (its root already checked) and the slots verified before a

@@ -145,6 +145,7 @@ actor MetadataNode {
             fresh.append(logged)
         }
         guard !fresh.isEmpty else { return }
+        logger.info("applied \(fresh.count) operation\(fresh.count == 1 ? "" : "s") from \(peer.map { "\($0)" } ?? "the held-back queue")")
         replica.apply(fresh)
         do {
             try await log.append(fresh, clock: replica.clock)
@@ -192,11 +193,13 @@ actor MetadataNode {
     /// was still being written (not versioned yet).
     private func scan() async -> Bool {
         let disk = walk()
+        let view = FolderView(tree: replica.tree, histories: replica.histories)
         watcher?.watch([folder] + disk.filter(\.value.isDirectory).map { folder + "/" + $0.key })
         let nowNanos = Int64(Date().timeIntervalSince1970 * 1e9)
         let stable = Int64(configuration.stableAfter.duration.nanoseconds)
         var unstable = false
         var makes: [(HLCTimestamp) -> TreeOperation] = []
+        var seen: [String] = []
         var changes: [String: PathState?] = [:]
         // Paths whose recorded inode is no longer there: sources of renames.
         var vanished: [Int64: String] = [:]
@@ -222,7 +225,10 @@ actor MetadataNode {
                 }
                 guard let root = index(path) else { continue }
                 let item = state.item, base = state.root, size = Int(entry.size), mtime = entry.mtime
-                if root != base { makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: base)) } }
+                if root != base {
+                    makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: base)) }
+                    seen.append("edited \(path)")
+                }
                 record(path, PathState(item: item, isDirectory: false, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root))
                 continue
             }
@@ -231,6 +237,7 @@ actor MetadataNode {
                 vanished[entry.inode] = nil
                 let item = old.item, parent = parentItem(of: path), newName = name(of: path), directory = old.isDirectory
                 makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
+                seen.append("moved \(from) to \(path)")
                 record(from, nil)
                 record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: old.size, mtime: old.mtime, root: old.root))
                 if directory {
@@ -245,14 +252,23 @@ actor MetadataNode {
                 unstable = true
                 continue
             }
-            let item = ItemID.random(using: &generator), parent = parentItem(of: path), newName = name(of: path)
             let directory = entry.isDirectory
             var root: ChunkID?
             if !directory {
                 guard let indexed = index(path) else { continue }
                 root = indexed
             }
+            // Already what the tree shows at this path (a file this node wrote whose record
+            // was lost — the user moved its directory while it was being fetched): adopted,
+            // not created again.
+            if let shown = view.entries[path], shown.isDirectory == directory, directory || shown.head?.root == root {
+                let item = directory ? shown.items[0] : shown.head!.item
+                record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root))
+                continue
+            }
+            let item = ItemID.random(using: &generator), parent = parentItem(of: path), newName = name(of: path)
             makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
+            seen.append("created \(path)")
             if let root {
                 let size = Int(entry.size), mtime = entry.mtime
                 makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: nil)) }
@@ -266,9 +282,11 @@ actor MetadataNode {
             if !parentGone {
                 let item = state.item, oldName = name(of: path), directory = state.isDirectory
                 makes.append { .move(.init(timestamp: $0, item: item, parent: .trash, name: oldName, isDirectory: directory)) }
+                seen.append("deleted \(path)")
             }
             record(path, nil)
         }
+        if !seen.isEmpty { logger.info("local changes: \(seen.joined(separator: ", "))") }
         await commit(makes)
         await persist(changes)
         return unstable
@@ -382,11 +400,21 @@ actor MetadataNode {
         for (path, head) in fetches {
             let full = folder + "/" + path
             if let old = paths[path] { keepVersion(path, root: old.root) }
-            if let failure = await place(head.root, at: full) {
+            let inode: Int64
+            switch await place(head.root, at: full) {
+            case .failed(let failure):
                 logger.warning("cannot fetch \(path) (\(head.root)): \(failure); retried on the next pass")
                 continue
+            case .done(let landed):
+                inode = landed
             }
-            if let state = Self.state(full, item: head.item, root: head.root) { record(path, state) }
+            if let state = Self.state(full, item: head.item, root: head.root) {
+                record(path, state)
+            } else {
+                // Moved away the moment it landed (its directory renamed meanwhile): recorded
+                // by inode, so the next scan sees the move and nothing new.
+                record(path, PathState(item: head.item, isDirectory: false, inode: inode, size: Int64(head.size), mtime: 0, root: head.root))
+            }
         }
         await persist(changes)
     }
@@ -394,12 +422,14 @@ actor MetadataNode {
     /// Puts the file with `root` at `path`: a copy from the version store when it is there,
     /// else a download (the p2p plugin copies chunks the folder already holds and fetches
     /// the rest, into a temporary file renamed into place).
-    private func place(_ root: ChunkID, at path: String) async -> String? {
+    private func place(_ root: ChunkID, at path: String) async -> BlockExchangePlugin.FetchOutcome {
         let stored = versionPath(root)
         if access(stored, R_OK) == 0 {
             let partial = path + ".harp-restore"
-            guard copyFile(stored, to: partial), rename(partial, path) == 0 else { return "cannot copy \(stored)" }
-            return nil
+            guard copyFile(stored, to: partial), let copied = Self.state(partial, item: .root, root: nil), rename(partial, path) == 0 else {
+                return .failed("cannot copy \(stored)")
+            }
+            return .done(inode: copied.inode)
         }
         return await p2p.fetch(root, into: path)
     }
