@@ -89,8 +89,10 @@ final class ClientControl: @unchecked Sendable {
     func end(reason: String) async {
         guard !ended else { return }
         ended = true
-        logger.info("frp client gone", metadata: ["peer": "\(peer)", "run_id": "\(runID)", "reason": "\(reason)"])
         for proxy in proxies.values { await close(proxy) }
+        // Logged once the ports are free: a reader of the log (a test, an operator about to
+        // restart frpc) may rely on it.
+        logger.info("frp client gone", metadata: ["peer": "\(peer)", "run_id": "\(runID)", "reason": "\(reason)"])
         for stream in pool { stream.abort() }
         server.metrics.workConnectionsPooled.decrement(by: Double(pool.count))
         pool.removeAll()
