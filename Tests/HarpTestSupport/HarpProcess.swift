@@ -114,7 +114,17 @@ public final class HarpProcess: @unchecked Sendable {
             }
             usleep(10_000)
         }
-        usleep(50_000)  // let the pipe handlers collect the last output
+        usleep(50_000)  // let a handler that is running finish its append
+        // Then take what is left in the pipes ourselves: under load the handlers can be
+        // behind by more than that (a 40 KB JSON answer arrived cut short once).
+        for (index, pipe) in pipes.enumerated() {
+            pipe.fileHandleForReading.readabilityHandler = nil
+            let rest = pipe.fileHandleForReading.readDataToEndOfFile()
+            guard !rest.isEmpty else { continue }
+            lock.withLock {
+                if index == 0 { stdoutText += String(decoding: rest, as: UTF8.self) } else { stderrText += String(decoding: rest, as: UTF8.self) }
+            }
+        }
         return process.terminationStatus
     }
 
