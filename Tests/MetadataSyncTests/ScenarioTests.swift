@@ -161,4 +161,18 @@ struct ScenarioTests {
         let x = HLCTimestamp(wall: 1, counter: 0, node: ConvergenceTests.node(1)), y = HLCTimestamp(wall: 1, counter: 0, node: ConvergenceTests.node(2))
         #expect(x < y && !(y < x))
     }
+
+    @Test("[crdt] keys are validated with the key, the value and what is allowed")
+    func configuration() throws {
+        let node = try P2PNode()
+        defer { node.remove() }
+        let storage = "[storage]\ndir = \"\(node.dir)\"\nfolder = \"\(node.folder)\"\n"
+        for (text, expected) in [("max_clock_skew = \"10ms\"", "crdt.max_clock_skew"), ("rescan_interval = \"1ms\"", "crdt.rescan_interval"),
+                                 ("stable_after = \"2h\"", "crdt.stable_after"), ("stable_after = \"soon\"", "crdt.stable_after")] {
+            let result = try HarpProcess.run(["config", "check"], config: storage + "[crdt]\n\(text)\n")
+            #expect(result.status != 0 && result.stderr.contains(expected), "\(text): \(result.stderr)")
+        }
+        let good = try HarpProcess.run(["config", "check"], config: storage + "[crdt]\nmax_clock_skew = \"1m\"\n")
+        #expect(good.status == 0 && good.stdout.contains("max_clock_skew = \"1m\""), "\(good.stdout) \(good.stderr)")
+    }
 }

@@ -63,8 +63,16 @@ struct SyncNodesTests {
         let store = a.folder + "/.harp-versions/"
         let stored = try FileManager.default.contentsOfDirectory(atPath: store)
         #expect(stored.contains { (try? String(contentsOfFile: store + $0, encoding: .utf8)) == "world\n" })
+        // .harpignore: what it names stays local.
+        try "*.tmp\nbuild/\n".write(toFile: a.folder + "/.harpignore", atomically: false, encoding: .utf8)
+        try "scratch\n".write(toFile: a.folder + "/x.tmp", atomically: false, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: a.folder + "/build", withIntermediateDirectories: true)
+        try "out\n".write(toFile: a.folder + "/build/o", atomically: false, encoding: .utf8)
+        try "kept\n".write(toFile: a.folder + "/kept.txt", atomically: false, encoding: .utf8)
+        try eventually("kept.txt on B") { read(b, "kept.txt") == "kept\n" }
+        #expect(files(b) == ["a.txt", "kept.txt", "papers"], "ignored names stay on A")
         let listing = try a.storage(["ls"])["entries"] as? [[String: Any]] ?? []
-        #expect(listing.map { $0["name"] as? String ?? "" } == ["a.txt", "papers"])
+        #expect(listing.map { $0["name"] as? String ?? "" } == ["a.txt", "kept.txt", "papers"])
         #expect(listing.first?["type"] as? String == "file" && listing.first?["size"] as? Int == 6)
     }
 
