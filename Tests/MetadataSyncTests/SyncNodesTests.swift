@@ -106,6 +106,41 @@ struct SyncNodesTests {
     }
 }
 
+extension SyncNodesTests {
+    @Test("the move cycle on real nodes: /a into /b on one while /b goes into /a on a stopped one; the later move is skipped")
+    func moveCycle() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        for name in ["a", "b"] { try FileManager.default.createDirectory(atPath: a.folder + "/" + name, withIntermediateDirectories: true) }
+        try "in a\n".write(toFile: a.folder + "/a/f", atomically: false, encoding: .utf8)
+        for node in [b, c] { try eventually("a/f and b on \(node.id)") { files(node) == ["a", "a/f", "b"] } }
+        try c.stop()
+        try FileManager.default.moveItem(atPath: a.folder + "/a", toPath: a.folder + "/b/a")
+        try eventually("a moved into b on B") { files(b) == ["b", "b/a", "b/a/f"] }
+        try FileManager.default.moveItem(atPath: c.folder + "/b", toPath: c.folder + "/a/b")
+        try c.start()
+        for node in nodes { try eventually("one tree, b/a, on \(node.id)") { files(node) == ["b", "b/a", "b/a/f"] } }
+    }
+
+    @Test("delete on one node, a later edit on a stopped one: the file comes back everywhere with its whole history")
+    func deleteThenLaterEdit() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        try "v1\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
+        for node in [b, c] { try eventually("f.txt on \(node.id)") { read(node, "f.txt") == "v1\n" } }
+        try c.stop()
+        try FileManager.default.removeItem(atPath: a.folder + "/f.txt")
+        try eventually("f.txt deleted on B") { read(b, "f.txt") == nil }
+        try "v2 from C\n".write(toFile: c.folder + "/f.txt", atomically: false, encoding: .utf8)
+        try c.start()
+        for node in nodes { try eventually("f.txt back on \(node.id)") { read(node, "f.txt") == "v2 from C\n" } }
+        let versions = try a.storage(["history", "f.txt"])["versions"] as? [[String: Any]] ?? []
+        #expect(versions.count == 2, "\(versions)\n\(c.log.suffix(2500))")
+    }
+}
+
 /// kill -9 in the middle of things: nothing acknowledged is lost, nothing is created twice,
 /// and no partial file is left at a synced path.
 @Suite("metadata sync after kill -9", .serialized)

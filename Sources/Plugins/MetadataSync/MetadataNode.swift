@@ -215,10 +215,15 @@ actor MetadataNode {
             paths[path] = state
             changes[path] = .some(state)
         }
+        // A file saved by writing a new one and renaming it over the old (what most editors
+        // do) has a new inode at the same path: still an edit of the same item, as long as the
+        // old inode did not move elsewhere.
+        let inodesOnDisk = Set(disk.values.map(\.inode))
         for path in disk.keys.sorted() {
             let entry = disk[path]!
-            if let state = paths[path], state.inode == entry.inode, state.isDirectory == entry.isDirectory {
-                guard !entry.isDirectory, state.size != entry.size || state.mtime != entry.mtime else { continue }
+            if let state = paths[path], state.isDirectory == entry.isDirectory,
+               state.inode == entry.inode || (!entry.isDirectory && !inodesOnDisk.contains(state.inode)) {
+                guard !entry.isDirectory, state.inode != entry.inode || state.size != entry.size || state.mtime != entry.mtime else { continue }
                 guard nowNanos - entry.mtime >= stable else {
                     unstable = true
                     continue
@@ -248,6 +253,14 @@ actor MetadataNode {
                 }
                 continue
             }
+            // A file without a record where the tree shows a file (its record was lost — the
+            // node stopped right after it landed, or it landed while its directory moved) is
+            // that item: claimed now, versioned by a later pass if its bytes differ.
+            if !entry.isDirectory, let shown = view.entries[path], !shown.isDirectory, let head = shown.head {
+                record(path, PathState(item: head.item, isDirectory: false, inode: entry.inode, size: -1, mtime: 0, root: head.root))
+                unstable = true
+                continue
+            }
             if !entry.isDirectory && nowNanos - entry.mtime < stable {
                 unstable = true
                 continue
@@ -258,12 +271,9 @@ actor MetadataNode {
                 guard let indexed = index(path) else { continue }
                 root = indexed
             }
-            // Already what the tree shows at this path (a file this node wrote whose record
-            // was lost — the user moved its directory while it was being fetched): adopted,
-            // not created again.
-            if let shown = view.entries[path], shown.isDirectory == directory, directory || shown.head?.root == root {
-                let item = directory ? shown.items[0] : shown.head!.item
-                record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root))
+            // A directory the tree already shows at this path is that directory.
+            if directory, let shown = view.entries[path], shown.isDirectory {
+                record(path, PathState(item: shown.items[0], isDirectory: true, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: nil))
                 continue
             }
             let item = ItemID.random(using: &generator), parent = parentItem(of: path), newName = name(of: path)
@@ -415,6 +425,10 @@ actor MetadataNode {
                 // by inode, so the next scan sees the move and nothing new.
                 record(path, PathState(item: head.item, isDirectory: false, inode: inode, size: Int64(head.size), mtime: 0, root: head.root))
             }
+            // Recorded at once, not at the end of the pass: a node stopped right after a file
+            // landed would otherwise take it, edited later, for a new file.
+            await persist(changes)
+            changes = [:]
         }
         await persist(changes)
     }
