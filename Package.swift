@@ -105,7 +105,7 @@ let package = Package(
         .target(
             name: "MetadataSync",
             dependencies: [
-                "HarpKernel", "BlockExchange", "CShims",
+                "HarpKernel", "BlockExchange",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/Plugins/MetadataSync",

@@ -1,11 +1,11 @@
 import CShims
 
-/// zlib for metadata frames (manifests, have-lists): sent deflated only when that is smaller —
-/// a manifest is mostly SHA-256 IDs, which do not compress; a have-list of a half-done file
-/// compresses a lot.
-enum Deflate {
+/// zlib for metadata frames (manifests, have-lists, the metadata sync's operation batches):
+/// sent deflated only when that is smaller — a manifest is mostly SHA-256 IDs, which do not
+/// compress; a have-list of a half-done file compresses a lot.
+public enum Deflate {
     /// `bytes` deflated, or nil when that would not be smaller.
-    static func compressIfSmaller(_ bytes: [UInt8]) -> [UInt8]? {
+    public static func compressIfSmaller(_ bytes: [UInt8]) -> [UInt8]? {
         guard bytes.count > 64 else { return nil }
         var length = compressBound(uLong(bytes.count))
         var out = [UInt8](repeating: 0, count: Int(length))
@@ -19,7 +19,7 @@ enum Deflate {
 
     /// Inflates `bytes`, refusing output over `limit` (a small frame must not become a large
     /// allocation): nil when the data is not zlib or inflates past the limit.
-    static func decompress(_ bytes: UnsafeRawBufferPointer, limit: Int) -> [UInt8]? {
+    public static func decompress(_ bytes: UnsafeRawBufferPointer, limit: Int) -> [UInt8]? {
         var stream = z_stream()
         guard inflateInit_(&stream, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else { return nil }
         defer { inflateEnd(&stream) }

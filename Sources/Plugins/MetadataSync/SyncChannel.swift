@@ -1,5 +1,4 @@
 import BlockExchange
-import CShims
 import HarpKernel
 
 /// The metadata sync's frames inside the p2p sessions (delta anti-entropy): on connect each
@@ -49,23 +48,17 @@ struct SyncChannel: PeerChannel {
     /// A batch as sent: flag byte (1 = deflated) and the encoded operations.
     static func encodeBatch(_ batch: [LoggedOperation]) -> [UInt8] {
         let encoded = OperationCodec.encode(batch)
-        var level = uLong(0)
-        var out = [UInt8](repeating: 0, count: Int(compressBound(uLong(encoded.count))))
-        level = uLong(out.count)
-        let status = encoded.withUnsafeBufferPointer { compress2(&out, &level, $0.baseAddress, uLong($0.count), 6) }
-        guard status == Z_OK, Int(level) < encoded.count else { return [0] + encoded }
-        return [1] + out[0..<Int(level)]
+        if let deflated = Deflate.compressIfSmaller(encoded) { return [1] + deflated }
+        return [0] + encoded
     }
 
+    /// nil for a batch that does not inflate (within 16 MiB) or decode.
     static func decodeBatch(_ body: [UInt8]) -> [LoggedOperation]? {
         guard let flag = body.first else { return nil }
         var encoded = Array(body.dropFirst())
         if flag == 1 {
-            var size = uLong(16 << 20)
-            var out = [UInt8](repeating: 0, count: Int(size))
-            let status = encoded.withUnsafeBufferPointer { uncompress(&out, &size, $0.baseAddress, uLong($0.count)) }
-            guard status == Z_OK else { return nil }
-            encoded = Array(out[0..<Int(size)])
+            guard let inflated = encoded.withUnsafeBytes({ Deflate.decompress($0, limit: 16 << 20) }) else { return nil }
+            encoded = inflated
         }
         return OperationCodec.decode(encoded)
     }
