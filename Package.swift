@@ -132,6 +132,7 @@ let package = Package(
             name: "HarpTestSupport",
             dependencies: ["HarpKernel"],
             path: "Tests/HarpTestSupport",
+            exclude: ["p2p_peer.py"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -2,21 +2,13 @@
 
 usage: hostile_peer.py PORT CERT KEY MODE — prints what it saw ("closed" when harp hung up).
 """
-import socket, ssl, struct, sys, time
+import os, socket, ssl, struct, sys, time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "HarpTestSupport"))
+from p2p_peer import connect, frame  # noqa: E402
 
 port, cert, key, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-context.minimum_version = ssl.TLSVersion.TLSv1_3
-context.check_hostname = False
-context.verify_mode = ssl.CERT_NONE
-context.load_cert_chain(cert, key)
-context.set_alpn_protocols(["harp-p2p/1"])
-tls = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="harp-p2p")
-
-def frame(kind, body):
-    return struct.pack(">BI", kind, len(body)) + body
-
-tls.sendall(frame(1, b"harp-p2p" + struct.pack(">HI", 1, 0)))
+tls = connect(port, cert, key)
 root = bytes(range(32))
 if mode == "unknown-type":
     tls.sendall(frame(99, b"x"))

@@ -8,19 +8,13 @@ usage: future_peer.py PORT CERT KEY NODE_ID_HEX WALL_MS NAME SEQUENCE
 """
 import os, socket, ssl, struct, sys, time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "HarpTestSupport"))
+from p2p_peer import connect, frame  # noqa: E402
+
 port, cert, key, node_hex, wall, name = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-context.minimum_version = ssl.TLSVersion.TLSv1_3
-context.check_hostname = False
-context.verify_mode = ssl.CERT_NONE
-context.load_cert_chain(cert, key)
-context.set_alpn_protocols(["harp-p2p/1"])
-tls = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="harp-p2p")
+tls = connect(port, cert, key)
 
-def frame(kind, body):
-    return struct.pack(">BI", kind, len(body)) + body
 
-tls.sendall(frame(1, b"harp-p2p" + struct.pack(">HI", 1, 0)))
 def move(sequence, wall, counter, item, name):
     encoded = name.encode()
     return (struct.pack(">BQQI", 1, sequence, wall, counter) + bytes.fromhex(node_hex) + item

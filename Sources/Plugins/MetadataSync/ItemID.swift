@@ -23,6 +23,22 @@ public struct ItemID: Hashable, Comparable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The 16 bytes of the wire and the log: high then low, big-endian.
+    public var bytes: [UInt8] {
+        var out: [UInt8] = []
+        OperationCodec.append(high, to: &out)
+        OperationCodec.append(low, to: &out)
+        return out
+    }
+
+    /// From 16 bytes as `bytes` writes them; nil for another length.
+    public init?(bytes: some Collection<UInt8>) {
+        guard bytes.count == 16 else { return nil }
+        let value = Array(bytes)
+        high = value[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
+        low = value[8..<16].reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
     public static func < (a: ItemID, b: ItemID) -> Bool { (a.high, a.low) < (b.high, b.low) }
 
     public var description: String {

@@ -132,10 +132,10 @@ actor MetadataNode {
     /// Applies remote operations: new ones only, none stamped beyond the skew limit; durable
     /// before they are passed on to the other peers.
     private func accept(_ batch: [LoggedOperation], from peer: NodeID?) async {
-        let now = Self.nowMilliseconds, skew = UInt64(configuration.maxClockSkew.duration.nanoseconds / 1_000_000)
+        let now = Self.nowMilliseconds
         var fresh: [LoggedOperation] = []
         for logged in batch where !replica.contains(logged) {
-            if HybridLogicalClock.isTooFarAhead(logged.operation.timestamp, now: now, maxSkew: skew) {
+            if tooFarAhead(logged, now: now) {
                 if !heldBack.contains(logged) {
                     heldBack.append(logged)
                     logger.warning("held back an operation from \(logged.origin) stamped \(logged.operation.timestamp.wall - now) ms ahead of this node's clock (max_clock_skew \(configuration.maxClockSkew))")
@@ -157,10 +157,15 @@ actor MetadataNode {
         requestWork()
     }
 
+    private func tooFarAhead(_ logged: LoggedOperation, now: UInt64) -> Bool {
+        HybridLogicalClock.isTooFarAhead(logged.operation.timestamp, now: now,
+                                         maxSkew: UInt64(configuration.maxClockSkew.duration.nanoseconds / 1_000_000))
+    }
+
     private func releaseHeldBack() {
         guard !heldBack.isEmpty else { return }
-        let now = Self.nowMilliseconds, skew = UInt64(configuration.maxClockSkew.duration.nanoseconds / 1_000_000)
-        let ready = heldBack.filter { !HybridLogicalClock.isTooFarAhead($0.operation.timestamp, now: now, maxSkew: skew) }
+        let now = Self.nowMilliseconds
+        let ready = heldBack.filter { !tooFarAhead($0, now: now) }
         guard !ready.isEmpty else { return }
         heldBack.removeAll { ready.contains($0) }
         Task { await self.accept(ready, from: nil) }

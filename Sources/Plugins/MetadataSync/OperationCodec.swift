@@ -19,10 +19,10 @@ enum OperationCodec {
         append(timestamp.wall, to: &out)
         append(UInt64(timestamp.counter), bytes: 4, to: &out)
         out += timestamp.node.bytes
-        append(logged.operation.item, to: &out)
+        out += logged.operation.item.bytes
         switch logged.operation {
         case .move(let move):
-            append(move.parent, to: &out)
+            out += move.parent.bytes
             out.append(move.isDirectory ? 1 : 0)
             let name = Array(move.name.utf8.prefix(4096))
             append(UInt64(name.count), bytes: 2, to: &out)
@@ -78,13 +78,9 @@ enum OperationCodec {
         return out
     }
 
-    private static func append(_ value: UInt64, bytes: Int = 8, to out: inout [UInt8]) {
+    /// Appends the low `bytes` bytes of `value`, big-endian.
+    static func append(_ value: UInt64, bytes: Int = 8, to out: inout [UInt8]) {
         for shift in stride(from: (bytes - 1) * 8, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
-    }
-
-    private static func append(_ item: ItemID, to out: inout [UInt8]) {
-        append(item.high, to: &out)
-        append(item.low, to: &out)
     }
 
     private struct Reader {
@@ -105,8 +101,7 @@ enum OperationCodec {
         }
 
         mutating func item() -> ItemID? {
-            guard let high = integer(8), let low = integer(8) else { return nil }
-            return ItemID(high: high, low: low)
+            take(16).flatMap { ItemID(bytes: $0) }
         }
     }
 }

@@ -30,11 +30,9 @@ struct OperationLog: Sendable {
             let clock = try connection.query("SELECT wall, counter FROM clock WHERE id = 0", []) { ($0.integer(0), $0.integer(1)) }.first
             var paths: [String: PathState] = [:]
             try connection.run("SELECT path, item, directory, inode, size, mtime_ns, root FROM paths") { row in
-                let item = row.blob(1)
-                guard item.count == 16 else { return }
-                let high = item[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }, low = item[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                guard let item = ItemID(bytes: row.blob(1)) else { return }
                 let root = row.isNull(6) ? nil : row.blob(6)
-                paths[row.text(0)] = PathState(item: ItemID(high: high, low: low), isDirectory: row.integer(2) != 0, inode: row.integer(3),
+                paths[row.text(0)] = PathState(item: item, isDirectory: row.integer(2) != 0, inode: row.integer(3),
                                                size: row.integer(4), mtime: row.integer(5),
                                                root: root.flatMap { $0.count == 32 ? ChunkID(bytes: $0) : nil })
             }
@@ -64,12 +62,9 @@ struct OperationLog: Sendable {
                     try connection.run("DELETE FROM paths WHERE path = ?", [.text(path)])
                     continue
                 }
-                var item: [UInt8] = []
-                for shift in stride(from: 56, through: 0, by: -8) { item.append(UInt8(truncatingIfNeeded: state.item.high >> UInt64(shift))) }
-                for shift in stride(from: 56, through: 0, by: -8) { item.append(UInt8(truncatingIfNeeded: state.item.low >> UInt64(shift))) }
                 try connection.run("""
                     INSERT OR REPLACE INTO paths (path, item, directory, inode, size, mtime_ns, root) VALUES (?, ?, ?, ?, ?, ?, ?)
-                    """, [.text(path), .blob(item), .integer(state.isDirectory ? 1 : 0), .integer(state.inode), .integer(state.size),
+                    """, [.text(path), .blob(state.item.bytes), .integer(state.isDirectory ? 1 : 0), .integer(state.inode), .integer(state.size),
                           .integer(state.mtime), state.root.map { .blob($0.bytes) } ?? .null])
             }
         }

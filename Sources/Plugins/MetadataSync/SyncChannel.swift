@@ -31,7 +31,7 @@ struct SyncChannel: PeerChannel {
         var out: [UInt8] = []
         for (origin, sequence) in vector.sorted(by: { $0.key.bytes.lexicographicallyPrecedes($1.key.bytes) }) {
             out += origin.bytes
-            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: sequence >> UInt64(shift))) }
+            OperationCodec.append(sequence, to: &out)
         }
         return out
     }
