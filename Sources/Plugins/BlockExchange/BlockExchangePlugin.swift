@@ -115,17 +115,14 @@ public final class BlockExchangePlugin: Plugin {
         } catch {
             return .failed(error.description)
         }
-        var progress = (bytes: -1, at: ContinuousClock.now)
+        var watch = StallWatch(patience: patience)
         while true {
             switch transfer.outcome {
             case .complete: return .done(inode: transfer.landedInode.load(ordering: .relaxed))
             case .failed(let reason): return .failed(reason)
             case nil: break
             }
-            let snapshot = transfer.snapshot()
-            if snapshot.verifiedBytes != progress.bytes || snapshot.inFlight > 0 {
-                progress = (snapshot.verifiedBytes, .now)
-            } else if ContinuousClock.now - progress.at > patience {
+            if watch.stalled(transfer.snapshot()) {
                 swarm.abandon(transfer, "no connected peer sent any of \(root) for \(patience)")
             }
             try? await Task.sleep(for: .milliseconds(50))

@@ -117,8 +117,8 @@ final class ControlSocket: Sendable {
         } catch {
             return await send(["error": error.description], to: socket)
         }
-        var lastProgress = (bytes: -1, at: EventLoop.preciseNanos())
-        var meter = RateMeter()
+        var watch = StallWatch(patience: .seconds(15))
+        var meter = RateMeter(), lastBytes = 0
         while true {
             let snapshot = transfer.snapshot()
             let now = EventLoop.preciseNanos()
@@ -139,10 +139,11 @@ final class ControlSocket: Sendable {
                 swarm.abandon(transfer, "no connected peer has \(root) (asked \(connected.count))")
                 continue
             }
-            if snapshot.verifiedBytes != lastProgress.bytes {
-                if lastProgress.bytes >= 0 { meter.add(snapshot.verifiedBytes - lastProgress.bytes, now: now) }
-                lastProgress = (snapshot.verifiedBytes, now)
-            } else if now &- lastProgress.at > 15_000_000_000, snapshot.inFlight == 0 {
+            if snapshot.verifiedBytes != lastBytes {
+                meter.add(snapshot.verifiedBytes - lastBytes, now: now)
+                lastBytes = snapshot.verifiedBytes
+            }
+            if watch.stalled(snapshot, now: now) {
                 let reason = snapshot.hasManifest
                     ? "\(snapshot.missingEverywhere) chunks of \(root) are on no connected peer"
                     : "no connected peer sent the manifest of \(root)"

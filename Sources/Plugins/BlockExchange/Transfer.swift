@@ -487,3 +487,25 @@ final class Transfer: Sendable {
         }
     }
 }
+
+/// Whether a download has stopped moving: no chunk verified and none in flight for
+/// `patience` (no connected peer holds what is missing). The CLI's `get` and the metadata
+/// sync's fetches give up on the same rule.
+struct StallWatch {
+    let patience: Duration
+    private var bytes = -1
+    private var since = EventLoop.preciseNanos()
+
+    init(patience: Duration) {
+        self.patience = patience
+    }
+
+    mutating func stalled(_ snapshot: Transfer.Snapshot, now: UInt64 = EventLoop.preciseNanos()) -> Bool {
+        if snapshot.verifiedBytes != bytes || snapshot.inFlight > 0 {
+            bytes = snapshot.verifiedBytes
+            since = now
+            return false
+        }
+        return now &- since > UInt64(patience.nanoseconds)
+    }
+}
