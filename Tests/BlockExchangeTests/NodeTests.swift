@@ -70,6 +70,25 @@ struct NodeTests {
         #expect(try index.counts().files == 1)
     }
 
+    @Test("a renamed directory: the index follows it (moved) and serves its files from the new path without reading them again")
+    func folderIndexFollowsRenames() throws {
+        let dir = Self.temporaryDirectory(), folder = dir + "/folder"
+        try FileManager.default.createDirectory(atPath: folder + "/proj/deep", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data(ChunkingTests.stream(1 << 20)).write(to: URL(fileURLWithPath: folder + "/proj/deep/a.bin"))
+        try Data("b".utf8).write(to: URL(fileURLWithPath: folder + "/proj/b.txt"))
+        try Data("sibling".utf8).write(to: URL(fileURLWithPath: folder + "/proj0.txt"))  // sorts right after "proj/"
+        let database = try Database(path: dir + "/index.sqlite", migrations: [FolderIndex.migrations])
+        let index = FolderIndex(folder: folder, database: database)
+        #expect(try index.indexAll() == 3)
+        let chunk = try FileChunker.chunk(path: folder + "/proj/deep/a.bin").manifest.entries[0].id
+        try FileManager.default.moveItem(atPath: folder + "/proj", toPath: folder + "/project")
+        try index.moved(from: "proj", to: "project")
+        #expect(try index.locate(chunk)?.path == folder + "/project/deep/a.bin")
+        let paths = try database.readNow { try $0.query("SELECT path FROM files ORDER BY path", []) { $0.text(0) } }
+        #expect(paths == ["proj0.txt", "project/b.txt", "project/deep/a.bin"])
+    }
+
     @Test("harp serve with [storage]: the node's ID in the banner and the folder indexed at start")
     func serveIndexes() throws {
         let dir = Self.temporaryDirectory(), folder = dir + "/folder"

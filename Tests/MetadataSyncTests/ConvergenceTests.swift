@@ -6,7 +6,8 @@ import Testing
 
 /// Replicas that apply random operations, delivered in random orders, in pieces, twice, and
 /// across partitions, end up identical; the tree stays a tree; applying anything again
-/// changes nothing. The seed is printed with every failure.
+/// changes nothing; dropping moves below the causally stable point (settling, with the
+/// reports each replica heard) changes nothing either. The seed is printed with every failure.
 @Suite("metadata convergence")
 struct ConvergenceTests {
     static let names = ["a", "b", "c", "d", "e", "f", "g", "h"]
@@ -20,8 +21,10 @@ struct ConvergenceTests {
     /// One random local operation on `replica`'s current tree. `known` holds every ID any
     /// replica created, in creation order (a deterministic order to pick from: a dictionary's
     /// is not); an ID this replica has not heard of, or that is deleted, is passed over.
+    @discardableResult
     static func randomOperation<G: RandomNumberGenerator>(on replica: inout Replica, known: inout [ItemID], now: UInt64,
-                                                           using generator: inout G) {
+                                                           using generator: inout G) -> [LoggedOperation] {
+        var made: [LoggedOperation] = []
         let placements = replica.tree.placements
         func pick(_ wanted: (ReplicatedTree.Placement) -> Bool) -> ItemID? {
             guard !known.isEmpty else { return nil }
@@ -38,37 +41,41 @@ struct ConvergenceTests {
             let item = ItemID.random(using: &generator)
             known.append(item)
             let parent = directory()
-            replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: parent, name: name, isDirectory: false)) }
+            made.append(replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: parent, name: name, isDirectory: false)) })
             let content = root(&generator)
-            replica.local(now: now) { .version(.init(timestamp: $0, item: item, root: content, size: 1, mtime: 0, base: nil)) }
+            made.append(replica.local(now: now) { .version(.init(timestamp: $0, item: item, root: content, size: 1, mtime: 0, base: nil)) })
         case 22..<34:
             let item = ItemID.random(using: &generator)
             known.append(item)
             let parent = directory()
-            replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: parent, name: name, isDirectory: true)) }
+            made.append(replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: parent, name: name, isDirectory: true)) })
         case 34..<54:  // move, possibly into its own subtree (skipped then)
-            guard let item = pick({ _ in true }) else { return }
+            guard let item = pick({ _ in true }) else { return made }
             let parent = directory(), placement = placements[item]!
-            replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: parent, name: placement.name, isDirectory: placement.isDirectory)) }
+            made.append(replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: parent, name: placement.name, isDirectory: placement.isDirectory)) })
         case 54..<64:  // rename
-            guard let item = pick({ _ in true }) else { return }
+            guard let item = pick({ _ in true }) else { return made }
             let placement = placements[item]!
-            replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: placement.parent, name: name, isDirectory: placement.isDirectory)) }
+            made.append(replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: placement.parent, name: name, isDirectory: placement.isDirectory)) })
         case 64..<70:  // delete
-            guard let item = pick({ _ in true }) else { return }
+            guard let item = pick({ _ in true }) else { return made }
             let placement = placements[item]!
-            replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: .trash, name: placement.name, isDirectory: placement.isDirectory)) }
+            made.append(replica.local(now: now) { .move(.init(timestamp: $0, item: item, parent: .trash, name: placement.name, isDirectory: placement.isDirectory)) })
         default:  // write
-            guard let item = pick({ !$0.isDirectory }) else { return }
+            guard let item = pick({ !$0.isDirectory }) else { return made }
             let base = replica.histories.head(of: item)?.root
             let content = root(&generator)
-            replica.local(now: now) { .version(.init(timestamp: $0, item: item, root: content, size: 2, mtime: 0, base: base)) }
+            made.append(replica.local(now: now) { .version(.init(timestamp: $0, item: item, root: content, size: 2, mtime: 0, base: base)) })
         }
+        return made
     }
 
     /// Sends what `to` lacks from `from`: shuffled, in one to three pieces, some of it twice,
-    /// and sometimes only part of it (the rest comes with a later sync).
-    static func sync<G: RandomNumberGenerator>(_ from: Replica, _ to: inout Replica, complete: Bool, using generator: inout G) {
+    /// and sometimes only part of it (the rest comes with a later sync). `to` hears `from`'s
+    /// report first, as a node does on connect, and settles what it can afterwards.
+    static func sync<G: RandomNumberGenerator>(_ from: Replica, _ to: inout Replica, table: ReplicaReports.Table, reports: inout ReplicaReports,
+                                               recorded: inout Replica.Settled, complete: Bool, using generator: inout G) {
+        reports.merge(table)
         var missing = from.missing(for: to.vector).shuffled(using: &generator)
         if !complete, missing.count > 1, Bool.random(using: &generator) {
             missing = Array(missing.prefix(Int.random(in: 1..<missing.count, using: &generator)))
@@ -79,6 +86,11 @@ struct ConvergenceTests {
         let pieces = Int.random(in: 1...3, using: &generator)
         let size = max(1, (batch.count + pieces - 1) / pieces)
         for start in stride(from: 0, to: batch.count, by: size) { to.apply(Array(batch[start..<min(start + size, batch.count)])) }
+        // What OperationLog.settle records of it, for a restart.
+        guard let (settlement, _) = to.settle(reports) else { return }
+        recorded.placements.merge(settlement.placements) { $1 }
+        for (item, deletion) in settlement.deletions { recorded.deletions[item] = deletion }
+        recorded.floor = to.floor
     }
 
     static func checkTree(_ replica: Replica) -> String? {
@@ -94,11 +106,22 @@ struct ConvergenceTests {
         return nil
     }
 
+    /// `chain`: each replica talks to its two neighbours only (a – b – c – d – e); the ends
+    /// learn of each other through the reports relayed in between.
     @Test("random operations on 3–5 replicas with reordering, duplicates and partitions converge (≥ 10,000 operations per run)",
-          arguments: [(UInt64(20_261_130), 3), (UInt64(7), 4), (UInt64(424_242), 5)])
-    func converge(seed: UInt64, replicaCount: Int) throws {
+          arguments: [(UInt64(20_261_130), 3, false), (UInt64(7), 4, false), (UInt64(424_242), 5, true)])
+    func converge(seed: UInt64, replicaCount: Int, chain: Bool) throws {
         var generator = SeededGenerator(seed: seed)
         var replicas = (0..<replicaCount).map { Replica(node: Self.node(UInt8($0 + 1))) }
+        func peers(_ index: Int) -> [Int] { chain ? [index - 1, index + 1].filter { (0..<replicaCount).contains($0) } : (0..<replicaCount).filter { $0 != index } }
+        var reports = (0..<replicaCount).map { index in ReplicaReports(node: replicas[index].node, peers: peers(index).map { replicas[$0].node }) }
+        var recorded = Array(repeating: Replica.Settled(), count: replicaCount)
+        func sync(_ a: Int, _ b: Int, complete: Bool) {
+            Self.sync(replicas[a], &replicas[b], table: reports[a].table(own: replicas[a].vector), reports: &reports[b],
+                      recorded: &recorded[b], complete: complete, using: &generator)
+        }
+        // Every operation, applied at once and never settled: what the replicas must agree with.
+        var shadow = Replica(node: Self.node(99))
         var offline: Set<Int> = []
         var now: UInt64 = 1_000_000
         var made = 0
@@ -106,14 +129,14 @@ struct ConvergenceTests {
         while made < 10_000 {
             now += UInt64.random(in: 0...3, using: &generator)
             let index = Int.random(in: 0..<replicaCount, using: &generator)
-            let before = replicas[index].operationCount
             // Skewed clocks: each replica's own time is off by up to 50 ms.
-            Self.randomOperation(on: &replicas[index], known: &known, now: now + UInt64(index * 17 % 50), using: &generator)
-            made += replicas[index].operationCount - before
+            let new = Self.randomOperation(on: &replicas[index], known: &known, now: now + UInt64(index * 17 % 50), using: &generator)
+            shadow.apply(new)
+            made += new.count
             switch Int.random(in: 0..<100, using: &generator) {
             case 0..<30:
-                let a = Int.random(in: 0..<replicaCount, using: &generator), b = Int.random(in: 0..<replicaCount, using: &generator)
-                if a != b, !offline.contains(a), !offline.contains(b) { Self.sync(replicas[a], &replicas[b], complete: false, using: &generator) }
+                let a = Int.random(in: 0..<replicaCount, using: &generator), b = peers(a).randomElement(using: &generator)!
+                if !offline.contains(a), !offline.contains(b) { sync(a, b, complete: false) }
             case 30..<32:
                 offline.insert(Int.random(in: 0..<replicaCount, using: &generator))  // a partition begins
             case 32..<35:
@@ -122,29 +145,37 @@ struct ConvergenceTests {
                 break
             }
         }
-        // Everyone meets everyone until nothing is missing.
-        for _ in 0..<3 {
+        // Every pair of peers meets until nothing is missing (and everyone has heard of it).
+        for _ in 0..<replicaCount + 2 {
             for a in 0..<replicaCount {
-                for b in 0..<replicaCount where a != b { Self.sync(replicas[a], &replicas[b], complete: true, using: &generator) }
+                for b in peers(a) { sync(a, b, complete: true) }
             }
         }
-        let total = replicas[0].operationCount
-        #expect(total >= 10_000, "seed \(seed)")
-        let reference = FolderView(tree: replicas[0].tree, histories: replicas[0].histories)
+        #expect(made >= 10_000 && shadow.operationCount == made, "seed \(seed)")
+        let reference = FolderView(tree: shadow.tree, histories: shadow.histories)
         #expect(reference.entries.count > 10, "seed \(seed): a view of \(reference.entries.count) entries tests little")
-        for replica in replicas {
-            #expect(replica.operationCount == total, "seed \(seed)")
-            #expect(replica.tree.placements == replicas[0].tree.placements, "seed \(seed): trees differ")
-            #expect(replica.histories == replicas[0].histories, "seed \(seed): histories differ")
+        for (index, replica) in replicas.enumerated() {
+            #expect(replica.vector == shadow.vector, "seed \(seed)")
+            #expect(replica.tree.placements == shadow.tree.placements, "seed \(seed): trees differ")
+            #expect(replica.histories == shadow.histories, "seed \(seed): histories differ")
             #expect(FolderView(tree: replica.tree, histories: replica.histories) == reference, "seed \(seed): views differ")
             #expect(Self.checkTree(replica) == nil, "seed \(seed): \(Self.checkTree(replica) ?? "")")
+            // Settling dropped most moves, and no move ever arrived below what had settled.
+            #expect(replica.lateMoves == 0, "seed \(seed): \(replica.lateMoves) moves arrived below the settled point")
+            #expect(replica.settledMoves > shadow.tree.moveCount / 2, "seed \(seed): \(replica.settledMoves) of \(shadow.tree.moveCount) moves settled")
+            // A restart: the settled state as recorded, then the operations kept.
+            let restarted = Replica(node: replica.node, wall: replica.clock.wall, counter: replica.clock.counter, settled: recorded[index],
+                                    operations: replica.allOperations.shuffled(using: &generator))
+            #expect(restarted.vector == replica.vector && restarted.floor == replica.floor, "seed \(seed)")
+            #expect(restarted.tree.placements == replica.tree.placements && restarted.histories == replica.histories, "seed \(seed)")
+            #expect(FolderView(tree: restarted.tree, histories: restarted.histories) == reference, "seed \(seed): a restarted replica's view differs")
         }
         // All at once on a fresh replica, and everything again on an old one: the same state.
-        var fresh = Replica(node: Self.node(99))
-        fresh.apply(replicas[0].allOperations.shuffled(using: &generator))
+        var fresh = Replica(node: Self.node(98))
+        fresh.apply(shadow.allOperations.shuffled(using: &generator))
         #expect(fresh.tree.placements == replicas[0].tree.placements && fresh.histories == replicas[0].histories, "seed \(seed)")
         var again = replicas[1]
-        again.apply(replicas[0].allOperations.shuffled(using: &generator))
+        again.apply(shadow.allOperations.shuffled(using: &generator))
         #expect(again.tree == replicas[1].tree && again.histories == replicas[1].histories, "seed \(seed): re-applying changed the state")
         // No path is ever a "conflicted copy": merged names leave one entry per name.
         #expect(!reference.entries.keys.contains { $0.contains("conflict") })

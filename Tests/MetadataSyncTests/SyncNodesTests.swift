@@ -141,6 +141,97 @@ extension SyncNodesTests {
     }
 }
 
+extension SyncNodesTests {
+    @Test("one directory moved to two places, on two nodes while apart: it ends in one place (the later move), once, with its file")
+    func concurrentMoves() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        for name in ["d", "x", "y"] { try FileManager.default.createDirectory(atPath: a.folder + "/" + name, withIntermediateDirectories: true) }
+        try "inside\n".write(toFile: a.folder + "/d/f", atomically: false, encoding: .utf8)
+        for node in [b, c] { try eventually("d/f, x, y on \(node.id)") { files(node) == ["d", "d/f", "x", "y"] } }
+        try c.stop()
+        try FileManager.default.moveItem(atPath: a.folder + "/d", toPath: a.folder + "/x/d")
+        try eventually("d moved into x on B") { files(b) == ["x", "x/d", "x/d/f", "y"] }
+        // C's move is made on disk while it is stopped: stamped when C starts, after A's.
+        try FileManager.default.moveItem(atPath: c.folder + "/d", toPath: c.folder + "/y/d")
+        try c.start()
+        for node in nodes { try eventually("d only under y on \(node.id)") { files(node) == ["x", "y", "y/d", "y/d/f"] } }
+        #expect(read(a, "y/d/f") == "inside\n")
+    }
+
+    @Test("a directory renamed on one node while a file inside is edited on a stopped one: the edit lands under the new name")
+    func renameWhileEditing() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        try FileManager.default.createDirectory(atPath: a.folder + "/proj", withIntermediateDirectories: true)
+        try "draft\n".write(toFile: a.folder + "/proj/notes.txt", atomically: false, encoding: .utf8)
+        for node in [b, c] { try eventually("proj/notes.txt on \(node.id)") { read(node, "proj/notes.txt") == "draft\n" } }
+        try c.stop()
+        try FileManager.default.moveItem(atPath: a.folder + "/proj", toPath: a.folder + "/project")
+        try eventually("proj renamed on B") { files(b) == ["project", "project/notes.txt"] }
+        try "draft, edited on C\n".write(toFile: c.folder + "/proj/notes.txt", atomically: false, encoding: .utf8)
+        try c.start()
+        for node in nodes {
+            try eventually("C's edit in project/ on \(node.id)") {
+                files(node) == ["project", "project/notes.txt"] && read(node, "project/notes.txt") == "draft, edited on C\n"
+            }
+        }
+        let versions = try a.storage(["history", "project/notes.txt"])["versions"] as? [[String: Any]] ?? []
+        #expect(versions.count == 2 && versions.allSatisfy { $0["concurrent"] as? Bool == false }, "\(versions)")
+    }
+
+    @Test("an edit on one node, a later delete on a stopped one: the file is gone everywhere, the edited bytes stay in the version store")
+    func editThenLaterDelete() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        try "v1\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
+        for node in [b, c] { try eventually("f.txt on \(node.id)") { read(node, "f.txt") == "v1\n" } }
+        try c.stop()
+        try "v2 from A\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
+        try eventually("A's edit on B") { read(b, "f.txt") == "v2 from A\n" }
+        try FileManager.default.removeItem(atPath: c.folder + "/f.txt")
+        try c.start()
+        for node in nodes { try eventually("f.txt gone on \(node.id)") { files(node).isEmpty } }
+        for node in [a, b] {
+            let store = node.folder + "/.harp-versions/"
+            let stored = (try? FileManager.default.contentsOfDirectory(atPath: store)) ?? []
+            #expect(stored.contains { (try? String(contentsOfFile: store + $0, encoding: .utf8)) == "v2 from A\n" }, "\(node.id): \(stored)")
+        }
+        let listing = try b.storage(["ls"])["entries"] as? [[String: Any]] ?? []
+        #expect(listing.isEmpty, "\(listing)")
+    }
+
+    @Test("moves every node holds are dropped from the log (settled); a restarted node starts from the settled tree and syncs on")
+    func settling() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        let count = 20
+        try FileManager.default.createDirectory(atPath: a.folder + "/s", withIntermediateDirectories: true)
+        for number in 0..<count { try "\(number)\n".write(toFile: a.folder + "/s/\(number)", atomically: false, encoding: .utf8) }
+        for node in [b, c] { try eventually("s/* on \(node.id)") { files(node).count == count + 1 } }
+        for number in 0..<count { try FileManager.default.moveItem(atPath: a.folder + "/s/\(number)", toPath: a.folder + "/s/r\(number)") }
+        let renamed = ["s"] + (0..<count).map { "s/r\($0)" }.sorted()
+        for node in [b, c] { try eventually("renames on \(node.id)") { files(node) == renamed } }
+        // 1 + 20 + 20 moves and 20 versions were made; once every node has reported holding
+        // them, only the versions (the files' histories) are kept.
+        func kept(_ node: P2PNode) -> Int { (try? node.storage(["log"]))?["operations_kept"] as? Int ?? -1 }
+        for node in nodes { try eventually("moves settled on \(node.id) (\(kept(node)) kept)") { kept(node) == count } }
+        try b.stop()
+        try b.start()
+        try b.waitConnected(to: [a, c])
+        #expect(kept(b) == count, "a restarted node keeps what it kept")
+        let listing = try b.storage(["ls", "s"])["entries"] as? [[String: Any]] ?? []
+        #expect(listing.map { "s/" + ($0["name"] as? String ?? "") } == Array(renamed.dropFirst()))
+        try FileManager.default.moveItem(atPath: b.folder + "/s/r0", toPath: b.folder + "/zero")
+        for node in [a, c] { try eventually("B's move after restart on \(node.id)") { read(node, "zero") == "0\n" && read(node, "s/r0") == nil } }
+        #expect(files(b) == files(a) && files(a) == files(c))
+    }
+}
+
 /// kill -9 in the middle of things: nothing acknowledged is lost, nothing is created twice,
 /// and no partial file is left at a synced path.
 @Suite("metadata sync after kill -9", .serialized)
@@ -194,5 +285,40 @@ struct CrashTests {
             usleep(100_000)
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: b.folder + "/burst").allSatisfy { !$0.hasPrefix(".") })
+    }
+
+    @Test("a new version whose fetch fails (its only holder killed mid-download) leaves the old file in place and deletes nothing")
+    func failedFetchKeepsTheFile() throws {
+        let a = try P2PNode(), b = try P2PNode()
+        defer { for node in [a, b] { node.remove() } }
+        for node in [a, b] {
+            node.plugins = ["p2p", "crdt"]
+            node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\""
+        }
+        try a.configure(peers: [b])
+        try b.configure(peers: [a], downloadRate: 512 << 10)  // 4 MiB take B 8 s
+        for node in [a, b] { try node.start() }
+        try b.waitConnected(to: [a])
+        try "old\n".write(toFile: a.folder + "/big.bin", atomically: false, encoding: .utf8)
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline, (try? String(contentsOfFile: b.folder + "/big.bin", encoding: .utf8)) != "old\n" { usleep(100_000) }
+        let big = Data((0..<(4 << 20)).map { _ in UInt8.random(in: 0...255) })
+        try big.write(to: URL(fileURLWithPath: a.folder + "/big.bin"))
+        while Date() < deadline, !FileManager.default.fileExists(atPath: b.folder + "/.big.bin.harp-partial") { usleep(50_000) }
+        try a.kill()
+        // B gives the download up (10 s without a chunk) and tries again on later passes.
+        try b.process!.waitForOutput("cannot fetch big.bin", timeout: 30)
+        usleep(1_500_000)
+        #expect((try? String(contentsOfFile: b.folder + "/big.bin", encoding: .utf8)) == "old\n")
+        #expect(!b.log.contains("deleted big.bin"), "\(b.log.suffix(1500))")
+        #expect((try b.storage(["history", "big.bin"])["versions"] as? [[String: Any]])?.count == 2)
+        try a.start()
+        let arrived = Date().addingTimeInterval(60)
+        while Date() < arrived, (try? Data(contentsOf: URL(fileURLWithPath: b.folder + "/big.bin"))) != big { usleep(200_000) }
+        #expect((try? Data(contentsOf: URL(fileURLWithPath: b.folder + "/big.bin"))) == big)
+        // The old bytes are in the version store, and only there.
+        let store = b.folder + "/.harp-versions/"
+        let stored = (try? FileManager.default.contentsOfDirectory(atPath: store)) ?? []
+        #expect(stored.contains { (try? String(contentsOfFile: store + $0, encoding: .utf8)) == "old\n" }, "\(stored)")
     }
 }

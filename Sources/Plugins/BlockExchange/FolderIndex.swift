@@ -182,6 +182,31 @@ public final class FolderIndex: Sendable {
         }
     }
 
+    /// Follows a rename of a file or a directory (every file under it) done by the caller: a
+    /// rename keeps size, mtime and inode, so the entries stay current under the new path and
+    /// the content is served without being read again.
+    public func moved(from: String, to: String) throws(Failure) {
+        try wrapped {
+            try database.readNow { connection in
+                try connection.transactionNow {
+                    // "from/" ≤ path < "from0" (byte order; '0' follows '/') is everything under it.
+                    let rows = try connection.query("SELECT path FROM files WHERE path = ? OR (path >= ? AND path < ?)",
+                                                    [.text(from), .text(from + "/"), .text(from + "0")]) { $0.text(0) }
+                    for old in rows {
+                        let new = to + String(decoding: old.utf8.dropFirst(from.utf8.count), as: UTF8.self)
+                        // The new row first, then its chunks, then the old row (the chunks'
+                        // foreign key holds at every step).
+                        try connection.run("DELETE FROM files WHERE path = ?", [.text(new)])
+                        try connection.run("INSERT INTO files (path, size, mtime_ns, inode, root) SELECT ?, size, mtime_ns, inode, root FROM files WHERE path = ?",
+                                           [.text(new), .text(old)])
+                        try connection.run("UPDATE chunks SET path = ? WHERE path = ?", [.text(new), .text(old)])
+                        try connection.run("DELETE FROM files WHERE path = ?", [.text(old)])
+                    }
+                }
+            }
+        }
+    }
+
     /// The folder-relative form of `path` (absolute or relative to the folder), or nil when
     /// it lies outside the folder.
     public func relative(_ path: String) -> String? {

@@ -29,22 +29,13 @@ public struct FolderView: Equatable, Sendable {
 
     public init(tree: ReplicatedTree, histories: FileHistories) {
         // Effective placements: the tree's, with deleted items restored by a later version.
-        var live: [ItemID: ReplicatedTree.Placement] = [:]
-        var deletedAt: [ItemID: HLCTimestamp] = [:]
-        for move in tree.appliedMoves {
-            if move.parent == .trash {
-                deletedAt[move.item] = move.timestamp
-            } else {
-                live[move.item] = ReplicatedTree.Placement(parent: move.parent, name: move.name, isDirectory: move.isDirectory)
-                deletedAt[move.item] = nil
-            }
-        }
+        let deletions = tree.deletions()
         var placements: [ItemID: ReplicatedTree.Placement] = [:]
         for (item, placement) in tree.placements {
             if placement.parent != .trash {
                 placements[item] = placement
-            } else if let deleted = deletedAt[item], let head = histories.head(of: item), deleted < head.timestamp, let was = live[item] {
-                placements[item] = was
+            } else if let deletion = deletions[item], let head = histories.head(of: item), deletion.at < head.timestamp {
+                placements[item] = deletion.was
             }
         }
         var children: [ItemID: [ItemID]] = [:]

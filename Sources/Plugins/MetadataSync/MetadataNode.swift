@@ -19,10 +19,21 @@ actor MetadataNode {
     /// What each synced path is on disk (relative paths), as last seen or written.
     private var paths: [String: PathState]
     private var links: [NodeID: PeerLink] = [:]
+    /// Every replica of the folder this node knows of, and their vectors (kept while a peer is
+    /// away: an old one only settles less).
+    private var reports: ReplicaReports
+    /// The vector as far as the log on disk has it — what peers are told, since they may
+    /// drop moves on the strength of it. Updated when no append is in flight (`appending`).
+    private var durableVector: [NodeID: UInt64]
+    private var appending = 0
+    /// Peers told once that they lack settled operations.
+    private var warnedBehind: Set<NodeID> = []
     private var working = false
     private var workAgain = false
     /// Remote operations stamped too far ahead of our clock, kept until time catches up.
     private var heldBack: [LoggedOperation] = []
+    /// Recorded paths not found on disk, and since when (ns): deleted once gone long enough.
+    private var missingSince: [String: Int64] = [:]
     private var watcher: FolderWatcher?
     private var generator = SystemRandomNumberGenerator()
 
@@ -35,10 +46,10 @@ actor MetadataNode {
         self.p2p = p2p
         self.logger = logger
         let loaded = try log.load()
-        var replica = Replica(node: node, wall: loaded.wall, counter: loaded.counter)
-        replica.apply(loaded.operations)
-        self.replica = replica
+        replica = Replica(node: node, wall: loaded.wall, counter: loaded.counter, settled: loaded.settled, operations: loaded.operations)
         paths = loaded.paths
+        reports = ReplicaReports(node: node, peers: p2p.storageConfiguration.peers.map(\.id))
+        durableVector = replica.vector
     }
 
     static var nowMilliseconds: UInt64 { UInt64(Date().timeIntervalSince1970 * 1000) }
@@ -54,6 +65,9 @@ actor MetadataNode {
         Task { [weak self] in
             while let self, await self.isRunning {
                 await self.requestWork()
+                // The vectors again: what a lost push missed is sent, and peers learn how far
+                // this node is (settling needs it).
+                await self.report()
                 try? await Task.sleep(for: interval)
             }
         }
@@ -101,7 +115,12 @@ actor MetadataNode {
 
     func connected(_ link: PeerLink) {
         links[link.peer] = link
-        link.send(type: SyncChannel.vector, body: SyncChannel.encodeVector(replica.vector))
+        link.send(type: SyncChannel.report, body: ReplicaReports.encode(reports.table(own: durableVector)))
+    }
+
+    private func report() {
+        let body = ReplicaReports.encode(reports.table(own: durableVector))
+        for link in links.values { link.send(type: SyncChannel.report, body: body) }
     }
 
     func disconnected(_ peer: NodeID) {
@@ -110,15 +129,21 @@ actor MetadataNode {
 
     func received(type: UInt8, body: [UInt8], from peer: NodeID) async {
         switch type {
-        case SyncChannel.vector:
-            guard let theirs = SyncChannel.decodeVector(body) else {
-                return logger.warning("peer \(peer) sent a vector that does not decode")
+        case SyncChannel.report:
+            guard let table = ReplicaReports.decode(body) else {
+                return logger.warning("peer \(peer) sent a report that does not decode; ignored")
+            }
+            let theirs = table.vectors[peer] ?? [:]
+            if replica.lacksSettled(theirs), warnedBehind.insert(peer).inserted {
+                logger.error("peer \(peer) lacks operations every node had and this node has settled (was its state directory reset?); it gets the rest, and needs a copy of a node's state to be whole")
             }
             let missing = replica.missing(for: theirs)
             for start in stride(from: 0, to: missing.count, by: SyncChannel.batchSize) {
                 let batch = Array(missing[start..<min(start + SyncChannel.batchSize, missing.count)])
                 links[peer]?.send(type: SyncChannel.operations, body: SyncChannel.encodeBatch(batch))
             }
+            reports.merge(table)
+            await settle()
         case SyncChannel.operations:
             guard let batch = SyncChannel.decodeBatch(body) else {
                 return logger.warning("peer \(peer) sent an operation batch that does not decode; ignored")
@@ -146,15 +171,34 @@ actor MetadataNode {
         }
         guard !fresh.isEmpty else { return }
         logger.info("applied \(fresh.count) operation\(fresh.count == 1 ? "" : "s") from \(peer.map { "\($0)" } ?? "the held-back queue")")
+        appending += 1
         replica.apply(fresh)
         do {
             try await log.append(fresh, clock: replica.clock)
         } catch {
             logger.error("cannot record operations: \(error)")
         }
+        appended()
         let body = SyncChannel.encodeBatch(fresh)
         for (other, link) in links where other != peer { link.send(type: SyncChannel.operations, body: body) }
         requestWork()
+    }
+
+    /// An append finished: with none in flight, everything applied is on disk.
+    private func appended() {
+        appending -= 1
+        if appending == 0 { durableVector = replica.vector }
+    }
+
+    /// Drops the moves below the causally stable point (Replica.settle) and records that.
+    private func settle() async {
+        guard let (settlement, dropped) = replica.settle(reports) else { return }
+        do {
+            try await log.settle(settlement, dropped: dropped, floor: replica.floor)
+        } catch {
+            logger.error("cannot record settled operations: \(error)")
+        }
+        logger.debug("settled \(settlement.moves.count) moves; \(replica.operationCount) operations kept")
     }
 
     private func tooFarAhead(_ logged: LoggedOperation, now: UInt64) -> Bool {
@@ -175,12 +219,14 @@ actor MetadataNode {
     private func commit(_ makes: [(HLCTimestamp) -> TreeOperation]) async {
         guard !makes.isEmpty else { return }
         var made: [LoggedOperation] = []
+        appending += 1
         for make in makes { made.append(replica.local(now: Self.nowMilliseconds, make)) }
         do {
             try await log.append(made, clock: replica.clock)
         } catch {
             logger.error("cannot record local operations: \(error)")
         }
+        appended()
         let body = SyncChannel.encodeBatch(made)
         for link in links.values { link.send(type: SyncChannel.operations, body: body) }
     }
@@ -248,6 +294,7 @@ actor MetadataNode {
                 let item = old.item, parent = parentItem(of: path), newName = name(of: path), directory = old.isDirectory
                 makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
                 seen.append("moved \(from) to \(path)")
+                indexMoved(from: from, to: path)
                 record(from, nil)
                 record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: old.size, mtime: old.mtime, root: old.root))
                 if directory {
@@ -290,9 +337,20 @@ actor MetadataNode {
             }
             record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root))
         }
-        // What is gone: a delete for each topmost path (its subtree goes with it).
+        // What is gone: a delete for each topmost path (its subtree goes with it) — once it
+        // has stayed gone for `stable_after`. A rename that happens while the folder is being
+        // walked can hide a file under both names; the next look finds it under the new one
+        // (a move, history kept) instead of a delete and an unrelated create.
+        for path in missingSince.keys where disk[path] != nil || paths[path] == nil { missingSince[path] = nil }
         for (path, state) in paths where disk[path] == nil || disk[path]!.inode != state.inode {
             guard paths[path] == state else { continue }
+            let since = missingSince[path] ?? nowNanos
+            guard nowNanos - since >= stable else {
+                missingSince[path] = since
+                unstable = true
+                continue
+            }
+            missingSince[path] = nil
             let parentGone = path.lastIndex(of: "/").map { slash in disk[String(path[..<slash])] == nil } ?? false
             if !parentGone {
                 let item = state.item, oldName = name(of: path), directory = state.isDirectory
@@ -305,6 +363,15 @@ actor MetadataNode {
         await commit(makes)
         await persist(changes)
         return unstable
+    }
+
+    /// Tells the p2p index a synced path was renamed, so its content is still served.
+    private func indexMoved(from: String, to: String) {
+        do {
+            try p2p.folderIndex.moved(from: from, to: to)
+        } catch {
+            logger.warning("the index does not follow \(from) to \(to): \(error)")
+        }
     }
 
     private func index(_ path: String) -> ChunkID? {
@@ -375,6 +442,7 @@ actor MetadataNode {
                 if let item = entry.items.first(where: { item in paths.contains { $0.value.item == item } }),
                    let from = paths.first(where: { $0.value.item == item })?.key, from != entry.path,
                    access(folder + "/" + from, F_OK) == 0, access(full, F_OK) != 0, rename(folder + "/" + from, full) == 0 {
+                    indexMoved(from: from, to: entry.path)
                     for (path, state) in paths where path == from || path.hasPrefix(from + "/") {
                         record(path, nil)
                         record(entry.path + path.dropFirst(from.count), state)
@@ -388,12 +456,14 @@ actor MetadataNode {
             guard let head = entry.head else { continue }
             if let current = paths[entry.path], current.root == head.root { continue }
             if paths[entry.path] == nil, access(full, F_OK) == 0 { continue }  // a local file the next scan will version
+            if missingSince[entry.path] != nil { continue }  // deleted (or being renamed) here: the scan decides
             // Changed on disk since it was recorded (being written, or not scanned yet): the
             // user's bytes are never replaced; the next scan makes them a version.
             if let current = paths[entry.path], !unchanged(full, current) { continue }
             // The same content under another path of ours: a move.
             if let from = paths.first(where: { $0.value.item == head.item && $0.value.root == head.root })?.key, from != entry.path,
                access(full, F_OK) != 0, rename(folder + "/" + from, full) == 0 {
+                indexMoved(from: from, to: entry.path)
                 record(from, nil)
                 if let state = Self.state(full, item: head.item, root: head.root) { record(entry.path, state) }
                 continue
@@ -414,10 +484,16 @@ actor MetadataNode {
         }
         for (path, head) in fetches {
             let full = folder + "/" + path
-            if let old = paths[path] { keepVersion(path, root: old.root) }
+            // The bytes it replaces go to the version store as a second link; the file stays
+            // in place until the new content is renamed over it (a fetch that fails leaves it
+            // there, not a gap the next scan would take for a delete).
+            // (The link is undone then: the file stays the user's to edit in place, which must not
+            // change a stored version.)
+            let linked = paths[path].flatMap { old in old.root.flatMap { linkVersion(path, root: $0) ? $0 : nil } }
             let inode: Int64
             switch await place(head.root, at: full) {
             case .failed(let failure):
+                if let linked { unlink(versionPath(linked)) }
                 logger.warning("cannot fetch \(path) (\(head.root)): \(failure); retried on the next pass")
                 continue
             case .done(let landed):
@@ -469,6 +545,15 @@ actor MetadataNode {
         _ = index(FolderIndex.versionStore + "/" + root.description)
     }
 
+    /// Links a file about to be replaced into the version store (indexed there); false when
+    /// the store has that version already or the link fails.
+    private func linkVersion(_ path: String, root: ChunkID) -> Bool {
+        mkdir(folder + "/" + FolderIndex.versionStore, 0o755)
+        guard link(folder + "/" + path, versionPath(root)) == 0 else { return false }
+        _ = index(FolderIndex.versionStore + "/" + root.description)
+        return true
+    }
+
     private func versionPath(_ root: ChunkID) -> String { folder + "/" + FolderIndex.versionStore + "/" + root.description }
 
     private func copyFile(_ from: String, to: String) -> Bool {
@@ -494,6 +579,9 @@ actor MetadataNode {
     // MARK: Commands
 
     func view() -> FolderView { FolderView(tree: replica.tree, histories: replica.histories) }
+
+    /// Operations the log keeps (settled moves are not among them).
+    var operationsKept: Int { replica.operationCount }
 
     func recentOperations(_ count: Int) -> [LoggedOperation] {
         Array(replica.allOperations.sorted { $0.operation.timestamp > $1.operation.timestamp }.prefix(count))

@@ -117,6 +117,6 @@ enum MetadataCommands {
             }
             return item
         }
-        return json(["done": true, "operations": operations])
+        return json(["done": true, "operations": operations, "operations_kept": await node.operationsKept])
     }
 }

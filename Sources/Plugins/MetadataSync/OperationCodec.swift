@@ -22,11 +22,7 @@ enum OperationCodec {
         out += logged.operation.item.bytes
         switch logged.operation {
         case .move(let move):
-            out += move.parent.bytes
-            out.append(move.isDirectory ? 1 : 0)
-            let name = Array(move.name.utf8.prefix(4096))
-            append(UInt64(name.count), bytes: 2, to: &out)
-            out += name
+            encode(ReplicatedTree.Placement(parent: move.parent, name: move.name, isDirectory: move.isDirectory), into: &out)
         case .version(let version):
             out += version.root.bytes
             append(UInt64(version.size), to: &out)
@@ -58,9 +54,9 @@ enum OperationCodec {
             let operation: TreeOperation
             switch kind {
             case 1:
-                guard let parent = reader.item(), let directory = reader.byte(), let length = reader.integer(2),
-                      let name = reader.take(Int(length)), let text = String(validating: name, as: UTF8.self), !text.isEmpty else { return nil }
-                operation = .move(.init(timestamp: timestamp, item: item, parent: parent, name: text, isDirectory: directory == 1))
+                guard let placement = reader.placement() else { return nil }
+                operation = .move(.init(timestamp: timestamp, item: item, parent: placement.parent, name: placement.name,
+                                        isDirectory: placement.isDirectory))
             case 2:
                 guard let root = reader.take(32), let size = reader.integer(8), let mtime = reader.integer(8), let hasBase = reader.byte() else { return nil }
                 var base: ChunkID?
@@ -76,6 +72,39 @@ enum OperationCodec {
             out.append(LoggedOperation(origin: timestamp.node, sequence: sequence, operation: operation))
         }
         return out
+    }
+
+    /// A settled placement (`OperationLog`'s settled table): parent [16] · directory u8 ·
+    /// name length u16 · name; a deletion is its earlier placement, then wall u64 ·
+    /// counter u32 · node [32] of when it was deleted.
+    static func encode(_ placement: ReplicatedTree.Placement, into out: inout [UInt8]) {
+        out += placement.parent.bytes
+        out.append(placement.isDirectory ? 1 : 0)
+        let name = Array(placement.name.utf8.prefix(4096))
+        append(UInt64(name.count), bytes: 2, to: &out)
+        out += name
+    }
+
+    static func encode(_ deletion: ReplicatedTree.Deletion) -> [UInt8] {
+        var out: [UInt8] = []
+        encode(deletion.was, into: &out)
+        append(deletion.at.wall, to: &out)
+        append(UInt64(deletion.at.counter), bytes: 4, to: &out)
+        out += deletion.at.node.bytes
+        return out
+    }
+
+    static func decodePlacement(_ bytes: [UInt8]) -> ReplicatedTree.Placement? {
+        var reader = Reader(bytes: bytes)
+        guard let placement = reader.placement(), reader.atEnd else { return nil }
+        return placement
+    }
+
+    static func decodeDeletion(_ bytes: [UInt8]) -> ReplicatedTree.Deletion? {
+        var reader = Reader(bytes: bytes)
+        guard let was = reader.placement(), let wall = reader.integer(8), let counter = reader.integer(4), let node = reader.take(32),
+              reader.atEnd else { return nil }
+        return ReplicatedTree.Deletion(was: was, at: HLCTimestamp(wall: wall, counter: UInt32(counter), node: NodeID(bytes: node)))
     }
 
     /// Appends the low `bytes` bytes of `value`, big-endian.
@@ -102,6 +131,12 @@ enum OperationCodec {
 
         mutating func item() -> ItemID? {
             take(16).flatMap { ItemID(bytes: $0) }
+        }
+
+        mutating func placement() -> ReplicatedTree.Placement? {
+            guard let parent = item(), let directory = byte(), let length = integer(2), let name = take(Int(length)),
+                  let text = String(validating: name, as: UTF8.self), !text.isEmpty else { return nil }
+            return ReplicatedTree.Placement(parent: parent, name: text, isDirectory: directory == 1)
         }
     }
 }

@@ -16,14 +16,21 @@ struct OperationLog: Sendable {
         CREATE TABLE paths (path TEXT PRIMARY KEY, item BLOB NOT NULL, directory INTEGER NOT NULL, inode INTEGER NOT NULL,
                             size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, root BLOB);
         """,
+        // Settling: what the dropped moves left each item, and per origin the sequence every
+        // replica had reached (OperationCodec has the blobs' layout).
+        """
+        CREATE TABLE settled (item BLOB PRIMARY KEY, placement BLOB NOT NULL, deletion BLOB) WITHOUT ROWID;
+        CREATE TABLE floors (origin BLOB PRIMARY KEY, sequence INTEGER NOT NULL) WITHOUT ROWID;
+        """,
     ])
 
     init(path: String) throws(DatabaseError) {
         database = try Database(path: path, migrations: [Self.migrations])
     }
 
-    /// Every operation, and the clock as last recorded.
-    func load() throws(DatabaseError) -> (operations: [LoggedOperation], wall: UInt64, counter: UInt32, paths: [String: PathState]) {
+    /// Every operation kept, the settled state, and the clock as last recorded.
+    func load() throws(DatabaseError) -> (operations: [LoggedOperation], settled: Replica.Settled, wall: UInt64, counter: UInt32,
+                                          paths: [String: PathState]) {
         try database.readNow { connection in
             let blobs = try connection.query("SELECT data FROM operations", []) { $0.blob(0) }
             let operations = blobs.flatMap { OperationCodec.decode($0) ?? [] }
@@ -36,7 +43,16 @@ struct OperationLog: Sendable {
                                                size: row.integer(4), mtime: row.integer(5),
                                                root: root.flatMap { $0.count == 32 ? ChunkID(bytes: $0) : nil })
             }
-            return (operations, UInt64(clock?.0 ?? 0), UInt32(clock?.1 ?? 0), paths)
+            var settled = Replica.Settled()
+            try connection.run("SELECT item, placement, deletion FROM settled") { row in
+                guard let item = ItemID(bytes: row.blob(0)), let placement = OperationCodec.decodePlacement(row.blob(1)) else { return }
+                settled.placements[item] = placement
+                if !row.isNull(2) { settled.deletions[item] = OperationCodec.decodeDeletion(row.blob(2)) }
+            }
+            try connection.run("SELECT origin, sequence FROM floors") { row in
+                settled.floor[NodeID(bytes: row.blob(0))] = UInt64(bitPattern: row.integer(1))
+            }
+            return (operations, settled, UInt64(clock?.0 ?? 0), UInt32(clock?.1 ?? 0), paths)
         }
     }
 
@@ -50,6 +66,30 @@ struct OperationLog: Sendable {
                                    [.blob(origin), .integer(sequence), .blob(data)])
             }
             try connection.run("INSERT OR REPLACE INTO clock (id, wall, counter) VALUES (0, ?, ?)", [.integer(wall), .integer(counter)])
+        }
+    }
+
+    /// Records a settlement in one transaction: the dropped moves go, what they left each
+    /// item and the new floor come in (a kill between leaves either all of it or none).
+    func settle(_ settlement: ReplicatedTree.Settlement, dropped: [LoggedOperation], floor: [NodeID: UInt64]) async throws(DatabaseError) {
+        let removed = dropped.map { ($0.origin.bytes, Int64(bitPattern: $0.sequence)) }
+        let items = settlement.placements.map { item, placement in
+            var bytes: [UInt8] = []
+            OperationCodec.encode(placement, into: &bytes)
+            return (item.bytes, bytes, (settlement.deletions[item] ?? nil).map(OperationCodec.encode))
+        }
+        let floors = floor.map { ($0.key.bytes, Int64(bitPattern: $0.value)) }
+        try await database.write { connection in
+            for (origin, sequence) in removed {
+                try connection.run("DELETE FROM operations WHERE origin = ? AND sequence = ?", [.blob(origin), .integer(sequence)])
+            }
+            for (item, placement, deletion) in items {
+                try connection.run("INSERT OR REPLACE INTO settled (item, placement, deletion) VALUES (?, ?, ?)",
+                                   [.blob(item), .blob(placement), deletion.map { .blob($0) } ?? .null])
+            }
+            for (origin, sequence) in floors {
+                try connection.run("INSERT OR REPLACE INTO floors (origin, sequence) VALUES (?, ?)", [.blob(origin), .integer(sequence)])
+            }
         }
     }
 

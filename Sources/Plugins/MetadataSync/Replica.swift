@@ -26,13 +26,49 @@ public struct Replica: Sendable {
     private var operations: [NodeID: [UInt64: LoggedOperation]] = [:]
     /// Per origin, the highest sequence below which nothing is missing.
     public private(set) var vector: [NodeID: UInt64] = [:]
+    /// Per origin, the sequence at or below which every replica holds every operation; the
+    /// settled moves among them are no longer kept.
+    public private(set) var floor: [NodeID: UInt64] = [:]
+    /// Where each move still in the tree's log came from (settling asks who holds it).
+    private var moveNumbers: [HLCTimestamp: Number] = [:]
+    /// Moves that arrived stamped before the settled point: none can, if the settle rule is
+    /// right and no peer lost its state (the tests count them).
+    public private(set) var lateMoves = 0
+    public private(set) var settledMoves = 0
+    /// The newest move settled so far (this run).
+    private var lastSettled: HLCTimestamp?
+
+    struct Number: Hashable, Sendable {
+        let origin: NodeID
+        let sequence: UInt64
+    }
 
     public init(node: NodeID, wall: UInt64 = 0, counter: UInt32 = 0) {
         self.node = node
         clock = HybridLogicalClock(node: node, wall: wall, counter: counter)
     }
 
-    public func contains(_ logged: LoggedOperation) -> Bool { operations[logged.origin]?[logged.sequence] != nil }
+    /// A replica as `OperationLog` recorded it: the settled state, then the operations kept
+    /// (those at or below the floor too: it is the log itself being read back).
+    public init(node: NodeID, wall: UInt64, counter: UInt32, settled: Settled, operations: [LoggedOperation]) {
+        self.init(node: node, wall: wall, counter: counter)
+        tree = ReplicatedTree(settled: settled.placements, deletions: settled.deletions)
+        vector = settled.floor
+        apply(operations)
+        floor = settled.floor
+    }
+
+    /// The settled state a node keeps in place of the moves it dropped.
+    public struct Settled: Sendable {
+        public var placements: [ItemID: ReplicatedTree.Placement] = [:]
+        public var deletions: [ItemID: ReplicatedTree.Deletion] = [:]
+        public var floor: [NodeID: UInt64] = [:]
+        public init() {}
+    }
+
+    public func contains(_ logged: LoggedOperation) -> Bool {
+        logged.sequence <= floor[logged.origin] ?? 0 || operations[logged.origin]?[logged.sequence] != nil
+    }
 
     // MARK: Remote
 
@@ -40,21 +76,25 @@ public struct Replica: Sendable {
     public mutating func apply(_ batch: [LoggedOperation]) {
         var moves: [TreeOperation.Move] = []
         for logged in batch {
-            guard operations[logged.origin]?[logged.sequence] == nil else { continue }
+            guard !contains(logged) else { continue }
             operations[logged.origin, default: [:]][logged.sequence] = logged
             var contiguous = vector[logged.origin] ?? 0
             while operations[logged.origin]?[contiguous + 1] != nil { contiguous += 1 }
             vector[logged.origin] = contiguous
             clock.observe(logged.operation.timestamp)
             switch logged.operation {
-            case .move(let move): moves.append(move)
+            case .move(let move):
+                moves.append(move)
+                moveNumbers[move.timestamp] = Number(origin: logged.origin, sequence: logged.sequence)
+                if let lastSettled, move.timestamp < lastSettled { lateMoves += 1 }
             case .version(let version): histories.apply(version)
             }
         }
         tree.apply(moves)
     }
 
-    /// What a peer whose vector is `theirs` lacks, oldest first per origin.
+    /// What a peer whose vector is `theirs` lacks, oldest first per origin. (A peer below the
+    /// floor lost its state: the settled moves it lacks are gone; it gets the rest.)
     public func missing(for theirs: [NodeID: UInt64]) -> [LoggedOperation] {
         var out: [LoggedOperation] = []
         for (origin, byNumber) in operations {
@@ -62,6 +102,11 @@ public struct Replica: Sendable {
             out += byNumber.values.filter { $0.sequence > known }.sorted { $0.sequence < $1.sequence }
         }
         return out
+    }
+
+    /// Whether a peer whose vector is `theirs` lacks operations this replica has settled.
+    public func lacksSettled(_ theirs: [NodeID: UInt64]) -> Bool {
+        floor.contains { $0.value > theirs[$0.key] ?? 0 }
     }
 
     public var operationCount: Int { operations.values.reduce(0) { $0 + $1.count } }
@@ -75,9 +120,47 @@ public struct Replica: Sendable {
     @discardableResult
     public mutating func local(now: UInt64, _ make: (HLCTimestamp) -> TreeOperation) -> LoggedOperation {
         let timestamp = clock.tick(now: now)
-        let sequence = (operations[node]?.keys.max() ?? 0) + 1
+        let sequence = (vector[node] ?? 0) + 1
         let logged = LoggedOperation(origin: node, sequence: sequence, operation: make(timestamp))
         apply([logged])
         return logged
+    }
+}
+
+// MARK: Settling (truncating the log below the causally stable point)
+
+extension Replica {
+    /// Drops the moves below the causally stable point, given the latest vector of every
+    /// replica `reports` knows of. A move is dropped when every replica's vector covers it,
+    /// while this replica holds every operation each replica had made when it reported.
+    /// Then no move can still arrive stamped before it: a replica that has received a move
+    /// has a clock past it, so what it makes later is stamped later, and what it made before
+    /// is here already. The tree never has to undo it, and no peer will ask for it again.
+    /// Older moves go with it (the log is cut at a point, never punched). Returns nil when a
+    /// replica has not reported or nothing settles.
+    public mutating func settle(_ reports: ReplicaReports) -> (settlement: ReplicatedTree.Settlement, dropped: [LoggedOperation])? {
+        var all = [vector]
+        for peer in reports.replicas where peer != node {
+            guard let theirs = reports.vectors[peer], vector[peer] ?? 0 >= theirs[peer] ?? 0 else { return nil }
+            all.append(theirs)
+        }
+        var common: [NodeID: UInt64] = [:]
+        for origin in Set(all.flatMap(\.keys)) { common[origin] = all.map { $0[origin] ?? 0 }.min() }
+        let numbers = moveNumbers
+        let settlement = tree.settle { move in
+            guard let number = numbers[move.timestamp] else { return false }
+            return number.sequence <= common[number.origin] ?? 0
+        }
+        guard !settlement.moves.isEmpty else { return nil }
+        var dropped: [LoggedOperation] = []
+        for move in settlement.moves {
+            guard let number = moveNumbers.removeValue(forKey: move.timestamp),
+                  let logged = operations[number.origin]?.removeValue(forKey: number.sequence) else { continue }
+            dropped.append(logged)
+        }
+        for (origin, sequence) in common where sequence > floor[origin] ?? 0 { floor[origin] = sequence }
+        settledMoves += dropped.count
+        lastSettled = settlement.moves.last?.timestamp
+        return (settlement, dropped)
     }
 }

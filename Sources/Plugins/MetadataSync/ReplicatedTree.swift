@@ -18,13 +18,36 @@ public struct ReplicatedTree: Sendable, Equatable {
         let applied: Bool
     }
 
+    /// Where a deleted item was before it went into the trash, and when it last went in: the
+    /// delete-vs-edit rule brings it back there when a version of it is newer.
+    public struct Deletion: Equatable, Sendable {
+        public let was: Placement
+        public var at: HLCTimestamp
+    }
+
+    /// What settling a prefix of the log left behind: the dropped moves, and for each item
+    /// they touched its placement and deletion after them (nil: not deleted) — what a
+    /// restarted node starts from instead of those moves.
+    public struct Settlement: Sendable {
+        public var moves: [TreeOperation.Move] = []
+        public var placements: [ItemID: Placement] = [:]
+        public var deletions: [ItemID: Deletion?] = [:]
+    }
+
     public private(set) var placements: [ItemID: Placement] = [:]
-    /// Every move in timestamp order (never truncated yet: the causally stable point is the
-    /// sync layer's to find).
+    /// Every move after the settled point, in timestamp order.
     private(set) var log: [LogEntry] = []
     private var seen: Set<HLCTimestamp> = []
+    /// The deletions as the settled (dropped) moves left them.
+    private var settledDeletions: [ItemID: Deletion] = [:]
 
     public init() {}
+
+    /// A tree that starts from settled state (a restarted node's; its later moves follow).
+    public init(settled placements: [ItemID: Placement], deletions: [ItemID: Deletion]) {
+        self.placements = placements
+        settledDeletions = deletions
+    }
 
     /// Applies moves in any order; ones already applied are ignored. Undoes the log back to
     /// the earliest new timestamp once, then redoes everything after it in order.
@@ -80,8 +103,45 @@ public struct ReplicatedTree: Sendable, Equatable {
         return false
     }
 
-    /// The applied moves in timestamp order (for the view's delete-vs-edit rule).
-    var appliedMoves: [TreeOperation.Move] { log.filter(\.applied).map(\.move) }
+    /// Every deleted item's last place outside the trash and when it was deleted (for the
+    /// view's delete-vs-edit rule).
+    public func deletions() -> [ItemID: Deletion] {
+        var deletions = settledDeletions
+        for entry in log where entry.applied { Self.note(entry, in: &deletions) }
+        return deletions
+    }
+
+    private static func note(_ entry: LogEntry, in deletions: inout [ItemID: Deletion]) {
+        let move = entry.move
+        if move.parent != .trash {
+            deletions[move.item] = nil
+        } else if let was = entry.previous, was.parent != .trash {
+            deletions[move.item] = Deletion(was: was, at: move.timestamp)
+        } else {
+            deletions[move.item]?.at = move.timestamp
+        }
+    }
+
+    /// Drops the oldest moves while `isSettled` holds for them. The caller answers for the
+    /// rule that makes this safe: no replica can still send a move stamped before them (a
+    /// move that arrived late would have to be slotted in below the log, which is gone), and
+    /// every replica holds them (none will ask for them again).
+    public mutating func settle(while isSettled: (TreeOperation.Move) -> Bool) -> Settlement {
+        var count = 0
+        while count < log.count, isSettled(log[count].move) { count += 1 }
+        var settlement = Settlement()
+        for entry in log[..<count] {
+            let move = entry.move
+            seen.remove(move.timestamp)
+            settlement.moves.append(move)
+            guard entry.applied else { continue }
+            settlement.placements[move.item] = Placement(parent: move.parent, name: move.name, isDirectory: move.isDirectory)
+            Self.note(entry, in: &settledDeletions)
+            settlement.deletions.updateValue(settledDeletions[move.item], forKey: move.item)
+        }
+        log.removeFirst(count)
+        return settlement
+    }
 
     public var moveCount: Int { log.count }
 }

@@ -1,19 +1,22 @@
 import BlockExchange
 import HarpKernel
 
-/// The metadata sync's frames inside the p2p sessions (delta anti-entropy): on connect each
-/// side sends its vector — per origin node, the highest operation sequence it holds without
-/// gaps — and the other answers with what is missing; afterwards every new operation is
-/// pushed to every peer at once. Batches are deflated.
+/// The metadata sync's frames inside the p2p sessions (delta anti-entropy): on connect, and
+/// again every `rescan_interval`, each side sends its report — its vector (per origin node,
+/// the highest operation sequence it holds durably without gaps) with the other replicas'
+/// vectors it knows (ReplicaReports) — and the other answers with what is missing; every new
+/// operation is pushed to every peer at once. Batches are deflated. The reports tell each
+/// node what every replica holds, which it needs to drop moves below the causally stable
+/// point (Replica.settle).
 struct SyncChannel: PeerChannel {
-    static let vector: UInt8 = 64
+    static let report: UInt8 = 64
     static let operations: UInt8 = 65
     /// A batch holds at most this many operations (a node 10,000 operations behind gets five).
     static let batchSize = 2000
 
     let node: MetadataNode
 
-    var channelTypes: [UInt8: Int] { [Self.vector: 40 * 4096, Self.operations: 4 << 20] }
+    var channelTypes: [UInt8: Int] { [Self.report: 4 << 20, Self.operations: 4 << 20] }
 
     func peerConnected(_ link: PeerLink) {
         Task { await node.connected(link) }
@@ -25,24 +28,6 @@ struct SyncChannel: PeerChannel {
 
     func peerDisconnected(_ peer: NodeID) {
         Task { await node.disconnected(peer) }
-    }
-
-    static func encodeVector(_ vector: [NodeID: UInt64]) -> [UInt8] {
-        var out: [UInt8] = []
-        for (origin, sequence) in vector.sorted(by: { $0.key.bytes.lexicographicallyPrecedes($1.key.bytes) }) {
-            out += origin.bytes
-            OperationCodec.append(sequence, to: &out)
-        }
-        return out
-    }
-
-    static func decodeVector(_ body: [UInt8]) -> [NodeID: UInt64]? {
-        guard body.count % 40 == 0 else { return nil }
-        var vector: [NodeID: UInt64] = [:]
-        for start in stride(from: 0, to: body.count, by: 40) {
-            vector[NodeID(bytes: Array(body[start..<start + 32]))] = body[start + 32..<start + 40].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        }
-        return vector
     }
 
     /// A batch as sent: flag byte (1 = deflated) and the encoded operations.

@@ -1,0 +1,113 @@
+import BlockExchange
+
+/// What a node knows of every replica of the folder, for settling (Replica.settle): which
+/// nodes hold a replica, and the latest vector each has reported, first-hand or relayed.
+///
+/// Peers need not all know each other: in a chain A – B – C, A never talks to C, yet A must
+/// not settle a move C has not seen. So every report frame carries the sender's whole table —
+/// the replica set it knows (its configured peers plus every set reported to it) and every
+/// vector it holds — and the receiver merges it. A node settles only once it has a vector from
+/// every replica it knows of; a vector arriving with a set always brings that set along, so
+/// a replica behind a relay is known before its relay's report can count.
+///
+/// Vectors only grow, so merging two reports of one node keeps the larger entry per origin
+/// (that is the later report); an old report only settles less.
+public struct ReplicaReports: Sendable, Equatable {
+    public let node: NodeID
+    public private(set) var replicas: Set<NodeID>
+    /// Per replica other than this node, the latest vector known.
+    public private(set) var vectors: [NodeID: [NodeID: UInt64]] = [:]
+
+    /// Limits on a decoded frame: nodes in the set, vectors, entries per vector.
+    static let maxNodes = 4096
+
+    public init(node: NodeID, peers: some Sequence<NodeID>) {
+        self.node = node
+        replicas = Set(peers).union([node])
+    }
+
+    /// Folds in a peer's table.
+    public mutating func merge(_ table: Table) {
+        replicas.formUnion(table.replicas)
+        for (replica, vector) in table.vectors where replica != node {
+            replicas.insert(replica)
+            vectors[replica, default: [:]].merge(vector) { max($0, $1) }
+        }
+    }
+
+    /// A report frame's content: the sender's replica set and the vectors it knows (its own
+    /// among them).
+    public struct Table: Sendable, Equatable {
+        public var replicas: Set<NodeID>
+        public var vectors: [NodeID: [NodeID: UInt64]]
+
+        public init(replicas: Set<NodeID>, vectors: [NodeID: [NodeID: UInt64]]) {
+            self.replicas = replicas
+            self.vectors = vectors
+        }
+    }
+
+    /// This node's table, with `own` as its vector (the durable one: peers drop moves on the
+    /// strength of it).
+    public func table(own: [NodeID: UInt64]) -> Table {
+        var all = vectors
+        all[node] = own
+        return Table(replicas: replicas, vectors: all)
+    }
+
+    // MARK: Wire form
+
+    /// count u16 · node [32]…, then count u16 · (node [32] · entries u16 · (origin [32] ·
+    /// sequence u64)…)… — nodes and origins sorted, so one table always encodes alike.
+    public static func encode(_ table: Table) -> [UInt8] {
+        func sorted(_ nodes: some Sequence<NodeID>) -> [NodeID] { nodes.sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) } }
+        var out: [UInt8] = []
+        OperationCodec.append(UInt64(table.replicas.count), bytes: 2, to: &out)
+        for replica in sorted(table.replicas) { out += replica.bytes }
+        OperationCodec.append(UInt64(table.vectors.count), bytes: 2, to: &out)
+        for replica in sorted(table.vectors.keys) {
+            let vector = table.vectors[replica]!
+            out += replica.bytes
+            OperationCodec.append(UInt64(vector.count), bytes: 2, to: &out)
+            for origin in sorted(vector.keys) {
+                out += origin.bytes
+                OperationCodec.append(vector[origin]!, to: &out)
+            }
+        }
+        return out
+    }
+
+    /// nil unless `body` is exactly one table within the limits.
+    public static func decode(_ body: [UInt8]) -> Table? {
+        var offset = 0
+        func integer(_ count: Int) -> UInt64? {
+            guard offset + count <= body.count else { return nil }
+            defer { offset += count }
+            return body[offset..<offset + count].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+        func node() -> NodeID? {
+            guard offset + 32 <= body.count else { return nil }
+            defer { offset += 32 }
+            return NodeID(bytes: Array(body[offset..<offset + 32]))
+        }
+        guard let replicaCount = integer(2), replicaCount <= maxNodes else { return nil }
+        var replicas: Set<NodeID> = []
+        for _ in 0..<replicaCount {
+            guard let replica = node() else { return nil }
+            replicas.insert(replica)
+        }
+        guard let vectorCount = integer(2), vectorCount <= maxNodes else { return nil }
+        var vectors: [NodeID: [NodeID: UInt64]] = [:]
+        for _ in 0..<vectorCount {
+            guard let replica = node(), let entries = integer(2), entries <= maxNodes else { return nil }
+            var vector: [NodeID: UInt64] = [:]
+            for _ in 0..<entries {
+                guard let origin = node(), let sequence = integer(8) else { return nil }
+                vector[origin] = sequence
+            }
+            vectors[replica] = vector
+        }
+        guard offset == body.count else { return nil }
+        return Table(replicas: replicas, vectors: vectors)
+    }
+}
