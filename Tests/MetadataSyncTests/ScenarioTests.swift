@@ -176,3 +176,35 @@ struct ScenarioTests {
         #expect(good.status == 0 && good.stdout.contains("max_clock_skew = \"1m\""), "\(good.stdout) \(good.stderr)")
     }
 }
+
+@Suite("metadata sync frames")
+struct ReportFrameTests {
+    @Test("a replica report round-trips; every truncation and 20,000 random bodies are refused or decode, never crash")
+    func reports() {
+        var generator = SeededGenerator(seed: 64)
+        let nodes = (1...4).map { ConvergenceTests.node(UInt8($0)) }
+        var reports = ReplicaReports(node: nodes[0], peers: [nodes[1]])
+        reports.merge(.init(replicas: Set(nodes), vectors: [nodes[2]: [nodes[0]: 7, nodes[3]: 1 << 40]]))
+        let table = reports.table(own: [nodes[0]: 12])
+        let body = ReplicaReports.encode(table)
+        #expect(ReplicaReports.decode(body) == table)
+        #expect(table.replicas == Set(nodes) && table.vectors[nodes[0]] == [nodes[0]: 12])
+        // A report merged again, and an older one, change nothing: sequences only grow.
+        var again = reports
+        again.merge(.init(replicas: [], vectors: [nodes[2]: [nodes[0]: 3]]))
+        #expect(again == reports)
+        for length in 0..<body.count { #expect(ReplicaReports.decode(Array(body.prefix(length))) == nil, "\(length) bytes") }
+        #expect(ReplicaReports.decode(body + [0]) == nil)
+        var decoded = 0
+        for _ in 0..<20_000 {
+            var mutated = body
+            for _ in 0..<Int.random(in: 1...4, using: &generator) {
+                mutated[Int.random(in: 0..<mutated.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
+            }
+            if ReplicaReports.decode(mutated) != nil { decoded += 1 }
+        }
+        #expect(decoded < 20_000, "a count byte changed must break the layout sometimes")
+        // Counts over the limit are refused before anything is read for them.
+        #expect(ReplicaReports.decode([0xff, 0xff]) == nil)
+    }
+}
