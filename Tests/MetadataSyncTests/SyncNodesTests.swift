@@ -296,18 +296,23 @@ struct CrashTests {
             node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\""
         }
         try a.configure(peers: [b])
-        try b.configure(peers: [a], downloadRate: 512 << 10)  // 4 MiB take B 8 s
+        // 12 MiB take B 8 s after the first 4 MiB (the bucket's burst is one largest chunk).
+        try b.configure(peers: [a], downloadRate: 1 << 20)
         for node in [a, b] { try node.start() }
         try b.waitConnected(to: [a])
         try "old\n".write(toFile: a.folder + "/big.bin", atomically: false, encoding: .utf8)
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline, (try? String(contentsOfFile: b.folder + "/big.bin", encoding: .utf8)) != "old\n" { usleep(100_000) }
-        let big = Data((0..<(4 << 20)).map { _ in UInt8.random(in: 0...255) })
+        let big = Data((0..<(12 << 20)).map { _ in UInt8.random(in: 0...255) })
         try big.write(to: URL(fileURLWithPath: a.folder + "/big.bin"))
         while Date() < deadline, !FileManager.default.fileExists(atPath: b.folder + "/.big.bin.harp-partial") { usleep(50_000) }
         try a.kill()
         // B gives the download up (10 s without a chunk) and tries again on later passes.
-        try b.process!.waitForOutput("cannot fetch big.bin", timeout: 30)
+        do {
+            try b.process!.waitForOutput("cannot fetch big.bin", timeout: 30)
+        } catch {
+            throw TestFailure("\(error)\nB's log: \(b.log.suffix(3000))")
+        }
         usleep(1_500_000)
         #expect((try? String(contentsOfFile: b.folder + "/big.bin", encoding: .utf8)) == "old\n")
         #expect(!b.log.contains("deleted big.bin"), "\(b.log.suffix(1500))")

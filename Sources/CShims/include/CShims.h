@@ -54,6 +54,21 @@ int harp_ssl_set_host_name(SSL *ssl, const char *name);
 void harp_ssl_ctx_set_servername_callback(SSL_CTX *ctx, int (*callback)(SSL *, int *, void *), void *arg);
 long harp_ssl_session_reused(SSL *ssl);
 
+// TLSStream's ciphertext buffers (tls_buffers.c): `input` holds received bytes OpenSSL has not
+// read yet ([input_start, input_end)), `output` the records it wrote not yet sent
+// ([0, output_length)); `output` may be NULL while nothing is pending (a write then asks to be
+// retried).
+typedef struct harp_tls_buffers {
+    unsigned char *input;
+    size_t input_start, input_end;
+    unsigned char *output;
+    size_t output_length, output_capacity;
+    int eof;
+} harp_tls_buffers;
+// A BIO reading from and writing to `buffers` (which must outlive it), for both directions:
+// SSL_set_bio(ssl, bio, bio) takes its one reference.
+BIO *harp_bio_new_buffers(harp_tls_buffers *buffers);
+
 // CPUs this process may run on: its affinity mask (CPU_COUNT is a macro) capped by a cgroup
 // CPU quota (v2 cpu.max, v1 cpu.cfs_quota_us), rounded up. At least 1.
 int harp_usable_cpus(void);

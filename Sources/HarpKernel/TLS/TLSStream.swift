@@ -1,8 +1,8 @@
 import CShims
 import Glibc
 
-/// TLS over a socket the ring owns: OpenSSL works on two memory BIOs, and this class moves
-/// ciphertext between them and the socket (`transport`) with the loop's recv/send. The
+/// TLS over a socket the ring owns: OpenSSL reads ciphertext from a buffer the loop's receives
+/// fill and writes records to a buffer its sends drain (a BIO over both, `tls_buffers.c`). The
 /// plaintext side is `read`/`write`, so a plugin treats a TLS leg like a socket leg on the copy
 /// path (splice cannot see plaintext: no `spliceDescriptor`; kTLS, which could, is not
 /// available here). The stream owns its transport: `close()` sends close_notify and closes it.
@@ -14,15 +14,17 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// The socket carrying the ciphertext.
     let transport: SocketStream
     private let ssl: OpaquePointer
-    private var incoming: OpaquePointer  // network -> OpenSSL
-    private var outgoing: OpaquePointer  // OpenSSL -> network
+    /// What the BIO reads and writes: the offsets into `inbound` and `outbound`.
+    private let buffers: UnsafeMutablePointer<harp_tls_buffers>
     /// The reader (an alert, a KeyUpdate answer) and the writer both flush: one at a time, or
     /// a partial send of one could be overtaken by the other's records.
     private let sendGate = WriteGate()
-    /// Ciphertext comes in here; a recv is posted on it whenever the reader waits. Sending
-    /// borrows a loop buffer for the flush only (a reader and a writer task may both be
-    /// suspended in the middle of their I/O, so the two never share one).
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// Ciphertext comes in here; a recv is posted on it whenever OpenSSL wants more.
+    private let inbound = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// Records wait here to be sent: a loop copy buffer, borrowed when OpenSSL first writes
+    /// and given back once everything is sent, so an idle stream holds none. Records written
+    /// while a send is in flight are appended behind it.
+    private var outbound: UnsafeMutableRawBufferPointer?
     private var peerClosed = false
     /// Kept alive for the lifetime of the connection (OpenSSL holds the pointer).
     private let context: TLSContext
@@ -31,17 +33,20 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// as SNI and, when the context verifies, checks the certificate against it.
     public init(transport: SocketStream, context: TLSContext, isServer: Bool, serverName: String? = nil) throws(TLSError) {
         guard let ssl = SSL_new(context.context) else { throw TLSError("SSL_new") }
-        guard let incoming = BIO_new(BIO_s_mem()), let outgoing = BIO_new(BIO_s_mem()) else {
+        buffers = .allocate(capacity: 1)
+        buffers.initialize(to: harp_tls_buffers(input: inbound.baseAddress!.assumingMemoryBound(to: UInt8.self), input_start: 0, input_end: 0,
+                                                output: nil, output_length: 0, output_capacity: 0, eof: 0))
+        guard let bio = harp_bio_new_buffers(buffers) else {
             SSL_free(ssl)
+            buffers.deallocate()
+            inbound.deallocate()
             throw TLSError("BIO_new")
         }
         self.loop = transport.loop
         self.transport = transport
         self.ssl = ssl
-        self.incoming = incoming
-        self.outgoing = outgoing
         self.context = context
-        SSL_set_bio(ssl, incoming, outgoing)  // the SSL now owns both BIOs
+        SSL_set_bio(ssl, bio, bio)  // the SSL now owns the BIO
         if isServer {
             SSL_set_accept_state(ssl)
         } else {
@@ -62,8 +67,13 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     deinit {
         SSL_free(ssl)
-        buffer.deallocate()
+        buffers.deallocate()
+        inbound.deallocate()
+        outbound?.deallocate()  // not back to the pool: deinit may run off the loop
     }
+
+    /// Received ciphertext OpenSSL has not read yet.
+    private var pendingInput: Int { buffers.pointee.input_end - buffers.pointee.input_start }
 
     /// Runs the handshake; throws with the peer and OpenSSL's reason when it fails.
     public func handshake(timeout: Duration) async throws(TLSError) {
@@ -88,7 +98,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             })
             // SSL_read returns one record (16 KiB at most): take the others already received
             // too, so a large read is one large write downstream instead of many small ones.
-            while total > 0 && total < count && (SSL_pending(ssl) > 0 || BIO_ctrl_pending(incoming) > 0) {
+            while total > 0 && total < count && (SSL_pending(ssl) > 0 || pendingInput > 0) {
                 let more = SSL_read(ssl, destination.baseAddress! + total, Int32(count - total))
                 guard more > 0 else {
                     // A partial record or an alert: the next read meets it (and reports it).
@@ -100,7 +110,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             // Records handled on the way may have produced some (a KeyUpdate answer). The
             // plaintext is already the caller's: a failed send here must not lose it — the
             // next read or write meets the failure again and reports it.
-            if BIO_ctrl_pending(outgoing) > 0 { try? await flush(timeout: timeout) }
+            if buffers.pointee.output_length > 0 { try? await flush(timeout: timeout) }
             return total
         } catch {
             lastError = error
@@ -112,8 +122,8 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     public func write(_ source: UnsafeRawBufferPointer, timeout: Duration? = nil) async -> Int32 {
         var offset = 0
         do {
-            // Encrypt every record first (the memory BIO takes them all), then send them in
-            // one go: a 256 KiB write is one send instead of sixteen.
+            // Encrypt every record first (the send buffer takes a copy round's worth), then
+            // send them in one go: a 256 KiB write is one send instead of sixteen.
             while offset < source.count {
                 let chunk = min(16 * 1024, source.count - offset)
                 let written = try await drive(timeout: timeout, during: "TLS write", flush: false) {
@@ -130,11 +140,12 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         return 0
     }
 
-    /// An array needs no stable copy here: SSL_write encrypts into the memory BIO before
-    /// anything is awaited. (Only if OpenSSL wants to read first — not after the handshake,
-    /// renegotiation is off — does the rest take the copying path.)
+    /// An array needs no stable copy here: SSL_write encrypts into the send buffer before
+    /// anything is awaited. (Only if that fills, or OpenSSL wants to read first — not after
+    /// the handshake, renegotiation is off — does the rest take the copying path.)
     public func write(_ bytes: [UInt8], timeout: Duration?) async -> Int32 {
         var offset = 0
+        attachOutbound()
         let encrypted = bytes.withUnsafeBytes { raw -> Bool in
             ERR_clear_error()
             while offset < raw.count {
@@ -158,6 +169,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     public func finishWriting() async {
         guard !sentCloseNotify, transport.isOpen else { return }
         sentCloseNotify = true
+        attachOutbound()
         _ = SSL_shutdown(ssl)
         try? await flush(timeout: .seconds(5))
     }
@@ -176,7 +188,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// Ready at once when OpenSSL holds plaintext or ciphertext not yet decrypted; otherwise
     /// when the socket is.
     public func waitReadable(timeout: Duration?) async -> Int32 {
-        if SSL_pending(ssl) > 0 || BIO_ctrl_pending(incoming) > 0 || peerClosed { return 1 }
+        if SSL_pending(ssl) > 0 || pendingInput > 0 || peerClosed { return 1 }
         return await transport.waitReadable(timeout: timeout)
     }
 
@@ -186,10 +198,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     public func isQuietWhileIdle() -> Bool {
         guard transport.isOpen else { return false }
         while true {
-            let received = Glibc.recv(transport.fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            let room = inputRoom()
+            let received = Glibc.recv(transport.fd, room.baseAddress, room.count, Int32(MSG_DONTWAIT))
             if received < 0 { return errno == EAGAIN || errno == EWOULDBLOCK }
             if received == 0 { return false }
-            _ = BIO_write(incoming, buffer.baseAddress, Int32(received))
+            buffers.pointee.input_end += received
             var byte: UInt8 = 0
             ERR_clear_error()
             let result = SSL_peek(ssl, &byte, 1)
@@ -237,11 +250,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             case SSL_ERROR_WANT_READ:
                 try await flush(timeout: timeout)
                 if peerClosed { return 0 }
-                if expectingWait { releaseGrownBuffers() }
                 try await receive(timeout: timeout, during: what, expectingWait: expectingWait)
                 expectingWait = false
             case SSL_ERROR_WANT_WRITE:
-                try await flush(timeout: timeout)
+                // No send buffer yet, or a full one.
+                if outbound == nil { attachOutbound() } else { try await flush(timeout: timeout) }
             case SSL_ERROR_ZERO_RETURN:
                 return 0
             default:
@@ -253,61 +266,72 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         }
     }
 
-    /// Memory BIOs never shrink: after a bulk transfer each holds its peak (a 256 KiB flush,
-    /// a 64 KiB receive) for the rest of the connection. Before a wait that is expected to be
-    /// long, empty ones that grew are swapped for fresh ones, so an idle connection costs
-    /// kilobytes whatever it once carried. (Never mid-transfer: regrowing costs copies.)
-    private func releaseGrownBuffers() {
-        if BIO_ctrl_pending(outgoing) == 0, Self.capacity(of: outgoing) > Self.keptCapacity, let fresh = BIO_new(BIO_s_mem()) {
-            SSL_set0_wbio(ssl, fresh)  // frees the old one
-            outgoing = fresh
+    /// Whether the stream holds a send buffer (for tests: an idle one holds none).
+    var holdsSendBuffer: Bool { outbound != nil }
+
+    /// The free end of `inbound`, after moving what OpenSSL has not read yet (less than a
+    /// record) to the front when the end is short of room for a record.
+    private func inputRoom() -> UnsafeMutableRawBufferPointer {
+        let start = buffers.pointee.input_start, end = buffers.pointee.input_end
+        if start == end {
+            buffers.pointee.input_start = 0
+            buffers.pointee.input_end = 0
+        } else if start > 0, inbound.count - end < Self.recordRoom {
+            memmove(inbound.baseAddress!, inbound.baseAddress! + start, end - start)
+            buffers.pointee.input_start = 0
+            buffers.pointee.input_end = end - start
         }
-        if BIO_ctrl_pending(incoming) == 0, Self.capacity(of: incoming) > Self.keptCapacity, let fresh = BIO_new(BIO_s_mem()) {
-            SSL_set0_rbio(ssl, fresh)
-            incoming = fresh
-        }
+        return UnsafeMutableRawBufferPointer(rebasing: inbound[buffers.pointee.input_end...])
     }
 
-    /// Room for a few records: what request/response traffic needs without regrowing.
-    static let keptCapacity = 64 * 1024
+    /// A full TLS record with its header and the largest expansion.
+    static let recordRoom = 16 * 1024 + 2048
 
-    private static func capacity(of bio: OpaquePointer) -> Int {
-        var memory: UnsafeMutablePointer<BUF_MEM>?
-        BIO_ctrl(bio, BIO_C_GET_BUF_MEM_PTR, 0, &memory)
-        return memory.map { Int($0.pointee.max) } ?? 0
+    private func attachOutbound() {
+        guard outbound == nil else { return }
+        let borrowed = loop.copyBuffers.take()
+        outbound = borrowed
+        buffers.pointee.output = borrowed.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        buffers.pointee.output_length = 0
+        buffers.pointee.output_capacity = borrowed.count
     }
 
-    /// Bytes the two memory BIOs hold room for (for tests).
-    var bufferCapacity: Int { Self.capacity(of: incoming) + Self.capacity(of: outgoing) }
+    private func detachOutbound() {
+        guard let borrowed = outbound, buffers.pointee.output_length == 0 else { return }
+        loop.copyBuffers.give(borrowed)
+        outbound = nil
+        buffers.pointee.output = nil
+        buffers.pointee.output_capacity = 0
+    }
 
     private func receive(timeout: Duration?, during what: String, expectingWait: Bool) async throws(TLSError) {
-        let received = await transport.read(into: buffer, timeout: timeout, expectingWait: expectingWait)
+        let received = await transport.read(into: inputRoom(), timeout: timeout, expectingWait: expectingWait)
         if received == 0 {
             peerClosed = true
-            // An empty memory BIO at EOF makes OpenSSL report the truncation itself.
-            BIO_ctrl(incoming, BIO_C_SET_BUF_MEM_EOF_RETURN, 0, nil)
+            // The BIO then reports the end, and OpenSSL the truncation if there is one.
+            buffers.pointee.eof = 1
             return
         }
         guard received > 0 else {
             if received == -Int(ETIMEDOUT) { throw TLSError(timeoutDuring: what) }
             throw TLSError(plain: "\(what): \(String(cString: strerror(Int32(-received))))")
         }
-        _ = BIO_write(incoming, buffer.baseAddress, Int32(received))
+        buffers.pointee.input_end += received
     }
 
     private func flush(timeout: Duration?) async throws(TLSError) {
-        guard BIO_ctrl_pending(outgoing) > 0 else { return }
+        guard buffers.pointee.output_length > 0 else { return }
         await sendGate.acquire()
-        let sendBuffer = loop.copyBuffers.take()
-        defer {
-            loop.copyBuffers.give(sendBuffer)
-            sendGate.release()
-        }
-        while BIO_ctrl_pending(outgoing) > 0 {
-            let count = BIO_read(outgoing, sendBuffer.baseAddress, Int32(sendBuffer.count))
-            guard count > 0 else { return }
-            let sent = await transport.write(UnsafeRawBufferPointer(rebasing: sendBuffer[0..<Int(count)]), timeout: timeout)
+        defer { sendGate.release() }
+        while let outbound, buffers.pointee.output_length > 0 {
+            let length = buffers.pointee.output_length
+            let sent = await transport.write(UnsafeRawBufferPointer(rebasing: outbound[0..<length]), timeout: timeout)
             guard sent == 0 else { throw TLSError(plain: "sending TLS records: \(String(cString: strerror(-sent)))") }
+            // Records written while the send was in flight sit behind it: to the front.
+            let rest = buffers.pointee.output_length - length
+            if rest > 0 { memmove(outbound.baseAddress!, outbound.baseAddress! + length, rest) }
+            buffers.pointee.output_length = rest
         }
+        detachOutbound()
     }
 }
