@@ -7,6 +7,7 @@
 # medians of MB/s and of CPU s/GB for all the processes of a setup together (server and client).
 #
 #   bench/frp.sh [ROUNDS] [BYTES]      (defaults: 3 rounds, 2 GiB)
+#   HARP=/path/to/harp bench/frp.sh    (another build, e.g. an older commit's, for an A/B)
 set -euo pipefail
 ulimit -n 65536 2>/dev/null || true
 cd "$(dirname "$0")/.."
@@ -19,8 +20,10 @@ need gcc ssh
 command -v sshd >/dev/null || { apt-get update -qq && apt-get install -y -qq openssh-server >/dev/null; }
 scripts/install-deps >/dev/null
 gcc -O2 -o "$OUT/blast" bench/tools/blast.c
-swift build -c release --product harp >/dev/null
-HARP=$PWD/.build/release/harp
+if [ -z "${HARP:-}" ]; then
+  swift build -c release --product harp >/dev/null
+  HARP=$PWD/.build/release/harp
+fi
 FRPC=/opt/harp-test/frpc-0.65.0/frpc
 
 SINK=19810 SOURCE=19811 SMALL_SOURCE=19812 PLAIN=19801 TLS=19802 SSHD=19803
