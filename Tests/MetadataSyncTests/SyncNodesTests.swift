@@ -43,6 +43,35 @@ struct SyncNodesTests {
         (FileManager.default.enumerator(atPath: node.folder)?.allObjects as? [String] ?? []).filter { !$0.hasPrefix(".") }.sorted()
     }
 
+    func write(_ node: P2PNode, _ path: String, _ text: String) throws {
+        try text.write(toFile: node.folder + "/" + path, atomically: false, encoding: .utf8)
+    }
+
+    func move(_ node: P2PNode, _ from: String, to: String) throws {
+        try FileManager.default.moveItem(atPath: node.folder + "/" + from, toPath: node.folder + "/" + to)
+    }
+
+    /// Makes `directories` and writes `contents` (path → text) on A; waits until B and C show
+    /// the same tree.
+    func seed(directories: [String] = [], _ contents: [String: String]) throws {
+        let a = nodes[0]
+        for name in directories { try FileManager.default.createDirectory(atPath: a.folder + "/" + name, withIntermediateDirectories: true) }
+        for (path, text) in contents { try write(a, path, text) }
+        for node in nodes.dropFirst() {
+            try eventually("A's tree on \(node.id)") { files(node) == files(a) && contents.allSatisfy { read(node, $0.key) == $0.value } }
+        }
+    }
+
+    /// A partition: C stops; A changes the folder (`onA`) until B shows it (`seenOnB`); C's
+    /// folder is changed while C is stopped (`onC`: stamped when C starts, after A's); C rejoins.
+    func apart(onA: () throws -> Void, seenOnB: () -> Bool, onC: () throws -> Void) throws {
+        try nodes[2].stop()
+        try onA()
+        try eventually("A's change on B", seenOnB)
+        try onC()
+        try nodes[2].start()
+    }
+
     @Test("a file and a directory made on one node appear on the others; a rename and a delete follow")
     func dropRenameDelete() throws {
         defer { removeAll() }
@@ -81,13 +110,9 @@ struct SyncNodesTests {
         defer { removeAll() }
         try startAll()
         let (a, b, c) = (nodes[0], nodes[1], nodes[2])
-        try "original\n".write(toFile: a.folder + "/report.txt", atomically: false, encoding: .utf8)
-        for node in [b, c] { try eventually("report.txt on \(node.id)") { read(node, "report.txt") == "original\n" } }
-        try c.stop()
-        try "edited on A\n".write(toFile: a.folder + "/report.txt", atomically: false, encoding: .utf8)
-        try eventually("A's edit on B") { read(b, "report.txt") == "edited on A\n" }
-        try "edited on C while apart\n".write(toFile: c.folder + "/report.txt", atomically: false, encoding: .utf8)
-        try c.start()
+        try seed(["report.txt": "original\n"])
+        try apart(onA: { try write(a, "report.txt", "edited on A\n") }, seenOnB: { read(b, "report.txt") == "edited on A\n" },
+                  onC: { try write(c, "report.txt", "edited on C while apart\n") })
         let converged = { Set(self.nodes.map { self.read($0, "report.txt") ?? "" }).count == 1 }
         try eventually("all three agree on report.txt", converged)
         let history = try b.storage(["history", "report.txt"])
@@ -112,14 +137,8 @@ extension SyncNodesTests {
         defer { removeAll() }
         try startAll()
         let (a, b, c) = (nodes[0], nodes[1], nodes[2])
-        for name in ["a", "b"] { try FileManager.default.createDirectory(atPath: a.folder + "/" + name, withIntermediateDirectories: true) }
-        try "in a\n".write(toFile: a.folder + "/a/f", atomically: false, encoding: .utf8)
-        for node in [b, c] { try eventually("a/f and b on \(node.id)") { files(node) == ["a", "a/f", "b"] } }
-        try c.stop()
-        try FileManager.default.moveItem(atPath: a.folder + "/a", toPath: a.folder + "/b/a")
-        try eventually("a moved into b on B") { files(b) == ["b", "b/a", "b/a/f"] }
-        try FileManager.default.moveItem(atPath: c.folder + "/b", toPath: c.folder + "/a/b")
-        try c.start()
+        try seed(directories: ["a", "b"], ["a/f": "in a\n"])
+        try apart(onA: { try move(a, "a", to: "b/a") }, seenOnB: { files(b) == ["b", "b/a", "b/a/f"] }, onC: { try move(c, "b", to: "a/b") })
         for node in nodes { try eventually("one tree, b/a, on \(node.id)") { files(node) == ["b", "b/a", "b/a/f"] } }
     }
 
@@ -128,13 +147,9 @@ extension SyncNodesTests {
         defer { removeAll() }
         try startAll()
         let (a, b, c) = (nodes[0], nodes[1], nodes[2])
-        try "v1\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
-        for node in [b, c] { try eventually("f.txt on \(node.id)") { read(node, "f.txt") == "v1\n" } }
-        try c.stop()
-        try FileManager.default.removeItem(atPath: a.folder + "/f.txt")
-        try eventually("f.txt deleted on B") { read(b, "f.txt") == nil }
-        try "v2 from C\n".write(toFile: c.folder + "/f.txt", atomically: false, encoding: .utf8)
-        try c.start()
+        try seed(["f.txt": "v1\n"])
+        try apart(onA: { try FileManager.default.removeItem(atPath: a.folder + "/f.txt") }, seenOnB: { read(b, "f.txt") == nil },
+                  onC: { try write(c, "f.txt", "v2 from C\n") })
         for node in nodes { try eventually("f.txt back on \(node.id)") { read(node, "f.txt") == "v2 from C\n" } }
         let versions = try a.storage(["history", "f.txt"])["versions"] as? [[String: Any]] ?? []
         #expect(versions.count == 2, "\(versions)\n\(c.log.suffix(2500))")
@@ -147,15 +162,8 @@ extension SyncNodesTests {
         defer { removeAll() }
         try startAll()
         let (a, b, c) = (nodes[0], nodes[1], nodes[2])
-        for name in ["d", "x", "y"] { try FileManager.default.createDirectory(atPath: a.folder + "/" + name, withIntermediateDirectories: true) }
-        try "inside\n".write(toFile: a.folder + "/d/f", atomically: false, encoding: .utf8)
-        for node in [b, c] { try eventually("d/f, x, y on \(node.id)") { files(node) == ["d", "d/f", "x", "y"] } }
-        try c.stop()
-        try FileManager.default.moveItem(atPath: a.folder + "/d", toPath: a.folder + "/x/d")
-        try eventually("d moved into x on B") { files(b) == ["x", "x/d", "x/d/f", "y"] }
-        // C's move is made on disk while it is stopped: stamped when C starts, after A's.
-        try FileManager.default.moveItem(atPath: c.folder + "/d", toPath: c.folder + "/y/d")
-        try c.start()
+        try seed(directories: ["d", "x", "y"], ["d/f": "inside\n"])
+        try apart(onA: { try move(a, "d", to: "x/d") }, seenOnB: { files(b) == ["x", "x/d", "x/d/f", "y"] }, onC: { try move(c, "d", to: "y/d") })
         for node in nodes { try eventually("d only under y on \(node.id)") { files(node) == ["x", "y", "y/d", "y/d/f"] } }
         #expect(read(a, "y/d/f") == "inside\n")
     }
@@ -165,14 +173,9 @@ extension SyncNodesTests {
         defer { removeAll() }
         try startAll()
         let (a, b, c) = (nodes[0], nodes[1], nodes[2])
-        try FileManager.default.createDirectory(atPath: a.folder + "/proj", withIntermediateDirectories: true)
-        try "draft\n".write(toFile: a.folder + "/proj/notes.txt", atomically: false, encoding: .utf8)
-        for node in [b, c] { try eventually("proj/notes.txt on \(node.id)") { read(node, "proj/notes.txt") == "draft\n" } }
-        try c.stop()
-        try FileManager.default.moveItem(atPath: a.folder + "/proj", toPath: a.folder + "/project")
-        try eventually("proj renamed on B") { files(b) == ["project", "project/notes.txt"] }
-        try "draft, edited on C\n".write(toFile: c.folder + "/proj/notes.txt", atomically: false, encoding: .utf8)
-        try c.start()
+        try seed(directories: ["proj"], ["proj/notes.txt": "draft\n"])
+        try apart(onA: { try move(a, "proj", to: "project") }, seenOnB: { files(b) == ["project", "project/notes.txt"] },
+                  onC: { try write(c, "proj/notes.txt", "draft, edited on C\n") })
         for node in nodes {
             try eventually("C's edit in project/ on \(node.id)") {
                 files(node) == ["project", "project/notes.txt"] && read(node, "project/notes.txt") == "draft, edited on C\n"
@@ -187,13 +190,9 @@ extension SyncNodesTests {
         defer { removeAll() }
         try startAll()
         let (a, b, c) = (nodes[0], nodes[1], nodes[2])
-        try "v1\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
-        for node in [b, c] { try eventually("f.txt on \(node.id)") { read(node, "f.txt") == "v1\n" } }
-        try c.stop()
-        try "v2 from A\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
-        try eventually("A's edit on B") { read(b, "f.txt") == "v2 from A\n" }
-        try FileManager.default.removeItem(atPath: c.folder + "/f.txt")
-        try c.start()
+        try seed(["f.txt": "v1\n"])
+        try apart(onA: { try write(a, "f.txt", "v2 from A\n") }, seenOnB: { read(b, "f.txt") == "v2 from A\n" },
+                  onC: { try FileManager.default.removeItem(atPath: c.folder + "/f.txt") })
         for node in nodes { try eventually("f.txt gone on \(node.id)") { files(node).isEmpty } }
         for node in [a, b] {
             let store = node.folder + "/.harp-versions/"
