@@ -62,7 +62,9 @@ static BIO_METHOD *method;
 static pthread_once_t method_once = PTHREAD_ONCE_INIT;
 
 static void make_method(void) {
-    method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "harp buffers");
+    int index = BIO_get_new_index();
+    if (index == -1) return;
+    method = BIO_meth_new(index | BIO_TYPE_SOURCE_SINK, "harp buffers");
     if (method == NULL) return;
     BIO_meth_set_read_ex(method, buffers_read);
     BIO_meth_set_write_ex(method, buffers_write);

@@ -90,6 +90,41 @@ struct TLSStreamTests {
         #expect(facts.withLock { $0 } == ["http/1.1", "TLSv1.3", "released"])
     }
 
+    @Test("32 MiB each way at once, a reader and a writer task per side: a send that waits for the peer never stops the reader")
+    func bothWaysAtOnce() async throws {
+        let pki = try Self.pki.get()
+        let server = try TLSContext.server(certificate: pki.certificate("localhost"), key: pki.key("localhost"))
+        let client = try TLSContext.client(ca: pki.ca)
+        let results = try await Self.pair(server: server, client: client, serverName: "localhost") { serverStream, clientStream in
+            let size = 32 << 20
+            let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+            defer { payload.deallocate() }
+            for i in 0..<size { payload[i] = UInt8(truncatingIfNeeded: i &* 7 &+ i >> 11) }
+            let bytes = SharedBytes(pointer: UnsafeRawBufferPointer(payload))
+            // Each side writes all while it reads all; both socket buffers fill. A reader that
+            // queued behind its own side's stalled send would never drain the other side.
+            let writers = [serverStream, clientStream].map { stream in
+                stream.loop.spawn { await stream.write(bytes.pointer, timeout: .seconds(10)) }
+            }
+            let readers = [serverStream, clientStream].map { stream in
+                stream.loop.spawn { () -> Bool in
+                    let received = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+                    defer { received.deallocate() }
+                    var total = 0
+                    while total < size {
+                        let count = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[total...]), timeout: .seconds(10))
+                        guard count > 0 else { return false }
+                        total += count
+                    }
+                    return memcmp(bytes.pointer.baseAddress!, received.baseAddress!, size) == 0
+                }
+            }
+            for writer in writers { guard await writer.value == 0 else { throw TestFailure("a write did not finish") } }
+            for reader in readers { guard await reader.value else { throw TestFailure("a side did not read the other's 32 MiB intact") } }
+        }
+        #expect(results.0 == nil && results.1 == nil, "\(results)")
+    }
+
     @Test("a relay between a TLS stream and a plain socket copies both ways and passes the end on")
     func tlsToPlainRelay() async throws {
         let pki = try Self.pki.get()

@@ -7,6 +7,9 @@ public final class WriteGate {
 
     public init() {}
 
+    /// Whether someone holds the gate now.
+    public var isHeld: Bool { busy }
+
     public func acquire() async {
         if !busy {
             busy = true

@@ -19,8 +19,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// The reader (an alert, a KeyUpdate answer) and the writer both flush: one at a time, or
     /// a partial send of one could be overtaken by the other's records.
     private let sendGate = WriteGate()
+    /// The first failed send: records after a half-sent one are garbage to the peer, so every
+    /// later flush reports this instead of sending again.
+    private var sendFailure: TLSError?
     /// Ciphertext comes in here; a recv is posted on it whenever OpenSSL wants more.
-    private let inbound = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    private let inbound: UnsafeMutableRawBufferPointer
     /// Records wait here to be sent: a loop copy buffer, borrowed when OpenSSL first writes
     /// and given back once everything is sent, so an idle stream holds none. Records written
     /// while a send is in flight are appended behind it.
@@ -33,6 +36,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// as SNI and, when the context verifies, checks the certificate against it.
     public init(transport: SocketStream, context: TLSContext, isServer: Bool, serverName: String? = nil) throws(TLSError) {
         guard let ssl = SSL_new(context.context) else { throw TLSError("SSL_new") }
+        inbound = .allocate(byteCount: 64 * 1024, alignment: 16)
         buffers = .allocate(capacity: 1)
         buffers.initialize(to: harp_tls_buffers(input: inbound.baseAddress!.assumingMemoryBound(to: UInt8.self), input_start: 0, input_end: 0,
                                                 output: nil, output_length: 0, output_capacity: 0, eof: 0))
@@ -93,7 +97,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     public func read(into destination: UnsafeMutableRawBufferPointer, timeout: Duration? = nil, expectingWait: Bool = false) async -> Int {
         let count = destination.count
         do {
-            var total = Int(try await drive(timeout: timeout, during: "TLS read", expectingWait: expectingWait) {
+            var total = Int(try await drive(timeout: timeout, during: "TLS read", flush: .ifIdle, expectingWait: expectingWait) {
                 SSL_read($0, destination.baseAddress, Int32(count))
             })
             // SSL_read returns one record (16 KiB at most): take the others already received
@@ -110,7 +114,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             // Records handled on the way may have produced some (a KeyUpdate answer). The
             // plaintext is already the caller's: a failed send here must not lose it — the
             // next read or write meets the failure again and reports it.
-            if buffers.pointee.output_length > 0 { try? await flush(timeout: timeout) }
+            if buffers.pointee.output_length > 0 { try? await flush(timeout: timeout, waiting: false) }
             return total
         } catch {
             lastError = error
@@ -126,7 +130,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             // send them in one go: a 256 KiB write is one send instead of sixteen.
             while offset < source.count {
                 let chunk = min(16 * 1024, source.count - offset)
-                let written = try await drive(timeout: timeout, during: "TLS write", flush: false) {
+                // Room for this record and for one the reader may add: OpenSSL never meets a
+                // full buffer in the middle of a record (a write it must retry, which another
+                // SSL call in between would break).
+                if outboundRoom < 2 * Self.recordRoom { try await flush(timeout: timeout) }
+                let written = try await drive(timeout: timeout, during: "TLS write", flush: .no) {
                     SSL_write($0, source.baseAddress! + offset, Int32(chunk))
                 }
                 if written == 0 { return -EPIPE }
@@ -149,6 +157,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         let encrypted = bytes.withUnsafeBytes { raw -> Bool in
             ERR_clear_error()
             while offset < raw.count {
+                guard outboundRoom >= 2 * Self.recordRoom else { return false }  // the rest as above, flushing between
                 let written = SSL_write(ssl, raw.baseAddress! + offset, Int32(min(16 * 1024, raw.count - offset)))
                 guard written > 0 else { return false }
                 offset += Int(written)
@@ -197,8 +206,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// application data, close_notify, an alert or end of stream make the stream unusable.
     public func isQuietWhileIdle() -> Bool {
         guard transport.isOpen else { return false }
+        defer { detachOutbound() }  // unless OpenSSL wrote an answer: the next flush sends it
         while true {
             let room = inputRoom()
+            attachOutbound()  // OpenSSL may answer what it reads (kept until the next flush)
             let received = Glibc.recv(transport.fd, room.baseAddress, room.count, Int32(MSG_DONTWAIT))
             if received < 0 { return errno == EAGAIN || errno == EWOULDBLOCK }
             if received == 0 { return false }
@@ -234,27 +245,35 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     }
     public var sessionReused: Bool { harp_ssl_session_reused(ssl) != 0 }
 
+    /// What `drive` does with the records an operation wrote once it succeeds: nothing yet
+    /// (a writer's loop flushes after its last record), send them unless a send is in flight
+    /// (the reader), or send them.
+    enum Flush { case no, ifIdle, all }
+
     /// Calls `operation` until it succeeds, feeding OpenSSL from the socket and flushing
     /// what it wrote. Returns the operation's positive result, or 0 for a closed peer.
-    private func drive(timeout: Duration?, during what: String, flush flushOnSuccess: Bool = true, expectingWait: Bool = false,
+    private func drive(timeout: Duration?, during what: String, flush flushing: Flush = .all, expectingWait: Bool = false,
                        _ operation: (OpaquePointer) -> Int32) async throws(TLSError) -> Int32 {
         ERR_clear_error()
         var expectingWait = expectingWait  // only the first receive: later ones continue a record
         while true {
+            // Room for whatever the operation writes, an alert included (an alert OpenSSL
+            // could not write is never written).
+            attachOutbound()
             let result = operation(ssl)
             if result > 0 {
-                if flushOnSuccess { try await flush(timeout: timeout) }
+                if flushing != .no { try await flush(timeout: timeout, waiting: flushing == .all) }
                 return result
             }
             switch SSL_get_error(ssl, result) {
             case SSL_ERROR_WANT_READ:
-                try await flush(timeout: timeout)
+                try await flush(timeout: timeout, waiting: flushing == .all)
                 if peerClosed { return 0 }
                 try await receive(timeout: timeout, during: what, expectingWait: expectingWait)
                 expectingWait = false
             case SSL_ERROR_WANT_WRITE:
-                // No send buffer yet, or a full one.
-                if outbound == nil { attachOutbound() } else { try await flush(timeout: timeout) }
+                // A full send buffer (writers keep room, so only a very large handshake flight).
+                try await flush(timeout: timeout)
             case SSL_ERROR_ZERO_RETURN:
                 return 0
             default:
@@ -286,6 +305,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     /// A full TLS record with its header and the largest expansion.
     static let recordRoom = 16 * 1024 + 2048
+
+    /// Free bytes in the send buffer (a whole one when none is borrowed yet).
+    private var outboundRoom: Int {
+        outbound == nil ? loop.copyBuffers.size : buffers.pointee.output_capacity - buffers.pointee.output_length
+    }
 
     private func attachOutbound() {
         guard outbound == nil else { return }
@@ -319,18 +343,33 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         buffers.pointee.input_end += received
     }
 
-    private func flush(timeout: Duration?) async throws(TLSError) {
-        guard buffers.pointee.output_length > 0 else { return }
+    /// Sends the pending records. `waiting`: the caller needs them sent (a writer) and queues
+    /// for the gate; otherwise (the reader, whose next receive must not wait behind a long
+    /// send: two peers both blocked sending would never read again) it returns at once when a
+    /// send is in flight, and sends one round at most — the sender in flight, or the writer
+    /// that appended records meanwhile and flushes after, sends the rest.
+    private func flush(timeout: Duration?, waiting: Bool = true) async throws(TLSError) {
+        if let sendFailure { throw sendFailure }
+        guard buffers.pointee.output_length > 0 else { return detachOutbound() }
+        if !waiting && sendGate.isHeld { return }
         await sendGate.acquire()
         defer { sendGate.release() }
         while let outbound, buffers.pointee.output_length > 0 {
+            if let sendFailure { throw sendFailure }
             let length = buffers.pointee.output_length
             let sent = await transport.write(UnsafeRawBufferPointer(rebasing: outbound[0..<length]), timeout: timeout)
-            guard sent == 0 else { throw TLSError(plain: "sending TLS records: \(String(cString: strerror(-sent)))") }
+            guard sent == 0 else {
+                let failure = TLSError(plain: "sending TLS records: \(String(cString: strerror(-sent)))")
+                sendFailure = failure
+                buffers.pointee.output_length = 0
+                detachOutbound()
+                throw failure
+            }
             // Records written while the send was in flight sit behind it: to the front.
             let rest = buffers.pointee.output_length - length
             if rest > 0 { memmove(outbound.baseAddress!, outbound.baseAddress! + length, rest) }
             buffers.pointee.output_length = rest
+            if !waiting { break }
         }
         detachOutbound()
     }
