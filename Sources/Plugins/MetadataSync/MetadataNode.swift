@@ -23,9 +23,14 @@ actor MetadataNode {
     /// away: an old one only settles less).
     private var reports: ReplicaReports
     /// The vector as far as the log on disk has it — what peers are told, since they may
-    /// drop moves on the strength of it. Updated when no append is in flight (`appending`).
+    /// drop moves on the strength of it. Each append, once written, makes the vector as it
+    /// stood right after its operations durable (appends reach the disk in order). After a
+    /// failed append it stops for good: what that append held is not on disk.
     private var durableVector: [NodeID: UInt64]
-    private var appending = 0
+    private var appendFailed = false
+    /// Set when recording a settlement failed: memory has dropped moves the disk still holds,
+    /// so settling more would leave a restart replaying old moves over newer settled ones.
+    private var settlingFailed = false
     /// Peers told once that they lack settled operations.
     private var warnedBehind: Set<NodeID> = []
     private var working = false
@@ -171,32 +176,35 @@ actor MetadataNode {
         }
         guard !fresh.isEmpty else { return }
         logger.info("applied \(fresh.count) operation\(fresh.count == 1 ? "" : "s") from \(peer.map { "\($0)" } ?? "the held-back queue")")
-        appending += 1
         replica.apply(fresh)
+        let snapshot = replica.vector
         do {
             try await log.append(fresh, clock: replica.clock)
+            appended(snapshot)
         } catch {
-            logger.error("cannot record operations: \(error)")
+            appendFailed = true
+            logger.error("cannot record operations: \(error); this node stops reporting what it holds until it restarts")
         }
-        appended()
         let body = SyncChannel.encodeBatch(fresh)
         for (other, link) in links where other != peer { link.send(type: SyncChannel.operations, body: body) }
         requestWork()
     }
 
-    /// An append finished: with none in flight, everything applied is on disk.
-    private func appended() {
-        appending -= 1
-        if appending == 0 { durableVector = replica.vector }
+    /// An append is on disk: so is everything up to `snapshot` (the vector right after it).
+    /// Its resumption may overtake an earlier one's, hence the maximum.
+    private func appended(_ snapshot: [NodeID: UInt64]) {
+        guard !appendFailed else { return }
+        durableVector.merge(snapshot) { max($0, $1) }
     }
 
     /// Drops the moves below the causally stable point (Replica.settle) and records that.
     private func settle() async {
-        guard let (settlement, dropped) = replica.settle(reports) else { return }
+        guard !settlingFailed, let (settlement, dropped) = replica.settle(reports) else { return }
         do {
             try await log.settle(settlement, dropped: dropped, floor: replica.floor)
         } catch {
-            logger.error("cannot record settled operations: \(error)")
+            settlingFailed = true
+            logger.error("cannot record settled operations: \(error); settling stops until this node restarts")
         }
         logger.debug("settled \(settlement.moves.count) moves; \(replica.operationCount) operations kept")
     }
@@ -219,14 +227,15 @@ actor MetadataNode {
     private func commit(_ makes: [(HLCTimestamp) -> TreeOperation]) async {
         guard !makes.isEmpty else { return }
         var made: [LoggedOperation] = []
-        appending += 1
         for make in makes { made.append(replica.local(now: Self.nowMilliseconds, make)) }
+        let snapshot = replica.vector
         do {
             try await log.append(made, clock: replica.clock)
+            appended(snapshot)
         } catch {
-            logger.error("cannot record local operations: \(error)")
+            appendFailed = true
+            logger.error("cannot record local operations: \(error); this node stops reporting what it holds until it restarts")
         }
-        appended()
         let body = SyncChannel.encodeBatch(made)
         for link in links.values { link.send(type: SyncChannel.operations, body: body) }
     }
@@ -238,6 +247,8 @@ actor MetadataNode {
         let inode: Int64
         let size: Int64
         let mtime: Int64
+        /// Status change time (ns): a rename or a new link sets it.
+        let ctime: Int64
     }
 
     /// Turns what changed on disk since the last pass into operations. Returns whether a file
@@ -270,6 +281,7 @@ actor MetadataNode {
         // do) has a new inode at the same path: still an edit of the same item, as long as the
         // old inode did not move elsewhere.
         let inodesOnDisk = Set(disk.values.map(\.inode))
+        let recordedInodes = Dictionary(paths.map { ($0.value.inode, $0.key) }, uniquingKeysWith: { first, _ in first })
         for path in disk.keys.sorted() {
             let entry = disk[path]!
             if let state = paths[path], state.isDirectory == entry.isDirectory,
@@ -314,6 +326,13 @@ actor MetadataNode {
                 continue
             }
             if !entry.isDirectory && nowNanos - entry.mtime < stable {
+                unstable = true
+                continue
+            }
+            // Its inode still recorded under a path the walk also saw, and just renamed or
+            // linked: a rename that happened while the folder was walked (both names seen).
+            // The next look sees one name: a move. (A hard link, once settled, is a new file.)
+            if let other = recordedInodes[entry.inode], other != path, disk[other]?.inode == entry.inode, nowNanos - entry.ctime < stable {
                 unstable = true
                 continue
             }
@@ -412,7 +431,8 @@ actor MetadataNode {
                 let kind = info.st_mode & S_IFMT
                 guard kind == S_IFDIR || kind == S_IFREG else { continue }
                 out[child] = DiskEntry(isDirectory: kind == S_IFDIR, inode: Int64(info.st_ino), size: Int64(info.st_size),
-                                       mtime: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec))
+                                       mtime: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec),
+                                       ctime: Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec))
                 if kind == S_IFDIR { visit(child) }
             }
         }
@@ -519,7 +539,8 @@ actor MetadataNode {
     /// the rest, into a temporary file renamed into place).
     private func place(_ root: ChunkID, at path: String) async -> BlockExchangePlugin.FetchOutcome {
         let stored = versionPath(root)
-        if access(stored, R_OK) == 0 {
+        // Only if it still is that version (indexing checks, re-hashing only a changed file).
+        if access(stored, R_OK) == 0, index(FolderIndex.versionStore + "/" + root.description) == root {
             let partial = path + ".harp-restore"
             guard copyFile(stored, to: partial), let copied = Self.state(partial, item: .root, root: nil), rename(partial, path) == 0 else {
                 return .failed("cannot copy \(stored)")

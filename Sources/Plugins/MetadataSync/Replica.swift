@@ -120,7 +120,9 @@ public struct Replica: Sendable {
     @discardableResult
     public mutating func local(now: UInt64, _ make: (HLCTimestamp) -> TreeOperation) -> LoggedOperation {
         let timestamp = clock.tick(now: now)
-        let sequence = (vector[node] ?? 0) + 1
+        // Past every number this node is known to have used (held, settled, or its own
+        // operations' gaps after a lost state directory).
+        let sequence = max(vector[node] ?? 0, floor[node] ?? 0, operations[node]?.keys.max() ?? 0) + 1
         let logged = LoggedOperation(origin: node, sequence: sequence, operation: make(timestamp))
         apply([logged])
         return logged
@@ -132,7 +134,8 @@ public struct Replica: Sendable {
 extension Replica {
     /// Drops the moves below the causally stable point, given the latest vector of every
     /// replica `reports` knows of. A move is dropped when every replica's vector covers it,
-    /// while this replica holds every operation each replica had made when it reported.
+    /// while this replica holds every operation any replica reported holding (so also what
+    /// each had made when it reported, and what came from nodes that are no replica now).
     /// Then no move can still arrive stamped before it: a replica that has received a move
     /// has a clock past it, so what it makes later is stamped later, and what it made before
     /// is here already. The tree never has to undo it, and no peer will ask for it again.
@@ -141,7 +144,7 @@ extension Replica {
     public mutating func settle(_ reports: ReplicaReports) -> (settlement: ReplicatedTree.Settlement, dropped: [LoggedOperation])? {
         var all = [vector]
         for peer in reports.replicas where peer != node {
-            guard let theirs = reports.vectors[peer], vector[peer] ?? 0 >= theirs[peer] ?? 0 else { return nil }
+            guard let theirs = reports.vectors[peer], theirs.allSatisfy({ vector[$0.key] ?? 0 >= $0.value }) else { return nil }
             all.append(theirs)
         }
         var common: [NodeID: UInt64] = [:]

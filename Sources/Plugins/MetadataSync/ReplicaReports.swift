@@ -18,8 +18,10 @@ public struct ReplicaReports: Sendable, Equatable {
     /// Per replica other than this node, the latest vector known.
     public private(set) var vectors: [NodeID: [NodeID: UInt64]] = [:]
 
-    /// Limits on a decoded frame: nodes in the set, vectors, entries per vector.
-    static let maxNodes = 4096
+    /// At most this many replicas are known (and nodes in a decoded set, vectors, entries per
+    /// vector): a table is about N² × 40 bytes and must fit a 4 MiB frame. A peer is trusted
+    /// with what it relays (it is configured and authenticated); this only bounds a bad one.
+    static let maxNodes = 256
 
     public init(node: NodeID, peers: some Sequence<NodeID>) {
         self.node = node
@@ -28,9 +30,8 @@ public struct ReplicaReports: Sendable, Equatable {
 
     /// Folds in a peer's table.
     public mutating func merge(_ table: Table) {
-        replicas.formUnion(table.replicas)
-        for (replica, vector) in table.vectors where replica != node {
-            replicas.insert(replica)
+        for replica in table.replicas.union(table.vectors.keys) where replicas.count < Self.maxNodes { replicas.insert(replica) }
+        for (replica, vector) in table.vectors where replica != node && replicas.contains(replica) {
             vectors[replica, default: [:]].merge(vector) { max($0, $1) }
         }
     }
