@@ -203,6 +203,23 @@ extension SyncNodesTests {
         #expect(listing.isEmpty, "\(listing)")
     }
 
+    @Test("a version-store copy that no longer holds its version is not restored from: the bytes come from a peer")
+    func tamperedVersionStore() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        try seed(["f.txt": "v1\n"])
+        try write(a, "f.txt", "v2\n")
+        for node in [b, c] { try eventually("v2 on \(node.id)") { read(node, "f.txt") == "v2\n" } }
+        // B kept v1 in its version store when v2 replaced it; something changes that copy.
+        let store = b.folder + "/.harp-versions/"
+        let kept = try FileManager.default.contentsOfDirectory(atPath: store).filter { (try? String(contentsOfFile: store + $0, encoding: .utf8)) == "v1\n" }
+        #expect(kept.count == 1, "\(kept)")
+        for name in kept { try "v1 altered\n".write(toFile: store + name, atomically: false, encoding: .utf8) }
+        _ = try b.storage(["restore", "f.txt", "--version", "1"])
+        for node in nodes { try eventually("v1 restored on \(node.id)") { read(node, "f.txt") == "v1\n" } }
+    }
+
     @Test("moves every node holds are dropped from the log (settled); a restarted node starts from the settled tree and syncs on")
     func settling() throws {
         defer { removeAll() }
