@@ -102,3 +102,24 @@ public func waitForListener(port: UInt16, timeout: Double = 30) -> Bool {
     }
     return false
 }
+
+/// Whether process `pid` has a socket listening on TCP `port` (from /proc: unlike a connect,
+/// not fooled by another test that picked the same free port after it was released).
+public func isListening(pid: Int32, port: UInt16) -> Bool {
+    var inodes: Set<String> = []
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = (try? String(contentsOfFile: table, encoding: .utf8)) ?? ""
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ")
+            // local_address is ADDR:PORT in hex, state 0A is LISTEN, the inode is field 9.
+            guard fields.count > 9, fields[3] == "0A", let colon = fields[1].lastIndex(of: ":"),
+                  UInt16(fields[1][fields[1].index(after: colon)...], radix: 16) == port else { continue }
+            inodes.insert(String(fields[9]))
+        }
+    }
+    guard !inodes.isEmpty, let descriptors = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd") else { return false }
+    return descriptors.contains { fd in
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)") else { return false }
+        return inodes.contains { target == "socket:[\($0)]" }
+    }
+}
