@@ -170,6 +170,28 @@ struct ConvergenceTests {
             #expect(restarted.tree.placements == replica.tree.placements && restarted.histories == replica.histories, "seed \(seed)")
             #expect(FolderView(tree: restarted.tree, histories: restarted.histories) == reference, "seed \(seed): a restarted replica's view differs")
         }
+        // A replica that joins now: the moves it needs are settled everywhere, so it gets the
+        // operations still kept and a peer's settled state (through its wire form).
+        // The state arrives first, the kept operations after it (or the other way round: both work).
+        var late = Replica(node: Self.node(97))
+        #expect(replicas[0].lacksSettled(late.vector), "seed \(seed): nothing settled, nothing to test")
+        let below = replicas[0].allOperations.filter { $0.sequence <= recorded[0].floor[$0.origin] ?? 0 }
+        var received = Replica.Settled(), operations: [LoggedOperation] = []
+        let parts = SyncChannel.encodeSettled(recorded[0], operations: below, clock: replicas[0].clock)
+        for body in parts.shuffled(using: &generator) {
+            let part = try #require(SyncChannel.decodeSettled(body))
+            #expect(part.total == parts.count)
+            received.placements.merge(part.settled.placements) { $1 }
+            received.deletions.merge(part.settled.deletions) { $1 }
+            received.floor = part.settled.floor
+            operations += part.operations
+        }
+        let clock = HLCTimestamp(wall: replicas[0].clock.wall, counter: replicas[0].clock.counter, node: replicas[0].node)
+        #expect(late.install(received, operations: operations, clock: clock) != nil)
+        late.apply(replicas[0].missing(for: late.vector).shuffled(using: &generator))
+        #expect(late.vector == shadow.vector && !replicas[0].lacksSettled(late.vector), "seed \(seed)")
+        #expect(FolderView(tree: late.tree, histories: late.histories) == reference, "seed \(seed): a late replica's view differs")
+        #expect(late.install(received, operations: operations, clock: clock) == nil, "a replica with settled state of its own takes none")
         // All at once on a fresh replica, and everything again on an old one: the same state.
         var fresh = Replica(node: Self.node(98))
         fresh.apply(shadow.allOperations.shuffled(using: &generator))

@@ -30,7 +30,7 @@ struct SyncNodesTests {
         let deadline = Date().addingTimeInterval(20)
         while !condition() {
             guard Date() < deadline else {
-                let logs = nodes.map { "\($0.id.prefix(9)) files \(files($0)):\n\($0.log.suffix(1500))" }.joined(separator: "\n---\n")
+                let logs = nodes.map { "\($0.id.prefix(9)) files \(files($0)):\n\($0.log.suffix(4000))" }.joined(separator: "\n---\n")
                 throw TestFailure("not within 20 s: \(what)\n\(logs)")
             }
             usleep(100_000)
@@ -201,6 +201,36 @@ extension SyncNodesTests {
         }
         let listing = try b.storage(["ls"])["entries"] as? [[String: Any]] ?? []
         #expect(listing.isEmpty, "\(listing)")
+    }
+
+    @Test("a node that joins after moves settled gets the settled state from a peer: the whole tree, with histories")
+    func lateJoiner() throws {
+        defer { removeAll() }
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        try P2PNode.mesh([a, b])  // C is not a replica yet
+        for node in [a, b] { try node.start() }
+        try a.waitConnected(to: [b])
+        try FileManager.default.createDirectory(atPath: a.folder + "/docs", withIntermediateDirectories: true)
+        try write(a, "docs/one.txt", "one\n")
+        try write(a, "two.txt", "two\n")
+        try eventually("A's files on B") { read(b, "docs/one.txt") == "one\n" && read(b, "two.txt") == "two\n" }
+        try move(a, "two.txt", to: "docs/two.txt")
+        try write(a, "docs/one.txt", "one, edited\n")
+        try eventually("A's changes on B") { read(b, "docs/two.txt") == "two\n" && read(b, "docs/one.txt") == "one, edited\n" }
+        func kept(_ node: P2PNode) -> Int { (try? node.storage(["log"]))?["operations_kept"] as? Int ?? -1 }
+        // 4 moves (docs, one, two, the move) settle; the 3 versions stay.
+        for node in [a, b] { try eventually("moves settled on \(node.id)") { kept(node) == 3 } }
+        // C joins: every node now lists every other.
+        for node in [a, b] { try node.stop() }
+        try P2PNode.mesh(nodes)
+        for node in nodes { try node.start() }
+        for node in [a, b] { try eventually("the tree on \(node.id)") { files(node) == ["docs", "docs/one.txt", "docs/two.txt"] } }
+        try eventually("the tree on C") { files(c) == ["docs", "docs/one.txt", "docs/two.txt"] && read(c, "docs/one.txt") == "one, edited\n" }
+        #expect(read(c, "docs/two.txt") == "two\n")
+        #expect((try c.storage(["history", "docs/one.txt"])["versions"] as? [[String: Any]])?.count == 2)
+        // And it syncs on: a change on C reaches the others.
+        try move(c, "docs/two.txt", to: "two.txt")
+        for node in [a, b] { try eventually("C's move on \(node.id)") { read(node, "two.txt") == "two\n" } }
     }
 
     @Test("a version-store copy that no longer holds its version is not restored from: the bytes come from a peer")

@@ -31,8 +31,10 @@ actor MetadataNode {
     /// Set when recording a settlement failed: memory has dropped moves the disk still holds,
     /// so settling more would leave a restart replaying old moves over newer settled ones.
     private var settlingFailed = false
-    /// Peers told once that they lack settled operations.
-    private var warnedBehind: Set<NodeID> = []
+    /// Peers sent this node's settled state (they lacked settled moves), once per connection.
+    private var sentSettled: Set<NodeID> = []
+    /// Parts of a peer's settled state received so far, by index (taken once all are in).
+    private var settledParts: [NodeID: [Int: SyncChannel.SettledPart]] = [:]
     private var working = false
     private var workAgain = false
     /// Remote operations stamped too far ahead of our clock, kept until time catches up.
@@ -81,9 +83,14 @@ actor MetadataNode {
     private var stopped = false
     var isRunning: Bool { !stopped }
 
-    func stop() {
+    /// Stops watching and waits (5 s at most) for a pass in progress, so what it did to the
+    /// folder is recorded: a file that landed just before a stop, then deleted while the node
+    /// was down, would otherwise come back as if it had never been here.
+    func stop() async {
         stopped = true
         watcher?.stop()
+        let deadline = ContinuousClock.now + .seconds(5)
+        while working, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
     }
 
     /// Asks for a scan-and-materialize pass (one runs at a time; a request during one makes
@@ -130,6 +137,8 @@ actor MetadataNode {
 
     func disconnected(_ peer: NodeID) {
         links[peer] = nil
+        sentSettled.remove(peer)
+        settledParts[peer] = nil
     }
 
     func received(type: UInt8, body: [UInt8], from peer: NodeID) async {
@@ -139,9 +148,7 @@ actor MetadataNode {
                 return logger.warning("peer \(peer) sent a report that does not decode; ignored")
             }
             let theirs = table.vectors[peer] ?? [:]
-            if replica.lacksSettled(theirs), warnedBehind.insert(peer).inserted {
-                logger.error("peer \(peer) lacks operations every node had and this node has settled (was its state directory reset?); it gets the rest, and needs a copy of a node's state to be whole")
-            }
+            if replica.lacksSettled(theirs), sentSettled.insert(peer).inserted { sendSettled(to: peer) }
             let missing = replica.missing(for: theirs)
             for start in stride(from: 0, to: missing.count, by: SyncChannel.batchSize) {
                 let batch = Array(missing[start..<min(start + SyncChannel.batchSize, missing.count)])
@@ -149,6 +156,25 @@ actor MetadataNode {
             }
             reports.merge(table)
             await settle()
+        case SyncChannel.settled:
+            guard let part = SyncChannel.decodeSettled(body) else {
+                return logger.warning("peer \(peer) sent a settled state that does not decode; ignored")
+            }
+            var parts = settledParts[peer] ?? [:]
+            parts[part.index] = part
+            guard parts.count == part.total, parts.values.allSatisfy({ $0.total == part.total }) else {
+                settledParts[peer] = parts.count > part.total ? nil : parts
+                return
+            }
+            settledParts[peer] = nil
+            var gathered = Replica.Settled()
+            gathered.floor = part.settled.floor
+            for piece in parts.values {
+                gathered.placements.merge(piece.settled.placements) { $1 }
+                gathered.deletions.merge(piece.settled.deletions) { $1 }
+            }
+            await install(gathered, operations: parts.values.flatMap(\.operations),
+                          clock: HLCTimestamp(wall: part.clock.wall, counter: part.clock.counter, node: peer), from: peer)
         case SyncChannel.operations:
             guard let batch = SyncChannel.decodeBatch(body) else {
                 return logger.warning("peer \(peer) sent an operation batch that does not decode; ignored")
@@ -195,6 +221,40 @@ actor MetadataNode {
     private func appended(_ snapshot: [NodeID: UInt64]) {
         guard !appendFailed else { return }
         durableVector.merge(snapshot) { max($0, $1) }
+    }
+
+    /// Sends this node's settled state to a peer whose vector lacks settled moves: a node that
+    /// joined the folder after they were dropped (no peer can send them as operations now).
+    private func sendSettled(to peer: NodeID) {
+        do {
+            let settled = try log.settled()
+            let below = replica.allOperations.filter { $0.sequence <= settled.floor[$0.origin] ?? 0 }
+            let parts = SyncChannel.encodeSettled(settled, operations: below, clock: replica.clock)
+            for part in parts { links[peer]?.send(type: SyncChannel.settled, body: part) }
+            logger.info("peer \(peer) lacks moves this node has settled: sent the settled state (\(settled.placements.count) items)")
+        } catch {
+            logger.error("cannot read the settled state for \(peer): \(error)")
+        }
+    }
+
+    /// Takes a peer's settled state when this node lacks what it covers (Replica.install).
+    private func install(_ settled: Replica.Settled, operations below: [LoggedOperation], clock: HLCTimestamp, from peer: NodeID) async {
+        guard let dropped = replica.install(settled, operations: below, clock: clock) else {
+            // Already took one (from another peer, or settled itself): what this one covers
+            // comes as operations from the peers that still keep it.
+            return logger.info("ignored the settled state of \(peer): this node has one")
+        }
+        do {
+            try await log.install(settled, dropped: dropped)
+            try await log.append(below, clock: replica.clock)
+            if !appendFailed { durableVector.merge(settled.floor) { max($0, $1) } }
+            logger.info("took the settled state of \(peer) (\(settled.placements.count) items)")
+        } catch {
+            settlingFailed = true
+            appendFailed = true
+            logger.error("cannot record the settled state from \(peer): \(error); this node stops reporting what it holds until it restarts")
+        }
+        requestWork()
     }
 
     /// Drops the moves below the causally stable point (Replica.settle) and records that.
@@ -503,6 +563,7 @@ actor MetadataNode {
             record(path, nil)
         }
         for (path, head) in fetches {
+            if stopped { break }  // the rest on the next start
             let full = folder + "/" + path
             // The bytes it replaces go to the version store as a second link; the file stays
             // in place until the new content is renamed over it (a fetch that fails leaves it

@@ -43,16 +43,7 @@ struct OperationLog: Sendable {
                                                size: row.integer(4), mtime: row.integer(5),
                                                root: root.flatMap { $0.count == 32 ? ChunkID(bytes: $0) : nil })
             }
-            var settled = Replica.Settled()
-            try connection.run("SELECT item, placement, deletion FROM settled") { row in
-                guard let item = ItemID(bytes: row.blob(0)), let placement = OperationCodec.decodePlacement(row.blob(1)) else { return }
-                settled.placements[item] = placement
-                if !row.isNull(2) { settled.deletions[item] = OperationCodec.decodeDeletion(row.blob(2)) }
-            }
-            try connection.run("SELECT origin, sequence FROM floors") { row in
-                settled.floor[NodeID(bytes: row.blob(0))] = UInt64(bitPattern: row.integer(1))
-            }
-            return (operations, settled, UInt64(clock?.0 ?? 0), UInt32(clock?.1 ?? 0), paths)
+            return (operations, try Self.settled(connection), UInt64(clock?.0 ?? 0), UInt32(clock?.1 ?? 0), paths)
         }
     }
 
@@ -66,6 +57,50 @@ struct OperationLog: Sendable {
                                    [.blob(origin), .integer(sequence), .blob(data)])
             }
             try connection.run("INSERT OR REPLACE INTO clock (id, wall, counter) VALUES (0, ?, ?)", [.integer(wall), .integer(counter)])
+        }
+    }
+
+    /// The settled state as recorded (what a peer that joined late is sent).
+    func settled() throws(DatabaseError) -> Replica.Settled {
+        try database.readNow { try Self.settled($0) }
+    }
+
+    private static func settled(_ connection: Connection) throws -> Replica.Settled {
+        var settled = Replica.Settled()
+        try connection.run("SELECT item, placement, deletion FROM settled") { row in
+            guard let item = ItemID(bytes: row.blob(0)), let placement = OperationCodec.decodePlacement(row.blob(1)) else { return }
+            settled.placements[item] = placement
+            if !row.isNull(2) { settled.deletions[item] = OperationCodec.decodeDeletion(row.blob(2)) }
+        }
+        try connection.run("SELECT origin, sequence FROM floors") { row in
+            settled.floor[NodeID(bytes: row.blob(0))] = UInt64(bitPattern: row.integer(1))
+        }
+        return settled
+    }
+
+    /// Replaces the settled state with a peer's (`Replica.install`) and drops the moves it
+    /// covers, in one transaction.
+    func install(_ settled: Replica.Settled, dropped: [LoggedOperation]) async throws(DatabaseError) {
+        let removed = dropped.map { ($0.origin.bytes, Int64(bitPattern: $0.sequence)) }
+        let items = settled.placements.map { item, placement in
+            var bytes: [UInt8] = []
+            OperationCodec.encode(placement, into: &bytes)
+            return (item.bytes, bytes, settled.deletions[item].map(OperationCodec.encode))
+        }
+        let floors = settled.floor.map { ($0.key.bytes, Int64(bitPattern: $0.value)) }
+        try await database.write { connection in
+            try connection.run("DELETE FROM settled", [])
+            try connection.run("DELETE FROM floors", [])
+            for (origin, sequence) in removed {
+                try connection.run("DELETE FROM operations WHERE origin = ? AND sequence = ?", [.blob(origin), .integer(sequence)])
+            }
+            for (item, placement, deletion) in items {
+                try connection.run("INSERT INTO settled (item, placement, deletion) VALUES (?, ?, ?)",
+                                   [.blob(item), .blob(placement), deletion.map { .blob($0) } ?? .null])
+            }
+            for (origin, sequence) in floors {
+                try connection.run("INSERT INTO floors (origin, sequence) VALUES (?, ?)", [.blob(origin), .integer(sequence)])
+            }
         }
     }
 

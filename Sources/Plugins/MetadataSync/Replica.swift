@@ -132,6 +132,29 @@ public struct Replica: Sendable {
 // MARK: Settling (truncating the log below the causally stable point)
 
 extension Replica {
+    /// Takes a peer's settled state: for a replica that has settled nothing itself and lacks
+    /// moves the peer settled (a node that joined after they were dropped, so no peer can send
+    /// them any more), with the operations the peer keeps at or below its floor. The tree
+    /// starts from that state, the held moves it covers are dropped, and every other operation
+    /// is applied again; the clock moves past `clock` (the peer's, which is past every settled
+    /// move). Returns the dropped moves, or nil when the state does not apply.
+    public mutating func install(_ settled: Settled, operations below: [LoggedOperation], clock peerClock: HLCTimestamp) -> [LoggedOperation]? {
+        guard floor.isEmpty, settled.floor.contains(where: { $0.value > vector[$0.key] ?? 0 }) else { return nil }
+        var kept: [LoggedOperation] = [], dropped: [LoggedOperation] = []
+        var held = Set(allOperations.map { Number(origin: $0.origin, sequence: $0.sequence) })
+        for logged in allOperations + below.filter({ held.insert(Number(origin: $0.origin, sequence: $0.sequence)).inserted }) {
+            if case .move = logged.operation, logged.sequence <= settled.floor[logged.origin] ?? 0 {
+                dropped.append(logged)
+            } else {
+                kept.append(logged)
+            }
+        }
+        var clock = self.clock
+        clock.observe(peerClock)
+        self = Replica(node: node, wall: clock.wall, counter: clock.counter, settled: settled, operations: kept)
+        return dropped
+    }
+
     /// Drops the moves below the causally stable point, given the latest vector of every
     /// replica `reports` knows of. A move is dropped when every replica's vector covers it,
     /// while this replica holds every operation any replica reported holding (so also what

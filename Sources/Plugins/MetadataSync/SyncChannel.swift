@@ -11,12 +11,16 @@ import HarpKernel
 struct SyncChannel: PeerChannel {
     static let report: UInt8 = 64
     static let operations: UInt8 = 65
+    /// A node's settled state, in parts, for a peer that joined after moves were dropped.
+    static let settled: UInt8 = 66
+    /// Items per settled-state part (about 60 bytes each before deflating).
+    static let settledPartSize = 20_000
     /// A batch holds at most this many operations (a node 10,000 operations behind gets five).
     static let batchSize = 2000
 
     let node: MetadataNode
 
-    var channelTypes: [UInt8: Int] { [Self.report: 4 << 20, Self.operations: 4 << 20] }
+    var channelTypes: [UInt8: Int] { [Self.report: 4 << 20, Self.operations: 4 << 20, Self.settled: 4 << 20] }
 
     func peerConnected(_ link: PeerLink) {
         Task { await node.connected(link) }
@@ -28,6 +32,97 @@ struct SyncChannel: PeerChannel {
 
     func peerDisconnected(_ peer: NodeID) {
         Task { await node.disconnected(peer) }
+    }
+
+    /// One part of a settled state, as `encodeSettled` makes them.
+    struct SettledPart {
+        var index: Int
+        var total: Int
+        var clock: (wall: UInt64, counter: UInt32)
+        var settled: Replica.Settled
+        /// Operations the sender keeps at or below its floor (versions, moves not settled):
+        /// the floor says the receiver holds them, so they come with the state.
+        var operations: [LoggedOperation]
+    }
+
+    /// The settled state in parts: flag byte (1 = deflated), then index u32 · total u32 ·
+    /// wall u64 · counter u32 · floor count u16 · (origin [32] · sequence u64)… · item count
+    /// u32 · (item [16] · placement length u16 · placement · deletion length u16 · deletion)…
+    /// · operations length u32 · operations (OperationCodec). Every part carries the floor and
+    /// the clock; the receiver takes the state once it has every part.
+    static func encodeSettled(_ settled: Replica.Settled, operations: [LoggedOperation], clock: HybridLogicalClock) -> [[UInt8]] {
+        let items = settled.placements.sorted { $0.key.bytes.lexicographicallyPrecedes($1.key.bytes) }
+        let parts = max(1, (items.count + settledPartSize - 1) / settledPartSize, (operations.count + settledPartSize - 1) / settledPartSize)
+        func slice<T>(_ all: [T], _ part: Int) -> ArraySlice<T> {
+            all[min(all.count, part * settledPartSize)..<min(all.count, (part + 1) * settledPartSize)]
+        }
+        return (0..<parts).map { part in
+            var out: [UInt8] = []
+            OperationCodec.append(UInt64(part), bytes: 4, to: &out)
+            OperationCodec.append(UInt64(parts), bytes: 4, to: &out)
+            OperationCodec.append(clock.wall, to: &out)
+            OperationCodec.append(UInt64(clock.counter), bytes: 4, to: &out)
+            OperationCodec.append(UInt64(settled.floor.count), bytes: 2, to: &out)
+            for (origin, sequence) in settled.floor {
+                out += origin.bytes
+                OperationCodec.append(sequence, to: &out)
+            }
+            let itemSlice = slice(items, part)
+            OperationCodec.append(UInt64(itemSlice.count), bytes: 4, to: &out)
+            for (item, placement) in itemSlice {
+                out += item.bytes
+                var encoded: [UInt8] = []
+                OperationCodec.encode(placement, into: &encoded)
+                OperationCodec.append(UInt64(encoded.count), bytes: 2, to: &out)
+                out += encoded
+                let deletion = settled.deletions[item].map(OperationCodec.encode) ?? []
+                OperationCodec.append(UInt64(deletion.count), bytes: 2, to: &out)
+                out += deletion
+            }
+            let encoded = OperationCodec.encode(Array(slice(operations, part)))
+            OperationCodec.append(UInt64(encoded.count), bytes: 4, to: &out)
+            out += encoded
+            if let deflated = Deflate.compressIfSmaller(out) { return [1] + deflated }
+            return [0] + out
+        }
+    }
+
+    /// nil unless `body` is exactly one part (inflating to 16 MiB at most).
+    static func decodeSettled(_ body: [UInt8]) -> SettledPart? {
+        guard let flag = body.first else { return nil }
+        var bytes = Array(body.dropFirst())
+        if flag == 1 {
+            guard let inflated = bytes.withUnsafeBytes({ Deflate.decompress($0, limit: 16 << 20) }) else { return nil }
+            bytes = inflated
+        }
+        var offset = 0
+        func take(_ count: Int) -> ArraySlice<UInt8>? {
+            guard count >= 0, offset + count <= bytes.count else { return nil }
+            defer { offset += count }
+            return bytes[offset..<offset + count]
+        }
+        func integer(_ count: Int) -> UInt64? { take(count)?.reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
+        guard let index = integer(4), let total = integer(4), index < total, total <= 1 << 16,
+              let wall = integer(8), let counter = integer(4), let floors = integer(2) else { return nil }
+        var settled = Replica.Settled()
+        for _ in 0..<floors {
+            guard let origin = take(32), let sequence = integer(8) else { return nil }
+            settled.floor[NodeID(bytes: Array(origin))] = sequence
+        }
+        guard let count = integer(4), count <= UInt64(settledPartSize) else { return nil }
+        for _ in 0..<count {
+            guard let itemBytes = take(16), let item = ItemID(bytes: Array(itemBytes)), let length = integer(2), let encoded = take(Int(length)),
+                  let placement = OperationCodec.decodePlacement(Array(encoded)), let deletionLength = integer(2),
+                  let deletionBytes = take(Int(deletionLength)) else { return nil }
+            settled.placements[item] = placement
+            if deletionLength > 0 {
+                guard let deletion = OperationCodec.decodeDeletion(Array(deletionBytes)) else { return nil }
+                settled.deletions[item] = deletion
+            }
+        }
+        guard let operationsLength = integer(4), let operationBytes = take(Int(operationsLength)),
+              let operations = OperationCodec.decode(Array(operationBytes)), offset == bytes.count else { return nil }
+        return SettledPart(index: Int(index), total: Int(total), clock: (wall, UInt32(counter)), settled: settled, operations: operations)
     }
 
     /// A batch as sent: flag byte (1 = deflated) and the encoded operations.
