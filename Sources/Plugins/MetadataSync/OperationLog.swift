@@ -81,40 +81,32 @@ struct OperationLog: Sendable {
     /// Replaces the settled state with a peer's (`Replica.install`) and drops the moves it
     /// covers, in one transaction.
     func install(_ settled: Replica.Settled, dropped: [LoggedOperation]) async throws(DatabaseError) {
-        let removed = dropped.map { ($0.origin.bytes, Int64(bitPattern: $0.sequence)) }
-        let items = settled.placements.map { item, placement in
-            var bytes: [UInt8] = []
-            OperationCodec.encode(placement, into: &bytes)
-            return (item.bytes, bytes, settled.deletions[item].map(OperationCodec.encode))
-        }
-        let floors = settled.floor.map { ($0.key.bytes, Int64(bitPattern: $0.value)) }
-        try await database.write { connection in
-            try connection.run("DELETE FROM settled", [])
-            try connection.run("DELETE FROM floors", [])
-            for (origin, sequence) in removed {
-                try connection.run("DELETE FROM operations WHERE origin = ? AND sequence = ?", [.blob(origin), .integer(sequence)])
-            }
-            for (item, placement, deletion) in items {
-                try connection.run("INSERT INTO settled (item, placement, deletion) VALUES (?, ?, ?)",
-                                   [.blob(item), .blob(placement), deletion.map { .blob($0) } ?? .null])
-            }
-            for (origin, sequence) in floors {
-                try connection.run("INSERT INTO floors (origin, sequence) VALUES (?, ?)", [.blob(origin), .integer(sequence)])
-            }
-        }
+        let deletions = Dictionary(uniqueKeysWithValues: settled.placements.keys.map { ($0, settled.deletions[$0]) })
+        try await writeSettled(settled.placements, deletions: deletions, dropped: dropped, floor: settled.floor, replacing: true)
     }
 
     /// Records a settlement in one transaction: the dropped moves go, what they left each
     /// item and the new floor come in (a kill between leaves either all of it or none).
     func settle(_ settlement: ReplicatedTree.Settlement, dropped: [LoggedOperation], floor: [NodeID: UInt64]) async throws(DatabaseError) {
+        try await writeSettled(settlement.placements, deletions: settlement.deletions, dropped: dropped, floor: floor, replacing: false)
+    }
+
+    /// One transaction: `dropped` out of the log; each item's placement and deletion (nil:
+    /// none) and each origin's floor in — over the recorded ones, or instead of them all.
+    private func writeSettled(_ placements: [ItemID: ReplicatedTree.Placement], deletions: [ItemID: ReplicatedTree.Deletion?],
+                              dropped: [LoggedOperation], floor: [NodeID: UInt64], replacing: Bool) async throws(DatabaseError) {
         let removed = dropped.map { ($0.origin.bytes, Int64(bitPattern: $0.sequence)) }
-        let items = settlement.placements.map { item, placement in
+        let items = placements.map { item, placement in
             var bytes: [UInt8] = []
             OperationCodec.encode(placement, into: &bytes)
-            return (item.bytes, bytes, (settlement.deletions[item] ?? nil).map(OperationCodec.encode))
+            return (item.bytes, bytes, (deletions[item] ?? nil).map(OperationCodec.encode))
         }
         let floors = floor.map { ($0.key.bytes, Int64(bitPattern: $0.value)) }
         try await database.write { connection in
+            if replacing {
+                try connection.run("DELETE FROM settled", [])
+                try connection.run("DELETE FROM floors", [])
+            }
             for (origin, sequence) in removed {
                 try connection.run("DELETE FROM operations WHERE origin = ? AND sequence = ?", [.blob(origin), .integer(sequence)])
             }
