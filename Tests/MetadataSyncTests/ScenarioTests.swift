@@ -208,3 +208,39 @@ struct ReportFrameTests {
         #expect(ReplicaReports.decode([0xff, 0xff]) == nil)
     }
 }
+
+extension ReportFrameTests {
+    @Test("a settled-state part round-trips; every truncation and 5,000 random mutations are refused or decode, never crash")
+    func settledParts() throws {
+        var generator = SeededGenerator(seed: 66)
+        let nodes = (1...3).map { ConvergenceTests.node(UInt8($0)) }
+        var settled = Replica.Settled()
+        settled.floor = [nodes[0]: 40, nodes[1]: 7]
+        var items: [ItemID] = []
+        for index in 0..<50 {
+            let item = ItemID.random(using: &generator)
+            items.append(item)
+            settled.placements[item] = .init(parent: index == 0 ? .root : items[0], name: "n\(index)", isDirectory: index % 5 == 0)
+            if index % 7 == 0 {
+                settled.deletions[item] = .init(was: .init(parent: .root, name: "was\(index)", isDirectory: false),
+                                                at: HLCTimestamp(wall: 1_000 + UInt64(index), counter: 0, node: nodes[1]))
+            }
+        }
+        var replica = Replica(node: nodes[0])
+        let version = replica.local(now: 2_000) { .version(.init(timestamp: $0, item: items[1], root: ConvergenceTests.root(&generator), size: 3, mtime: 0, base: nil)) }
+        let parts = SyncChannel.encodeSettled(settled, operations: [version], clock: replica.clock)
+        #expect(parts.count == 1)
+        let part = try #require(SyncChannel.decodeSettled(parts[0]))
+        #expect(part.index == 0 && part.total == 1 && part.operations == [version])
+        #expect(part.settled.placements == settled.placements && part.settled.deletions == settled.deletions && part.settled.floor == settled.floor)
+        for length in 0..<parts[0].count { #expect(SyncChannel.decodeSettled(Array(parts[0].prefix(length))) == nil, "\(length) bytes") }
+        for _ in 0..<5_000 {
+            var mutated = parts[0]
+            for _ in 0..<Int.random(in: 1...4, using: &generator) {
+                mutated[Int.random(in: 0..<mutated.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
+            }
+            _ = SyncChannel.decodeSettled(mutated)
+        }
+        #expect(SyncChannel.decodeSettled([0, 0, 0, 0, 1, 0, 0, 0, 1]) == nil, "index must be below total")
+    }
+}

@@ -160,6 +160,8 @@ actor MetadataNode {
             guard let part = SyncChannel.decodeSettled(body) else {
                 return logger.warning("peer \(peer) sent a settled state that does not decode; ignored")
             }
+            // Only a node that has settled nothing takes one (Replica.install): no parts kept else.
+            guard replica.floor.isEmpty else { return logger.info("ignored the settled state of \(peer): this node has one") }
             var parts = settledParts[peer] ?? [:]
             parts[part.index] = part
             guard parts.count == part.total, parts.values.allSatisfy({ $0.total == part.total }) else {
