@@ -97,7 +97,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     public func read(into destination: UnsafeMutableRawBufferPointer, timeout: Duration? = nil, expectingWait: Bool = false) async -> Int {
         let count = destination.count
         do {
-            var total = Int(try await drive(timeout: timeout, during: "TLS read", flush: .ifIdle, expectingWait: expectingWait) {
+            var total = Int(try await drive(timeout: timeout, during: "TLS read", flush: false, expectingWait: expectingWait) {
                 SSL_read($0, destination.baseAddress, Int32(count))
             })
             // SSL_read returns one record (16 KiB at most): take the others already received
@@ -111,10 +111,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                 }
                 total += Int(more)
             }
-            // Records handled on the way may have produced some (a KeyUpdate answer). The
-            // plaintext is already the caller's: a failed send here must not lose it — the
-            // next read or write meets the failure again and reports it.
-            if buffers.pointee.output_length > 0 { try? await flush(timeout: timeout, waiting: false) }
+            // Records handled on the way may have produced some (a KeyUpdate answer; the send
+            // buffer stays attached through the loop for it). The plaintext is already the
+            // caller's: a failed send here must not lose it — the next read or write meets the
+            // failure again and reports it.
+            try? await flush(timeout: timeout, waiting: false)
             return total
         } catch {
             lastError = error
@@ -134,7 +135,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                 // full buffer in the middle of a record (a write it must retry, which another
                 // SSL call in between would break).
                 if outboundRoom < 2 * Self.recordRoom { try await flush(timeout: timeout) }
-                let written = try await drive(timeout: timeout, during: "TLS write", flush: .no) {
+                let written = try await drive(timeout: timeout, during: "TLS write", flush: false) {
                     SSL_write($0, source.baseAddress! + offset, Int32(chunk))
                 }
                 if written == 0 { return -EPIPE }
@@ -245,14 +246,12 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     }
     public var sessionReused: Bool { harp_ssl_session_reused(ssl) != 0 }
 
-    /// What `drive` does with the records an operation wrote once it succeeds: nothing yet
-    /// (a writer's loop flushes after its last record), send them unless a send is in flight
-    /// (the reader), or send them.
-    enum Flush { case no, ifIdle, all }
-
-    /// Calls `operation` until it succeeds, feeding OpenSSL from the socket and flushing
-    /// what it wrote. Returns the operation's positive result, or 0 for a closed peer.
-    private func drive(timeout: Duration?, during what: String, flush flushing: Flush = .all, expectingWait: Bool = false,
+    /// Calls `operation` until it succeeds, feeding OpenSSL from the socket. With `flush`
+    /// (the handshake, shutdown) it sends what the operation wrote and waits for that; without
+    /// (a reader, or a writer's loop that sends after its last record) the caller flushes, and
+    /// before a receive it sends only if no send is in flight.
+    /// Returns the operation's positive result, or 0 for a closed peer.
+    private func drive(timeout: Duration?, during what: String, flush: Bool = true, expectingWait: Bool = false,
                        _ operation: (OpaquePointer) -> Int32) async throws(TLSError) -> Int32 {
         ERR_clear_error()
         var expectingWait = expectingWait  // only the first receive: later ones continue a record
@@ -262,24 +261,24 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             attachOutbound()
             let result = operation(ssl)
             if result > 0 {
-                if flushing != .no { try await flush(timeout: timeout, waiting: flushing == .all) }
+                if flush { try await self.flush(timeout: timeout) }
                 return result
             }
             switch SSL_get_error(ssl, result) {
             case SSL_ERROR_WANT_READ:
-                try await flush(timeout: timeout, waiting: flushing == .all)
+                try await self.flush(timeout: timeout, waiting: flush)
                 if peerClosed { return 0 }
                 try await receive(timeout: timeout, during: what, expectingWait: expectingWait)
                 expectingWait = false
             case SSL_ERROR_WANT_WRITE:
                 // A full send buffer (writers keep room, so only a very large handshake flight).
-                try await flush(timeout: timeout)
+                try await self.flush(timeout: timeout)
             case SSL_ERROR_ZERO_RETURN:
                 return 0
             default:
                 // Send OpenSSL's alert (if it made one) before giving up.
                 let error = TLSError("\(what) with \(transport.peer.map { "\($0)" } ?? "peer") failed")
-                try? await flush(timeout: .seconds(1))
+                try? await self.flush(timeout: .seconds(1))
                 throw error
             }
         }

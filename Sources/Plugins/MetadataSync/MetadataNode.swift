@@ -169,14 +169,9 @@ actor MetadataNode {
                 return
             }
             settledParts[peer] = nil
-            var gathered = Replica.Settled()
-            gathered.floor = part.settled.floor
-            for piece in parts.values {
-                gathered.placements.merge(piece.settled.placements) { $1 }
-                gathered.deletions.merge(piece.settled.deletions) { $1 }
-            }
-            await install(gathered, operations: parts.values.flatMap(\.operations),
-                          clock: HLCTimestamp(wall: part.clock.wall, counter: part.clock.counter, node: peer), from: peer)
+            let (settled, operations) = SyncChannel.assemble(parts.values)
+            await install(settled, operations: operations, clock: HLCTimestamp(wall: part.clock.wall, counter: part.clock.counter, node: peer),
+                          from: peer)
         case SyncChannel.operations:
             guard let batch = SyncChannel.decodeBatch(body) else {
                 return logger.warning("peer \(peer) sent an operation batch that does not decode; ignored")

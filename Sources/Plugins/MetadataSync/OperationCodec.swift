@@ -45,7 +45,7 @@ enum OperationCodec {
     /// Decodes a run of operations; nil when the bytes are not exactly that (a truncated or
     /// corrupt record: the whole batch is refused, never half applied).
     static func decode(_ bytes: [UInt8]) -> [LoggedOperation]? {
-        var reader = Reader(bytes: bytes)
+        var reader = ByteReader(bytes: bytes)
         var out: [LoggedOperation] = []
         while !reader.atEnd {
             guard let kind = reader.byte(), let sequence = reader.integer(8), let wall = reader.integer(8), let counter = reader.integer(4),
@@ -95,13 +95,13 @@ enum OperationCodec {
     }
 
     static func decodePlacement(_ bytes: [UInt8]) -> ReplicatedTree.Placement? {
-        var reader = Reader(bytes: bytes)
+        var reader = ByteReader(bytes: bytes)
         guard let placement = reader.placement(), reader.atEnd else { return nil }
         return placement
     }
 
     static func decodeDeletion(_ bytes: [UInt8]) -> ReplicatedTree.Deletion? {
-        var reader = Reader(bytes: bytes)
+        var reader = ByteReader(bytes: bytes)
         guard let was = reader.placement(), let wall = reader.integer(8), let counter = reader.integer(4), let node = reader.take(32),
               reader.atEnd else { return nil }
         return ReplicatedTree.Deletion(was: was, at: HLCTimestamp(wall: wall, counter: UInt32(counter), node: NodeID(bytes: node)))
@@ -110,33 +110,5 @@ enum OperationCodec {
     /// Appends the low `bytes` bytes of `value`, big-endian.
     static func append(_ value: UInt64, bytes: Int = 8, to out: inout [UInt8]) {
         for shift in stride(from: (bytes - 1) * 8, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
-    }
-
-    private struct Reader {
-        let bytes: [UInt8]
-        var offset = 0
-        var atEnd: Bool { offset >= bytes.count }
-
-        mutating func take(_ count: Int) -> [UInt8]? {
-            guard count >= 0, offset + count <= bytes.count else { return nil }
-            defer { offset += count }
-            return Array(bytes[offset..<offset + count])
-        }
-
-        mutating func byte() -> UInt8? { take(1)?.first }
-
-        mutating func integer(_ count: Int) -> UInt64? {
-            take(count)?.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        }
-
-        mutating func item() -> ItemID? {
-            take(16).flatMap { ItemID(bytes: $0) }
-        }
-
-        mutating func placement() -> ReplicatedTree.Placement? {
-            guard let parent = item(), let directory = byte(), let length = integer(2), let name = take(Int(length)),
-                  let text = String(validating: name, as: UTF8.self), !text.isEmpty else { return nil }
-            return ReplicatedTree.Placement(parent: parent, name: text, isDirectory: directory == 1)
-        }
     }
 }

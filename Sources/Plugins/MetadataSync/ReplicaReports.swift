@@ -80,35 +80,25 @@ public struct ReplicaReports: Sendable, Equatable {
 
     /// nil unless `body` is exactly one table within the limits.
     public static func decode(_ body: [UInt8]) -> Table? {
-        var offset = 0
-        func integer(_ count: Int) -> UInt64? {
-            guard offset + count <= body.count else { return nil }
-            defer { offset += count }
-            return body[offset..<offset + count].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        }
-        func node() -> NodeID? {
-            guard offset + 32 <= body.count else { return nil }
-            defer { offset += 32 }
-            return NodeID(bytes: Array(body[offset..<offset + 32]))
-        }
-        guard let replicaCount = integer(2), replicaCount <= maxNodes else { return nil }
+        var reader = ByteReader(bytes: body)
+        guard let replicaCount = reader.integer(2), replicaCount <= maxNodes else { return nil }
         var replicas: Set<NodeID> = []
         for _ in 0..<replicaCount {
-            guard let replica = node() else { return nil }
+            guard let replica = reader.node() else { return nil }
             replicas.insert(replica)
         }
-        guard let vectorCount = integer(2), vectorCount <= maxNodes else { return nil }
+        guard let vectorCount = reader.integer(2), vectorCount <= maxNodes else { return nil }
         var vectors: [NodeID: [NodeID: UInt64]] = [:]
         for _ in 0..<vectorCount {
-            guard let replica = node(), let entries = integer(2), entries <= maxNodes else { return nil }
+            guard let replica = reader.node(), let entries = reader.integer(2), entries <= maxNodes else { return nil }
             var vector: [NodeID: UInt64] = [:]
             for _ in 0..<entries {
-                guard let origin = node(), let sequence = integer(8) else { return nil }
+                guard let origin = reader.node(), let sequence = reader.integer(8) else { return nil }
                 vector[origin] = sequence
             }
             vectors[replica] = vector
         }
-        guard offset == body.count else { return nil }
+        guard reader.atEnd else { return nil }
         return Table(replicas: replicas, vectors: vectors)
     }
 }

@@ -45,6 +45,17 @@ struct SyncChannel: PeerChannel {
         var operations: [LoggedOperation]
     }
 
+    /// The state and operations of a complete set of parts (any order).
+    static func assemble(_ parts: some Collection<SettledPart>) -> (settled: Replica.Settled, operations: [LoggedOperation]) {
+        var settled = Replica.Settled()
+        settled.floor = parts.first?.settled.floor ?? [:]
+        for part in parts {
+            settled.placements.merge(part.settled.placements) { $1 }
+            settled.deletions.merge(part.settled.deletions) { $1 }
+        }
+        return (settled, parts.flatMap(\.operations))
+    }
+
     /// The settled state in parts: flag byte (1 = deflated), then index u32 · total u32 ·
     /// wall u64 · counter u32 · floor count u16 · (origin [32] · sequence u64)… · item count
     /// u32 · (item [16] · placement length u16 · placement · deletion length u16 · deletion)…
@@ -95,33 +106,27 @@ struct SyncChannel: PeerChannel {
             guard let inflated = bytes.withUnsafeBytes({ Deflate.decompress($0, limit: 16 << 20) }) else { return nil }
             bytes = inflated
         }
-        var offset = 0
-        func take(_ count: Int) -> ArraySlice<UInt8>? {
-            guard count >= 0, offset + count <= bytes.count else { return nil }
-            defer { offset += count }
-            return bytes[offset..<offset + count]
-        }
-        func integer(_ count: Int) -> UInt64? { take(count)?.reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
-        guard let index = integer(4), let total = integer(4), index < total, total <= 1 << 16,
-              let wall = integer(8), let counter = integer(4), let floors = integer(2) else { return nil }
+        var reader = ByteReader(bytes: bytes)
+        guard let index = reader.integer(4), let total = reader.integer(4), index < total, total <= 1 << 16,
+              let wall = reader.integer(8), let counter = reader.integer(4), let floors = reader.integer(2) else { return nil }
         var settled = Replica.Settled()
         for _ in 0..<floors {
-            guard let origin = take(32), let sequence = integer(8) else { return nil }
-            settled.floor[NodeID(bytes: Array(origin))] = sequence
+            guard let origin = reader.node(), let sequence = reader.integer(8) else { return nil }
+            settled.floor[origin] = sequence
         }
-        guard let count = integer(4), count <= UInt64(settledPartSize) else { return nil }
+        guard let count = reader.integer(4), count <= UInt64(settledPartSize) else { return nil }
         for _ in 0..<count {
-            guard let itemBytes = take(16), let item = ItemID(bytes: Array(itemBytes)), let length = integer(2), let encoded = take(Int(length)),
-                  let placement = OperationCodec.decodePlacement(Array(encoded)), let deletionLength = integer(2),
-                  let deletionBytes = take(Int(deletionLength)) else { return nil }
+            guard let item = reader.item(), let length = reader.integer(2), let encoded = reader.take(Int(length)),
+                  let placement = OperationCodec.decodePlacement(encoded), let deletionLength = reader.integer(2),
+                  let deletionBytes = reader.take(Int(deletionLength)) else { return nil }
             settled.placements[item] = placement
             if deletionLength > 0 {
-                guard let deletion = OperationCodec.decodeDeletion(Array(deletionBytes)) else { return nil }
+                guard let deletion = OperationCodec.decodeDeletion(deletionBytes) else { return nil }
                 settled.deletions[item] = deletion
             }
         }
-        guard let operationsLength = integer(4), let operationBytes = take(Int(operationsLength)),
-              let operations = OperationCodec.decode(Array(operationBytes)), offset == bytes.count else { return nil }
+        guard let operationsLength = reader.integer(4), let operationBytes = reader.take(Int(operationsLength)),
+              let operations = OperationCodec.decode(operationBytes), reader.atEnd else { return nil }
         return SettledPart(index: Int(index), total: Int(total), clock: (wall, UInt32(counter)), settled: settled, operations: operations)
     }
 
