@@ -119,6 +119,68 @@ struct YamuxTests {
         #expect(outcome == ["ok", "ok", "ok"])
     }
 
+    @Test("a relay between a yamux stream and a socket carries 48 MiB through and back intact, read in odd sizes")
+    func relayThroughStream() async throws {
+        // The relay's reads take payload straight from the session (a waiting read's buffer)
+        // and its writes put frame headers in the copy buffer's headroom; the far end reads
+        // 3,000 bytes at a time, so most deliveries land in the stream's buffer instead.
+        let outcome = try await Self.withSessions { client, server in
+            let size = 48 << 20
+            let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+            defer { payload.deallocate() }
+            var state: UInt64 = 0x5EED_0F_7A11
+            for i in 0..<size {
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                payload[i] = UInt8(truncatingIfNeeded: state >> 33)
+            }
+            let shared = SharedBytes(pointer: UnsafeRawBufferPointer(payload))
+            let loop = client.loop
+            let (near, far) = socketPair()
+            // Server: relay the accepted stream to a socket whose other end echoes.
+            let relay = loop.spawn { () -> RelayResult? in
+                guard let stream = await server.accept() else { return nil }
+                return await loop.relay(stream, SocketStream(loop: loop, fd: near), idleTimeout: .seconds(10))
+            }
+            let echo = loop.spawn {
+                let socket = SocketStream(loop: loop, fd: far)
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 70_001, alignment: 16)
+                defer { buffer.deallocate() }
+                while true {
+                    let got = await socket.read(into: buffer, timeout: .seconds(10))
+                    if got <= 0 { break }
+                    guard await socket.write(UnsafeRawBufferPointer(rebasing: buffer[0..<got]), timeout: .seconds(10)) == 0 else { break }
+                }
+                await socket.close()
+            }
+            guard let stream = await client.open() else { return "no stream" }
+            let writer = loop.spawn { () -> Int32 in
+                let sent = await stream.write(shared.pointer, timeout: .seconds(10))
+                await stream.finishWriting()
+                return sent
+            }
+            let received = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+            defer { received.deallocate() }
+            var total = 0
+            while total < size {
+                let want = min(3_000, size - total)
+                let got = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[total..<total + want]), timeout: .seconds(10))
+                if got <= 0 { return "ended after \(total): \(got)" }
+                total += got
+            }
+            let end = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<1]), timeout: .seconds(10))
+            guard await writer.value == 0 else { return "write failed" }
+            let relayed = await relay.value
+            await echo.value
+            guard memcmp(received.baseAddress!, shared.pointer.baseAddress!, size) == 0 else {
+                let first = (0..<size).first { received[$0] != shared.pointer[$0] } ?? -1
+                return "payload differs from byte \(first)"
+            }
+            guard let relayed, relayed.forwardBytes == size, relayed.backwardBytes == size else { return "relay counted \(String(describing: relayed))" }
+            return end == 0 ? "ok" : "no FIN: \(end)"
+        }
+        #expect(outcome == "ok")
+    }
+
     @Test("data beyond the window is a protocol error: the session ends with go-away 1, streams are reset")
     func windowViolation() async throws {
         let outcome = try await Self.withSessions { client, server in
@@ -130,8 +192,8 @@ struct YamuxTests {
             defer { oversize.deallocate() }
             // The server's ACK grants nothing past the initial 256 KiB until it reads: a frame
             // past the window breaks the rule.
-            _ = await client.sendData(stream.id, flags: [], UnsafeRawBufferPointer(rebasing: oversize[0..<262_144]), timeout: .seconds(5))
-            _ = await client.sendData(stream.id, flags: [], UnsafeRawBufferPointer(rebasing: oversize[0..<1]), timeout: .seconds(5))
+            _ = await client.sendData(stream.id, flags: [], UnsafeRawBufferPointer(rebasing: oversize[0..<262_144]), inPlace: false, timeout: .seconds(5))
+            _ = await client.sendData(stream.id, flags: [], UnsafeRawBufferPointer(rebasing: oversize[0..<1]), inPlace: false, timeout: .seconds(5))
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 16)
             defer { buffer.deallocate() }
             // The client's stream sees the reset once the server's go-away ends its session.

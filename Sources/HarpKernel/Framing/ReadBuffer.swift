@@ -52,6 +52,23 @@ public final class ReadBuffer {
         return UnsafeMutableRawBufferPointer(rebasing: current[writeIndex...])
     }
 
+    /// Makes the allocation at least `size` bytes (at most `capacity`) now, for a reader that
+    /// moves bulk data: growth otherwise happens only while one message needs the room, and a
+    /// stream of frames consumed as they arrive would be read in `initialSize` pieces.
+    public func reserve(_ size: Int) {
+        let wanted = min(size, capacity)
+        guard (storage?.count ?? 0) < wanted else { return }
+        let grown = UnsafeMutableRawBufferPointer.allocate(byteCount: wanted, alignment: 16)
+        if let current = storage {
+            let length = count
+            if length > 0 { grown.baseAddress!.copyMemory(from: current.baseAddress! + readIndex, byteCount: length) }
+            current.deallocate()
+            readIndex = 0
+            writeIndex = length
+        }
+        storage = grown
+    }
+
     public func didWrite(_ count: Int) {
         assert(count >= 0 && writeIndex + count <= (storage?.count ?? 0), "wrote past the writable space")
         writeIndex += count

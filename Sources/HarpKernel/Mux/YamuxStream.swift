@@ -17,13 +17,22 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
     /// Bytes the session delivered that no read has taken yet.
     private let inbound: ReadBuffer
     /// How much more the peer may send before we grant more.
-    var receiveWindow = YamuxSession.initialWindow
+    private(set) var receiveWindow = YamuxSession.initialWindow
+    /// Payload of the frame being received that has not been delivered yet: the session
+    /// delivers a large frame in parts, and a read between two parts must not grant that
+    /// room again (the peer could then send past `inbound`'s capacity).
+    private var undelivered: UInt32 = 0
     /// How much more we may send before the peer grants more.
     private var sendWindow = YamuxSession.initialWindow
     private var sentFIN = false
     private var receivedFIN = false
     private var isReset = false
     private let readWait: LoopWait
+    /// The buffer of a read waiting for bytes, and how much of it the session has filled:
+    /// a frame's payload goes straight there instead of through `inbound` (one copy less per
+    /// byte; a relay's read is nearly always waiting).
+    private var waitingRead: UnsafeMutableRawBufferPointer?
+    private var waitingFilled = 0
     private let writeWait: LoopWait
 
     init(session: YamuxSession, id: UInt32) {
@@ -40,8 +49,21 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
 
     // MARK: From the session
 
+    /// A data frame of `length` bytes has begun: its payload comes through `deliver`.
+    func expect(_ length: UInt32) {
+        receiveWindow -= length
+        undelivered += length
+    }
+
     func deliver(_ bytes: UnsafeRawBufferPointer) {
+        undelivered -= UInt32(bytes.count)
         var offset = 0
+        // Straight into a waiting read while nothing older is buffered (order is kept).
+        if let waiting = waitingRead, inbound.isEmpty, waitingFilled < waiting.count {
+            offset = min(waiting.count - waitingFilled, bytes.count)
+            (waiting.baseAddress! + waitingFilled).copyMemory(from: bytes.baseAddress!, byteCount: offset)
+            waitingFilled += offset
+        }
         while offset < bytes.count {
             let space = inbound.writable
             // The window keeps the peer within `inbound`'s capacity; a full buffer here
@@ -92,8 +114,9 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
             return
         }
         let maximum = max(session.settings.maxStreamWindow, YamuxSession.initialWindow)
-        // receiveWindow + buffered never exceeds the maximum: each grant tops it up to it.
-        let used = UInt32(inbound.count) + receiveWindow
+        // receiveWindow + buffered + on its way never exceeds the maximum: each grant tops it
+        // up to it.
+        let used = UInt32(inbound.count) + undelivered + receiveWindow
         assert(used <= maximum, "stream \(id) holds more than its window allows")
         let delta = maximum &- min(used, maximum)
         guard delta >= maximum / 2 || !flags.isEmpty else { return }
@@ -105,6 +128,28 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int {
         loop.assertInLoop()
+        if inbound.isEmpty, !isReset, !receivedFIN, buffer.count > 0 {
+            // Wait with the buffer exposed to `deliver`; the session never holds on to it past
+            // a delivery, so it is withdrawn safely whichever way the wait ends.
+            waitingRead = buffer
+            waitingFilled = 0
+            defer { waitingRead = nil; waitingFilled = 0 }
+            while waitingFilled == 0 && inbound.isEmpty {
+                if isReset { return -Int(ECONNRESET) }
+                if receivedFIN { return 0 }
+                // A delivery may land between the timeout and this task running again.
+                if await !readWait.wait(timeout: timeout), waitingFilled == 0, inbound.isEmpty { return -Int(ETIMEDOUT) }
+            }
+            let count = waitingFilled
+            // Withdrawn before anything else is awaited: a delivery during the window update
+            // below must go to `inbound`, not behind the count this read returns.
+            waitingRead = nil
+            waitingFilled = 0
+            if count > 0 {
+                if !isReset && !receivedFIN { await sendWindowUpdate() }
+                return count
+            }
+        }
         while inbound.isEmpty {
             if isReset { return -Int(ECONNRESET) }
             if receivedFIN { return 0 }
@@ -125,6 +170,20 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32 {
+        await send(bytes, inPlace: false, timeout: timeout)
+    }
+
+    /// A frame header: written in place when the caller leaves room for it.
+    public var writeHeadroom: Int { YamuxHeader.size }
+
+    /// Each frame's header goes into the 12 bytes before its payload: the caller's headroom
+    /// for the first, payload already sent for the others. Saves copying every byte behind a
+    /// header (`sendData`).
+    public func write(afterHeadroom bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32 {
+        await send(bytes, inPlace: true, timeout: timeout)
+    }
+
+    private func send(_ bytes: UnsafeRawBufferPointer, inPlace: Bool, timeout: Duration?) async -> Int32 {
         loop.assertInLoop()
         var offset = 0
         while offset < bytes.count {
@@ -134,7 +193,8 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
                 continue
             }
             let count = min(bytes.count - offset, Int(sendWindow), YamuxSession.maxFrame)
-            guard await session.sendData(id, flags: [], UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count]), timeout: timeout) else {
+            guard await session.sendData(id, flags: [], UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count]),
+                                         inPlace: inPlace, timeout: timeout) else {
                 return -EPIPE
             }
             sendWindow -= UInt32(count)

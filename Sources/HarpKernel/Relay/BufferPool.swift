@@ -15,6 +15,13 @@ public final class BufferPool {
     /// frame — the writes that are most of a proxy's, without tying up a copy buffer.
     public static let smallSize = 16 * 1024
 
+    /// The `copyChunk` bytes of a copy buffer one copy round reads into, after `headroom`
+    /// bytes left for the destination's framing (`ByteStream.writeHeadroom`).
+    public static func copyRound(in scratch: UnsafeMutableRawBufferPointer, headroom: Int) -> UnsafeMutableRawBufferPointer {
+        precondition(headroom >= 0 && headroom + copyChunk <= scratch.count, "headroom beyond the copy buffer's spare room")
+        return UnsafeMutableRawBufferPointer(rebasing: scratch[headroom..<headroom + copyChunk])
+    }
+
     public let size: Int
     private var free: [UnsafeMutableRawBufferPointer] = []
     private let maxFree: Int

@@ -36,6 +36,15 @@ public protocol ByteStream: AnyObject, Sendable {
     /// (the pointer is only valid inside that closure). Use `write(_: [UInt8], …)` for arrays.
     func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32
 
+    /// Bytes in front of a write's data that the stream may overwrite with framing of its own
+    /// (a yamux frame header), so a relay that reads after this much room lets the data go
+    /// out without being copied behind a header. 0 for streams that add no framing.
+    var writeHeadroom: Int { get }
+
+    /// `write(_:timeout:)` for bytes preceded by `writeHeadroom` bytes of the same buffer,
+    /// which the stream may overwrite (the caller no longer needs them).
+    func write(afterHeadroom bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32
+
     /// Writes an array's bytes (0 or `-errno`), copying them into stable memory first where
     /// the stream needs that (see `write(_:timeout:)` on buffer lifetime).
     func write(_ bytes: [UInt8], timeout: Duration?) async -> Int32
@@ -88,6 +97,12 @@ extension ByteStream {
 
     public func isQuietWhileIdle() -> Bool { true }
 
+    public var writeHeadroom: Int { 0 }
+
+    public func write(afterHeadroom bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32 {
+        await write(bytes, timeout: timeout)
+    }
+
     /// Streams that cannot wait without reading say "ready": the caller's read then waits.
     public func waitReadable(timeout: Duration?) async -> Int32 { 1 }
 }
@@ -113,7 +128,7 @@ extension EventLoop {
         }
         let scratch = copyBuffers.take()
         defer { copyBuffers.give(scratch) }
-        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[..<BufferPool.copyChunk])
+        let buffer = BufferPool.copyRound(in: scratch, headroom: destination.writeHeadroom)
         var moved = 0
         while moved < count {
             let want = min(buffer.count, count - moved)
@@ -123,7 +138,7 @@ extension EventLoop {
                 let outcome: RelayResult.Outcome = got == -Int(ETIMEDOUT) ? .idleTimeout : .failed(side: 0, errno: Int32(-got))
                 return RelayResult(outcome: outcome, forwardBytes: moved, backwardBytes: 0)
             }
-            let sent = await destination.write(UnsafeRawBufferPointer(rebasing: buffer[0..<got]), timeout: idleTimeout)
+            let sent = await destination.write(afterHeadroom: UnsafeRawBufferPointer(rebasing: buffer[0..<got]), timeout: idleTimeout)
             if sent != 0 { return RelayResult(outcome: .failed(side: 1, errno: -sent), forwardBytes: moved, backwardBytes: 0) }
             moved += got
         }

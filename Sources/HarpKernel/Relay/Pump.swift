@@ -91,7 +91,7 @@ public final class Pump: @unchecked Sendable {
         let source = streams[side], destination = streams[1 - side]
         let scratch = loop.copyBuffers.take()
         defer { loop.copyBuffers.give(scratch) }
-        let buffer = UnsafeMutableRawBufferPointer(rebasing: scratch[..<BufferPool.copyChunk])
+        let buffer = BufferPool.copyRound(in: scratch, headroom: destination.writeHeadroom)
         while outcome == nil {
             let got = await source.read(into: buffer, timeout: readLimit)
             if got == 0 || outcome != nil { return }
@@ -101,7 +101,7 @@ public final class Pump: @unchecked Sendable {
             }
             if got < 0 { return end(.failed(side: side, errno: Int32(-got))) }
             touch()
-            let sent = await destination.write(UnsafeRawBufferPointer(rebasing: buffer[0..<got]), timeout: idleLimit)
+            let sent = await destination.write(afterHeadroom: UnsafeRawBufferPointer(rebasing: buffer[0..<got]), timeout: idleLimit)
             if sent != 0 { return end(.failed(side: 1 - side, errno: -sent)) }
             moved(got, side: side)
         }
