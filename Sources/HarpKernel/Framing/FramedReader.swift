@@ -44,7 +44,13 @@ public struct FramedReader {
         let space = buffer.writable
         guard !space.isEmpty else { return -Int(ENOBUFS) }
         let received = await stream.read(into: space, timeout: timeout, expectingWait: expectingWait && buffer.isAllocated)
-        if received > 0 { buffer.didWrite(received) }
+        if received > 0 {
+            buffer.didWrite(received)
+            // A read that took all the room it had suggests more is waiting: a stream of frames
+            // consumed as they arrive (a WebSocket message streamed through, yamux data) would
+            // otherwise be read 4 KiB at a time forever. Idle, `shrinkIfIdle` gives it back.
+            if received == space.count { buffer.reserve(buffer.allocatedSize * 4) }
+        }
         return received
     }
 

@@ -24,6 +24,8 @@ public final class ReadBuffer {
     public var isEmpty: Bool { readIndex == writeIndex }
     /// Whether any memory is held now.
     public var isAllocated: Bool { storage != nil }
+    /// The bytes held now (0 before the first use).
+    public var allocatedSize: Int { storage?.count ?? 0 }
 
     public var readable: UnsafeRawBufferPointer {
         guard let storage else { return UnsafeRawBufferPointer(start: nil, count: 0) }

@@ -42,6 +42,9 @@ final class PeerNetwork: Sendable {
         let certificate = configuration.dir + "/" + NodeIdentity.certificateFile, key = configuration.dir + "/" + NodeIdentity.keyFile
         server = try TLSContext.pinnedPeers(certificate: certificate, key: key, isServer: true, alpn: Self.alpn)
         client = try TLSContext.pinnedPeers(certificate: certificate, key: key, isServer: false, alpn: Self.alpn)
+        // Chunks are bulk: AES-128-GCM, as the frp tunnels use (OpenSSL's default is AES-256).
+        server.preferAES128()
+        client.preferAES128()
         allowed = Dictionary(configuration.peers.map { ($0.id, $0.address) }, uniquingKeysWith: { first, _ in first })
     }
 
