@@ -60,6 +60,33 @@ struct YamuxTests {
         }.value
     }
 
+    /// Writes `payload` on `stream` and FIN (from another task), reads the echo back in reads
+    /// of at most `readingAtMost` bytes, then expects FIN: "ok", or what went wrong.
+    static func echoed(_ payload: SharedBytes, through stream: YamuxStream, readingAtMost readSize: Int) async -> String {
+        let size = payload.pointer.count
+        let writer = stream.loop.spawn { () -> Int32 in
+            let sent = await stream.write(payload.pointer, timeout: .seconds(10))
+            await stream.finishWriting()
+            return sent
+        }
+        let received = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+        defer { received.deallocate() }
+        var total = 0
+        while total < size {
+            let want = min(readSize, size - total)
+            let got = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[total..<total + want]), timeout: .seconds(10))
+            if got <= 0 { return "ended after \(total): \(got)" }
+            total += got
+        }
+        let end = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<1]), timeout: .seconds(10))
+        guard await writer.value == 0 else { return "write failed" }
+        guard memcmp(received.baseAddress!, payload.pointer.baseAddress!, size) == 0 else {
+            let first = (0..<size).first { received[$0] != payload.pointer[$0] } ?? -1
+            return "payload differs from byte \(first)"
+        }
+        return end == 0 ? "ok" : "no FIN: \(end)"
+    }
+
     @Test("16 MiB each way on three streams at once arrive intact (window updates keep them moving)")
     func bulkBothWays() async throws {
         let outcome = try await Self.withSessions { client, server in
@@ -92,23 +119,7 @@ struct YamuxTests {
                 for _ in 0..<3 {
                     group.addTask {
                         guard let stream = await client.open() else { return "no stream" }
-                        let writer = loop.spawn { () -> Int32 in
-                            let sent = await stream.write(shared.pointer, timeout: .seconds(10))
-                            await stream.finishWriting()
-                            return sent
-                        }
-                        let received = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
-                        defer { received.deallocate() }
-                        var total = 0
-                        while total < size {
-                            let got = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[total...]), timeout: .seconds(10))
-                            if got <= 0 { return "ended after \(total): \(got)" }
-                            total += got
-                        }
-                        let end = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<1]), timeout: .seconds(10))
-                        guard await writer.value == 0 else { return "write failed" }
-                        guard memcmp(received.baseAddress!, shared.pointer.baseAddress!, size) == 0 else { return "payload differs" }
-                        return end == 0 ? "ok" : "no FIN: \(end)"
+                        return await Self.echoed(shared, through: stream, readingAtMost: size)
                     }
                 }
                 for await result in group { results.append(result) }
@@ -153,30 +164,11 @@ struct YamuxTests {
                 await socket.close()
             }
             guard let stream = await client.open() else { return "no stream" }
-            let writer = loop.spawn { () -> Int32 in
-                let sent = await stream.write(shared.pointer, timeout: .seconds(10))
-                await stream.finishWriting()
-                return sent
-            }
-            let received = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
-            defer { received.deallocate() }
-            var total = 0
-            while total < size {
-                let want = min(3_000, size - total)
-                let got = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[total..<total + want]), timeout: .seconds(10))
-                if got <= 0 { return "ended after \(total): \(got)" }
-                total += got
-            }
-            let end = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<1]), timeout: .seconds(10))
-            guard await writer.value == 0 else { return "write failed" }
+            let echoed = await Self.echoed(shared, through: stream, readingAtMost: 3_000)
             let relayed = await relay.value
             await echo.value
-            guard memcmp(received.baseAddress!, shared.pointer.baseAddress!, size) == 0 else {
-                let first = (0..<size).first { received[$0] != shared.pointer[$0] } ?? -1
-                return "payload differs from byte \(first)"
-            }
             guard let relayed, relayed.forwardBytes == size, relayed.backwardBytes == size else { return "relay counted \(String(describing: relayed))" }
-            return end == 0 ? "ok" : "no FIN: \(end)"
+            return echoed
         }
         #expect(outcome == "ok")
     }
