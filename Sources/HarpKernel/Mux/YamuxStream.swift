@@ -44,6 +44,9 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
     }
 
     public var loop: EventLoop { session.loop }
+    /// Why the stream's session ended, once it has: a stream of an ended session reads as
+    /// reset, and this says what actually happened (for logs).
+    public var sessionEndReason: String? { session.endReason }
     public var spliceDescriptor: Int32? { nil }
     public var peer: SocketAddress? { session.peer }
 

@@ -64,6 +64,10 @@ final class ClientControl: @unchecked Sendable {
             do {
                 message = try await reader.readMessage(timeout: timeout)
             } catch {
+                // A control on a yamux session that ended reads as reset: name the real cause.
+                if let stream = plain as? YamuxStream, let why = stream.sessionEndReason {
+                    return await end(reason: "yamux session ended: \(why)")
+                }
                 return await end(reason: "\(error)")
             }
             switch message {
