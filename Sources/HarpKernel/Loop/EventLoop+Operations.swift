@@ -12,9 +12,10 @@ extension EventLoop {
     /// Connects `fd` to `address`; with a `timeout`, fails with `-ETIMEDOUT` once it has passed.
     public func connect(_ fd: Int32, to address: SocketAddress, timeout: Duration? = nil,
                         using record: AsyncCompletion) async -> Int32 {
-        let length = address.write(to: record.address)
+        let storage = record.arguments
+        let length = address.write(to: storage)
         return await perform(record, timeout: timeout) {
-            io_uring_prep_connect($0, fd, record.address.assumingMemoryBound(to: sockaddr.self), length)
+            io_uring_prep_connect($0, fd, storage.assumingMemoryBound(to: sockaddr.self), length)
         }
     }
 
@@ -95,8 +96,8 @@ extension EventLoop {
     /// Suspends for `duration`. Returns 0 when the time has passed, `-ECANCELED` when the
     /// timer was cancelled first.
     public func sleep(for duration: Duration, using record: AsyncCompletion) async -> Int32 {
-        record.timespec.pointee = __kernel_timespec(duration)
-        let result = await perform(record) { io_uring_prep_timeout($0, record.timespec, 0, 0) }
+        let timespec = record.arguments.initializeMemory(as: __kernel_timespec.self, repeating: __kernel_timespec(duration), count: 1)
+        let result = await perform(record) { io_uring_prep_timeout($0, timespec, 0, 0) }
         return result == -ETIME ? 0 : result
     }
 
