@@ -18,7 +18,7 @@ struct FramedReaderTests {
         #expect(queued.withUnsafeBytes { Glibc.write(b, $0.baseAddress, $0.count) } == queued.count)
         let (sizes, afterIdle) = await loop.spawn { () -> ([Int], Int) in
             let socket = SocketStream(loop: loop, fd: a)
-            let reader = FramedReader(stream: socket, capacity: 64 * 1024)
+            let reader = FramedReader(stream: socket, capacity: 64 * 1024, growsWhenFull: true)
             var sizes: [Int] = []
             var total = 0
             while total < queued.count {

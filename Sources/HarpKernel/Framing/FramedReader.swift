@@ -20,18 +20,27 @@ public struct FramedReader {
     /// While the buffer holds no memory, wait for the stream to be readable before taking
     /// any (one more ring operation per wait; an idle connection then costs no buffer).
     public let allocatesWhenReadable: Bool
+    /// For a stream of frames whose payloads pass through the buffer (yamux data, WebSocket
+    /// frames streamed through): a read that takes all the room grows the buffer (×4, up to
+    /// its capacity), since more is probably waiting. Growth otherwise happens only while one
+    /// frame needs the room, and such a reader, consuming each frame as it arrives, would read
+    /// 4 KiB at a time forever. Not for readers whose owner reads large payloads straight
+    /// from the stream (P2P chunks): a larger buffer would only pull those through a copy.
+    public let growsWhenFull: Bool
 
-    public init(stream: any ByteStream, capacity: Int, allocatesWhenReadable: Bool = false) {
+    public init(stream: any ByteStream, capacity: Int, allocatesWhenReadable: Bool = false, growsWhenFull: Bool = false) {
         self.stream = stream
         buffer = ReadBuffer(capacity: capacity)
         self.allocatesWhenReadable = allocatesWhenReadable
+        self.growsWhenFull = growsWhenFull
     }
 
     /// A reader over `stream` that uses (and leaves behind its unread bytes in) `buffer`.
-    public init(stream: any ByteStream, buffer: ReadBuffer) {
+    public init(stream: any ByteStream, buffer: ReadBuffer, growsWhenFull: Bool = false) {
         self.stream = stream
         self.buffer = buffer
         allocatesWhenReadable = false
+        self.growsWhenFull = growsWhenFull
     }
 
     /// Reads what has arrived after the buffered bytes: a count, 0 at end of stream, `-errno`,
@@ -46,10 +55,7 @@ public struct FramedReader {
         let received = await stream.read(into: space, timeout: timeout, expectingWait: expectingWait && buffer.isAllocated)
         if received > 0 {
             buffer.didWrite(received)
-            // A read that took all the room it had suggests more is waiting: a stream of frames
-            // consumed as they arrive (a WebSocket message streamed through, yamux data) would
-            // otherwise be read 4 KiB at a time forever. Idle, `shrinkIfIdle` gives it back.
-            if received == space.count { buffer.reserve(buffer.allocatedSize * 4) }
+            if growsWhenFull && received == space.count { buffer.reserve(buffer.allocatedSize * 4) }
         }
         return received
     }

@@ -32,8 +32,8 @@ public final class YamuxSession: MultiplexedSession, @unchecked Sendable {
     static let maxFrame = 256 * 1024
     /// What one read from the connection may take. The reader consumes each frame as it
     /// arrives, so its buffer used to stay at `ReadBuffer`'s 4 KiB first allocation: a GiB
-    /// crossed in 4 KiB reads, deliveries and relay writes (reads that fill the buffer now
-    /// grow it: `FramedReader.fill`). With that, payload delivered straight into a waiting
+    /// crossed in 4 KiB reads, deliveries and relay writes (now the reader grows: see
+    /// `FramedReader.growsWhenFull`). With that, payload delivered straight into a waiting
     /// read and headers written in place (`YamuxStream`), TLS with tcpMux went from 2.3–2.5
     /// to 1.8–1.9 CPU s/GB in `bench/frp.sh` (two runs each).
     static let readChunk = 64 * 1024
@@ -75,7 +75,7 @@ public final class YamuxSession: MultiplexedSession, @unchecked Sendable {
     public func run() async {
         loop.assertInLoop()
         if let interval = settings.keepAliveInterval { keepAlive.arm(after: interval) }
-        let reader = FramedReader(stream: transport, buffer: buffered ?? ReadBuffer(capacity: Self.readChunk))
+        let reader = FramedReader(stream: transport, buffer: buffered ?? ReadBuffer(capacity: Self.readChunk), growsWhenFull: true)
         var decoder = YamuxHeaderDecoder()
         while endReason == nil {
             switch await reader.next(&decoder, timeout: nil) {

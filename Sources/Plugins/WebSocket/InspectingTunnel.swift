@@ -49,7 +49,7 @@ final class InspectingTunnel: @unchecked Sendable {
     private func inspect(fromClient: Bool) async {
         let side = fromClient ? 0 : 1
         let writer = writers[fromClient ? 1 : 0]
-        let reader = FramedReader(stream: pump.streams[side], capacity: 64 * 1024)
+        let reader = FramedReader(stream: pump.streams[side], capacity: 64 * 1024, growsWhenFull: true)
         let buffer = reader.buffer
         let decoder = FrameHeaderDecoder()
         var message = MessageState()
