@@ -4,6 +4,7 @@
 # WebSocket proxy (worker_processes 1). Alternating rounds, medians, ratios.
 #
 #   bench/websocket.sh [ROUNDS] [SECONDS]   (defaults: 5 rounds, 4 s per run)
+#   HARP=/path/to/harp bench/websocket.sh    (another build, for an A/B)
 #
 # The Python client and server cost far more CPU per message than any proxy, so message-rate
 # ratios show how little a proxy adds on top of a real application, not the proxy's ceiling.
@@ -16,7 +17,10 @@ OUT=$PWD/bench/out/ws
 mkdir -p "$OUT/logs"
 PEER=$PWD/Tests/WebSocketTests/ws_peer.py
 scripts/install-deps >/dev/null
-swift build -c release --product harp >/dev/null
+if [ -z "${HARP:-}" ]; then
+  swift build -c release --product harp >/dev/null
+  HARP=$PWD/.build/release/harp
+fi
 
 ECHO=19301 HARP_PORT=19302 NGINX_PORT=19303
 cat > "$OUT/harp.toml" <<TOML
@@ -52,7 +56,7 @@ http {
 CONF
 } > "$OUT/nginx.conf"
 python3 "$PEER" server $ECHO > "$OUT/logs/echo.log" 2>&1 & ECHO_PID=$!
-.build/release/harp serve --config "$OUT/harp.toml" > "$OUT/logs/harp.log" 2>&1 & HARP_PID=$!
+"$HARP" serve --config "$OUT/harp.toml" > "$OUT/logs/harp.log" 2>&1 & HARP_PID=$!
 nginx -p "$OUT" -c "$OUT/nginx.conf" & NGINX_PID=$!
 trap 'kill $ECHO_PID $HARP_PID $NGINX_PID 2>/dev/null || true' EXIT
 sleep 1.5
