@@ -5,7 +5,8 @@
 #   bench/http.sh [ROUNDS] [SECONDS]      (defaults: 5 rounds, 5 s per wrk run)
 #
 # Measures: wrk -t1 -c50 req/s and p99 on 1 KiB; wrk -t1 -c16 req/s on 1 MiB; curl GB/s on
-# 2 GiB; proxy CPU seconds per GB (2 GiB download) and CPU µs per request (1 KiB run); then
+# 2 GiB, as is and chunked; proxy CPU seconds per GB (2 GiB downloads) and CPU µs per request
+# (1 KiB run); then
 # memory: each proxy's RSS while it holds 3,000 idle client connections (KiB per connection)
 # and what it keeps after they close, over three floods.
 set -euo pipefail
@@ -93,11 +94,11 @@ wrk_run() {
   echo "$text" | wrk_summary | awk -v t="$ticks" -v c=$((after - before)) '{ printf "%s %s %.2f\n", $1, $2, (c / t) * 1e6 / $3 }'
 }
 
-# 2 GiB download: prints "GB/s cpu_s_per_GB"
+# 2 GiB download (path $2: 2g, or chunked/2g for the same bytes chunked): prints "GB/s cpu_s_per_GB"
 big_run() {
   local who=$1 pid; pid=$(pid_of "$who")
   local before; before=$(cpu_ticks "$pid")
-  local speed; speed=$(curl -s -o /dev/null -w '%{speed_download} %{size_download}' "http://127.0.0.1:$(port_of "$who")/2g")
+  local speed; speed=$(curl -s -o /dev/null -w '%{speed_download} %{size_download}' "http://127.0.0.1:$(port_of "$who")/${2:-2g}")
   local after; after=$(cpu_ticks "$pid")
   echo "$speed" | awk -v t="$ticks" -v c=$((after - before)) '{ gb = $2 / 1e9; printf "%.3f %.4f\n", $1 / 1e9, (c / t) / gb }'
 }
@@ -108,22 +109,24 @@ for round in $(seq 1 "$ROUNDS"); do
   order=(harp nginx haproxy)
   for ((i = 0; i < round % 3; i++)); do order=("${order[@]:1}" "${order[0]}"); done
   for who in "${order[@]}"; do
-    small=$(wrk_run "$who" 50 1k); big=$(wrk_run "$who" 16 1m); huge=$(big_run "$who")
-    echo "$who $small $big $huge" >> "$OUT/results.txt"
-    echo "round $round $who: 1k[rps p99ms us/req]=$small 1m[rps p99ms us/req]=$big 2g[GB/s cpu/GB]=$huge"
+    small=$(wrk_run "$who" 50 1k); big=$(wrk_run "$who" 16 1m); huge=$(big_run "$who"); chunked=$(big_run "$who" chunked/2g)
+    echo "$who $small $big $huge $chunked" >> "$OUT/results.txt"
+    echo "round $round $who: 1k[rps p99ms us/req]=$small 1m[rps p99ms us/req]=$big 2g[GB/s cpu/GB]=$huge chunked 2g=$chunked"
   done
 done
 
 echo
-printf "%-8s %12s %10s %10s %12s %10s %12s\n" proxy "1KiB req/s" "p99 ms" "us/req" "1MiB req/s" "2GiB GB/s" "CPU s/GB"
+printf "%-8s %12s %10s %10s %12s %10s %12s %12s %12s\n" proxy "1KiB req/s" "p99 ms" "us/req" "1MiB req/s" "2GiB GB/s" "CPU s/GB" "chunked GB/s" "CPU s/GB"
 for who in harp nginx haproxy; do
-  printf "%-8s %12s %10s %10s %12s %10s %12s\n" $who "$(column_median $who 2)" "$(column_median $who 3)" "$(column_median $who 4)" "$(column_median $who 5)" "$(column_median $who 8)" "$(column_median $who 9)"
+  printf "%-8s %12s %10s %10s %12s %10s %12s %12s %12s\n" $who "$(column_median $who 2)" "$(column_median $who 3)" "$(column_median $who 4)" "$(column_median $who 5)" "$(column_median $who 8)" "$(column_median $who 9)" "$(column_median $who 10)" "$(column_median $who 11)"
 done
 echo
 for other in nginx haproxy; do
   awk -v a="$(column_median harp 2)" -v b="$(column_median $other 2)" -v p="$(column_median harp 3)" -v q="$(column_median $other 3)" -v g="$(column_median harp 8)" -v h="$(column_median $other 8)" \
       -v c="$(column_median harp 9)" -v d="$(column_median $other 9)" -v m="$(column_median harp 5)" -v n="$(column_median $other 5)" -v other=$other 'BEGIN {
     printf "harp/%s: 1KiB req/s %.2fx, p99 %.2fx, 1MiB req/s %.2fx, 2GiB GB/s %.2fx, CPU/GB %.2fx\n", other, a / b, p / q, m / n, g / h, c / d }'
+  awk -v g="$(column_median harp 10)" -v h="$(column_median $other 10)" -v c="$(column_median harp 11)" -v d="$(column_median $other 11)" -v other=$other 'BEGIN {
+    printf "harp/%s chunked 2GiB: GB/s %.2fx, CPU/GB %.2fx\n", other, g / h, c / d }'
 done
 
 # Memory per idle connection: 3,000 connections that send nothing (each proxy's limits allow

@@ -47,6 +47,7 @@ UPLOADS=/dev/shm/harp-bench-uploads
 # A whole nginx config serving $OUT/html on 127.0.0.1:$1 (the benchmarks' origin).
 nginx_origin_conf() {
   mkdir -p "$UPLOADS/tmp"
+  : > "$UPLOADS/empty"
   nginx_head origin
   cat <<CONF
 http {
@@ -67,6 +68,14 @@ http {
       create_full_put_path on;
       client_body_temp_path $UPLOADS/tmp;
     }
+    # The same files as a chunked response (what an application streaming its output sends):
+    # appending an empty file drops Content-Length.
+    location /chunked/ {
+      alias $OUT/html/;
+      addition_types *;
+      add_after_body /empty;
+    }
+    location = /empty { alias $UPLOADS/empty; }
   }
 }
 CONF

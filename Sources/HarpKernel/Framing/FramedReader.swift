@@ -55,7 +55,7 @@ public struct FramedReader {
         let received = await stream.read(into: space, timeout: timeout, expectingWait: expectingWait && buffer.isAllocated)
         if received > 0 {
             buffer.didWrite(received)
-            if growsWhenFull && received == space.count { buffer.reserve(buffer.allocatedSize * 4) }
+            if growsWhenFull { buffer.growIfFilled(received, room: space.count) }
         }
         return received
     }

@@ -71,6 +71,14 @@ public final class ReadBuffer {
         storage = grown
     }
 
+    /// After a read of `received` bytes into `room` bytes of `writable`: when it took all of
+    /// it, more is probably waiting, and the next read gets ×4 the room (up to `capacity`).
+    /// For readers that consume what they read at once (a stream of frames, a chunked body),
+    /// whose buffer would otherwise stay at its first 4 KiB.
+    public func growIfFilled(_ received: Int, room: Int) {
+        if received == room { reserve(allocatedSize * 4) }
+    }
+
     public func didWrite(_ count: Int) {
         assert(count >= 0 && writeIndex + count <= (storage?.count ?? 0), "wrote past the writable space")
         writeIndex += count

@@ -113,6 +113,8 @@ extension ProxyConnection {
                 let received = await leg.source.read(into: space, timeout: leg.sourceTimeout)
                 guard received > 0 else { return leg.sourceFailed }
                 leg.buffer.didWrite(Int(received))
+                // Decoded chunks are consumed whole: a large chunked body crossed 4 KiB per round.
+                leg.buffer.growIfFilled(Int(received), room: space.count)
             }
         }
     }
