@@ -83,14 +83,20 @@ public final class HarpProcess: @unchecked Sendable {
         return harp
     }
 
-    /// Polls until `text` appears on stdout or stderr; throws if harp exits or time runs out.
-    public func waitForOutput(_ text: String, timeout: Double = 20) throws {
+    /// How many times `text` has appeared on stdout and stderr so far.
+    public func occurrences(of text: String) -> Int {
+        stdout.components(separatedBy: text).count - 1 + stderr.components(separatedBy: text).count - 1
+    }
+
+    /// Polls until `text` appears on stdout or stderr (`count` times in all: to wait for the
+    /// next of a line that may already have been printed); throws if harp exits or time runs out.
+    public func waitForOutput(_ text: String, count: Int = 1, timeout: Double = 20) throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if stdout.contains(text) || stderr.contains(text) { return }
+            if occurrences(of: text) >= count { return }
             if !process.isRunning {
                 usleep(50_000)
-                if stdout.contains(text) || stderr.contains(text) { return }
+                if occurrences(of: text) >= count { return }
                 throw TestFailure("harp exited (\(process.terminationStatus)) before printing \"\(text)\"; stderr: \(stderr)")
             }
             usleep(10_000)

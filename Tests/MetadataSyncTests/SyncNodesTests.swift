@@ -218,8 +218,15 @@ extension SyncNodesTests {
         try write(a, "docs/one.txt", "one, edited\n")
         try eventually("A's changes on B") { read(b, "docs/two.txt") == "two\n" && read(b, "docs/one.txt") == "one, edited\n" }
         func kept(_ node: P2PNode) -> Int { (try? node.storage(["log"]))?["operations_kept"] as? Int ?? -1 }
-        // 4 moves (docs, one, two, the move) settle; the 3 versions stay.
-        for node in [a, b] { try eventually("moves settled on \(node.id)") { kept(node) == 3 } }
+        func versions(_ node: P2PNode, _ path: String) -> Int {
+            ((try? node.storage(["history", path]))?["versions"] as? [[String: Any]])?.count ?? -1
+        }
+        // 4 moves (docs, one, two, the move) settle; the versions stay: 3, or 4 when A's scan
+        // caught the non-atomic rewrite of one.txt between truncation and write (seen in CI).
+        let oneVersions = versions(a, "docs/one.txt")
+        for node in [a, b] {
+            try eventually("moves settled on \(node.id)") { kept(node) == oneVersions + versions(node, "docs/two.txt") && oneVersions >= 2 }
+        }
         // C joins: every node now lists every other.
         for node in [a, b] { try node.stop() }
         try P2PNode.mesh(nodes)
@@ -227,10 +234,19 @@ extension SyncNodesTests {
         for node in [a, b] { try eventually("the tree on \(node.id)") { files(node) == ["docs", "docs/one.txt", "docs/two.txt"] } }
         try eventually("the tree on C") { files(c) == ["docs", "docs/one.txt", "docs/two.txt"] && read(c, "docs/one.txt") == "one, edited\n" }
         #expect(read(c, "docs/two.txt") == "two\n")
-        #expect((try c.storage(["history", "docs/one.txt"])["versions"] as? [[String: Any]])?.count == 2)
+        #expect(versions(c, "docs/one.txt") == oneVersions, "C holds the whole history of docs/one.txt")
         // And it syncs on: a change on C reaches the others.
         try move(c, "docs/two.txt", to: "two.txt")
         for node in [a, b] { try eventually("C's move on \(node.id)") { read(node, "two.txt") == "two\n" } }
+    }
+
+    @Test("an empty file reaches every node on the first fetch")
+    func emptyFile() throws {
+        defer { removeAll() }
+        try startAll()
+        try seed(["empty.txt": "", "one.txt": "one\n"])
+        // posix_fallocate refuses a length of 0: the first fetch of an empty file used to fail.
+        for node in nodes { #expect(!node.log.contains("cannot make room"), "\(node.log.suffix(2000))") }
     }
 
     @Test("a version-store copy that no longer holds its version is not restored from: the bytes come from a peer")

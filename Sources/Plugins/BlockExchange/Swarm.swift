@@ -251,7 +251,9 @@ final class Swarm: Sendable {
             } catch {
                 self.logger.error("cannot record the manifest of \(transfer.root): \(error)")
             }
-            let status = posix_fallocate(transfer.fd, 0, off_t(manifest.size))
+            // An empty file needs no room (and posix_fallocate refuses a length of 0: EINVAL,
+            // which failed the first fetch of every empty file).
+            let status = manifest.size > 0 ? posix_fallocate(transfer.fd, 0, off_t(manifest.size)) : 0
             if status != 0, status != EOPNOTSUPP {
                 self.fail(transfer, "cannot make room for \(manifest.size) bytes in \(transfer.partialPath): \(String(cString: strerror(status)))")
             }
