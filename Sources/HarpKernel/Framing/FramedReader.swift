@@ -24,8 +24,10 @@ public struct FramedReader {
     /// frames streamed through): a read that takes all the room grows the buffer (×4, up to
     /// its capacity), since more is probably waiting. Growth otherwise happens only while one
     /// frame needs the room, and such a reader, consuming each frame as it arrives, would read
-    /// 4 KiB at a time forever. Not for readers whose owner reads large payloads straight
-    /// from the stream (P2P chunks): a larger buffer would only pull those through a copy.
+    /// 4 KiB at a time forever. Between bursts (empty, and nothing waiting on the stream:
+    /// one non-blocking peek) it goes back to its first size, so an idle connection does not
+    /// keep its peak. Not for readers whose owner reads large payloads straight from the
+    /// stream (P2P chunks): a larger buffer would only pull those through a copy.
     public let growsWhenFull: Bool
 
     public init(stream: any ByteStream, capacity: Int, allocatesWhenReadable: Bool = false, growsWhenFull: Bool = false) {
@@ -50,6 +52,7 @@ public struct FramedReader {
             let ready = await stream.waitReadable(timeout: timeout)
             if ready < 0 { return Int(ready) }
         }
+        if growsWhenFull && buffer.isEmpty && buffer.isGrown && stream.isQuietWhileIdle() { buffer.shrinkIfIdle() }
         let space = buffer.writable
         guard !space.isEmpty else { return -Int(ENOBUFS) }
         let received = await stream.read(into: space, timeout: timeout, expectingWait: expectingWait && buffer.isAllocated)

@@ -26,6 +26,8 @@ public final class ReadBuffer {
     public var isAllocated: Bool { storage != nil }
     /// The bytes held now (0 before the first use).
     public var allocatedSize: Int { storage?.count ?? 0 }
+    /// Whether the allocation is past its first size (`shrinkIfIdle` would free it).
+    public var isGrown: Bool { allocatedSize > initialSize }
 
     public var readable: UnsafeRawBufferPointer {
         guard let storage else { return UnsafeRawBufferPointer(start: nil, count: 0) }

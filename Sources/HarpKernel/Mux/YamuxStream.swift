@@ -132,25 +132,12 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
     public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int {
         loop.assertInLoop()
         if inbound.isEmpty, !isReset, !receivedFIN, buffer.count > 0 {
-            // Wait with the buffer exposed to `deliver`; the session never holds on to it past
-            // a delivery, so it is withdrawn safely whichever way the wait ends.
-            waitingRead = buffer
-            waitingFilled = 0
-            defer { waitingRead = nil; waitingFilled = 0 }
-            while waitingFilled == 0 && inbound.isEmpty {
-                if isReset { return -Int(ECONNRESET) }
-                if receivedFIN { return 0 }
-                // A delivery may land between the timeout and this task running again.
-                if await !readWait.wait(timeout: timeout), waitingFilled == 0, inbound.isEmpty { return -Int(ETIMEDOUT) }
-            }
-            let count = waitingFilled
-            // Withdrawn before anything else is awaited: a delivery during the window update
-            // below must go to `inbound`, not behind the count this read returns.
-            waitingRead = nil
-            waitingFilled = 0
-            if count > 0 {
-                if !isReset && !receivedFIN { await sendWindowUpdate() }
-                return count
+            // The buffer is withdrawn before anything else is awaited: a delivery during the
+            // window update below must go to `inbound`, not behind the count returned.
+            let delivered = await waitForDelivery(into: buffer, timeout: timeout)
+            if delivered != 0 {
+                if delivered > 0 && !isReset && !receivedFIN { await sendWindowUpdate() }
+                return delivered
             }
         }
         while inbound.isEmpty {
@@ -163,6 +150,21 @@ public final class YamuxStream: ByteStream, @unchecked Sendable {
         inbound.consume(count)
         if !isReset && !receivedFIN { await sendWindowUpdate() }
         return count
+    }
+
+    /// Waits with `buffer` exposed to `deliver`: bytes delivered into it (> 0), 0 when they
+    /// went to `inbound` instead (or the stream ended), or `-errno`.
+    private func waitForDelivery(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?) async -> Int {
+        waitingRead = buffer
+        waitingFilled = 0
+        defer { waitingRead = nil; waitingFilled = 0 }
+        while waitingFilled == 0 && inbound.isEmpty {
+            if isReset { return -Int(ECONNRESET) }
+            if receivedFIN { return 0 }
+            // A delivery may land between the timeout and this task running again.
+            if await !readWait.wait(timeout: timeout), waitingFilled == 0, inbound.isEmpty { return -Int(ETIMEDOUT) }
+        }
+        return waitingFilled
     }
 
     public func waitReadable(timeout: Duration?) async -> Int32 {

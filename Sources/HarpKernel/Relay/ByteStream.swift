@@ -63,7 +63,8 @@ public protocol ByteStream: AnyObject, Sendable {
     func abort()
 
     /// For an idle kept-alive stream about to be reused: false when the peer has closed it or
-    /// sent bytes nobody asked for. Costs at most one non-blocking syscall.
+    /// sent bytes nobody asked for. Costs at most one non-blocking syscall. Also how a reader
+    /// that grew its buffer for a burst tells that the burst is over (`FramedReader`).
     func isQuietWhileIdle() -> Bool
 }
 
