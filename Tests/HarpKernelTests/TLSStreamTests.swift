@@ -79,11 +79,20 @@ struct TLSStreamTests {
             let inputAfterBulk = serverStream.inputBufferSize
             _ = await serverStream.waitReadable(timeout: .milliseconds(60))
             facts.withLock { $0.append(inputAfterBulk > 0 && serverStream.inputBufferSize == 0 ? "input released" : "input \(serverStream.inputBufferSize)") }
+            // A reader that expects to wait (the next request on a kept-alive connection) waits
+            // without an input buffer: the client's, allocated by the handshake, goes back.
+            let inputBeforeWait = clientStream.inputBufferSize
             let ping = SharedBytes(pointer: UnsafeRawBufferPointer(rebasing: payload[0..<5]))
-            let answer = serverStream.loop.spawn { _ = await serverStream.write(ping.pointer) }
+            let answer = serverStream.loop.spawn { () -> Int in
+                try? await Task.sleep(for: .milliseconds(30))
+                let inputWhileWaiting = clientStream.inputBufferSize
+                _ = await serverStream.write(ping.pointer)
+                return inputWhileWaiting
+            }
             let pinged = await clientStream.read(into: UnsafeMutableRawBufferPointer(rebasing: received[0..<5]), expectingWait: true)
-            await answer.value
+            let inputWhileWaiting = await answer.value
             guard pinged == 5 else { throw TestFailure("ping after the bulk: \(pinged)") }
+            facts.withLock { $0.append(inputBeforeWait > 0 && inputWhileWaiting == 0 ? "waits without input" : "input \(inputBeforeWait) -> \(inputWhileWaiting)") }
             let held = heldAfterBulk || clientStream.holdsSendBuffer || serverStream.holdsSendBuffer
             facts.withLock { $0.append(held ? "a send buffer held while idle" : "released") }
             await clientStream.close()
@@ -91,7 +100,7 @@ struct TLSStreamTests {
             guard end == 0 else { throw TestFailure("expected close_notify, got \(end) bytes") }
         }
         #expect(results.0 == nil && results.1 == nil, "\(results)")
-        #expect(facts.withLock { $0 } == ["http/1.1", "TLSv1.3", "input released", "released"])
+        #expect(facts.withLock { $0 } == ["http/1.1", "TLSv1.3", "input released", "waits without input", "released"])
     }
 
     @Test("32 MiB each way at once, a reader and a writer task per side: a send that waits for the peer never stops the reader")
