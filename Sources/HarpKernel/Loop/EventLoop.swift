@@ -33,6 +33,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     public private(set) var pipes: PipePool!
     /// Buffers for copying through user space (TLS legs), reused across connections of this loop.
     public let copyBuffers = BufferPool(size: BufferPool.copySize, maxFree: 32)
+    /// TLS streams' input buffers while they receive (idle streams hold none), reused likewise.
+    public let tlsInputBuffers = BufferPool(size: TLSStream.initialInput, maxFree: 64)
     /// Small buffers for writes that need stable memory (an array's bytes), reused likewise.
     public let smallBuffers = BufferPool(size: BufferPool.smallSize, maxFree: 256)
     /// Connections that plugins have registered as open; shutdown waits for this to reach 0.
