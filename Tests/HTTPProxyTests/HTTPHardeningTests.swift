@@ -197,6 +197,21 @@ struct HTTPHardeningTests {
         #expect(try harp.stop() == 0)
     }
 
+    @Test("a kept-alive connection idle after a chunked download holds no grown response buffer")
+    func idleAfterChunkedResponse() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://\(origin.address)"))
+        // 500 clients, each idle after one 200 kB chunked response: the response buffer
+        // grew while the body streamed (to 48 KiB) and kept it, ~62 KiB per connection in
+        // all; given back, ~14 KiB.
+        let perConnection = try shell("python3 \(Self.clients) keepalive \(port) \(harp.pid) 500 /chunked/200000").output
+        let kib = Double(perConnection) ?? .infinity
+        #expect(kib < 32, "RSS per idle kept-alive connection after a chunked response: \(perConnection) KiB")
+        #expect(try harp.stop() == 0)
+    }
+
     @Test("an absolute-form target is routed on its path, with the target's host")
     func absoluteForm() throws {
         let origin = try HTTPTestOrigin()

@@ -67,11 +67,56 @@ def flood(port, count, hold):
     print(f"opened={len(conns)}")
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+
+
+def get(sock, path):
+    """One keep-alive GET; reads the whole response (Content-Length or chunked)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    if b"transfer-encoding: chunked" in head.lower():
+        while not body.endswith(b"\r\n\r\n") or b"\r\n0\r\n" not in body[-64:]:
+            more = sock.recv(1 << 20)
+            if not more:
+                raise SystemExit("closed mid-body")
+            body += more
+    else:
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += sock.recv(1 << 20)
+
+
+def keepalive(port, pid, count, path):
+    """KiB of harp's RSS per kept-alive connection idle after one response from `path`."""
+    raise_limit()
+    warm = socket.create_connection(("127.0.0.1", port))
+    get(warm, path)
+    time.sleep(0.3)
+    before = rss_kib(pid)
+    conns = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port))
+        get(sock, path)
+        conns.append(sock)
+    time.sleep(0.5)
+    held = rss_kib(pid)
+    for sock in conns + [warm]:
+        sock.close()
+    print(f"{(held - before) / count:.1f}")
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "slowloris":
         slowloris(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
     elif mode == "flood":
         flood(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    elif mode == "keepalive":
+        keepalive(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
         sys.exit(f"unknown mode {mode}")

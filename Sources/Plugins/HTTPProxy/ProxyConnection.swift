@@ -308,6 +308,9 @@ final class ProxyConnection {
         responseBuffer.consume(responseBuffer.count)
         defer {
             if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!) } else { upstream.abort() }
+            // A chunked body grows the buffer (up to its capacity): not kept while idle.
+            responseBuffer.consume(responseBuffer.count)
+            responseBuffer.shrinkIfIdle()
         }
         let sent = await upstream.write(headBytes, timeout: config.serverTimeout.duration)
         guard sent == 0 else { return connection.reused ? .retry : .upstreamFailed }
