@@ -12,10 +12,17 @@ public final class ReadBuffer {
     public private(set) var readIndex = 0
     public private(set) var writeIndex = 0
 
+    /// Where first-size allocations come from and go back to, when the owner releases the
+    /// buffer between messages (`release()`); nil: the allocator.
+    private let pool: BufferPool?
+
     /// 4 KiB holds a typical request or response head and a small body in one allocation.
-    public init(capacity: Int, initialSize: Int = 4096) {
+    /// A `pool` must be the owner's loop's and hold buffers of `initialSize` bytes.
+    public init(capacity: Int, initialSize: Int = 4096, pool: BufferPool? = nil) {
         self.capacity = capacity
         self.initialSize = min(initialSize, capacity)
+        precondition(pool == nil || pool!.size == self.initialSize, "a pool of the buffer's first size")
+        self.pool = pool
     }
 
     deinit { storage?.deallocate() }
@@ -38,7 +45,7 @@ public final class ReadBuffer {
     /// allocation grown when that makes room. Empty only when `capacity` bytes are buffered.
     public var writable: UnsafeMutableRawBufferPointer {
         guard var current = storage else {
-            let fresh = UnsafeMutableRawBufferPointer.allocate(byteCount: initialSize, alignment: 16)
+            let fresh = pool?.take() ?? UnsafeMutableRawBufferPointer.allocate(byteCount: initialSize, alignment: 16)
             storage = fresh
             return fresh
         }
@@ -48,7 +55,7 @@ public final class ReadBuffer {
             } else if current.count < capacity {
                 let grown = UnsafeMutableRawBufferPointer.allocate(byteCount: min(capacity, current.count * 4), alignment: 16)
                 grown.baseAddress!.copyMemory(from: current.baseAddress!, byteCount: writeIndex)
-                current.deallocate()
+                free(current)
                 current = grown
                 storage = grown
             }
@@ -66,7 +73,7 @@ public final class ReadBuffer {
         if let current = storage {
             let length = count
             if length > 0 { grown.baseAddress!.copyMemory(from: current.baseAddress! + readIndex, byteCount: length) }
-            current.deallocate()
+            free(current)
             readIndex = 0
             writeIndex = length
         }
@@ -107,5 +114,20 @@ public final class ReadBuffer {
         guard isEmpty, let storage, storage.count > initialSize else { return }
         storage.deallocate()
         self.storage = nil
+    }
+
+    /// Between messages, for an owner that waits long with the buffer unused (a kept-alive
+    /// HTTP connection's response buffer): an empty buffer gives its allocation back, to the
+    /// pool when it has its first size.
+    public func release() {
+        guard isEmpty, let storage else { return }
+        free(storage)
+        self.storage = nil
+        readIndex = 0
+        writeIndex = 0
+    }
+
+    private func free(_ allocation: UnsafeMutableRawBufferPointer) {
+        if let pool, allocation.count == initialSize { pool.give(allocation) } else { allocation.deallocate() }
     }
 }

@@ -35,6 +35,9 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     public let copyBuffers = BufferPool(size: BufferPool.copySize, maxFree: 32)
     /// TLS streams' input buffers while they receive (idle streams hold none), reused likewise.
     public let tlsInputBuffers = BufferPool(size: TLSStream.initialInput, maxFree: 64)
+    /// First-size (4 KiB) read buffers that their owners give back between messages (an HTTP
+    /// response buffer), reused likewise.
+    public let readBuffers = BufferPool(size: 4096, maxFree: 256)
     /// Small buffers for writes that need stable memory (an array's bytes), reused likewise.
     public let smallBuffers = BufferPool(size: BufferPool.smallSize, maxFree: 256)
     /// Connections that plugins have registered as open; shutdown waits for this to reach 0.

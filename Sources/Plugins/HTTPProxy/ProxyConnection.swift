@@ -23,7 +23,7 @@ final class ProxyConnection {
     private var answeredOne = false
     /// Upstream bytes of the current exchange; empty between exchanges (a connection whose
     /// response left bytes behind is not reused), so one buffer serves the whole connection.
-    private lazy var responseBuffer = ReadBuffer(capacity: config.maxHeaderSize + 16 * 1024)
+    private lazy var responseBuffer = ReadBuffer(capacity: config.maxHeaderSize + 16 * 1024, pool: loop.readBuffers)
     /// Links in the loop's list of idle kept-alive connections (`ConnectionRoster`).
     var idleOlder: ProxyConnection?
     var idleNewer: ProxyConnection?
@@ -308,9 +308,10 @@ final class ProxyConnection {
         responseBuffer.consume(responseBuffer.count)
         defer {
             if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!) } else { upstream.abort() }
-            // A chunked body grows the buffer (up to its capacity): not kept while idle.
+            // Not kept while the connection idles: 4 KiB from the loop's pool, or more when a
+            // chunked body grew it (up to its capacity).
             responseBuffer.consume(responseBuffer.count)
-            responseBuffer.shrinkIfIdle()
+            responseBuffer.release()
         }
         let sent = await upstream.write(headBytes, timeout: config.serverTimeout.duration)
         guard sent == 0 else { return connection.reused ? .retry : .upstreamFailed }
