@@ -34,7 +34,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     /// Buffers for copying through user space (TLS legs), reused across connections of this loop.
     public let copyBuffers = BufferPool(size: BufferPool.copySize, maxFree: 32)
     /// TLS streams' input buffers while they receive (idle streams hold none), reused likewise.
-    public let tlsInputBuffers = BufferPool(size: TLSStream.initialInput, maxFree: 64)
+    let tlsInputBuffers = BufferPool(size: TLSStream.initialInput, maxFree: 64)
     /// First-size (4 KiB) read buffers that their owners give back between messages (an HTTP
     /// response buffer), reused likewise.
     public let readBuffers = BufferPool(size: 4096, maxFree: 256)

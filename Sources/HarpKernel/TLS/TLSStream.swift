@@ -348,7 +348,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// A full TLS record with its header and the largest expansion.
     static let recordRoom = 16 * 1024 + 2048
     /// Room for two records: a handshake flight or a request usually fits.
-    public static let initialInput = 2 * recordRoom
+    static let initialInput = 2 * recordRoom
     /// Bulk transfers read up to this much ciphertext per receive, as much as a copy round
     /// moves (the buffer was a fixed 64 KiB; CPU per GB in `bench/frp.sh` did not move
     /// beyond that benchmark's noise either way).
