@@ -11,7 +11,10 @@ public protocol PeerChannel: Sendable {
     /// A session with `peer` is up (after the Hello); `link` sends to it while it lasts.
     func peerConnected(_ link: PeerLink)
     func received(type: UInt8, body: [UInt8], from peer: NodeID)
-    func peerDisconnected(_ peer: NodeID)
+    /// The session behind `link` has ended. Connects and disconnects of one peer can overlap
+    /// (a second connection displaces the first) and a channel that hands them to a thread of
+    /// its own may see them out of order: it forgets a peer only when `link` is the one it holds.
+    func peerDisconnected(_ link: PeerLink)
 }
 
 /// Sends a channel's frames to one peer session.
@@ -23,6 +26,9 @@ public struct PeerLink: Sendable {
     public func send(type: UInt8, body: [UInt8]) {
         session.send(PeerFrameHeader.header(raw: type, length: body.count) + body)
     }
+
+    /// Whether both name the same session (not just the same peer).
+    public func isSame(as other: PeerLink) -> Bool { session === other.session }
 }
 
 /// A command another plugin answers on the node's socket (`{"cmd": name, …}`): it gets the

@@ -83,7 +83,7 @@ final class Swarm: Sendable {
         if removed {
             for transfer in activeTransfers() { transfer.peerGone(session.peer) }
             wakeAll()
-            for channel in extensions.withLock({ $0.channels }) { channel.peerDisconnected(session.peer) }
+            for channel in extensions.withLock({ $0.channels }) { channel.peerDisconnected(PeerLink(peer: session.peer, session: session)) }
         }
         logger.info("peer session ended \(session.peer): \(reason)")
     }

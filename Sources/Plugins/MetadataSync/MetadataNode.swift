@@ -135,10 +135,14 @@ actor MetadataNode {
         for link in links.values { link.send(type: SyncChannel.report, body: body) }
     }
 
-    func disconnected(_ peer: NodeID) {
-        links[peer] = nil
-        sentSettled.remove(peer)
-        settledParts[peer] = nil
+    /// Only when `link` is the session held: the end of a displaced one can arrive after its
+    /// successor's `connected` (each comes in a task of its own), and forgetting the peer then
+    /// left a live session unused — no pushes, no reports (a CI run: "A's change on B" never came).
+    func disconnected(_ link: PeerLink) {
+        guard let held = links[link.peer], held.isSame(as: link) else { return }
+        links[link.peer] = nil
+        sentSettled.remove(link.peer)
+        settledParts[link.peer] = nil
     }
 
     func received(type: UInt8, body: [UInt8], from peer: NodeID) async {

@@ -30,8 +30,8 @@ struct SyncChannel: PeerChannel {
         Task { await node.received(type: type, body: body, from: peer) }
     }
 
-    func peerDisconnected(_ peer: NodeID) {
-        Task { await node.disconnected(peer) }
+    func peerDisconnected(_ link: PeerLink) {
+        Task { await node.disconnected(link) }
     }
 
     /// One part of a settled state, as `encodeSettled` makes them.
