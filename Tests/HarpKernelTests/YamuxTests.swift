@@ -62,6 +62,18 @@ struct YamuxTests {
 
     /// Writes `payload` on `stream` and FIN (from another task), reads the echo back in reads
     /// of at most `readingAtMost` bytes, then expects FIN: "ok", or what went wrong.
+    /// `size` seeded pseudo-random bytes (the caller deallocates them): a shifted or
+    /// repeated piece never compares equal by accident.
+    static func randomPayload(_ size: Int) -> UnsafeMutableRawBufferPointer {
+        let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+        var state: UInt64 = 0x5EED_0F_7A11
+        for i in 0..<size {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            payload[i] = UInt8(truncatingIfNeeded: state >> 33)
+        }
+        return payload
+    }
+
     static func echoed(_ payload: SharedBytes, through stream: YamuxStream, readingAtMost readSize: Int) async -> String {
         let size = payload.pointer.count
         let writer = stream.loop.spawn { () -> Int32 in
@@ -91,9 +103,8 @@ struct YamuxTests {
     func bulkBothWays() async throws {
         let outcome = try await Self.withSessions { client, server in
             let size = 16 << 20
-            let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+            let payload = Self.randomPayload(size)
             defer { payload.deallocate() }
-            for i in 0..<size { payload[i] = UInt8(truncatingIfNeeded: i &* 7 &+ i >> 11) }
             let shared = SharedBytes(pointer: UnsafeRawBufferPointer(payload))
             let loop = client.loop
             // Server: echo every accepted stream until its FIN.
@@ -137,13 +148,8 @@ struct YamuxTests {
         // 3,000 bytes at a time, so most deliveries land in the stream's buffer instead.
         let outcome = try await Self.withSessions { client, server in
             let size = 48 << 20
-            let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+            let payload = Self.randomPayload(size)
             defer { payload.deallocate() }
-            var state: UInt64 = 0x5EED_0F_7A11
-            for i in 0..<size {
-                state = state &* 6364136223846793005 &+ 1442695040888963407
-                payload[i] = UInt8(truncatingIfNeeded: state >> 33)
-            }
             let shared = SharedBytes(pointer: UnsafeRawBufferPointer(payload))
             let loop = client.loop
             let (near, far) = socketPair()

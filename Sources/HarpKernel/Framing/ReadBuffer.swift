@@ -128,6 +128,6 @@ public final class ReadBuffer {
     }
 
     private func free(_ allocation: UnsafeMutableRawBufferPointer) {
-        if let pool, allocation.count == initialSize { pool.give(allocation) } else { allocation.deallocate() }
+        if let pool { pool.recycle(allocation) } else { allocation.deallocate() }
     }
 }

@@ -40,4 +40,10 @@ public final class BufferPool {
         assert(buffer.count == size, "a buffer goes back to the pool it came from")
         if free.count < maxFree { free.append(buffer) } else { buffer.deallocate() }
     }
+
+    /// For owners whose buffer starts at the pool's size and may grow past it (a read buffer):
+    /// one of the pool's size goes back to it, any other to the allocator.
+    public func recycle(_ buffer: UnsafeMutableRawBufferPointer) {
+        if buffer.count == size { give(buffer) } else { buffer.deallocate() }
+    }
 }

@@ -305,7 +305,6 @@ final class ProxyConnection {
         let upstream = connection.stream
         var reusable = false
         var heldBody = heldBody
-        responseBuffer.consume(responseBuffer.count)
         defer {
             if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!) } else { upstream.abort() }
             // Not kept while the connection idles: 4 KiB from the loop's pool, or more when a
