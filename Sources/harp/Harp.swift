@@ -47,6 +47,7 @@ struct ConfigOptions: ParsableArguments {
 
 /// Prints one line to standard error and exits non-zero.
 func fail(_ message: String) -> Never {
+    LogWriter.standardError.flush()
     let line = Array((message + "\n").utf8)
     _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     exit(1)
@@ -64,11 +65,7 @@ struct Serve: ParsableCommand {
         let config: ConfigFile
         do { config = try options.load() } catch { fail("\(error)") }
         let level = config.settings.logLevel.level
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap { LogWriter.Handler(label: $0, level: level) }
         let selection = plugins.map { $0.split(separator: ",").map { String($0).trimmed } }
         let server: Server
         do {
@@ -79,7 +76,10 @@ struct Serve: ParsableCommand {
         for line in server.endpoints { print("  \(line)") }
         print("harp: ready")
         fflush(nil)
-        Glibc.exit(server.waitForShutdown())
+        server.announceReady()
+        let status = server.waitForShutdown()
+        LogWriter.standardError.flush()
+        Glibc.exit(status)
     }
 }
 

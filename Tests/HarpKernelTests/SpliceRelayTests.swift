@@ -13,6 +13,7 @@ struct SpliceRelayTests {
         defer { loop.shutdown() }
         let (outerA, innerA) = socketPair()
         let (outerB, innerB) = socketPair()
+        loopSide(innerA); loopSide(innerB)
         // The relay closes nothing itself; the task that awaited it closes the inner ends,
         // which is what the blocking peer (on its own thread, not the cooperative pool) sees.
         let relay = loop.spawn { () -> RelayResult in
@@ -56,6 +57,7 @@ struct SpliceRelayTests {
         defer { loop.shutdown() }
         let (source, sourcePeer) = socketPair()
         let (destination, destinationPeer) = socketPair()
+        loopSide(source); loopSide(destination)
         defer { [source, sourcePeer, destination, destinationPeer].forEach { close($0) } }
         let payload = [UInt8](repeating: 9, count: 1000)
         _ = payload.withUnsafeBytes { sendAll(sourcePeer, $0) }

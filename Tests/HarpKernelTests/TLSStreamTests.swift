@@ -147,6 +147,7 @@ struct TLSStreamTests {
         defer { loop.shutdown() }
         let (tlsClientFD, tlsServerFD) = socketPair()
         let (plainFD, peerFD) = socketPair()
+        loopSide(plainFD)
         let outcome = await loop.spawn { () -> String in
             guard let serverStream = try? TLSStream(transport: SocketStream(loop: loop, fd: tlsServerFD), context: server, isServer: true),
                   let clientStream = try? TLSStream(transport: SocketStream(loop: loop, fd: tlsClientFD), context: client, isServer: false,

@@ -153,6 +153,7 @@ struct YamuxTests {
             let shared = SharedBytes(pointer: UnsafeRawBufferPointer(payload))
             let loop = client.loop
             let (near, far) = socketPair()
+            loopSide(near)
             // Server: relay the accepted stream to a socket whose other end echoes.
             let relay = loop.spawn { () -> RelayResult? in
                 guard let stream = await server.accept() else { return nil }

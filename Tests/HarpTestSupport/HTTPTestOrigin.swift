@@ -42,7 +42,7 @@ public final class HTTPTestOrigin: @unchecked Sendable {
     public init(keepAliveTimeout: Double? = nil, jitter: Double = 0) throws {
         self.keepAliveTimeout = keepAliveTimeout
         self.jitter = jitter
-        listener = try Socket.listen(on: loopback(0), reusePort: false)
+        listener = try Socket.listen(on: loopback(0), reusePort: false, blocking: true)
         address = SocketAddress.local(of: listener)!
         Thread { [self] in
             while true {

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Testing
 
 /// The real `harp` binary, started with a config file on loopback ports.
 public final class HarpProcess: @unchecked Sendable {
@@ -13,6 +14,10 @@ public final class HarpProcess: @unchecked Sendable {
     /// left on a pipe that is freed can fire into freed memory in libdispatch (a test run
     /// crashed in `_dispatch_event_loop_drain` with many processes coming and going).
     private let pipes: [Pipe]
+    /// A test that freezes a loop on purpose sets this; otherwise a stall of a second or more
+    /// that harp logged fails the test that ran it (checked when harp exits or goes).
+    public var allowStalls = false
+    private var stallsChecked = false
 
     /// The built `harp` executable: `HARP_BINARY`, else next to the test bundle (SwiftPM
     /// puts products and the test runner in the same folder), else `.build/debug/harp`.
@@ -69,6 +74,7 @@ public final class HarpProcess: @unchecked Sendable {
             process.waitUntilExit()
         }
         for pipe in pipes { pipe.fileHandleForReading.readabilityHandler = nil }
+        checkStalls()
         if let configPath { try? FileManager.default.removeItem(atPath: configPath) }
     }
 
@@ -131,7 +137,23 @@ public final class HarpProcess: @unchecked Sendable {
                 if index == 0 { stdoutText += String(decoding: rest, as: UTF8.self) } else { stderrText += String(decoding: rest, as: UTF8.self) }
             }
         }
+        checkStalls()
         return process.terminationStatus
+    }
+
+    /// The stall lines (`loop N stalled for X ms …`) of a second or more that harp logged.
+    public var severeStalls: [String] {
+        stderr.split(separator: "\n").map(String.init).filter { line in
+            guard let range = line.range(of: #"loop \d+ stalled for \d+ ms"#, options: .regularExpression) else { return false }
+            let milliseconds = line[range].split(separator: " ")[4]
+            return Int(milliseconds).map { $0 >= 1000 } ?? false
+        }
+    }
+
+    private func checkStalls() {
+        guard !allowStalls, !stallsChecked else { return }
+        stallsChecked = true
+        for line in severeStalls { Issue.record("harp logged a stall of a second or more: \(line)") }
     }
 
     /// Open file descriptors of the harp process (from /proc/PID/fd).

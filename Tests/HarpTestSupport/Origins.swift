@@ -16,7 +16,7 @@ public final class EchoServer: @unchecked Sendable {
     public init(unixPath: String? = nil) throws {
         let bindTo: SocketAddress = unixPath.map { .unix(path: $0) } ?? loopback(0)
         if let unixPath { unlink(unixPath) }
-        listener = try Socket.listen(on: bindTo, reusePort: false)
+        listener = try Socket.listen(on: bindTo, reusePort: false, blocking: true)
         address = SocketAddress.local(of: listener) ?? bindTo
         let thread = Thread { [self] in acceptLoop() }
         thread.start()
@@ -61,7 +61,7 @@ public final class HashingSink: @unchecked Sendable {
     private let listener: Int32
 
     public init() throws {
-        listener = try Socket.listen(on: loopback(0), reusePort: false)
+        listener = try Socket.listen(on: loopback(0), reusePort: false, blocking: true)
         address = SocketAddress.local(of: listener)!
         Thread { [listener] in
             while true {
@@ -101,7 +101,7 @@ public final class StreamingSource: @unchecked Sendable {
     private let listener: Int32
 
     public init() throws {
-        listener = try Socket.listen(on: loopback(0), reusePort: false)
+        listener = try Socket.listen(on: loopback(0), reusePort: false, blocking: true)
         address = SocketAddress.local(of: listener)!
         Thread { [listener] in
             while true {

@@ -13,6 +13,8 @@ public final class P2PNode: @unchecked Sendable {
     public var configPath: String { dir + "/harp.toml" }
     /// Config appended to `[storage]` (another plugin's section), and the plugins to run.
     public var extraConfig = ""
+    /// Lines added to `[harp]` (`threads = 1`).
+    public var harpSettings = ""
     public var plugins = ["p2p"]
 
     public init() throws {
@@ -30,6 +32,7 @@ public final class P2PNode: @unchecked Sendable {
             [harp]
             plugins = [\(names.map { "\"\($0)\"" }.joined(separator: ", "))]
             log_level = "info"
+            \(harpSettings)
             \(admin.map { "[admin]\nlisten = \"127.0.0.1:\($0)\"" } ?? "")
             [storage]
             dir = "\(dir)"

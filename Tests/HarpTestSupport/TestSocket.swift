@@ -7,7 +7,7 @@ public final class TestSocket {
     public let fd: Int32
 
     public init(connectingTo address: SocketAddress, timeoutSeconds: Int = 30) throws {
-        let fd = try Socket.stream(family: address.family)
+        let fd = try Socket.stream(family: address.family, blocking: true)
         var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -128,7 +128,16 @@ public final class RefusingPort: @unchecked Sendable {
     deinit { close(fd) }
 }
 
-/// A connected pair of Unix stream sockets.
+/// Makes `fd` non-blocking, as every socket harp's loops touch is (a relay asserts it), and
+/// returns it: for the end of a `socketPair()` that a test hands to a loop.
+@discardableResult
+public func loopSide(_ fd: Int32) -> Int32 {
+    let flags = fcntl(fd, F_GETFL)
+    _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+    return fd
+}
+
+/// A connected pair of blocking Unix stream sockets (see `loopSide` for the end a loop uses).
 public func socketPair() -> (Int32, Int32) {
     var fds: [Int32] = [0, 0]
     socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)

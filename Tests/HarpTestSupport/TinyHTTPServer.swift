@@ -53,7 +53,7 @@ public final class TinyHTTPServer: @unchecked Sendable {
         self.handler = handler
         let bindTo: SocketAddress = unixPath.map { .unix(path: $0) } ?? loopback(0)
         if let unixPath { unlink(unixPath) }
-        listener = try Socket.listen(on: bindTo, reusePort: false)
+        listener = try Socket.listen(on: bindTo, reusePort: false, blocking: true)
         address = SocketAddress.local(of: listener) ?? bindTo
         Thread { [self] in
             while true {

@@ -7,6 +7,8 @@ public struct ConfigFile: Sendable {
     public let sections: [String: ConfigValue]
     /// The order sections appear in, for output.
     public let sectionOrder: [String]
+    /// Keys that environment variables set.
+    public let origins: ConfigOrigins
 
     /// Parses and checks the document's shape: every top-level key is `harp` or the name of
     /// a registered plugin. Each plugin's environment variables (`Plugin.environmentOverrides`)
@@ -14,9 +16,11 @@ public struct ConfigFile: Sendable {
     public init(text: String, source: String, registry: PluginRegistry, environment: [String: String] = [:]) throws(ConfigError) {
         var document = try ConfigValue.parse(toml: text, source: source)
         guard case .table = document else { throw .syntax(source: source, line: 0, column: 0, message: "not a table") }
+        var origins = ConfigOrigins()
         for type in registry.types {
             for override in try type.environmentOverrides(environment) {
                 document = document.setting(override.path[...], to: override.value)
+                origins.record(override)
             }
         }
         guard case .table(let entries) = document else { throw .syntax(source: source, line: 0, column: 0, message: "not a table") }
@@ -37,6 +41,7 @@ public struct ConfigFile: Sendable {
         self.settings = settings
         self.sections = sections
         self.sectionOrder = order
+        self.origins = origins
     }
 
     /// Reads `path`; a missing or unreadable file is an error naming it.

@@ -9,11 +9,39 @@ public struct ConfigOverride: Sendable, Equatable {
     /// Where the value goes: `["exapps", "shared_key"]`, `["harp", "log_level"]`.
     public let path: [String]
     public let value: ConfigValue
+    /// The environment variable the admin set (`HP_EXAPPS_ADDRESS`), named in errors about
+    /// the key beside the key itself.
+    public let variable: String?
 
-    public init(_ path: [String], _ value: ConfigValue) {
+    public init(_ path: [String], _ value: ConfigValue, from variable: String? = nil) {
         precondition(!path.isEmpty, "an override needs a key")
         self.path = path
         self.value = value
+        self.variable = variable
+    }
+}
+
+/// Which keys environment variables set, so that a message about a key names what the admin
+/// actually wrote: `exapps.listen[0] (HP_EXAPPS_ADDRESS)`.
+public struct ConfigOrigins: Sendable, Equatable {
+    /// Dotted key (`exapps.listen`) → variable.
+    public private(set) var variables: [String: String] = [:]
+
+    public init() {}
+
+    mutating func record(_ override: ConfigOverride) {
+        if let variable = override.variable { variables[override.path.joined(separator: ".")] = variable }
+    }
+
+    /// `key`, followed by the variable that set it or a key it lies under.
+    public func describe(_ key: String) -> String {
+        var prefix = Substring(key)
+        while !prefix.isEmpty {
+            if let variable = variables[String(prefix)] { return "\(key) (\(variable))" }
+            guard let cut = prefix.lastIndex(where: { $0 == "." || $0 == "[" }) else { break }
+            prefix = prefix[..<cut]
+        }
+        return key
     }
 }
 

@@ -8,9 +8,10 @@ public enum EffectiveConfig {
         let instances = PluginInstances()
         for type in selected {
             let context = PluginContext(loops: [], logger: Logger(label: "harp.\(type.name)"),
-                                        settings: config.settings, instances: instances)
+                                        settings: config.settings, origins: config.origins, instances: instances)
             document.set(type.section, try PluginLoader.effective(type, section: config.sections[type.name], context: context))
         }
+        try ConfiguredAddress.checkDistinct(instances.all.flatMap(\.listenAddresses), origins: config.origins)
         return document.renderTOML()
     }
 }

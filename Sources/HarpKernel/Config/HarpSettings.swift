@@ -13,6 +13,14 @@ public struct HarpSettings: Codable, Sendable {
     public var plugins: [String]?
     /// Submission queue size of each loop's ring.
     public var ringEntries: Int
+    /// A loop round at least this long is logged as a stall and counted; 0 turns it off.
+    public var stallWarning: ConfigDuration
+    /// HaRP's self-healing watchdog (`HP_WATCHDOG_*`): a loop stalled for
+    /// `watchdogInterval` × `watchdogFails` makes harp exit non-zero so that its supervisor
+    /// (Docker's restart policy, systemd) starts it again.
+    public var watchdog: Bool
+    public var watchdogInterval: ConfigDuration
+    public var watchdogFails: Int
 
     public init() {
         threads = 0
@@ -20,10 +28,15 @@ public struct HarpSettings: Codable, Sendable {
         shutdownGrace = .seconds(10)
         plugins = nil
         ringEntries = 4096
+        stallWarning = .milliseconds(100)
+        watchdog = true
+        watchdogInterval = .seconds(10)
+        watchdogFails = 12
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case threads, logLevel = "log_level", shutdownGrace = "shutdown_grace", plugins, ringEntries = "ring_entries"
+        case stallWarning = "stall_warning", watchdog, watchdogInterval = "watchdog_interval", watchdogFails = "watchdog_fails"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -34,11 +47,21 @@ public struct HarpSettings: Codable, Sendable {
         shutdownGrace = try c.decodeIfPresent(ConfigDuration.self, forKey: .shutdownGrace) ?? defaults.shutdownGrace
         plugins = try c.decodeIfPresent([String].self, forKey: .plugins)
         ringEntries = try c.decodeIfPresent(Int.self, forKey: .ringEntries) ?? defaults.ringEntries
+        stallWarning = try c.decodeIfPresent(ConfigDuration.self, forKey: .stallWarning) ?? defaults.stallWarning
+        watchdog = try c.decodeIfPresent(Bool.self, forKey: .watchdog) ?? defaults.watchdog
+        watchdogInterval = try c.decodeIfPresent(ConfigDuration.self, forKey: .watchdogInterval) ?? defaults.watchdogInterval
+        watchdogFails = try c.decodeIfPresent(Int.self, forKey: .watchdogFails) ?? defaults.watchdogFails
         guard (0...1024).contains(threads) else {
             throw ConfigError.invalid(key: "harp.threads", value: "\(threads)", reason: "expected 0 (automatic: half the usable CPUs) to 1024")
         }
         guard (64...32768).contains(ringEntries), ringEntries & (ringEntries - 1) == 0 else {
             throw ConfigError.invalid(key: "harp.ring_entries", value: "\(ringEntries)", reason: "expected a power of two from 64 to 32768")
+        }
+        guard watchdogInterval.duration >= .seconds(1) else {
+            throw ConfigError.invalid(key: "harp.watchdog_interval", value: "\(watchdogInterval)", reason: "expected at least 1s")
+        }
+        guard (1...10_000).contains(watchdogFails) else {
+            throw ConfigError.invalid(key: "harp.watchdog_fails", value: "\(watchdogFails)", reason: "expected 1 to 10000")
         }
     }
 
@@ -48,6 +71,11 @@ public struct HarpSettings: Codable, Sendable {
     /// wrk and an nginx origin beside it, two loops served 1 KiB requests at 0.95–0.99× nginx
     /// where one loop made 1.05× — a loop per core competes with the neighbours it serves.
     /// A dedicated proxy host sets `threads` to its core count.
+    /// How long a loop may stay in one round before the watchdog ends harp; nil when off.
+    public var watchdogLimit: Duration? {
+        watchdog ? watchdogInterval.duration * watchdogFails : nil
+    }
+
     public var loopCount: Int {
         threads > 0 ? threads : max(1, (Int(harp_usable_cpus()) + 1) / 2)
     }

@@ -6,7 +6,7 @@ import Glibc
 /// All of them must be called from a task running on this loop.
 extension EventLoop {
     public func accept(_ listener: Int32, using record: AsyncCompletion) async -> Int32 {
-        await perform(record) { io_uring_prep_accept($0, listener, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }
+        await perform(record) { io_uring_prep_accept($0, listener, nil, nil, Socket.acceptFlags) }
     }
 
     /// Connects `fd` to `address`; with a `timeout`, fails with `-ETIMEDOUT` once it has passed.
@@ -32,8 +32,9 @@ extension EventLoop {
                 io_uring_prep_recv($0, fd, buffer.baseAddress, buffer.count, 0)
                 if expectingWait { $0.pointee.ioprio |= UInt16(IORING_RECVSEND_POLL_FIRST) }
             }
-            // A socket left O_NONBLOCK by a splice relay can answer EAGAIN instead of being
-            // polled by the ring: wait for readability ourselves and try again.
+            // Every loop socket is O_NONBLOCK. The ring polls such a socket itself (kernel 6.18:
+            // a receive on an empty non-blocking socket waits), but kernels have answered
+            // EAGAIN instead: then wait for readability ourselves and try again.
             guard result == -EAGAIN else { return result }
             let ready = await perform(record, timeout: timeout) { io_uring_prep_poll_add($0, fd, UInt32(POLLIN)) }
             if ready < 0 { return ready }
@@ -82,6 +83,15 @@ extension EventLoop {
     public func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, at offset: UInt64,
                       using record: AsyncCompletion) async -> Int32 {
         await perform(record) { io_uring_prep_write($0, fd, buffer.baseAddress, UInt32(buffer.count), offset) }
+    }
+
+    /// openat(2) on the ring: opening a file can wait for the disk (cold metadata, a network
+    /// file system), which a loop thread must never do itself. Returns the descriptor or `-errno`.
+    public func open(_ path: String, flags: Int32, mode: mode_t = 0, using record: AsyncCompletion) async -> Int32 {
+        // The path must stay put until the ring has read it: a copy the call owns.
+        guard let cPath = strdup(path) else { return -ENOMEM }
+        defer { free(cPath) }
+        return await perform(record) { io_uring_prep_openat($0, AT_FDCWD, cPath, flags, mode) }
     }
 
     public func close(_ fd: Int32, using record: AsyncCompletion) async -> Int32 {

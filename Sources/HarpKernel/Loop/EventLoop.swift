@@ -12,7 +12,8 @@ import Synchronization
 /// one completion resuming one continuation — no thread hop and no allocation per operation.
 public final class EventLoop: TaskExecutor, @unchecked Sendable {
     // @unchecked Sendable: the mutable state below is confined to the loop thread; `inbox`,
-    // `inboxHasJobs` and `stopRequested` are the only members touched from other threads.
+    // `inboxHasJobs`, `stopRequested` and the `pulse` atomics are the only members touched
+    // from other threads.
 
     public let index: Int
     private var ring: Ring!
@@ -42,6 +43,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     public let smallBuffers = BufferPool(size: BufferPool.smallSize, maxFree: 256)
     /// Connections that plugins have registered as open; shutdown waits for this to reach 0.
     public let openConnections = Atomic<Int>(0)
+    /// What the stall detector (`StallDetector`, its own thread) reads of this loop.
+    let pulse = LoopPulse()
 
     /// Starts the loop's thread and creates its ring there (single-issuer rings must be
     /// created by the thread that submits). Throws when the kernel refuses the ring.
@@ -94,13 +97,22 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         finished.signal()
     }
 
+    /// A round: the completions the ring has, then the jobs they made runnable. The pulse
+    /// marks a round's start, its end and the wait between rounds, which is all the stall
+    /// detector needs (relaxed stores and one more coarse clock read a round: a few ns).
     private func run() {
+        now = Self.monotonicNanos()
         while !stopRequested.load(ordering: .acquiring) {
             runJobs()
-            ring.submit(wait: jobs.isEmpty && !inboxHasJobs.load(ordering: .relaxed))
+            pulse.roundEnded(startedAt: now)
+            let idle = jobs.isEmpty && !inboxHasJobs.load(ordering: .relaxed)
+            if idle { pulse.waiting() }
+            ring.submit(wait: idle)
             now = Self.monotonicNanos()
+            pulse.roundStarted(at: now)
             dispatchCompletions()
         }
+        pulse.waiting()
     }
 
     /// Delivers a batch of completions: first the whole batch is copied out and the queue
@@ -111,8 +123,10 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             for (userData, result, flags) in batch where userData != 0 {
                 let record = Unmanaged<IOCompletion>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(userData))!)
                     .takeUnretainedValue()
+                pulse.running(type(of: record))
                 record.complete(result: result, flags: flags)
             }
+            pulse.running(nil)
             if batch.count < ring.batchSize { break }
         }
     }

@@ -34,7 +34,7 @@ public final class Listener: IOCompletion, @unchecked Sendable {
         assert(!armed, "one accept series at a time")
         armed = true
         if alive == nil { alive = Unmanaged.passRetained(self) }
-        loop.submit(self) { io_uring_prep_multishot_accept($0, fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue)) }
+        loop.submit(self) { io_uring_prep_multishot_accept($0, fd, nil, nil, Socket.acceptFlags) }
     }
 
     public override func complete(result: Int32, flags: UInt32) {
@@ -109,6 +109,7 @@ public final class ListenerGroup: Sendable {
         self.address = address
         var fds: [Int32] = []
         var bindTo = address
+        if address.family != AF_UNIX && address.port != 0 { try Socket.checkUnclaimed(address) }
         do {
             for _ in loops {
                 let fd = try Socket.listen(on: bindTo, reusePort: address.family != AF_UNIX)

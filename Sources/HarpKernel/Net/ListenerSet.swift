@@ -14,15 +14,23 @@ public final class ListenerSet: Sendable {
         self.logger = logger
     }
 
-    /// Binds `address` now (EADDRINUSE is a startup error) and serves each accepted socket
+    /// Binds `address` now (EADDRINUSE — held by anyone, another harp too — is a startup
+    /// error naming `key`, the configuration it came from) and serves each accepted socket
     /// with `serve` on the loop that accepted it. `loopCount` limits how many loops accept
     /// (an admin endpoint needs one). Returns the address actually bound.
     @discardableResult
-    public func listen(on address: SocketAddress, loopCount: Int? = nil,
+    public func listen(on address: SocketAddress, key: String? = nil, loopCount: Int? = nil,
                        serve: @escaping @Sendable (SocketStream) async -> Void) throws(Socket.Failure) -> SocketAddress {
         let serving = loopCount.map { Array(loops.prefix($0)) } ?? loops
-        let group = try ListenerGroup(address: address, loops: serving, logger: logger) { fd, loop in
-            loop.serveConnection { await serve(SocketStream(loop: loop, fd: fd)) }
+        let group: ListenerGroup
+        do {
+            group = try ListenerGroup(address: address, loops: serving, logger: logger) { fd, loop in
+                loop.serveConnection { await serve(SocketStream(loop: loop, fd: fd)) }
+            }
+        } catch {
+            var failure = error
+            failure.key = key
+            throw failure
         }
         groups.withLock { $0.append(group) }
         return group.boundAddress

@@ -55,6 +55,10 @@ public protocol Plugin: AnyObject, Sendable {
 
     /// Human-readable lines for the startup banner: where this plugin listens.
     var endpoints: [String] { get }
+
+    /// Every address this plugin will listen on, with the key it came from: harp refuses a
+    /// configuration in which two listeners (of any plugins) claim one address.
+    var listenAddresses: [ConfiguredAddress] { get }
 }
 
 extension Plugin {
@@ -66,6 +70,7 @@ extension Plugin {
     public func stopAccepting() async {}
     public func reload() async {}
     public var endpoints: [String] { [] }
+    public var listenAddresses: [ConfiguredAddress] { [] }
 }
 
 /// What the kernel hands a plugin: the loops to run on, a logger, and the other plugins.
@@ -73,18 +78,21 @@ public struct PluginContext: Sendable {
     public let loops: [EventLoop]
     public let logger: Logger
     public let settings: HarpSettings
+    /// Which keys environment variables set: `origins.describe(key)` in messages.
+    public let origins: ConfigOrigins
     let instances: PluginInstances
 
-    init(loops: [EventLoop], logger: Logger, settings: HarpSettings, instances: PluginInstances) {
+    init(loops: [EventLoop], logger: Logger, settings: HarpSettings, origins: ConfigOrigins, instances: PluginInstances) {
         self.loops = loops
         self.logger = logger
         self.settings = settings
+        self.origins = origins
         self.instances = instances
     }
 
     /// A context for a plugin run on its own (embedding, tests): it has no other plugins.
     public init(loops: [EventLoop], logger: Logger, settings: HarpSettings) {
-        self.init(loops: loops, logger: logger, settings: settings, instances: PluginInstances())
+        self.init(loops: loops, logger: logger, settings: settings, origins: ConfigOrigins(), instances: PluginInstances())
     }
 
     /// A plugin this one declared as a dependency (started before this one).

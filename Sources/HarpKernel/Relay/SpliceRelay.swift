@@ -57,7 +57,11 @@ final class SpliceRelay {
 
     private func start() {
         for direction in directions {
-            Socket.setNonBlocking(direction.source)
+            // splice() into a blocking socket waits inside the syscall whatever the flags say
+            // (SPLICE_F_NONBLOCK covers the pipe only): one reader that stops reading would
+            // freeze the loop. Every loop socket is non-blocking from its creation.
+            assert(Socket.isNonBlocking(direction.source) && Socket.isNonBlocking(direction.destination),
+                   "a splice relay needs non-blocking sockets")
             guard let pipe = loop.pipes.take() else { return fail(.failed(side: direction.side, errno: EMFILE)) }
             direction.pipe = pipe
         }

@@ -28,6 +28,8 @@ public final class Server {
     private(set) var loops: [EventLoop] = []
     private var plugins: [any Plugin] = []
     private let signals: Int32
+    private let notifier: ServiceNotifier?
+    private var detector: StallDetector?
 
     /// Checks the configuration and the plugin selection; nothing is started yet.
     /// Signals are blocked here, before any thread exists, so every thread inherits the mask.
@@ -40,6 +42,7 @@ public final class Server {
             throw .config(error)
         }
         logger = Logger(label: "harp")
+        notifier = ServiceNotifier(environment: ProcessEnvironment.current())
     }
 
     /// Starts loops and plugins. On failure everything started so far is stopped again.
@@ -54,6 +57,10 @@ public final class Server {
             loops.forEach { $0.shutdown() }
             throw .ring(error)
         }
+        let detector = StallDetector(loops: loops, warning: config.settings.stallWarning.duration,
+                                     watchdogLimit: config.settings.watchdogLimit, notifier: notifier, logger: logger)
+        detector.start()
+        self.detector = detector
         // Build every plugin first (in dependency order), then start them: a plugin may
         // register itself with a dependency (a route provider with http) while being built,
         // and must do so before that dependency starts serving.
@@ -63,9 +70,10 @@ public final class Server {
             for type in order {
                 current = type.name
                 let context = PluginContext(loops: loops, logger: Logger(label: "harp.\(type.name)"),
-                                            settings: config.settings, instances: instances)
+                                            settings: config.settings, origins: config.origins, instances: instances)
                 instances.append(try PluginLoader.make(type, section: config.sections[type.name], context: context))
             }
+            try ConfiguredAddress.checkDistinct(instances.all.flatMap(\.listenAddresses), origins: config.origins)
             for plugin in instances.all {
                 current = type(of: plugin).name
                 try blockingAwait { try await plugin.start() }
@@ -85,6 +93,15 @@ public final class Server {
         plugins.flatMap { plugin in plugin.endpoints.map { "\(type(of: plugin).name): \($0)" } }
     }
 
+    /// Tells a service manager that harp serves (`READY=1`); `harp serve` calls it once its
+    /// listeners are up and it has printed `harp: ready`.
+    public func announceReady() {
+        notifier?.send("READY=1")
+        #if DEBUG
+        freezeForTests()
+        #endif
+    }
+
     /// Blocks until SIGINT/SIGTERM, then shuts down gracefully. Returns the exit status.
     public func waitForShutdown() -> Int32 {
         var info = [UInt8](repeating: 0, count: 128)  // struct signalfd_siginfo
@@ -101,7 +118,10 @@ public final class Server {
             logger.info("signal \(signal): stopping; open connections get \(config.settings.shutdownGrace)")
             break
         }
+        notifier?.send("STOPPING=1")
+        ShutdownDeadline(signals: signals, limit: config.settings.shutdownGrace.duration + .seconds(1), logger: logger).start()
         drain()
+        detector?.stop()
         return 0
     }
 
@@ -124,7 +144,76 @@ public final class Server {
 
     private func stopAll() {
         for plugin in plugins.reversed() { blockingAwait { await plugin.stopAccepting() } }
+        detector?.stop()
         loops.forEach { $0.shutdown() }
+    }
+
+    #if DEBUG
+    /// Debug builds only: `HARP_DEBUG_FREEZE_LOOP=N:SECONDS:AFTER` blocks loop N's thread for
+    /// SECONDS, AFTER seconds after harp is ready — the frozen loop the watchdog and stall
+    /// tests need.
+    private func freezeForTests() {
+        guard let spec = ProcessEnvironment.current()["HARP_DEBUG_FREEZE_LOOP"] else { return }
+        let parts = spec.split(separator: ":").compactMap { UInt32($0) }
+        guard parts.count == 3, loops.indices.contains(Int(parts[0])) else { return }
+        let (loop, seconds, after) = (loops[Int(parts[0])], parts[1], parts[2])
+        let logger = self.logger
+        loop.spawn {
+            let timer = AsyncCompletion()
+            _ = await loop.sleep(for: .seconds(after), using: timer)
+            logger.warning("HARP_DEBUG_FREEZE_LOOP: freezing loop \(loop.index) for \(seconds) s")
+            sleep(seconds)
+        }
+    }
+    #endif
+}
+
+/// After the first SIGINT/SIGTERM: a second one ends harp at once, and so does the end of the
+/// grace period + 1 s, whatever the connections, plugins or a stuck loop are doing — a stop
+/// signal is always obeyed. Runs on a thread of its own, beside the drain.
+struct ShutdownDeadline: @unchecked Sendable {
+    // @unchecked Sendable: the signalfd is read only by this thread once it starts (the main
+    // thread no longer reads it); the logger is a value.
+    let signals: Int32
+    let limit: Duration
+    let logger: Logger
+
+    func start() {
+        let box = Unmanaged.passRetained(Box(self))
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().deadline.run()
+            return nil
+        }, box.toOpaque())
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        pthread_detach(thread)
+    }
+
+    private func run() {
+        let end = EventLoop.monotonicNanos() + limit.nanoseconds
+        var info = [UInt8](repeating: 0, count: 128)  // struct signalfd_siginfo
+        var pollFD = pollfd(fd: signals, events: Int16(POLLIN), revents: 0)
+        while true {
+            let now = EventLoop.monotonicNanos()
+            guard now < end else {
+                logger.error("shutdown is not done \(limit) after the signal: exiting now")
+                LogWriter.standardError.flush(timeout: .milliseconds(200))
+                _exit(1)
+            }
+            guard Glibc.poll(&pollFD, 1, Int32(min(100, (end - now) / 1_000_000 + 1))) > 0,
+                  Glibc.read(signals, &info, 128) == 128 else { continue }
+            let signal = info.withUnsafeBytes { $0.load(as: UInt32.self) }
+            if signal == UInt32(SIGINT) || signal == UInt32(SIGTERM) {
+                logger.warning("second signal \(signal): exiting now")
+                LogWriter.standardError.flush(timeout: .milliseconds(200))
+                _exit(1)
+            }
+        }
+    }
+
+    private final class Box {
+        let deadline: ShutdownDeadline
+        init(_ deadline: ShutdownDeadline) { self.deadline = deadline }
     }
 }
 

@@ -11,17 +11,21 @@ public final class AdminPlugin: Plugin {
 
     let configuration: AdminConfiguration
     private let listeners: ListenerSet
+    private let origins: ConfigOrigins
 
     public init(configuration: AdminConfiguration, context: PluginContext) throws {
         self.configuration = configuration
         listeners = ListenerSet(loops: context.loops, logger: context.logger)
+        origins = context.origins
     }
 
     public func start() async throws {
         // One loop is plenty for scrapes. Connections are counted like any plugin's, so a
         // graceful shutdown lets a scrape in progress finish.
-        try listeners.listen(on: configuration.listen, loopCount: 1) { await AdminPlugin.serve($0) }
+        try listeners.listen(on: configuration.listen, key: origins.describe("admin.listen"), loopCount: 1) { await AdminPlugin.serve($0) }
     }
+
+    public var listenAddresses: [ConfiguredAddress] { [ConfiguredAddress(key: "admin.listen", address: configuration.listen)] }
 
     public func stopAccepting() async {
         await listeners.stop()

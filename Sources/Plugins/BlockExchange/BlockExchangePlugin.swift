@@ -55,7 +55,9 @@ public final class BlockExchangePlugin: Plugin {
     public func start() async throws {
         let network = self.network
         try control.listen(on: listeners)
-        try listeners.listen(on: configuration.listen) { socket in await network.accept(socket) }
+        try listeners.listen(on: configuration.listen, key: context.origins.describe("storage.listen")) { socket in
+            await network.accept(socket)
+        }
         // Dialers spread over the loops, as accepted connections are.
         for (number, peer) in configuration.peers.filter({ $0.id != node }).enumerated() {
             let loop = context.loops[number % context.loops.count]
@@ -74,6 +76,8 @@ public final class BlockExchangePlugin: Plugin {
         }
         swarm.resumeSaved()
     }
+
+    public var listenAddresses: [ConfiguredAddress] { [ConfiguredAddress(key: "storage.listen", address: configuration.listen)] }
 
     public func stopAccepting() async {
         indexer.stop()

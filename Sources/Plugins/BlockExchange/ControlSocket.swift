@@ -55,7 +55,10 @@ final class ControlSocket: Sendable {
             return await send(["error": "not a JSON request"], to: socket)
         }
         switch command {
-        case "status": await send(status(), to: socket)
+        case "status":
+            // The counts are an SQLite read: off the loop (loop 0 also runs frp and admin).
+            let answer = await BlockingWork.run { self.statusLine() }
+            _ = await socket.write(answer, timeout: .seconds(10))
         case "add": await add(request["path"] as? String ?? "", socket: socket)
         case "get": await get(root: request["root"] as? String ?? "", output: request["out"] as? String ?? "", socket: socket)
         default:
@@ -67,7 +70,9 @@ final class ControlSocket: Sendable {
             for (key, value) in request {
                 if let text = value as? String { fields[key] = text } else if let number = value as? Int { fields[key] = String(number) }
             }
-            let answer = await handler(fields)
+            // A detached task: the handler (the crdt plugin's node, an actor) must run on the
+            // cooperative pool, not on this loop, which a task's executor preference would give it.
+            let answer = await Task.detached { await handler(fields) }.value
             _ = await socket.write(Array((answer + "\n").utf8), timeout: .seconds(10))
         }
     }
@@ -111,11 +116,13 @@ final class ControlSocket: Sendable {
         guard !swarm.connected.isEmpty else {
             return await send(["error": "no peer is connected (\(configuration.peers.count) configured): check that they run and list this node in their [storage] peers"], to: socket)
         }
+        // Starting reads SQLite and creates the partial file: off the loop.
+        let swarm = self.swarm
+        let started = await BlockingWork.run { Result { () throws(Swarm.StartError) in try swarm.start(root, output: output) } }
         let transfer: Transfer
-        do {
-            transfer = try swarm.start(root, output: output)
-        } catch {
-            return await send(["error": error.description], to: socket)
+        switch started {
+        case .success(let running): transfer = running
+        case .failure(let error): return await send(["error": error.description], to: socket)
         }
         var watch = StallWatch(patience: .seconds(15))
         var meter = RateMeter(), lastBytes = 0
@@ -154,6 +161,13 @@ final class ControlSocket: Sendable {
                         "rate": Int(meter.current(now: now))], to: socket)
             _ = await loop.sleep(for: .milliseconds(200), using: timer)
         }
+    }
+
+    /// `status()` as the JSON line the command socket sends.
+    private func statusLine() -> [UInt8] {
+        guard var data = try? JSONSerialization.data(withJSONObject: status(), options: [.sortedKeys]) else { return [] }
+        data.append(0x0A)
+        return [UInt8](data)
     }
 
     private func status() -> [String: Any] {

@@ -391,8 +391,10 @@ final class PeerSession: @unchecked Sendable {
             servingNow = id
             cancelledNow = false
             defer { servingNow = nil }
-            guard let location = await swarm.locate(id), location.length <= FastCDC.maximumSize,
-                  case let fd = open(location.path, O_RDONLY | O_CLOEXEC), fd >= 0 else {
+            let location = await swarm.locate(id)
+            let fd = location.map { $0.length <= FastCDC.maximumSize } == true
+                ? await loop.open(location!.path, flags: O_RDONLY | O_CLOEXEC, using: fileRecord) : -ENOENT
+            guard let location, fd >= 0 else {
                 _ = await writer.write(PeerFrameHeader.encode(.dontHave, body: id.bytes), timeout: Self.silence)
                 continue
             }

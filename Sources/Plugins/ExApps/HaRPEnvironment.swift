@@ -53,53 +53,54 @@ enum HaRPEnvironment {
         }
         if asksForSetup(environment) {
             let key = try sharedKey(environment)
-            result.append(ConfigOverride(["exapps", "shared_key"], .string(key)))
-            result.append(ConfigOverride(["frp", "shared_key"], .string(key)))
+            let keyVariable = environment["HP_SHARED_KEY_FILE"] != nil ? "HP_SHARED_KEY_FILE" : "HP_SHARED_KEY"
+            result.append(ConfigOverride(["exapps", "shared_key"], .string(key), from: keyVariable))
+            result.append(ConfigOverride(["frp", "shared_key"], .string(key), from: keyVariable))
             let url = NextcloudURL.normalized(value("NC_INSTANCE_URL") ?? "")
             guard !url.isEmpty else { throw .environment(variable: "NC_INSTANCE_URL", reason: "NC_INSTANCE_URL is not set (Nextcloud's base URL)") }
             do { _ = try NextcloudURL(url) } catch { throw .environment(variable: "NC_INSTANCE_URL", reason: "\"\(url)\": \(error.explanation)") }
-            result.append(ConfigOverride(["exapps", "nextcloud_url"], .string(url)))
+            result.append(ConfigOverride(["exapps", "nextcloud_url"], .string(url), from: "NC_INSTANCE_URL"))
             // HTTPS only when HaRP's certificate file is there (cert and key in one PEM).
             let certificate = certsDirectory(environment) + "/cert.pem"
             if FileManager.default.isReadableFile(atPath: certificate) {
                 let address = try address(value("HP_EXAPPS_HTTPS_ADDRESS") ?? "0.0.0.0:8781", variable: "HP_EXAPPS_HTTPS_ADDRESS")
                 result.append(ConfigOverride(["exapps", "listen_tls"], .array([.table([
                     ("listen", .string(address)), ("cert", .string(certificate)), ("key", .string(certificate)),
-                ])])))
+                ])]), from: "HP_EXAPPS_HTTPS_ADDRESS"))
             }
         }
         if let text = value("HP_EXAPPS_ADDRESS") {
-            result.append(ConfigOverride(["exapps", "listen"], .array([.string(try address(text, variable: "HP_EXAPPS_ADDRESS"))])))
+            result.append(ConfigOverride(["exapps", "listen"], .array([.string(try address(text, variable: "HP_EXAPPS_ADDRESS"))]), from: "HP_EXAPPS_ADDRESS"))
         }
         if let text = value("HP_FRP_ADDRESS") {
-            result.append(ConfigOverride(["frp", "listen"], .string(try address(text, variable: "HP_FRP_ADDRESS"))))
+            result.append(ConfigOverride(["frp", "listen"], .string(try address(text, variable: "HP_FRP_ADDRESS")), from: "HP_FRP_ADDRESS"))
         }
         if environment["HP_FRP_DISABLE_TLS"] == "true" {  // HaRP: only the exact word turns TLS off
-            result.append(ConfigOverride(["frp", "tls"], .string("off")))
+            result.append(ConfigOverride(["frp", "tls"], .string("off"), from: "HP_FRP_DISABLE_TLS"))
         }
         if let text = value("HP_FRP_CERT_VALIDITY_DAYS") {
             guard let days = Int(text), days >= 1 else {
                 throw .environment(variable: "HP_FRP_CERT_VALIDITY_DAYS", reason: "must be a positive integer number of days, got '\(text)'")
             }
-            result.append(ConfigOverride(["frp", "cert_days"], .integer(days)))
+            result.append(ConfigOverride(["frp", "cert_days"], .integer(days), from: "HP_FRP_CERT_VALIDITY_DAYS"))
         }
         if let text = value("HP_SESSION_LIFETIME") {
             guard let seconds = Double(text), seconds >= 0, seconds <= 10 else {
                 throw .environment(variable: "HP_SESSION_LIFETIME", reason: "expected seconds from 0 to 10, got '\(text)'")
             }
-            result.append(ConfigOverride(["exapps", "session_lifetime"], .string("\(Int((seconds * 1000).rounded()))ms")))
+            result.append(ConfigOverride(["exapps", "session_lifetime"], .string("\(Int((seconds * 1000).rounded()))ms"), from: "HP_SESSION_LIFETIME"))
         }
         if let text = value("HP_BLACKLIST_COUNT") {
             guard let count = Int(text), count >= 0 else {
                 throw .environment(variable: "HP_BLACKLIST_COUNT", reason: "expected a number of failures (0 turns bans off), got '\(text)'")
             }
-            result.append(ConfigOverride(["exapps", "ban_count"], .integer(count)))
+            result.append(ConfigOverride(["exapps", "ban_count"], .integer(count), from: "HP_BLACKLIST_COUNT"))
         }
         if let text = value("HP_BLACKLIST_WINDOW") {
             guard let seconds = Int(text), seconds >= 1 else {
                 throw .environment(variable: "HP_BLACKLIST_WINDOW", reason: "expected a positive number of seconds, got '\(text)'")
             }
-            result.append(ConfigOverride(["exapps", "ban_window"], .string("\(seconds)s")))
+            result.append(ConfigOverride(["exapps", "ban_window"], .string("\(seconds)s"), from: "HP_BLACKLIST_WINDOW"))
         }
         if let text = value("HP_TRUSTED_PROXY_IPS") {
             var ranges: [ConfigValue] = []
@@ -111,19 +112,32 @@ enum HaRPEnvironment {
                 }
                 ranges.append(.string(entry))
             }
-            result.append(ConfigOverride(["exapps", "trusted_proxies"], .array(ranges)))
+            result.append(ConfigOverride(["exapps", "trusted_proxies"], .array(ranges), from: "HP_TRUSTED_PROXY_IPS"))
         }
         for (name, key) in [("HP_TIMEOUT_CONNECT", "connect_timeout"), ("HP_TIMEOUT_CLIENT", "client_timeout"),
                             ("HP_TIMEOUT_SERVER", "server_timeout"), ("HP_TIMEOUT_TUNNEL", "tunnel_timeout")] {
             guard let text = value(name) else { continue }
-            result.append(ConfigOverride(["http", key], .string(try haproxyTime(text, variable: name))))
+            result.append(ConfigOverride(["http", key], .string(try haproxyTime(text, variable: name)), from: name))
         }
         if let text = value("HP_LOG_LEVEL") {
             let levels = ["debug": "debug", "info": "info", "warning": "warning", "error": "error"]
             guard let level = levels[text.lowercased()] else {
                 throw .environment(variable: "HP_LOG_LEVEL", reason: "expected debug, info, warning or error, got '\(text)'")
             }
-            result.append(ConfigOverride(["harp", "log_level"], .string(level)))
+            result.append(ConfigOverride(["harp", "log_level"], .string(level), from: "HP_LOG_LEVEL"))
+        }
+        // HaRP's self-healing watchdog: on unless HP_WATCHDOG_ENABLED is set to anything but
+        // the exact word "true" (its start.sh compares so); harp watches its loops instead of
+        // probing an agent, with the same interval × fails.
+        if let text = environment["HP_WATCHDOG_ENABLED"] {
+            result.append(ConfigOverride(["harp", "watchdog"], .bool(text == "true"), from: "HP_WATCHDOG_ENABLED"))
+        }
+        for (name, key) in [("HP_WATCHDOG_INTERVAL", "watchdog_interval"), ("HP_WATCHDOG_FAILS", "watchdog_fails")] {
+            guard let text = value(name) else { continue }
+            guard let number = Int(text), number >= 1 else {
+                throw .environment(variable: name, reason: "expected a positive whole number, got '\(text)'")
+            }
+            result.append(ConfigOverride(["harp", key], key == "watchdog_fails" ? .integer(number) : .string("\(number)s"), from: name))
         }
         return result
     }

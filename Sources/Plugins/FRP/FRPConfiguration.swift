@@ -106,9 +106,7 @@ public struct FRPConfiguration: Codable, Sendable {
         guard (0...65535).contains(maxPortsPerClient) else {
             throw .invalid(key: "frp.max_ports_per_client", value: "\(maxPortsPerClient)", reason: "expected 0 (no limit) to 65535")
         }
-        do {
-            _ = try SocketAddress(parsing: "\(proxyBind.contains(":") ? "[\(proxyBind)]" : proxyBind):1")
-        } catch {
+        guard isIPAddress(proxyBind) else {
             throw .invalid(key: "frp.proxy_bind", value: "\"\(proxyBind)\"", reason: "expected an IP address to bind proxies to")
         }
         guard heartbeatTimeout.duration >= .seconds(1) else {
@@ -122,9 +120,16 @@ public struct FRPConfiguration: Codable, Sendable {
         }
     }
 
-    /// Where a proxy for `port` listens.
+    /// Where a proxy for `port` listens. `proxy_bind` is an IP address (checked by
+    /// `validate`), so parsing it never asks a name server.
     func proxyAddress(port: Int) -> SocketAddress? {
-        try? SocketAddress(parsing: "\(proxyBind.contains(":") ? "[\(proxyBind)]" : proxyBind):\(port)")
+        guard isIPAddress(proxyBind) else { return nil }
+        return try? SocketAddress(parsing: "\(proxyBind.contains(":") ? "[\(proxyBind)]" : proxyBind):\(port)")
+    }
+
+    private func isIPAddress(_ text: String) -> Bool {
+        var v4 = in_addr(), v6 = in6_addr()
+        return inet_pton(AF_INET, text, &v4) == 1 || inet_pton(AF_INET6, text, &v6) == 1
     }
 
     func allows(port: Int) -> Bool { allowPorts.contains { $0.range.contains(port) } }

@@ -77,8 +77,12 @@ public final class FRPPlugin: Plugin {
         }
         server.attach(to: loop)
         let server = self.server
-        try listeners.listen(on: configuration.listen, loopCount: 1) { socket in await server.serve(socket) }
+        try listeners.listen(on: configuration.listen, key: context.origins.describe("frp.listen"), loopCount: 1) { socket in
+            await server.serve(socket)
+        }
     }
+
+    public var listenAddresses: [ConfiguredAddress] { [ConfiguredAddress(key: "frp.listen", address: configuration.listen)] }
 
     public func stopAccepting() async {
         await listeners.stop()

@@ -55,18 +55,26 @@ public final class HTTPProxyPlugin: Plugin {
         shared.prepareLoops(context.loops)
         let shared = self.shared
         for site in sites {
-            for address in site.listen {
-                try listeners.listen(on: address) { socket in
+            for (index, address) in site.listen.enumerated() {
+                try listeners.listen(on: address, key: context.origins.describe(site.listenKey(index))) { socket in
                     await HTTPProxyPlugin.serve(socket, shared: shared, site: site) { $0 }
                 }
             }
             for (index, listener) in site.certificates.listeners.enumerated() {
-                try listeners.listen(on: listener.listen) { socket in
+                try listeners.listen(on: listener.listen, key: context.origins.describe(site.listenTLSKey(index))) { socket in
                     await HTTPProxyPlugin.serve(socket, shared: shared, site: site) { socket in
                         await HTTPProxyPlugin.acceptTLS(socket, context: site.certificates.context(index), shared: shared)
                     }
                 }
             }
+        }
+    }
+
+    /// Every site's listeners (the ExApps site's too: it listens through this plugin).
+    public var listenAddresses: [ConfiguredAddress] {
+        sites.flatMap { site in
+            site.listen.enumerated().map { ConfiguredAddress(key: site.listenKey($0.offset), address: $0.element) }
+                + site.certificates.listeners.enumerated().map { ConfiguredAddress(key: site.listenTLSKey($0.offset), address: $0.element.listen) }
         }
     }
 

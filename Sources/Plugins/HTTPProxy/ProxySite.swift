@@ -26,6 +26,10 @@ public final class ProxySite: @unchecked Sendable {
 
     var isEmpty: Bool { listen.isEmpty && certificates.listeners.isEmpty }
 
+    /// The configuration keys of the site's listeners (`http.listen[0]`, `exapps.listen_tls[1].listen`).
+    func listenKey(_ index: Int) -> String { "\(name).listen[\(index)]" }
+    func listenTLSKey(_ index: Int) -> String { "\(name).listen_tls[\(index)].listen" }
+
     /// Providers in order; the first non-nil decision wins, and nil from all is a 404.
     func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision? {
         for provider in providers {

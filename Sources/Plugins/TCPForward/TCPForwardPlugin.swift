@@ -28,8 +28,8 @@ public final class TCPForwardPlugin: Plugin {
 
     public func start() async throws {
         let logger = context.logger
-        for forward in configuration.forward {
-            try listeners.listen(on: forward.listen) { client in
+        for (index, forward) in configuration.forward.enumerated() {
+            try listeners.listen(on: forward.listen, key: context.origins.describe("tcp.forward[\(index)].listen")) { client in
                 await TCPForwardPlugin.serve(client: client, forward: forward, logger: logger)
             }
         }
@@ -37,6 +37,10 @@ public final class TCPForwardPlugin: Plugin {
 
     public func stopAccepting() async {
         await listeners.stop()
+    }
+
+    public var listenAddresses: [ConfiguredAddress] {
+        configuration.forward.enumerated().map { ConfiguredAddress(key: "tcp.forward[\($0.offset)].listen", address: $0.element.listen) }
     }
 
     public var endpoints: [String] {

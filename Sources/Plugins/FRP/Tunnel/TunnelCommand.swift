@@ -29,7 +29,7 @@ struct TunnelCommand: ParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        LoggingSystem.bootstrap { LogWriter.Handler(label: $0, level: .info) }
         let logger = Logger(label: "harp.tunnel")
         if !configuration.ignoredKeys.isEmpty {
             logger.warning("keys harp tunnel does not act on: \(configuration.ignoredKeys.joined(separator: ", "))")
@@ -48,6 +48,7 @@ struct TunnelCommand: ParsableCommand {
         while finished.wait(timeout: .now()) == .timedOut {
             if Glibc.poll(&pollFD, 1, 100) > 0 { break }
         }
+        LogWriter.standardError.flush()
         Glibc.exit(status.code)
     }
 
