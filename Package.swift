@@ -184,7 +184,6 @@ let package = Package(
         .testTarget(
             name: "MetadataSyncTests",
             dependencies: ["MetadataSync", "HarpTestSupport"],
-            exclude: ["future_peer.py"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -176,10 +176,10 @@ struct ConvergenceTests {
         var late = Replica(node: Self.node(97))
         #expect(replicas[0].lacksSettled(late.vector), "seed \(seed): nothing settled, nothing to test")
         let below = replicas[0].allOperations.filter { $0.sequence <= recorded[0].floor[$0.origin] ?? 0 }
-        let parts = SyncChannel.encodeSettled(recorded[0], operations: below, clock: replicas[0].clock)
-        let decoded = try parts.shuffled(using: &generator).map { try #require(SyncChannel.decodeSettled($0)) }
+        let parts = settledFrames(recorded[0], operations: below, clock: replicas[0].clock)
+        let decoded = try parts.shuffled(using: &generator).map { try #require(decodeSettledFrame($0)) }
         #expect(decoded.allSatisfy { $0.total == parts.count })
-        let (received, operations) = SyncChannel.assemble(decoded)
+        let (received, operations) = SyncMessage.SettledPart.assemble(decoded)
         let clock = HLCTimestamp(wall: replicas[0].clock.wall, counter: replicas[0].clock.counter, node: replicas[0].node)
         #expect(late.install(received, operations: operations, clock: clock) != nil)
         late.apply(replicas[0].missing(for: late.vector).shuffled(using: &generator))

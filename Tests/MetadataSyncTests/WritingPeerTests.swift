@@ -1,10 +1,12 @@
 import Foundation
 import HarpTestSupport
+@testable import MetadataSync
 import Testing
 
-/// A listed peer that writes metadata operations itself (future_peer.py): one stamped far
-/// ahead of the node's clock is held back and reported, not applied (it would drag every
-/// clock forward); a burst of 10,000 reaches a node that was stopped meanwhile.
+/// A listed peer that writes metadata operations itself (`HostilePeer`, signing in its own
+/// name as any node does): one stamped far ahead of the node's clock is held back and
+/// reported, not applied (it would drag every clock forward); a burst of 10,000 reaches a node
+/// that was stopped meanwhile.
 @Suite("metadata from a writing peer", .serialized)
 struct WritingPeerTests {
     @Test("an operation stamped an hour ahead is held back with a log line; one a second ahead is applied")
@@ -15,15 +17,14 @@ struct WritingPeerTests {
         node.extraConfig = "[crdt]\nmax_clock_skew = \"5m\"\nrescan_interval = \"1s\""
         try node.configure(peers: [future])
         try node.start()
-        // The future peer's node ID in hex: SHA-256 of its key's SubjectPublicKeyInfo.
-        let id = try shell("openssl x509 -in \(future.dir)/node.crt -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1").output
-        #expect(id.count == 64)
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("future_peer.py").path
-        let now = UInt64(Date().timeIntervalSince1970 * 1000)
-        for (wall, name, sequence) in [(now + 3_600_000, "from-the-future", 2), (now + 1_000, "slightly-ahead", 1)] {
-            let sent = try shell("timeout 20 python3 \(script) \(node.port) \(future.dir)/node.crt \(future.dir)/node.key \(id) \(wall) \(name) \(sequence)").output
-            #expect(sent == "sent")
-        }
+        let peer = try HostilePeer(identity: future)
+        try peer.connect(to: node)
+        let now = HostilePeer.now
+        // Its first operation is the slight one: the chain goes on in order, so the held-back
+        // one (its second) waits without holding the first.
+        let operations = peer.sign([peer.move(wall: now + 1_000, name: "slightly-ahead")])
+            + peer.sign([peer.move(2, wall: now + 3_600_000, name: "from-the-future")])
+        try peer.send(.operations(operations))
         try node.process!.waitForOutput("held back an operation from \(future.id)")
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline, !FileManager.default.fileExists(atPath: node.folder + "/slightly-ahead") { usleep(100_000) }
@@ -44,19 +45,28 @@ struct WritingPeerTests {
         try a.configure(peers: [c, writer])
         try c.configure(peers: [a])
         try a.start()
-        let id = try shell("openssl x509 -in \(writer.dir)/node.crt -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1").output
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("future_peer.py").path
-        let now = UInt64(Date().timeIntervalSince1970 * 1000)
-        let sent = try shell("timeout 60 python3 \(script) \(a.port) \(writer.dir)/node.crt \(writer.dir)/node.key \(id) \(now) burst:10000").output
-        #expect(sent == "sent")
+        let peer = try HostilePeer(identity: writer)
+        try peer.connect(to: a)
+        let now = HostilePeer.now
+        // 5,000 directories created (d0, d1, …), then each renamed (e0, e1, …), in runs of
+        // 2,000 signed as a writer's commits are.
+        var created: [LoggedOperation] = []
+        for index in 0..<5000 { created.append(peer.move(UInt64(index + 1), wall: now, counter: UInt32(index), name: "d\(index)")) }
+        let renamed = created.enumerated().map { index, logged in
+            peer.move(UInt64(5000 + index + 1), wall: now, counter: UInt32(5000 + index), item: logged.operation.item, name: "e\(index)")
+        }
+        let all = created + renamed
+        for start in stride(from: 0, to: all.count, by: 2000) {
+            try peer.send(.operations(peer.sign(Array(all[start..<min(start + 2000, all.count)]))))
+        }
         func directories(_ node: P2PNode) -> [String] {
             ((try? FileManager.default.contentsOfDirectory(atPath: node.folder)) ?? []).filter { !$0.hasPrefix(".") }
         }
         var deadline = Date().addingTimeInterval(120)
         while Date() < deadline, directories(a).count < 5000 || directories(a).contains(where: { $0.hasPrefix("d") }) { usleep(200_000) }
         #expect(directories(a).count == 5000)
-        // C was never up during all that: it gets the 10,000 operations in batches and ends
-        // with the same 5,000 directories, renamed.
+        // C was never up during all that: it gets the 10,000 operations in batches (relayed by
+        // A with the writer's proofs) and ends with the same 5,000 directories, renamed.
         try c.start()
         deadline = Date().addingTimeInterval(120)
         while Date() < deadline, directories(c).count < 5000 || directories(c).contains(where: { $0.hasPrefix("d") }) { usleep(200_000) }

@@ -1,3 +1,4 @@
+import Logging
 /// What another plugin (the metadata sync) adds to the node's peer sessions: frame types of
 /// its own, carried in the same authenticated connections, and commands on the node's socket.
 /// The block exchange owns types 1–63; a channel claims types from 64 up (`channelTypes`),
@@ -10,7 +11,8 @@ public protocol PeerChannel: Sendable {
     var channelTypes: [UInt8: Int] { get }
     /// A session with `peer` is up (after the Hello); `link` sends to it while it lasts.
     func peerConnected(_ link: PeerLink)
-    func received(type: UInt8, body: [UInt8], from peer: NodeID)
+    /// A frame of one of `channelTypes` from the peer behind `link`.
+    func received(type: UInt8, body: [UInt8], from link: PeerLink)
     /// The session behind `link` has ended. Connects and disconnects of one peer can overlap
     /// (a second connection displaces the first) and a channel that hands them to a thread of
     /// its own may see them out of order: it forgets a peer only when `link` is the one it holds.
@@ -29,6 +31,14 @@ public struct PeerLink: Sendable {
 
     /// Whether both name the same session (not just the same peer).
     public func isSame(as other: PeerLink) -> Bool { session === other.session }
+
+    /// The peer broke the channel's rules: its session ends now and new ones are refused for
+    /// a while (`PeerPenalties`), logged once with `reason`.
+    public func penalize(reason: String) {
+        let length = session.swarm.penalties.penalize(peer)
+        session.swarm.logger.warning("peer \(peer) penalized for \(length): \(reason); its session is closed")
+        session.end()
+    }
 }
 
 /// A command another plugin answers on the node's socket (`{"cmd": name, …}`): it gets the

@@ -68,6 +68,10 @@ final class PeerNetwork: Sendable {
             logger.warning("refused peer \(id): not in [storage] peers", metadata: ["address": "\(peer)"])
             return stream.abort()
         }
+        if let remaining = swarm.penalties.remaining(id) {
+            logger.info("refused peer \(id): penalized for \(remaining) more")
+            return stream.abort()
+        }
         await run(stream, peer: id, outbound: false)
     }
 
@@ -85,6 +89,10 @@ final class PeerNetwork: Sendable {
             if connectedPeers.contains(peer.id) {
                 backoff = .milliseconds(250)
                 _ = await loop.sleep(for: .seconds(1), using: timer)
+                continue
+            }
+            if let remaining = swarm.penalties.remaining(peer.id) {
+                _ = await loop.sleep(for: min(remaining, .seconds(30)), using: timer)
                 continue
             }
             do {

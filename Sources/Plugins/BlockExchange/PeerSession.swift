@@ -109,7 +109,7 @@ final class PeerSession: @unchecked Sendable {
                 reader.buffer.consume(headerLength + payloadLength)
                 if body.count > 64 * 1024 { reader.buffer.shrinkIfIdle() }
                 if header.type == .channel {
-                    swarm.channel(for: header.code)?.received(type: header.code, body: body, from: peer)
+                    swarm.channel(for: header.code)?.received(type: header.code, body: body, from: PeerLink(peer: peer, session: self))
                     continue
                 }
                 if let failure = handle(header.type, body) {
@@ -235,6 +235,11 @@ final class PeerSession: @unchecked Sendable {
             guard let frame = await make(self), !self.closed else { return }
             _ = await self.writer.write(frame, timeout: Self.silence)
         }
+    }
+
+    /// Ends the session from any thread (a penalized peer): on the loop.
+    func end() {
+        loop.spawn { self.stream.abort() }
     }
 
     /// Sends a frame from another thread (have-updates, cancels, queries): on the loop.

@@ -23,6 +23,8 @@ final class Swarm: Sendable {
     private let peerUploadLimits: [NodeID: TokenBucket]
     private let peerDownloadLimits: [NodeID: TokenBucket]
     private let activeGauge = Meter(label: "harp_p2p_transfers_active")
+    /// Peers refused for a while after breaking the protocol.
+    let penalties = PeerPenalties()
     /// Other plugins' channels and commands (registered before `start`, read-only after).
     private let extensions = Mutex<(channels: [any PeerChannel], commands: [String: NodeCommand])>(([], [:]))
 

@@ -38,10 +38,15 @@ public struct HybridLogicalClock: Sendable {
         self.counter = counter
     }
 
-    /// A timestamp for a local operation at physical time `now` (ms).
+    /// A timestamp for a local operation at physical time `now` (ms). A counter at its limit
+    /// (a peer's stamp can carry any counter) moves the logical time on a millisecond instead
+    /// of overflowing: the order is kept, nothing traps.
     public mutating func tick(now: UInt64) -> HLCTimestamp {
         if now > wall {
             wall = now
+            counter = 0
+        } else if counter == .max {
+            wall += 1
             counter = 0
         } else {
             counter += 1
@@ -49,7 +54,8 @@ public struct HybridLogicalClock: Sendable {
         return HLCTimestamp(wall: wall, counter: counter, node: node)
     }
 
-    /// Takes in a remote timestamp (already checked against the skew limit).
+    /// Takes in a remote timestamp (already checked against the skew limit, and its wall
+    /// against `OperationCodec.maxWall`).
     public mutating func observe(_ remote: HLCTimestamp) {
         if remote.wall > wall {
             wall = remote.wall
@@ -62,6 +68,6 @@ public struct HybridLogicalClock: Sendable {
     /// Whether a remote timestamp is further ahead of `now` than `maxSkew` (ms): such an
     /// operation is held back and reported, not applied (it would drag every clock forward).
     public static func isTooFarAhead(_ timestamp: HLCTimestamp, now: UInt64, maxSkew: UInt64) -> Bool {
-        timestamp.wall > now &+ maxSkew
+        timestamp.wall > (now > .max - maxSkew ? .max : now + maxSkew)
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import HarpKernel
 
 /// A file's or directory's stable 128-bit identity: made once, at creation, on the node that
 /// creates it (random: two nodes never pick the same one), and kept across every rename and
@@ -25,10 +26,10 @@ public struct ItemID: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// The 16 bytes of the wire and the log: high then low, big-endian.
     public var bytes: [UInt8] {
-        var out: [UInt8] = []
-        OperationCodec.append(high, to: &out)
-        OperationCodec.append(low, to: &out)
-        return out
+        var writer = ByteWriter(capacity: 16)
+        writer.u64(high)
+        writer.u64(low)
+        return writer.bytes
     }
 
     /// From 16 bytes as `bytes` writes them; nil for another length.

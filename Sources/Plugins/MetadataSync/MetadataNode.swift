@@ -1,4 +1,5 @@
 import BlockExchange
+import CoreMetrics
 import Foundation
 import Glibc
 import HarpKernel
@@ -15,6 +16,8 @@ actor MetadataNode {
     let log: OperationLog
     let p2p: BlockExchangePlugin
     let logger: Logger
+    /// The node's identity key: it signs the operations this node makes (`OperationChain`).
+    let key: Ed25519.PrivateKey
     private var replica: Replica
     /// What each synced path is on disk (relative paths), as last seen or written.
     private var paths: [String: PathState]
@@ -33,8 +36,6 @@ actor MetadataNode {
     private var settlingFailed = false
     /// Peers sent this node's settled state (they lacked settled moves), once per connection.
     private var sentSettled: Set<NodeID> = []
-    /// Parts of a peer's settled state received so far, by index (taken once all are in).
-    private var settledParts: [NodeID: [Int: SyncChannel.SettledPart]] = [:]
     private var working = false
     private var workAgain = false
     /// Remote operations stamped too far ahead of our clock, kept until time catches up.
@@ -44,8 +45,9 @@ actor MetadataNode {
     private var watcher: FolderWatcher?
     private var generator = SystemRandomNumberGenerator()
 
-    init(folder: String, stateDirectory: String, node: NodeID, configuration: MetadataConfiguration, log: OperationLog,
-         p2p: BlockExchangePlugin, logger: Logger) throws(DatabaseError) {
+    init(folder: String, stateDirectory: String, node: NodeID, key: Ed25519.PrivateKey, configuration: MetadataConfiguration,
+         log: OperationLog, p2p: BlockExchangePlugin, logger: Logger) throws(DatabaseError) {
+        self.key = key
         self.folder = folder
         self.stateDirectory = stateDirectory
         self.configuration = configuration
@@ -127,12 +129,12 @@ actor MetadataNode {
 
     func connected(_ link: PeerLink) {
         links[link.peer] = link
-        link.send(type: SyncChannel.report, body: ReplicaReports.encode(reports.table(own: durableVector)))
+        link.send(SyncMessage.report(reports.table(own: durableVector)))
     }
 
     private func report() {
-        let body = ReplicaReports.encode(reports.table(own: durableVector))
-        for link in links.values { link.send(type: SyncChannel.report, body: body) }
+        let message = SyncMessage.report(reports.table(own: durableVector))
+        for link in links.values { link.send(message) }
     }
 
     /// Only when `link` is the session held: the end of a displaced one can arrive after its
@@ -142,68 +144,86 @@ actor MetadataNode {
         guard let held = links[link.peer], held.isSame(as: link) else { return }
         links[link.peer] = nil
         sentSettled.remove(link.peer)
-        settledParts[link.peer] = nil
     }
 
-    func received(type: UInt8, body: [UInt8], from peer: NodeID) async {
-        switch type {
-        case SyncChannel.report:
-            guard let table = ReplicaReports.decode(body) else {
-                return logger.warning("peer \(peer) sent a report that does not decode; ignored")
+    /// A peer's frame: decoded and checked (`SyncMessage`), then handled. A frame that fails
+    /// is refused whole: one log line naming the peer and what was wrong, a count by reason
+    /// (`harp_sync_refused_total`), and the peer is penalized (its session closed, new ones
+    /// refused for a while).
+    func received(type: UInt8, body: [UInt8], from link: PeerLink) async {
+        let peer = link.peer
+        do {
+            switch try SyncMessage.decode(type: type, body: body) {
+            case .report(let table):
+                let theirs = table.vectors[peer] ?? [:]
+                if replica.lacksSettled(theirs), sentSettled.insert(peer).inserted { sendSettled(to: peer) }
+                for batch in SyncMessage.batches(replica.missing(for: theirs)) {
+                    links[peer]?.send(SyncMessage.operations(batch))
+                }
+                reports.merge(table)
+                await settle()
+            case .settled(let part):
+                try await receivedSettled(part, body: body, from: peer)
+            case .operations(let batch):
+                try await accept(batch, from: peer)
             }
-            let theirs = table.vectors[peer] ?? [:]
-            if replica.lacksSettled(theirs), sentSettled.insert(peer).inserted { sendSettled(to: peer) }
-            let missing = replica.missing(for: theirs)
-            for start in stride(from: 0, to: missing.count, by: SyncChannel.batchSize) {
-                let batch = Array(missing[start..<min(start + SyncChannel.batchSize, missing.count)])
-                links[peer]?.send(type: SyncChannel.operations, body: SyncChannel.encodeBatch(batch))
-            }
-            reports.merge(table)
-            await settle()
-        case SyncChannel.settled:
-            guard let part = SyncChannel.decodeSettled(body) else {
-                return logger.warning("peer \(peer) sent a settled state that does not decode; ignored")
-            }
-            // Only a node that has settled nothing takes one (Replica.install): no parts kept else.
-            guard replica.floor.isEmpty else { return logger.info("ignored the settled state of \(peer): this node has one") }
-            var parts = settledParts[peer] ?? [:]
-            parts[part.index] = part
-            guard parts.count == part.total, parts.values.allSatisfy({ $0.total == part.total }) else {
-                settledParts[peer] = parts.count > part.total ? nil : parts
-                return
-            }
-            settledParts[peer] = nil
-            let (settled, operations) = SyncChannel.assemble(parts.values)
-            await install(settled, operations: operations, clock: HLCTimestamp(wall: part.clock.wall, counter: part.clock.counter, node: peer),
-                          from: peer)
-        case SyncChannel.operations:
-            guard let batch = SyncChannel.decodeBatch(body) else {
-                return logger.warning("peer \(peer) sent an operation batch that does not decode; ignored")
-            }
-            await accept(batch, from: peer)
-        default:
-            break
+        } catch let refusal as SyncRefusal {
+            refuse(refusal, from: link)
+        } catch {
+            logger.error("handling a frame of peer \(peer) failed: \(error)")
         }
     }
 
-    /// Applies remote operations: new ones only, none stamped beyond the skew limit; durable
-    /// before they are passed on to the other peers.
-    private func accept(_ batch: [LoggedOperation], from peer: NodeID?) async {
+    private func refuse(_ refusal: SyncRefusal, from link: PeerLink) {
+        Counter(label: "harp_sync_refused_total", dimensions: [("reason", refusal.reason)]).increment()
+        logger.warning("refused a frame of peer \(link.peer): \(refusal)")
+        link.penalize(reason: refusal.description)
+    }
+
+    /// One part of a peer's settled state: staged on disk until every part is in (memory stays
+    /// bounded whatever the count), then checked and taken — only by a node that has settled
+    /// nothing itself (`Replica.install`).
+    private func receivedSettled(_ part: SyncMessage.SettledPart, body: [UInt8], from peer: NodeID) async throws {
+        guard replica.floor.isEmpty else { return logger.info("ignored the settled state of \(peer): this node has one") }
+        let staged = try await log.stagePart(body, index: part.index, total: part.total, from: peer)
+        guard staged == part.total else { return }
+        var parts: [SyncMessage.SettledPart] = []
+        for stored in try await log.takeParts(from: peer) {
+            guard case .settled(let decoded) = try SyncMessage.decode(type: SyncMessage.settledType, body: stored),
+                  decoded.total == part.total, decoded.settled.floor == part.settled.floor else {
+                throw SyncRefusal.settled("parts that do not belong together")
+            }
+            parts.append(decoded)
+        }
+        let (settled, operations) = SyncMessage.SettledPart.assemble(parts)
+        try await install(settled, operations: operations, clock: HLCTimestamp(wall: part.clock.wall, counter: part.clock.counter, node: peer),
+                          from: peer)
+    }
+
+    /// Applies remote operations: proven ones only (`OperationChain`: each run from its
+    /// origin, signed), new ones only, none stamped beyond the skew limit; durable before
+    /// they are passed on to the other peers (with their proofs: a relay cannot change them).
+    private func accept(_ batch: [LoggedOperation], from peer: NodeID?) async throws(SyncRefusal) {
         let now = Self.nowMilliseconds
-        var fresh: [LoggedOperation] = []
+        var timely: [LoggedOperation] = []
         for logged in batch where !replica.contains(logged) {
             if tooFarAhead(logged, now: now) {
-                if !heldBack.contains(logged) {
+                if heldBack.count < Self.heldBackLimit, !heldBack.contains(logged) {
                     heldBack.append(logged)
                     logger.warning("held back an operation from \(logged.origin) stamped \(logged.operation.timestamp.wall - now) ms ahead of this node's clock (max_clock_skew \(configuration.maxClockSkew))")
                 }
                 continue
             }
-            fresh.append(logged)
+            timely.append(logged)
         }
+        // An operation held back waits with the rest of its origin's run: the chain goes on
+        // only in order.
+        let verified = try OperationChain.verify(timely, heads: replica.heads) { self.replica.contains($0) }
+        let fresh = verified.proven
         guard !fresh.isEmpty else { return }
         logger.info("applied \(fresh.count) operation\(fresh.count == 1 ? "" : "s") from \(peer.map { "\($0)" } ?? "the held-back queue")")
         replica.apply(fresh)
+        replica.advance(verified.heads)
         let snapshot = replica.vector
         do {
             try await log.append(fresh, clock: replica.clock)
@@ -212,10 +232,14 @@ actor MetadataNode {
             appendFailed = true
             logger.error("cannot record operations: \(error); this node stops reporting what it holds until it restarts")
         }
-        let body = SyncChannel.encodeBatch(fresh)
-        for (other, link) in links where other != peer { link.send(type: SyncChannel.operations, body: body) }
+        for (other, link) in links where other != peer {
+            for part in SyncMessage.batches(fresh) { link.send(SyncMessage.operations(part)) }
+        }
         requestWork()
     }
+
+    /// Operations held back for their clock, at most (a peer cannot fill memory with them).
+    static let heldBackLimit = 100_000
 
     /// An append is on disk: so is everything up to `snapshot` (the vector right after it).
     /// Its resumption may overtake an earlier one's, hence the maximum.
@@ -230,8 +254,9 @@ actor MetadataNode {
         do {
             let settled = try log.settled()
             let below = replica.allOperations.filter { $0.sequence <= settled.floor[$0.origin] ?? 0 }
-            let parts = SyncChannel.encodeSettled(settled, operations: below, clock: replica.clock)
-            for part in parts { links[peer]?.send(type: SyncChannel.settled, body: part) }
+            for part in SyncMessage.SettledPart.split(settled, operations: below, clock: replica.clock) {
+                links[peer]?.send(SyncMessage.settled(part))
+            }
             logger.info("peer \(peer) lacks moves this node has settled: sent the settled state (\(settled.placements.count) items)")
         } catch {
             logger.error("cannot read the settled state for \(peer): \(error)")
@@ -239,7 +264,9 @@ actor MetadataNode {
     }
 
     /// Takes a peer's settled state when this node lacks what it covers (Replica.install).
-    private func install(_ settled: Replica.Settled, operations below: [LoggedOperation], clock: HLCTimestamp, from peer: NodeID) async {
+    private func install(_ settled: Replica.Settled, operations below: [LoggedOperation], clock: HLCTimestamp,
+                         from peer: NodeID) async throws(SyncRefusal) {
+        try check(settled, clock: clock)
         guard let dropped = replica.install(settled, operations: below, clock: clock) else {
             // Already took one (from another peer, or settled itself): what this one covers
             // comes as operations from the peers that still keep it.
@@ -258,11 +285,37 @@ actor MetadataNode {
         requestWork()
     }
 
+    /// What a peer's settled state must be before it replaces this node's tree: a tree (every
+    /// placement reaches the root or the trash, no cycle), a clock within `max_clock_skew`, a
+    /// floor that claims no more of this node's own operations than it made, and an account of
+    /// every item whose moves it would drop here — a state that leaves out an item this node
+    /// knows would delete it from the folder.
+    private func check(_ settled: Replica.Settled, clock: HLCTimestamp) throws(SyncRefusal) {
+        if let problem = ReplicatedTree.problem(in: settled.placements) { throw .settled(problem) }
+        if tooFarAhead(LoggedOperation(origin: clock.node, sequence: 1, operation: .move(.init(timestamp: clock, item: .root, parent: .root, name: "x", isDirectory: true))),
+                       now: Self.nowMilliseconds) {
+            throw .settled("its clock is \(clock.wall - Self.nowMilliseconds) ms ahead of this node's (max_clock_skew \(configuration.maxClockSkew))")
+        }
+        let own = settled.floor[replica.node] ?? 0
+        guard own <= replica.vector[replica.node] ?? 0 else {
+            throw .settled("it claims this node's operations up to \(own); this node made \(replica.vector[replica.node] ?? 0)")
+        }
+        for (origin, sequence) in settled.floor where sequence > 0 && settled.floorChains[origin]?.count != 32 {
+            throw .settled("no chain hash for the floor \(sequence) of \(origin)")
+        }
+        for logged in replica.allOperations where logged.sequence <= settled.floor[logged.origin] ?? 0 {
+            guard case .move(let move) = logged.operation, move.parent != .trash else { continue }
+            guard settled.placements[move.item] != nil else {
+                throw .settled("it leaves out \(move.item) (\"\(move.name)\"), which its floor says it holds")
+            }
+        }
+    }
+
     /// Drops the moves below the causally stable point (Replica.settle) and records that.
     private func settle() async {
         guard !settlingFailed, let (settlement, dropped) = replica.settle(reports) else { return }
         do {
-            try await log.settle(settlement, dropped: dropped, floor: replica.floor)
+            try await log.settle(settlement, dropped: dropped, floor: replica.floor, chains: replica.floorChains)
         } catch {
             settlingFailed = true
             logger.error("cannot record settled operations: \(error); settling stops until this node restarts")
@@ -281,7 +334,9 @@ actor MetadataNode {
         let ready = heldBack.filter { !tooFarAhead($0, now: now) }
         guard !ready.isEmpty else { return }
         heldBack.removeAll { ready.contains($0) }
-        Task { await self.accept(ready, from: nil) }
+        Task {
+            do { try await self.accept(ready, from: nil) } catch { self.logger.warning("held-back operations refused: \(error)") }
+        }
     }
 
     /// Makes, records and sends local operations.
@@ -289,6 +344,7 @@ actor MetadataNode {
         guard !makes.isEmpty else { return }
         var made: [LoggedOperation] = []
         for make in makes { made.append(replica.local(now: Self.nowMilliseconds, make)) }
+        made = replica.seal(made, key: key)
         let snapshot = replica.vector
         do {
             try await log.append(made, clock: replica.clock)
@@ -297,8 +353,9 @@ actor MetadataNode {
             appendFailed = true
             logger.error("cannot record local operations: \(error); this node stops reporting what it holds until it restarts")
         }
-        let body = SyncChannel.encodeBatch(made)
-        for link in links.values { link.send(type: SyncChannel.operations, body: body) }
+        for link in links.values {
+            for batch in SyncMessage.batches(made) { link.send(SyncMessage.operations(batch)) }
+        }
     }
 
     // MARK: Folder → operations

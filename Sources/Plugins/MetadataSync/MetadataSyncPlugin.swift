@@ -23,10 +23,16 @@ public final class MetadataSyncPlugin: Plugin {
         }
         let storage = p2p.storageConfiguration
         let log: OperationLog
+        let key: Ed25519.PrivateKey
+        do {
+            key = try Ed25519.PrivateKey(pemFile: storage.dir + "/" + NodeIdentity.keyFile)
+        } catch {
+            throw ConfigError.invalid(key: "storage.dir", value: "\"\(storage.dir)\"", reason: "the node's key: \(error)")
+        }
         do {
             log = try OperationLog(path: storage.dir + "/metadata.sqlite")
-            node = try MetadataNode(folder: storage.folder, stateDirectory: storage.dir, node: p2p.node, configuration: configuration,
-                                    log: log, p2p: p2p, logger: context.logger)
+            node = try MetadataNode(folder: storage.folder, stateDirectory: storage.dir, node: p2p.node, key: key,
+                                    configuration: configuration, log: log, p2p: p2p, logger: context.logger)
         } catch {
             throw ConfigError.invalid(key: "storage.dir", value: "\"\(storage.dir)\"", reason: "the metadata log: \(error)")
         }

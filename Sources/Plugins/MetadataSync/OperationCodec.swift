@@ -1,114 +1,194 @@
 import BlockExchange
+import HarpKernel
 
 /// The binary form of a logged operation, for the SQLite log and the wire (batches are
-/// deflated on the wire). Big-endian integers:
+/// deflated on the wire). Big-endian integers (`ByteWriter`):
 ///
 ///     kind u8 (1 move, 2 version) · sequence u64 · wall u64 · counter u32 · node [32] · item [16]
 ///     move:    parent [16] · directory u8 · name length u16 · name (UTF-8)
-///     version: root [32] · size u64 · mtime i64 · has base u8 · base [32]?
+///     version: root [32] · size u64 · mtime i64 · mode u16 · has base u8 · base [32]?
+///     proof u8 (0, or 1 then the origin's public key [32] · signature [64])
 ///
-/// The origin is the timestamp's node (an operation is stamped where it is made).
+/// Everything before the proof is the operation's `body`, what its origin's chain hashes
+/// (`OperationChain`). The origin is the timestamp's node (an operation is stamped where it
+/// is made). Decoding checks every value a peer chooses: names (`SyncedName`), sequence,
+/// clock, size and mode ranges — so nothing later can trap on arithmetic with them.
 enum OperationCodec {
-    static func encode(_ logged: LoggedOperation, into out: inout [UInt8]) {
-        let timestamp = logged.operation.timestamp
-        switch logged.operation {
-        case .move: out.append(1)
-        case .version: out.append(2)
-        }
-        append(logged.sequence, to: &out)
-        append(timestamp.wall, to: &out)
-        append(UInt64(timestamp.counter), bytes: 4, to: &out)
-        out += timestamp.node.bytes
-        out += logged.operation.item.bytes
-        switch logged.operation {
-        case .move(let move):
-            encode(ReplicatedTree.Placement(parent: move.parent, name: move.name, isDirectory: move.isDirectory), into: &out)
-        case .version(let version):
-            out += version.root.bytes
-            append(UInt64(version.size), to: &out)
-            append(UInt64(bitPattern: version.mtime), to: &out)
-            if let base = version.base {
-                out.append(1)
-                out += base.bytes
-            } else {
-                out.append(0)
-            }
+    /// Sequences a node can use: 2^48 operations, far beyond any folder's life, and far from
+    /// UInt64's end (a sequence + 1 never overflows).
+    static let maxSequence: UInt64 = 1 << 48
+    /// Wall-clock milliseconds up to the year 10889: an HLC never gets near UInt64's end.
+    static let maxWall: UInt64 = 1 << 48
+    /// A file of up to 1 PiB.
+    static let maxSize: UInt64 = 1 << 50
+
+    static func body(_ logged: LoggedOperation) -> [UInt8] {
+        var writer = ByteWriter(capacity: 128)
+        writeBody(logged, into: &writer)
+        return writer.bytes
+    }
+
+    static func encode(_ logged: LoggedOperation, into writer: inout ByteWriter) {
+        writeBody(logged, into: &writer)
+        if let proof = logged.proof {
+            writer.u8(1)
+            writer.raw(proof.publicKey)
+            writer.raw(proof.signature)
+        } else {
+            writer.u8(0)
         }
     }
 
     static func encode(_ batch: [LoggedOperation]) -> [UInt8] {
-        var out: [UInt8] = []
-        for logged in batch { encode(logged, into: &out) }
+        var writer = ByteWriter(capacity: batch.count * 110)
+        for logged in batch { encode(logged, into: &writer) }
+        return writer.bytes
+    }
+
+    private static func writeBody(_ logged: LoggedOperation, into writer: inout ByteWriter) {
+        let timestamp = logged.operation.timestamp
+        switch logged.operation {
+        case .move: writer.u8(1)
+        case .version: writer.u8(2)
+        }
+        writer.u64(logged.sequence)
+        writer.u64(timestamp.wall)
+        writer.u32(timestamp.counter)
+        writer.raw(timestamp.node.bytes)
+        writer.raw(logged.operation.item.bytes)
+        switch logged.operation {
+        case .move(let move):
+            encode(ReplicatedTree.Placement(parent: move.parent, name: move.name, isDirectory: move.isDirectory), into: &writer)
+        case .version(let version):
+            writer.raw(version.root.bytes)
+            writer.u64(UInt64(version.size))
+            writer.i64(version.mtime)
+            writer.u16(version.mode)
+            if let base = version.base {
+                writer.u8(1)
+                writer.raw(base.bytes)
+            } else {
+                writer.u8(0)
+            }
+        }
+    }
+
+    /// Decodes a run of operations, each checked; a single bad record refuses the whole run
+    /// (a batch is never half applied).
+    static func decode(_ bytes: [UInt8]) throws(SyncRefusal) -> [LoggedOperation] {
+        var reader = ByteReader(bytes)
+        var out: [LoggedOperation] = []
+        while !reader.atEnd { out.append(try decodeOne(&reader)) }
         return out
     }
 
-    /// Decodes a run of operations; nil when the bytes are not exactly that (a truncated or
-    /// corrupt record: the whole batch is refused, never half applied).
-    static func decode(_ bytes: [UInt8]) -> [LoggedOperation]? {
-        var reader = ByteReader(bytes: bytes)
-        var out: [LoggedOperation] = []
-        while !reader.atEnd {
-            guard let kind = reader.byte(), let sequence = reader.integer(8), let wall = reader.integer(8), let counter = reader.integer(4),
-                  let node = reader.take(32), let item = reader.item() else { return nil }
-            let timestamp = HLCTimestamp(wall: wall, counter: UInt32(counter), node: NodeID(bytes: node))
+    static func decodeOne(_ reader: inout ByteReader) throws(SyncRefusal) -> LoggedOperation {
+        do {
+            let kind = try reader.u8()
+            let sequence = try reader.u64(), wall = try reader.u64(), counter = try reader.u32()
+            let node = NodeID(bytes: try reader.take(32))
+            let item = try reader.item()
+            guard (1...maxSequence).contains(sequence) else { throw SyncRefusal.malformed("sequence \(sequence) is outside 1…2^48") }
+            guard wall <= maxWall else { throw SyncRefusal.malformed("clock \(wall) ms is beyond 2^48") }
+            let timestamp = HLCTimestamp(wall: wall, counter: counter, node: node)
             let operation: TreeOperation
             switch kind {
             case 1:
-                guard let placement = reader.placement() else { return nil }
+                let placement = try reader.placement()
                 operation = .move(.init(timestamp: timestamp, item: item, parent: placement.parent, name: placement.name,
                                         isDirectory: placement.isDirectory))
             case 2:
-                guard let root = reader.take(32), let size = reader.integer(8), let mtime = reader.integer(8), let hasBase = reader.byte() else { return nil }
-                var base: ChunkID?
-                if hasBase == 1 {
-                    guard let bytes = reader.take(32) else { return nil }
-                    base = ChunkID(bytes: bytes)
-                }
-                operation = .version(.init(timestamp: timestamp, item: item, root: ChunkID(bytes: root), size: Int(truncatingIfNeeded: size),
-                                           mtime: Int64(bitPattern: mtime), base: base))
+                let root = ChunkID(bytes: try reader.take(32))
+                let size = try reader.u64(), mtime = try reader.i64(), mode = try reader.u16()
+                let base = try reader.u8() == 1 ? ChunkID(bytes: try reader.take(32)) : nil
+                guard size <= maxSize else { throw SyncRefusal.malformed("size \(size) is beyond 1 PiB") }
+                guard mode <= 0o777 else { throw SyncRefusal.malformed("mode \(String(mode, radix: 8)) has bits beyond 0777") }
+                guard item != .root && item != .trash else { throw SyncRefusal.malformed("a version of the \(item) item") }
+                operation = .version(.init(timestamp: timestamp, item: item, root: root, size: Int(size), mtime: mtime, base: base, mode: mode))
             default:
-                return nil
+                throw SyncRefusal.malformed("operation kind \(kind)")
             }
-            out.append(LoggedOperation(origin: timestamp.node, sequence: sequence, operation: operation))
+            var proof: OperationProof?
+            if try reader.u8() == 1 {
+                proof = OperationProof(publicKey: try reader.take(32), signature: try reader.take(64))
+            }
+            return LoggedOperation(origin: node, sequence: sequence, operation: operation, proof: proof)
+        } catch let underrun as ByteReader.Underrun {
+            throw SyncRefusal(underrun)
+        } catch let refusal as SyncRefusal {
+            throw refusal
+        } catch {
+            throw SyncRefusal.malformed("\(error)")
         }
-        return out
     }
 
-    /// A settled placement (`OperationLog`'s settled table): parent [16] · directory u8 ·
-    /// name length u16 · name; a deletion is its earlier placement, then wall u64 ·
-    /// counter u32 · node [32] of when it was deleted.
-    static func encode(_ placement: ReplicatedTree.Placement, into out: inout [UInt8]) {
-        out += placement.parent.bytes
-        out.append(placement.isDirectory ? 1 : 0)
-        let name = Array(placement.name.utf8.prefix(4096))
-        append(UInt64(name.count), bytes: 2, to: &out)
-        out += name
+    /// A placement (`OperationLog`'s settled table, settled-state parts): parent [16] ·
+    /// directory u8 · name length u16 · name; a deletion is its earlier placement, then
+    /// wall u64 · counter u32 · node [32] of when it was deleted.
+    static func encode(_ placement: ReplicatedTree.Placement, into writer: inout ByteWriter) {
+        writer.raw(placement.parent.bytes)
+        writer.bool(placement.isDirectory)
+        writer.prefixed16(Array(placement.name.utf8.prefix(Int(UInt16.max))))
+    }
+
+    static func encode(_ placement: ReplicatedTree.Placement) -> [UInt8] {
+        var writer = ByteWriter()
+        encode(placement, into: &writer)
+        return writer.bytes
     }
 
     static func encode(_ deletion: ReplicatedTree.Deletion) -> [UInt8] {
-        var out: [UInt8] = []
-        encode(deletion.was, into: &out)
-        append(deletion.at.wall, to: &out)
-        append(UInt64(deletion.at.counter), bytes: 4, to: &out)
-        out += deletion.at.node.bytes
-        return out
+        var writer = ByteWriter()
+        encode(deletion.was, into: &writer)
+        writer.u64(deletion.at.wall)
+        writer.u32(deletion.at.counter)
+        writer.raw(deletion.at.node.bytes)
+        return writer.bytes
     }
 
-    static func decodePlacement(_ bytes: [UInt8]) -> ReplicatedTree.Placement? {
-        var reader = ByteReader(bytes: bytes)
-        guard let placement = reader.placement(), reader.atEnd else { return nil }
+    static func decodePlacement(_ bytes: [UInt8]) throws(SyncRefusal) -> ReplicatedTree.Placement {
+        var reader = ByteReader(bytes)
+        let placement = try reader.placement()
+        guard reader.atEnd else { throw SyncRefusal.malformed("bytes after a placement") }
         return placement
     }
 
-    static func decodeDeletion(_ bytes: [UInt8]) -> ReplicatedTree.Deletion? {
-        var reader = ByteReader(bytes: bytes)
-        guard let was = reader.placement(), let wall = reader.integer(8), let counter = reader.integer(4), let node = reader.take(32),
-              reader.atEnd else { return nil }
-        return ReplicatedTree.Deletion(was: was, at: HLCTimestamp(wall: wall, counter: UInt32(counter), node: NodeID(bytes: node)))
+    static func decodeDeletion(_ bytes: [UInt8]) throws(SyncRefusal) -> ReplicatedTree.Deletion {
+        var reader = ByteReader(bytes)
+        do {
+            let was = try reader.placement()
+            let wall = try reader.u64(), counter = try reader.u32(), node = NodeID(bytes: try reader.take(32))
+            guard reader.atEnd, wall <= maxWall else { throw SyncRefusal.malformed("a deletion record") }
+            return ReplicatedTree.Deletion(was: was, at: HLCTimestamp(wall: wall, counter: counter, node: node))
+        } catch let underrun as ByteReader.Underrun {
+            throw SyncRefusal(underrun)
+        } catch let refusal as SyncRefusal {
+            throw refusal
+        } catch {
+            throw SyncRefusal.malformed("\(error)")
+        }
     }
+}
 
-    /// Appends the low `bytes` bytes of `value`, big-endian.
-    static func append(_ value: UInt64, bytes: Int = 8, to out: inout [UInt8]) {
-        for shift in stride(from: (bytes - 1) * 8, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+extension ByteReader {
+    mutating func item() throws(Underrun) -> ItemID { ItemID(bytes: try take(16))! }
+
+    mutating func node() throws(Underrun) -> NodeID { NodeID(bytes: try take(32)) }
+
+    /// A placement whose name passes `SyncedName`.
+    mutating func placement() throws(SyncRefusal) -> ReplicatedTree.Placement {
+        do {
+            let parent = try item(), directory = try u8(), name = try prefixed16()
+            switch SyncedName.check(name) {
+            case .success(let text): return ReplicatedTree.Placement(parent: parent, name: text, isDirectory: directory == 1)
+            case .failure(let refusal): throw SyncRefusal.name(refusal)
+            }
+        } catch let underrun as ByteReader.Underrun {
+            throw SyncRefusal(underrun)
+        } catch let refusal as SyncRefusal {
+            throw refusal
+        } catch {
+            throw SyncRefusal.malformed("\(error)")
+        }
     }
 }

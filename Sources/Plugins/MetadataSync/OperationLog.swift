@@ -22,7 +22,22 @@ struct OperationLog: Sendable {
         CREATE TABLE settled (item BLOB PRIMARY KEY, placement BLOB NOT NULL, deletion BLOB) WITHOUT ROWID;
         CREATE TABLE floors (origin BLOB PRIMARY KEY, sequence INTEGER NOT NULL) WITHOUT ROWID;
         """,
+        // Proofs: each operation's chain hash (OperationChain), each floor's; and a peer's
+        // settled-state parts, staged here until all have come (memory stays bounded).
+        """
+        ALTER TABLE operations ADD COLUMN chain BLOB;
+        ALTER TABLE floors ADD COLUMN chain BLOB;
+        CREATE TABLE settled_parts (peer BLOB NOT NULL, part INTEGER NOT NULL, total INTEGER NOT NULL, body BLOB NOT NULL,
+                                    PRIMARY KEY (peer, part)) WITHOUT ROWID;
+        """,
     ])
+
+    /// A log that cannot be read as it was written: startup stops and says so (a replica
+    /// loaded smaller than it is would tell its peers it lacks what it has).
+    struct Unreadable: Error, CustomStringConvertible {
+        let detail: String
+        var description: String { "the metadata log cannot be read: \(detail)" }
+    }
 
     init(path: String) throws(DatabaseError) {
         database = try Database(path: path, migrations: [Self.migrations])
@@ -32,8 +47,21 @@ struct OperationLog: Sendable {
     func load() throws(DatabaseError) -> (operations: [LoggedOperation], settled: Replica.Settled, wall: UInt64, counter: UInt32,
                                           paths: [String: PathState]) {
         try database.readNow { connection in
-            let blobs = try connection.query("SELECT data FROM operations", []) { $0.blob(0) }
-            let operations = blobs.flatMap { OperationCodec.decode($0) ?? [] }
+            let rows = try connection.query("SELECT data, chain FROM operations", []) { ($0.blob(0), $0.isNull(1) ? nil : $0.blob(1)) }
+            let operations = try rows.map { data, chain -> LoggedOperation in
+                guard let chain, chain.count == 32 else {
+                    throw Unreadable(detail: "an operation without its chain hash (written by a harp before operation proofs): move metadata.sqlite away and restart to take the folder's state from the peers")
+                }
+                do {
+                    var reader = ByteReader(data)
+                    var logged = try OperationCodec.decodeOne(&reader)
+                    guard reader.atEnd else { throw SyncRefusal.malformed("bytes after the operation") }
+                    logged.chain = chain
+                    return logged
+                } catch {
+                    throw Unreadable(detail: "a stored operation does not decode: \(error)")
+                }
+            }
             let clock = try connection.query("SELECT wall, counter FROM clock WHERE id = 0", []) { ($0.integer(0), $0.integer(1)) }.first
             var paths: [String: PathState] = [:]
             try connection.run("SELECT path, item, directory, inode, size, mtime_ns, root FROM paths") { row in
@@ -49,12 +77,12 @@ struct OperationLog: Sendable {
 
     /// Records operations and the clock in one transaction; durable when it returns.
     func append(_ operations: [LoggedOperation], clock: HybridLogicalClock) async throws(DatabaseError) {
-        let rows = operations.map { ($0.origin.bytes, Int64(bitPattern: $0.sequence), OperationCodec.encode([$0])) }
+        let rows = operations.map { ($0.origin.bytes, Int64(bitPattern: $0.sequence), OperationCodec.encode([$0]), $0.chain) }
         let wall = Int64(bitPattern: clock.wall), counter = Int64(clock.counter)
         try await database.write { connection in
-            for (origin, sequence, data) in rows {
-                try connection.run("INSERT OR IGNORE INTO operations (origin, sequence, data) VALUES (?, ?, ?)",
-                                   [.blob(origin), .integer(sequence), .blob(data)])
+            for (origin, sequence, data, chain) in rows {
+                try connection.run("INSERT OR IGNORE INTO operations (origin, sequence, data, chain) VALUES (?, ?, ?, ?)",
+                                   [.blob(origin), .integer(sequence), .blob(data), chain.map { .blob($0) } ?? .null])
             }
             try connection.run("INSERT OR REPLACE INTO clock (id, wall, counter) VALUES (0, ?, ?)", [.integer(wall), .integer(counter)])
         }
@@ -67,41 +95,76 @@ struct OperationLog: Sendable {
 
     private static func settled(_ connection: Connection) throws -> Replica.Settled {
         var settled = Replica.Settled()
-        try connection.run("SELECT item, placement, deletion FROM settled") { row in
-            guard let item = ItemID(bytes: row.blob(0)), let placement = OperationCodec.decodePlacement(row.blob(1)) else { return }
-            settled.placements[item] = placement
-            if !row.isNull(2) { settled.deletions[item] = OperationCodec.decodeDeletion(row.blob(2)) }
+        let rows = try connection.query("SELECT item, placement, deletion FROM settled", []) { ($0.blob(0), $0.blob(1), $0.isNull(2) ? nil : $0.blob(2)) }
+        for (item, placement, deletion) in rows {
+            guard let id = ItemID(bytes: item) else { throw Unreadable(detail: "a settled item ID of \(item.count) bytes") }
+            do {
+                settled.placements[id] = try OperationCodec.decodePlacement(placement)
+                if let deletion { settled.deletions[id] = try OperationCodec.decodeDeletion(deletion) }
+            } catch {
+                throw Unreadable(detail: "the settled placement of \(id) does not decode: \(error)")
+            }
         }
-        try connection.run("SELECT origin, sequence FROM floors") { row in
-            settled.floor[NodeID(bytes: row.blob(0))] = UInt64(bitPattern: row.integer(1))
+        try connection.run("SELECT origin, sequence, chain FROM floors") { row in
+            let origin = NodeID(bytes: row.blob(0))
+            settled.floor[origin] = UInt64(bitPattern: row.integer(1))
+            if !row.isNull(2) { settled.floorChains[origin] = row.blob(2) }
         }
         return settled
+    }
+
+    // MARK: A peer's settled state, staged
+
+    /// Keeps one part of `peer`'s settled state (its frame body as received); returns how many
+    /// distinct parts of `total` are staged now. Parts of another total are dropped first.
+    func stagePart(_ body: [UInt8], index: Int, total: Int, from peer: NodeID) async throws(DatabaseError) -> Int {
+        try await database.write { connection in
+            try connection.run("DELETE FROM settled_parts WHERE peer = ? AND total != ?", [.blob(peer.bytes), .integer(Int64(total))])
+            try connection.run("INSERT OR REPLACE INTO settled_parts (peer, part, total, body) VALUES (?, ?, ?, ?)",
+                               [.blob(peer.bytes), .integer(Int64(index)), .integer(Int64(total)), .blob(body)])
+            return Int(try connection.query("SELECT COUNT(*) FROM settled_parts WHERE peer = ?", [.blob(peer.bytes)]) { $0.integer(0) }.first ?? 0)
+        }
+    }
+
+    /// The staged parts' bodies of `peer`, which are forgotten.
+    func takeParts(from peer: NodeID) async throws(DatabaseError) -> [[UInt8]] {
+        try await database.write { connection in
+            let bodies = try connection.query("SELECT body FROM settled_parts WHERE peer = ? ORDER BY part", [.blob(peer.bytes)]) { $0.blob(0) }
+            try connection.run("DELETE FROM settled_parts WHERE peer = ?", [.blob(peer.bytes)])
+            return bodies
+        }
+    }
+
+    func dropParts(from peer: NodeID) async throws(DatabaseError) {
+        try await database.write { try $0.run("DELETE FROM settled_parts WHERE peer = ?", [.blob(peer.bytes)]) }
     }
 
     /// Replaces the settled state with a peer's (`Replica.install`) and drops the moves it
     /// covers, in one transaction.
     func install(_ settled: Replica.Settled, dropped: [LoggedOperation]) async throws(DatabaseError) {
         let deletions = Dictionary(uniqueKeysWithValues: settled.placements.keys.map { ($0, settled.deletions[$0]) })
-        try await writeSettled(settled.placements, deletions: deletions, dropped: dropped, floor: settled.floor, replacing: true)
+        try await writeSettled(settled.placements, deletions: deletions, dropped: dropped, floor: settled.floor,
+                               chains: settled.floorChains, replacing: true)
     }
 
     /// Records a settlement in one transaction: the dropped moves go, what they left each
     /// item and the new floor come in (a kill between leaves either all of it or none).
-    func settle(_ settlement: ReplicatedTree.Settlement, dropped: [LoggedOperation], floor: [NodeID: UInt64]) async throws(DatabaseError) {
-        try await writeSettled(settlement.placements, deletions: settlement.deletions, dropped: dropped, floor: floor, replacing: false)
+    func settle(_ settlement: ReplicatedTree.Settlement, dropped: [LoggedOperation], floor: [NodeID: UInt64],
+                chains: [NodeID: [UInt8]]) async throws(DatabaseError) {
+        try await writeSettled(settlement.placements, deletions: settlement.deletions, dropped: dropped, floor: floor, chains: chains,
+                               replacing: false)
     }
 
     /// One transaction: `dropped` out of the log; each item's placement and deletion (nil:
     /// none) and each origin's floor in — over the recorded ones, or instead of them all.
     private func writeSettled(_ placements: [ItemID: ReplicatedTree.Placement], deletions: [ItemID: ReplicatedTree.Deletion?],
-                              dropped: [LoggedOperation], floor: [NodeID: UInt64], replacing: Bool) async throws(DatabaseError) {
+                              dropped: [LoggedOperation], floor: [NodeID: UInt64], chains: [NodeID: [UInt8]],
+                              replacing: Bool) async throws(DatabaseError) {
         let removed = dropped.map { ($0.origin.bytes, Int64(bitPattern: $0.sequence)) }
         let items = placements.map { item, placement in
-            var bytes: [UInt8] = []
-            OperationCodec.encode(placement, into: &bytes)
-            return (item.bytes, bytes, (deletions[item] ?? nil).map(OperationCodec.encode))
+            (item.bytes, OperationCodec.encode(placement), (deletions[item] ?? nil).map(OperationCodec.encode))
         }
-        let floors = floor.map { ($0.key.bytes, Int64(bitPattern: $0.value)) }
+        let floors = floor.map { ($0.key.bytes, Int64(bitPattern: $0.value), chains[$0.key]) }
         try await database.write { connection in
             if replacing {
                 try connection.run("DELETE FROM settled", [])
@@ -114,8 +177,9 @@ struct OperationLog: Sendable {
                 try connection.run("INSERT OR REPLACE INTO settled (item, placement, deletion) VALUES (?, ?, ?)",
                                    [.blob(item), .blob(placement), deletion.map { .blob($0) } ?? .null])
             }
-            for (origin, sequence) in floors {
-                try connection.run("INSERT OR REPLACE INTO floors (origin, sequence) VALUES (?, ?)", [.blob(origin), .integer(sequence)])
+            for (origin, sequence, chain) in floors {
+                try connection.run("INSERT OR REPLACE INTO floors (origin, sequence, chain) VALUES (?, ?, ?)",
+                                   [.blob(origin), .integer(sequence), chain.map { .blob($0) } ?? .null])
             }
         }
     }

@@ -1,16 +1,48 @@
 import BlockExchange
+import HarpKernel
 
 /// An operation as the log keeps and peers exchange it: numbered per origin node, so that two
 /// peers can tell each other what they lack with one counter per origin (delta anti-entropy).
+/// An operation is its origin, sequence and content; `chain` and `proof` say it is the
+/// origin's (`OperationChain`) and are left out of equality.
 public struct LoggedOperation: Hashable, Sendable {
     public let origin: NodeID
     public let sequence: UInt64
     public let operation: TreeOperation
+    /// The origin's chain hash through this operation (set once made or verified here).
+    public var chain: [UInt8]?
+    /// The origin's signature over `chain`, on the last operation of each run it signed.
+    public var proof: OperationProof?
 
-    public init(origin: NodeID, sequence: UInt64, operation: TreeOperation) {
+    public init(origin: NodeID, sequence: UInt64, operation: TreeOperation, chain: [UInt8]? = nil, proof: OperationProof? = nil) {
         self.origin = origin
         self.sequence = sequence
         self.operation = operation
+        self.chain = chain
+        self.proof = proof
+    }
+
+    public static func == (a: LoggedOperation, b: LoggedOperation) -> Bool {
+        a.origin == b.origin && a.sequence == b.sequence && a.operation == b.operation
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(origin)
+        hasher.combine(sequence)
+        hasher.combine(operation)
+    }
+}
+
+/// An origin's signature (Ed25519, its node key) and the public key it verifies with: the key
+/// travels with the signature, because an operation may come through a relay from a node the
+/// receiver never met; the key's SHA-256 must be the origin's node ID.
+public struct OperationProof: Hashable, Sendable {
+    public let publicKey: [UInt8]
+    public let signature: [UInt8]
+
+    public init(publicKey: [UInt8], signature: [UInt8]) {
+        self.publicKey = publicKey
+        self.signature = signature
     }
 }
 
@@ -37,6 +69,9 @@ public struct Replica: Sendable {
     public private(set) var settledMoves = 0
     /// The newest move settled so far (this run).
     private var lastSettled: HLCTimestamp?
+    /// Per origin, its chain through the last operation held in order (`OperationChain`):
+    /// where the next proven run must continue.
+    private(set) var heads: [NodeID: OperationChain.Head] = [:]
 
     struct Number: Hashable, Sendable {
         let origin: NodeID
@@ -54,16 +89,44 @@ public struct Replica: Sendable {
         self.init(node: node, wall: wall, counter: counter)
         tree = ReplicatedTree(settled: settled.placements, deletions: settled.deletions)
         vector = settled.floor
+        for (origin, hash) in settled.floorChains { heads[origin] = OperationChain.Head(sequence: settled.floor[origin] ?? 0, hash: hash) }
         apply(operations)
         floor = settled.floor
+        floorChains = settled.floorChains
+        // Each chain continues from the last operation held in order (its hash is stored with it).
+        for (origin, sequence) in vector where sequence > heads[origin]?.sequence ?? 0 {
+            if let hash = self.operations[origin]?[sequence]?.chain { heads[origin] = OperationChain.Head(sequence: sequence, hash: hash) }
+        }
     }
+
+    /// Per origin, its chain hash at the floor: where a node that takes this replica's settled
+    /// state continues that origin's chain.
+    public private(set) var floorChains: [NodeID: [UInt8]] = [:]
 
     /// The settled state a node keeps in place of the moves it dropped.
     public struct Settled: Sendable {
         public var placements: [ItemID: ReplicatedTree.Placement] = [:]
         public var deletions: [ItemID: ReplicatedTree.Deletion] = [:]
         public var floor: [NodeID: UInt64] = [:]
+        public var floorChains: [NodeID: [UInt8]] = [:]
         public init() {}
+    }
+
+    /// Records proven chain heads (`OperationChain.verify`) after their operations are applied.
+    mutating func advance(_ proven: [NodeID: OperationChain.Head]) {
+        for (origin, head) in proven where head.sequence > heads[origin]?.sequence ?? 0 { heads[origin] = head }
+    }
+
+    /// Chains and signs operations this node just made (`local`), in place: what is kept and
+    /// sent carries the proof.
+    mutating func seal(_ made: [LoggedOperation], key: Ed25519.PrivateKey) -> [LoggedOperation] {
+        guard let first = made.first else { return [] }
+        let start = heads[node] ?? OperationChain.Head(sequence: first.sequence - 1, hash: OperationChain.start(node))
+        precondition(start.sequence + 1 == first.sequence, "this node's operations are sealed in order")
+        let sealed = OperationChain.sign(made, from: start, key: key)
+        for logged in sealed { operations[node]?[logged.sequence] = logged }
+        heads[node] = OperationChain.Head(sequence: sealed.last!.sequence, hash: sealed.last!.chain!)
+        return sealed
     }
 
     public func contains(_ logged: LoggedOperation) -> Bool {
@@ -132,6 +195,15 @@ public struct Replica: Sendable {
 // MARK: Settling (truncating the log below the causally stable point)
 
 extension Replica {
+    /// The chain hash stored with `origin`'s operation `sequence`, held or just dropped.
+    fileprivate func operationChain(_ origin: NodeID, _ sequence: UInt64, dropped: [LoggedOperation]) -> [UInt8]? {
+        if let hash = operations[origin]?[sequence]?.chain { return hash }
+        if let head = heads[origin], head.sequence == sequence { return head.hash }
+        return dropped.first { $0.origin == origin && $0.sequence == sequence }?.chain
+    }
+}
+
+extension Replica {
     /// Takes a peer's settled state: for a replica that has settled nothing itself and lacks
     /// moves the peer settled (a node that joined after they were dropped, so no peer can send
     /// them any more), with the operations the peer keeps at or below its floor. The tree
@@ -184,7 +256,12 @@ extension Replica {
                   let logged = operations[number.origin]?.removeValue(forKey: number.sequence) else { continue }
             dropped.append(logged)
         }
-        for (origin, sequence) in common where sequence > floor[origin] ?? 0 { floor[origin] = sequence }
+        for (origin, sequence) in common where sequence > floor[origin] ?? 0 {
+            // The chain at the new floor, for nodes that take this state later (the operation
+            // there is still held: the floor never passes the vector).
+            if let hash = operationChain(origin, sequence, dropped: dropped) { floorChains[origin] = hash }
+            floor[origin] = sequence
+        }
         settledMoves += dropped.count
         lastSettled = settlement.moves.last?.timestamp
         return (settlement, dropped)

@@ -1,4 +1,5 @@
 import BlockExchange
+import HarpKernel
 
 /// What a node knows of every replica of the folder, for settling (Replica.settle): which
 /// nodes hold a replica, and the latest vector each has reported, first-hand or relayed.
@@ -62,43 +63,52 @@ public struct ReplicaReports: Sendable, Equatable {
     /// sequence u64)…)… — nodes and origins sorted, so one table always encodes alike.
     public static func encode(_ table: Table) -> [UInt8] {
         func sorted(_ nodes: some Sequence<NodeID>) -> [NodeID] { nodes.sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) } }
-        var out: [UInt8] = []
-        OperationCodec.append(UInt64(table.replicas.count), bytes: 2, to: &out)
-        for replica in sorted(table.replicas) { out += replica.bytes }
-        OperationCodec.append(UInt64(table.vectors.count), bytes: 2, to: &out)
+        var writer = ByteWriter()
+        writer.u16(UInt16(table.replicas.count))
+        for replica in sorted(table.replicas) { writer.raw(replica.bytes) }
+        writer.u16(UInt16(table.vectors.count))
         for replica in sorted(table.vectors.keys) {
             let vector = table.vectors[replica]!
-            out += replica.bytes
-            OperationCodec.append(UInt64(vector.count), bytes: 2, to: &out)
+            writer.raw(replica.bytes)
+            writer.u16(UInt16(vector.count))
             for origin in sorted(vector.keys) {
-                out += origin.bytes
-                OperationCodec.append(vector[origin]!, to: &out)
+                writer.raw(origin.bytes)
+                writer.u64(vector[origin]!)
             }
         }
-        return out
+        return writer.bytes
     }
 
-    /// nil unless `body` is exactly one table within the limits.
-    public static func decode(_ body: [UInt8]) -> Table? {
-        var reader = ByteReader(bytes: body)
-        guard let replicaCount = reader.integer(2), replicaCount <= maxNodes else { return nil }
-        var replicas: Set<NodeID> = []
-        for _ in 0..<replicaCount {
-            guard let replica = reader.node() else { return nil }
-            replicas.insert(replica)
-        }
-        guard let vectorCount = reader.integer(2), vectorCount <= maxNodes else { return nil }
-        var vectors: [NodeID: [NodeID: UInt64]] = [:]
-        for _ in 0..<vectorCount {
-            guard let replica = reader.node(), let entries = reader.integer(2), entries <= maxNodes else { return nil }
-            var vector: [NodeID: UInt64] = [:]
-            for _ in 0..<entries {
-                guard let origin = reader.node(), let sequence = reader.integer(8) else { return nil }
-                vector[origin] = sequence
+    /// One table within the limits, or why not.
+    static func decode(_ body: [UInt8]) throws(SyncRefusal) -> Table {
+        var reader = ByteReader(body)
+        do {
+            let replicaCount = try reader.u16()
+            guard replicaCount <= maxNodes else { throw SyncRefusal.malformed("a report of \(replicaCount) replicas (at most \(maxNodes))") }
+            var replicas: Set<NodeID> = []
+            for _ in 0..<replicaCount { replicas.insert(try reader.node()) }
+            let vectorCount = try reader.u16()
+            guard vectorCount <= maxNodes else { throw SyncRefusal.malformed("a report of \(vectorCount) vectors") }
+            var vectors: [NodeID: [NodeID: UInt64]] = [:]
+            for _ in 0..<vectorCount {
+                let replica = try reader.node(), entries = try reader.u16()
+                guard entries <= maxNodes else { throw SyncRefusal.malformed("a vector of \(entries) entries") }
+                var vector: [NodeID: UInt64] = [:]
+                for _ in 0..<entries {
+                    let origin = try reader.node(), sequence = try reader.u64()
+                    guard sequence <= OperationCodec.maxSequence else { throw SyncRefusal.malformed("sequence \(sequence) in a vector") }
+                    vector[origin] = sequence
+                }
+                vectors[replica] = vector
             }
-            vectors[replica] = vector
+            guard reader.atEnd else { throw SyncRefusal.malformed("bytes after a report") }
+            return Table(replicas: replicas, vectors: vectors)
+        } catch let underrun as ByteReader.Underrun {
+            throw SyncRefusal(underrun)
+        } catch let refusal as SyncRefusal {
+            throw refusal
+        } catch {
+            throw SyncRefusal.malformed("\(error)")
         }
-        guard reader.atEnd else { return nil }
-        return Table(replicas: replicas, vectors: vectors)
     }
 }

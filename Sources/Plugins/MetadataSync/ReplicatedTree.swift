@@ -89,7 +89,10 @@ public struct ReplicatedTree: Sendable, Equatable {
         placements[entry.move.item] = entry.previous
     }
 
-    /// Whether `ancestor` is `item`'s parent, or its parent's, and so on up to the root.
+    /// Whether `ancestor` is `item`'s parent, or its parent's, and so on up to the root. The
+    /// tree is acyclic by construction (and settled states are checked: `problem(in:)`); were
+    /// it not, the walk would end after as many steps as there are items and answer yes — a
+    /// move is then skipped, never a crash.
     public func isAncestor(_ ancestor: ItemID, of item: ItemID) -> Bool {
         var current = item
         var steps = 0
@@ -97,10 +100,34 @@ public struct ReplicatedTree: Sendable, Equatable {
             if placement.parent == ancestor { return true }
             current = placement.parent
             steps += 1
-            // The tree is acyclic by construction; the bound only makes that visible.
-            precondition(steps <= placements.count, "a cycle in the replicated tree")
+            if steps > placements.count {
+                assertionFailure("a cycle in the replicated tree")
+                return true
+            }
         }
         return false
+    }
+
+    /// Why `placements` (a peer's settled state) are not a tree, or nil: a placement of the
+    /// root or the trash, or one whose parents never reach the root or the trash (a cycle, or
+    /// a parent nobody placed).
+    public static func problem(in placements: [ItemID: Placement]) -> String? {
+        var reaches: [ItemID: Bool] = [.root: true, .trash: true]
+        for start in placements.keys {
+            if start == .root || start == .trash { return "it places the \(start) item" }
+            var path: [ItemID] = []
+            var current = start
+            while reaches[current] == nil {
+                guard let placement = placements[current], path.count <= placements.count else {
+                    return "\(start) does not reach the root (a cycle, or a parent it never places)"
+                }
+                path.append(current)
+                current = placement.parent
+            }
+            guard reaches[current] == true else { return "\(start) does not reach the root" }
+            for item in path { reaches[item] = true }
+        }
+        return nil
     }
 
     /// Every deleted item's last place outside the trash and when it was deleted (for the

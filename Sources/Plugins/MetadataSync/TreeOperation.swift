@@ -32,14 +32,17 @@ public enum TreeOperation: Hashable, Sendable {
         public let mtime: Int64
         /// The root the writer started from (nil for a file's first content).
         public let base: ChunkID?
+        /// Permission bits (owner, group, other rwx): what the file's mode was where it was made.
+        public let mode: UInt16
 
-        public init(timestamp: HLCTimestamp, item: ItemID, root: ChunkID, size: Int, mtime: Int64, base: ChunkID?) {
+        public init(timestamp: HLCTimestamp, item: ItemID, root: ChunkID, size: Int, mtime: Int64, base: ChunkID?, mode: UInt16 = 0o644) {
             self.timestamp = timestamp
             self.item = item
             self.root = root
             self.size = size
             self.mtime = mtime
             self.base = base
+            self.mode = mode
         }
     }
 
