@@ -229,6 +229,33 @@ struct IsolationTests {
         try Self.probe(node.process!, admin: admin, holding: stall)
     }
 
+    @Test("a client that trickles its TLS handshake a byte every 2 s is closed at the deadline (p2p 10 s, frp 10 s), not kept")
+    func trickledHandshakes() throws {
+        let admin = freePort(), frp = freePort()
+        let node = try P2PNode()
+        let certs = try TestCertificates(names: [("server", "DNS:harp.nc"), ("client", "DNS:harp.client.nc")], extension: "crt")
+        defer { node.remove(); certs.remove() }
+        node.harpSettings = "threads = 1"
+        node.extraConfig = Self.frpServer(port: frp, tls: true, certs: certs, allow: [frp + 1])
+        node.plugins = ["p2p", "frp"]
+        try node.configure(peers: [], admin: admin)
+        try node.start()
+        let script = StalledPeer.script
+        let started = Date()
+        let results = try [node.port, frp].map { port in
+            try shellBackground("python3 \(script) trickle \(port) > \(node.dir)/trickle-\(port).txt")
+        }
+        for process in results { process.waitUntilExit() }
+        let seconds = Date().timeIntervalSince(started)
+        for port in [node.port, frp] {
+            let said = (try? String(contentsOfFile: "\(node.dir)/trickle-\(port).txt", encoding: .utf8)) ?? ""
+            let after = Int(said.split(separator: " ").dropFirst(2).first ?? "") ?? -1
+            #expect((9...13).contains(after), "port \(port): \(said)")
+        }
+        #expect(seconds < 20)
+        try assertLoopTurns(adminPort: admin, count: 3)
+    }
+
     // MARK: one address, one owner
 
     @Test("a second harp on the same addresses fails to start, naming the address and its key")

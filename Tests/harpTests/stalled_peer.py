@@ -11,6 +11,9 @@
   stalled_peer.py deaf-server PORT              a TCP server that accepts and never reads
   stalled_peer.py ws-read-nothing URL           a WebSocket client that sends to an echo
                                                 server and never reads the echoes
+  stalled_peer.py trickle PORT                  sends the start of a TLS ClientHello one
+                                                byte every 2 s; prints "closed after N s"
+                                                when the server hangs up
   stalled_peer.py p2p-read-nothing PORT CERT KEY ROOT
                                                 a listed P2P peer that asks for every chunk
                                                 of ROOT and never reads them
@@ -149,6 +152,21 @@ def main():
         serve(int(sys.argv[2]), lambda client: (read_head(client), hold()))
     elif mode == "deaf-server":
         serve(int(sys.argv[2]), lambda client: hold())
+    elif mode == "trickle":
+        sock = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+        started = time.time()
+        sock.settimeout(2)
+        hello = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03]) + bytes(64)
+        for byte in hello:
+            try:
+                sock.send(bytes([byte]))
+                if sock.recv(1) == b"":
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        print("closed after %d s" % round(time.time() - started), flush=True)
     elif mode == "p2p-read-nothing":
         p2p_read_nothing(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
     elif mode == "ws-read-nothing":

@@ -103,4 +103,26 @@ public struct FramedReader {
             if received <= 0 { return .ended(received) }
         }
     }
+
+    /// `next`, then reads until the frame's payload is buffered too: the frame's header and
+    /// payload are `buffer.readable[0..<headerLength + payloadLength]` (the caller consumes
+    /// them). With `until` (the loop clock, ns) the whole frame must be in by then — a peer
+    /// that sends a byte now and then cannot hold a first message or a Hello past its deadline.
+    public func nextWhole<D: FrameDecoder>(_ decoder: inout D, timeout: Duration?, until: UInt64? = nil) async -> FramedRead<D.Frame, D.Failure> {
+        let read = await next(&decoder, timeout: timeout, until: until)
+        guard case .frame(_, let headerLength, let payloadLength) = read else { return read }
+        while buffer.count < headerLength + payloadLength {
+            var wait = timeout
+            if let until {
+                let now = stream.loop.now
+                guard now < until else { return .ended(-Int(ETIMEDOUT)) }
+                let left = Duration.nanoseconds(Int64(until - now))
+                wait = timeout.map { min($0, left) } ?? left
+            }
+            let received = await fill(timeout: wait)
+            if received == -Int(ENOBUFS) { return .full }
+            if received <= 0 { return .ended(received) }
+        }
+        return read
+    }
 }

@@ -84,8 +84,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     private var pendingInput: Int { buffers.pointee.input_end - buffers.pointee.input_start }
 
     /// Runs the handshake; throws with the peer and OpenSSL's reason when it fails.
+    /// The handshake, all of it within `timeout` (a deadline, not an idle limit: a client that
+    /// sends a byte every few seconds cannot hold it longer).
     public func handshake(timeout: Duration) async throws(TLSError) {
-        _ = try await drive(timeout: timeout, during: "TLS handshake") { SSL_do_handshake($0) }
+        _ = try await drive(timeout: timeout, deadline: loop.now + timeout.nanoseconds, during: "TLS handshake") { SSL_do_handshake($0) }
     }
 
     /// Ciphertext on the socket: nothing to splice.
@@ -259,10 +261,16 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// (a reader, or a writer's loop that sends after its last record) the caller flushes, and
     /// before a receive it sends only if no send is in flight.
     /// Returns the operation's positive result, or 0 for a closed peer.
-    private func drive(timeout: Duration?, during what: String, flush: Bool = true, expectingWait: Bool = false,
+    private func drive(timeout idle: Duration?, deadline: UInt64? = nil, during what: String, flush: Bool = true, expectingWait: Bool = false,
                        _ operation: (OpaquePointer) -> Int32) async throws(TLSError) -> Int32 {
         ERR_clear_error()
+        var timeout = idle
         while true {
+            if let deadline {
+                let now = loop.now
+                guard now < deadline else { throw TLSError("\(what) with \(transport.peer.map { "\($0)" } ?? "peer") did not finish in time") }
+                timeout = .nanoseconds(Int64(deadline - now))
+            }
             // Room for whatever the operation writes, an alert included (an alert OpenSSL
             // could not write is never written).
             attachOutbound()

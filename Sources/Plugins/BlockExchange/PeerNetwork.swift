@@ -100,8 +100,9 @@ final class PeerNetwork: Sendable {
                 let tls = stream as? TLSStream
                 let id = tls?.peerPublicKey.map { NodeID(publicKey: $0) }
                 if let tls, let id, id == peer.id {
-                    backoff = .milliseconds(250)
-                    await run(tls, peer: id, outbound: true)
+                    // A peer that refuses this node (not in its list) closes right after the
+                    // handshake: only a session that got past the Hellos resets the back-off.
+                    if await run(tls, peer: id, outbound: true) { backoff = .milliseconds(250) }
                 } else {
                     // No key, or another node's: never a tight loop — the back-off below.
                     logger.warning("the node at \(peer.address) is \(id.map { "\($0)" } ?? "without a key"), not the configured \(peer.id): not connecting")
@@ -111,38 +112,46 @@ final class PeerNetwork: Sendable {
                 logger.debug("p2p peer not reachable", metadata: ["peer": "\(peer.id)", "error": "\(error)"])
             }
             if stopping.load(ordering: .relaxed) { break }
-            _ = await loop.sleep(for: backoff, using: timer)
+            // ±20% jitter: nodes refused together do not retry in step.
+            _ = await loop.sleep(for: backoff * Double.random(in: 0.8...1.2), using: timer)
             backoff = min(backoff * 2, .seconds(30))
         }
     }
 
     /// Hello both ways, then the block exchange (`PeerSession`) until the peer goes or the
-    /// node stops.
-    private func run(_ stream: TLSStream, peer id: NodeID, outbound: Bool) async {
+    /// node stops. Returns whether the Hellos were exchanged (a session ran).
+    @discardableResult
+    private func run(_ stream: TLSStream, peer id: NodeID, outbound: Bool) async -> Bool {
         // Room for the largest metadata frame; the buffer grows only as far as frames need.
         let reader = FramedReader(stream: stream, capacity: PeerFrameHeader.size + PeerFrameType.manifest.maximumBody)
         guard await stream.write(PeerFrameHeader.encode(.hello, body: PeerHello().body), timeout: Self.handshakeTimeout) == 0 else {
-            return stream.abort()
+            stream.abort()
+            return false
         }
         var decoder = PeerFrameDecoder()
-        switch await reader.next(&decoder, timeout: Self.handshakeTimeout) {
+        // The whole Hello within the limit, however slowly it trickles in.
+        switch await reader.nextWhole(&decoder, timeout: Self.handshakeTimeout, until: stream.loop.now + Self.handshakeTimeout.nanoseconds) {
         case .frame(let header, let headerLength, let payloadLength) where header.type == .hello:
-            while reader.buffer.count < headerLength + payloadLength {
-                guard await reader.fill(timeout: Self.handshakeTimeout) > 0 else { return stream.abort() }
-            }
             let hello = PeerHello(body: UnsafeRawBufferPointer(rebasing: reader.buffer.readable[headerLength..<headerLength + payloadLength]))
             reader.buffer.consume(headerLength + payloadLength)
             guard let hello, hello.version == PeerHello.currentVersion else {
                 logger.warning("peer \(id) speaks another protocol version",
                                metadata: ["theirs": "\(hello.map { "\($0.version)" } ?? "none")", "ours": "\(PeerHello.currentVersion)"])
-                return stream.abort()
+                stream.abort()
+                return false
             }
         case .invalid(let reason):
             logger.warning("peer \(id) broke the protocol: \(reason)")
-            return stream.abort()
+            stream.abort()
+            return false
+        case .ended(0) where outbound:
+            logger.warning("peer \(id) closed the connection before its Hello: it does not list this node (\(node)) in its [storage] peers, or it penalized it")
+            stream.abort()
+            return false
         default:
-            logger.info("peer \(id) sent no Hello")
-            return stream.abort()
+            logger.info("peer \(id) sent no Hello within \(Self.handshakeTimeout)")
+            stream.abort()
+            return false
         }
         // Of two connections to one peer, both sides keep the one the smaller ID dialed.
         let key = ObjectIdentifier(stream)
@@ -161,7 +170,8 @@ final class PeerNetwork: Sendable {
         }
         guard admitted else {
             logger.debug("a second connection to peer \(id): closed (one is enough)")
-            return stream.abort()
+            stream.abort()
+            return true
         }
         if let displaced { displaced.loop.spawn { displaced.abort() } }
         if stopping.load(ordering: .relaxed) { stream.abort() }  // `stop` may have run meanwhile
@@ -186,6 +196,7 @@ final class PeerNetwork: Sendable {
                 logger.info("peer disconnected \(id)")
             }
         }
+        return true
     }
 
     /// Ends every peer connection and back-off wait, each on its own loop, so that shutdown

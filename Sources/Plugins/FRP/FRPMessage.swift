@@ -206,15 +206,11 @@ struct FRPFrameDecoder: FrameDecoder {
 
 extension FramedReader {
     /// Reads one whole frp message (header and JSON body); `timeout` bounds each wait.
-    func readMessage(timeout: Duration?) async throws(FRPProtocolError) -> FRPMessage {
+    /// The next whole message; with `until` (the loop clock), by then at the latest.
+    func readMessage(timeout: Duration?, until: UInt64? = nil) async throws(FRPProtocolError) -> FRPMessage {
         var decoder = FRPFrameDecoder()
-        switch await next(&decoder, timeout: timeout) {
+        switch await nextWhole(&decoder, timeout: timeout, until: until) {
         case .frame(let type, let headerLength, let payloadLength):
-            while buffer.count < headerLength + payloadLength {
-                let received = await fill(timeout: timeout)
-                if received == 0 { throw FRPProtocolError("connection closed inside a message") }
-                if received < 0 { throw FRPProtocolError(Self.describe(received)) }
-            }
             defer { buffer.consume(headerLength + payloadLength) }
             return try FRPMessage.decode(type: type, body: UnsafeRawBufferPointer(rebasing: buffer.readable[headerLength..<headerLength + payloadLength]))
         case .invalid(let reason):

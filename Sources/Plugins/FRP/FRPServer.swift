@@ -51,6 +51,9 @@ final class FRPServer: @unchecked Sendable {
     /// One accepted connection: TLS or not, yamux or not, then its first message.
     func serve(_ socket: SocketStream) async {
         let peer = socket.peer.map { "\($0)" } ?? "?"
+        // The handshake and the first message together within this, however slowly the
+        // client trickles them (a byte every few seconds must not hold the connection).
+        let deadline = socket.loop.now + Self.firstMessageTimeout.nanoseconds
         guard await socket.waitReadable(timeout: Self.firstMessageTimeout) > 0, let first = Self.peekByte(socket) else {
             logger.info("frp connection closed: nothing sent within 10 s", metadata: ["peer": "\(peer)"])
             socket.abort()
@@ -89,7 +92,7 @@ final class FRPServer: @unchecked Sendable {
         if reader.buffer.readable[0] == 0 {
             await serveSession(stream, buffered: reader.buffer, peer: peer)
         } else {
-            await handle(stream, reader: reader, peer: peer)
+            await handle(stream, reader: reader, peer: peer, deadline: deadline)
         }
     }
 
@@ -106,8 +109,9 @@ final class FRPServer: @unchecked Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await session.run() }
             while let opened = await session.accept() {
+                let deadline = opened.loop.now + Self.firstMessageTimeout.nanoseconds
                 group.addTask {
-                    await self.handle(opened, reader: FramedReader(stream: opened, capacity: 16 * 1024), peer: peer)
+                    await self.handle(opened, reader: FramedReader(stream: opened, capacity: 16 * 1024), peer: peer, deadline: deadline)
                 }
             }
         }
@@ -115,10 +119,10 @@ final class FRPServer: @unchecked Sendable {
     }
 
     /// The first message decides: Login starts a control, NewWorkConn joins a control's pool.
-    private func handle(_ stream: any ByteStream, reader: FramedReader, peer: String) async {
+    private func handle(_ stream: any ByteStream, reader: FramedReader, peer: String, deadline: UInt64) async {
         let message: FRPMessage
         do {
-            message = try await reader.readMessage(timeout: Self.firstMessageTimeout)
+            message = try await reader.readMessage(timeout: Self.firstMessageTimeout, until: deadline)
         } catch {
             logger.info("frp connection closed", metadata: ["peer": "\(peer)", "reason": "\(error)"])
             stream.abort()
