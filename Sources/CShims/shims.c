@@ -78,3 +78,20 @@ int harp_usable_cpus(void) {
     if (quota > 0 && quota < cpus) cpus = quota;
     return cpus > 0 ? cpus : 1;
 }
+
+#include <linux/openat2.h>
+#include <sys/syscall.h>
+
+int harp_openat_beneath(int dirfd, const char *path, int flags, unsigned int mode) {
+    struct open_how how = {
+        .flags = (unsigned long long)flags,
+        // O_TMPFILE includes O_DIRECTORY: a mode with a plain directory open is EINVAL.
+        .mode = ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) ? mode : 0,
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+int harp_renameat_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath) {
+    return renameat2(olddirfd, oldpath, newdirfd, newpath, RENAME_NOREPLACE);
+}

@@ -367,7 +367,12 @@ struct CrashTests {
         while Date() < deadline, (try? String(contentsOfFile: b.folder + "/big.bin", encoding: .utf8)) != "old\n" { usleep(100_000) }
         let big = Data((0..<(12 << 20)).map { _ in UInt8.random(in: 0...255) })
         try big.write(to: URL(fileURLWithPath: a.folder + "/big.bin"))
-        while Date() < deadline, !FileManager.default.fileExists(atPath: b.folder + "/.big.bin.harp-partial") { usleep(50_000) }
+        // Fetched files fill in the staging directory, under their content root (a name that
+        // never overflows NAME_MAX), and are renamed into place when complete.
+        func partials() -> [String] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: b.folder + "/.harp-staging")) ?? []).filter { $0.hasSuffix(".harp-partial") }
+        }
+        while Date() < deadline, partials().isEmpty { usleep(50_000) }
         try a.kill()
         // B gives the download up (10 s without a chunk) and tries again on later passes.
         do {

@@ -35,6 +35,14 @@
 #include <sqlite3.h>
 #include <zlib.h>
 
+// openat2(2) has no glibc wrapper (2.36): the syscall, resolving beneath `dirfd` with no
+// symbolic link followed on the way (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) — what P2P
+// storage writes a peer's files with. Returns a descriptor or -1 with errno. renameat2(2)
+// with RENAME_NOREPLACE is a GNU declaration Glibc's overlay hides.
+int harp_openat_beneath(int dirfd, const char *path, int flags, unsigned int mode);
+int harp_renameat_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
+static const int HARP_O_PATH = 010000000;  // O_PATH, <fcntl.h> under _GNU_SOURCE
+
 // splice(2), pipe2(2) and F_SETPIPE_SZ are GNU extensions that Glibc's Swift overlay hides.
 ssize_t harp_splice(int fd_in, int fd_out, size_t len, unsigned int flags);
 int harp_pipe_nonblocking(int fds[2]);

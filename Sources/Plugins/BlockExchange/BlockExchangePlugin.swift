@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import HarpKernel
 import Logging
 import Synchronization
@@ -28,6 +29,7 @@ public final class BlockExchangePlugin: Plugin {
     public init(configuration: StorageConfiguration, context: PluginContext) throws {
         self.configuration = configuration
         self.context = context
+        Self.restrict(configuration.dir)
         do {
             node = try NodeIdentity.load(from: configuration.dir)
         } catch {
@@ -137,6 +139,26 @@ public final class BlockExchangePlugin: Plugin {
         ["node \(node)", "folder \(configuration.folder)"] + listeners.boundAddresses.map {
             if case .unix(let path) = $0 { return "commands on \(path)" }
             return "peers on \($0) (TLS 1.3, node IDs)"
+        }
+    }
+
+    /// The state directory is the node's own: 0700, and every file directly in it 0600 (the
+    /// key, the databases — SQLite gives its WAL the database's mode), whatever a earlier
+    /// version or a careless umask made them. Subdirectories (a folder kept inside it) keep
+    /// their modes.
+    static func restrict(_ directory: String) {
+        chmod(directory, 0o700)
+        for name in ["index.sqlite", "metadata.sqlite"] where access(directory + "/" + name, F_OK) != 0 {
+            let fd = open(directory + "/" + name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 { close(fd) }
+        }
+        guard let listing = opendir(directory) else { return }
+        defer { closedir(listing) }
+        while let entry = readdir(listing) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            var info = stat()
+            guard lstat(directory + "/" + name, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }
+            chmod(directory + "/" + name, 0o600)
         }
     }
 }

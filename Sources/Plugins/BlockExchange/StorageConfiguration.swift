@@ -40,6 +40,11 @@ public struct StorageConfiguration: Codable, Sendable {
     /// Bytes per second, 0 = unlimited (token buckets, per peer and global).
     public var uploadRate: Int
     public var downloadRate: Int
+    /// Room a fetch must leave free on the folder's file system: a percentage of it
+    /// (`"1%"`) or bytes (`"1GiB"`, `"500MB"`). The default: 1%, at most 1 GiB.
+    public var minFree: FreeSpace
+    /// A partial download nobody resumed for this long is removed (with its record).
+    public var partialTTL: ConfigDuration
 
     public init() {
         dir = "/var/lib/harp"
@@ -48,10 +53,62 @@ public struct StorageConfiguration: Codable, Sendable {
         peers = []
         uploadRate = 0
         downloadRate = 0
+        minFree = .default
+        partialTTL = .seconds(7 * 86_400)
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case dir, folder, listen, peers, uploadRate = "upload_rate", downloadRate = "download_rate"
+        case minFree = "min_free", partialTTL = "partial_ttl"
+    }
+
+    /// `[storage] min_free`: a share of the file system, or bytes.
+    public enum FreeSpace: Codable, Sendable, Equatable, CustomStringConvertible {
+        case percent(Double)
+        case bytes(Int64)
+        /// 1% of the file system, at most 1 GiB.
+        case `default`
+
+        /// The bytes to keep free on a file system of `total` bytes.
+        public func bytes(of total: Int64) -> Int64 {
+            switch self {
+            case .percent(let share): Int64(Double(total) * share / 100)
+            case .bytes(let bytes): bytes
+            case .default: min(total / 100, 1 << 30)
+            }
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let text = try decoder.singleValueContainer().decode(String.self)
+            let allowed = "expected a share like \"1%\" or a size like \"1GiB\", \"500MB\", \"0\""
+            if text.hasSuffix("%") {
+                guard let share = Double(text.dropLast()), (0...50).contains(share) else { throw ConfigValueProblem(allowed) }
+                self = .percent(share)
+                return
+            }
+            let units: [(String, Int64)] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000),
+                                            ("kB", 1000), ("B", 1), ("", 1)]
+            for (suffix, scale) in units where text.hasSuffix(suffix) {
+                if let number = Double(text.dropLast(suffix.count)), number >= 0, number * Double(scale) < 9e18 {
+                    self = .bytes(Int64(number * Double(scale)))
+                    return
+                }
+            }
+            throw ConfigValueProblem(allowed)
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encode(description)
+        }
+
+        public var description: String {
+            switch self {
+            case .percent(let share): "\(share == share.rounded() ? String(Int(share)) : String(share))%"
+            case .bytes(let bytes): "\(bytes)B"
+            case .default: "1%"
+            }
+        }
     }
 
     public init(from decoder: any Decoder) throws {
@@ -63,6 +120,8 @@ public struct StorageConfiguration: Codable, Sendable {
         d.peers = try c.decodeIfPresent([Peer].self, forKey: .peers) ?? []
         d.uploadRate = try c.decodeIfPresent(Int.self, forKey: .uploadRate) ?? 0
         d.downloadRate = try c.decodeIfPresent(Int.self, forKey: .downloadRate) ?? 0
+        d.minFree = try c.decodeIfPresent(FreeSpace.self, forKey: .minFree) ?? d.minFree
+        d.partialTTL = try c.decodeIfPresent(ConfigDuration.self, forKey: .partialTTL) ?? d.partialTTL
         self = d
         for (key, value) in [("upload_rate", uploadRate), ("download_rate", downloadRate)] where value < 0 {
             throw ConfigError.invalid(key: "storage.\(key)", value: "\(value)", reason: "expected bytes per second, 0 for no limit")

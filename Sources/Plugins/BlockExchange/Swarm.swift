@@ -28,7 +28,15 @@ final class Swarm: Sendable {
     /// Other plugins' channels and commands (registered before `start`, read-only after).
     private let extensions = Mutex<(channels: [any PeerChannel], commands: [String: NodeCommand])>(([], [:]))
 
+    /// When a fetch last failed for want of room (ns; logged once a minute).
+    private let lastNoRoom = Mutex<UInt64>(0)
+    /// Room every fetch leaves free, and how long an abandoned partial file is kept.
+    let minFree: StorageConfiguration.FreeSpace
+    let partialTTL: Duration
+
     init(node: NodeID, configuration: StorageConfiguration, index: FolderIndex, indexer: WorkerThread, logger: Logger) {
+        minFree = configuration.minFree
+        partialTTL = configuration.partialTTL.duration
         self.node = node
         self.index = index
         self.indexer = indexer
@@ -201,6 +209,11 @@ final class Swarm: Sendable {
         }
         if resumable, let manifest = saved?.manifest {
             transfer.setManifest(manifest, verified: saved!.verified)
+            // A resumed download is checked for room like a new one.
+            if let shortage = shortage(for: transfer, size: manifest.size) {
+                Glibc.close(fd)
+                throw .file(shortage)
+            }
             scanLocally(transfer)
         }
         let added = transfers.withLock { transfers -> Transfer in
@@ -225,8 +238,9 @@ final class Swarm: Sendable {
         return transfer
     }
 
-    /// Downloads left unfinished by the last run go on.
+    /// Downloads left unfinished by the last run go on (those abandoned too long are removed).
     func resumeSaved() {
+        removeAbandoned()
         let saved: [TransferStore.Saved]
         do {
             saved = try store.all()
@@ -242,10 +256,21 @@ final class Swarm: Sendable {
         }
     }
 
-    /// A peer's manifest for a download: installed, saved, the file sized (a disk without the
-    /// room fails the download now, not at 99%), and every peer asked for chunks.
+    /// A peer's manifest for a download: installed, saved, checked for room (a disk without
+    /// it fails the download now, not at 99%), and every peer asked for chunks. No space is
+    /// reserved ahead: a peer's manifest claiming a huge file must not take the disk; the
+    /// file grows only as verified chunks land.
     func received(_ manifest: Manifest, from session: PeerSession) {
         guard let transfer = transfer(manifest.root), transfer.setManifest(manifest) else { return }
+        if let shortage = shortage(for: transfer, size: manifest.size) {
+            // A full disk fails every fetch until there is room: one log line a minute.
+            let now = EventLoop.preciseNanos()
+            let quiet = lastNoRoom.withLock { last in
+                defer { if now &- last >= 60_000_000_000 { last = now } }
+                return last != 0 && now &- last < 60_000_000_000
+            }
+            return fail(transfer, shortage, quietly: quiet)
+        }
         let store = self.store
         disk.enqueue {
             do {
@@ -253,14 +278,38 @@ final class Swarm: Sendable {
             } catch {
                 self.logger.error("cannot record the manifest of \(transfer.root): \(error)")
             }
-            // An empty file needs no room (and posix_fallocate refuses a length of 0: EINVAL,
-            // which failed the first fetch of every empty file).
-            let status = manifest.size > 0 ? posix_fallocate(transfer.fd, 0, off_t(manifest.size)) : 0
-            if status != 0, status != EOPNOTSUPP {
-                self.fail(transfer, "cannot make room for \(manifest.size) bytes in \(transfer.partialPath): \(String(cString: strerror(status)))")
-            }
         }
         scanLocally(transfer)
+    }
+
+    /// Why `transfer` (a file of `size` bytes) does not fit: what it still needs plus
+    /// `[storage] min_free` against what the file system has; nil when it fits.
+    func shortage(for transfer: Transfer, size: Int) -> String? {
+        var info = statvfs()
+        guard fstatvfs(transfer.fd, &info) == 0 else { return nil }
+        let available = Int64(info.f_bavail) * Int64(info.f_frsize), total = Int64(info.f_blocks) * Int64(info.f_frsize)
+        var allocated = stat()
+        let held = fstat(transfer.fd, &allocated) == 0 ? Int64(allocated.st_blocks) * 512 : 0
+        let needed = max(0, Int64(size) - held), keep = minFree.bytes(of: total)
+        guard needed + keep > available else { return nil }
+        return "no room: \(needed) more bytes needed and \(keep) kept free ([storage] min_free), \(available) available"
+    }
+
+    /// Partial downloads nobody resumed within `[storage] partial_ttl`: their files and records
+    /// go (at start, before the others resume).
+    func removeAbandoned() {
+        let saved: [TransferStore.Saved]
+        do { saved = try store.all() } catch { return }
+        let now = time(nil)
+        for item in saved {
+            let partial = Transfer.partialPath(for: item.output)
+            var info = stat()
+            let age = lstat(partial, &info) == 0 ? Int64(now - info.st_mtim.tv_sec) : Int64.max
+            guard age > Int64(partialTTL.components.seconds) else { continue }
+            unlink(partial)
+            try? store.forget(item.root)
+            logger.info("removed an abandoned partial download of \(item.root) (untouched for \(partialTTL)): \(partial)")
+        }
     }
 
     /// Copies the chunks the folder already holds (an older version of the file shares most
@@ -361,11 +410,12 @@ final class Swarm: Sendable {
     }
 
     /// Ends a download that cannot go on; its partial file and records stay for a retry.
-    func fail(_ transfer: Transfer, _ reason: String) {
+    /// `quietly`: already said (a full disk fails every fetch of a pass; once a minute is enough).
+    func fail(_ transfer: Transfer, _ reason: String, quietly: Bool = false) {
         guard transfer.outcome == nil else { return }
         transfer.finish(.failed(reason + "; the partial file is kept: run the same get again to resume"))
         remove(transfer)
-        logger.error("fetching \(transfer.root) failed: \(reason)")
+        if !quietly { logger.error("fetching \(transfer.root) failed: \(reason)") }
         disk.enqueue { _ = transfer.closeFile() }
     }
 

@@ -44,11 +44,26 @@ actor MetadataNode {
     private var missingSince: [String: Int64] = [:]
     private var watcher: FolderWatcher?
     private var generator = SystemRandomNumberGenerator()
+    /// The folder, for every change this node makes to it (`ConfinedDirectory`).
+    let disk: ConfinedDirectory
+    /// The process's umask: a received file's mode is the sender's less these bits.
+    let umaskBits: mode_t
+    /// When a fetch last found no room (logged once a minute).
+    private var lastNoRoom: ContinuousClock.Instant?
+    /// Paths the folder could not take, logged once each.
+    private var refusedPaths: Set<String> = []
+    /// Paths that are neither files nor directories here (symbolic links): not synced, and
+    /// never taken for deleted — what the peers have there stays. Logged once each.
+    private var foreignPaths: Set<String> = []
 
     init(folder: String, stateDirectory: String, node: NodeID, key: Ed25519.PrivateKey, configuration: MetadataConfiguration,
-         log: OperationLog, p2p: BlockExchangePlugin, logger: Logger) throws(DatabaseError) {
+         log: OperationLog, p2p: BlockExchangePlugin, logger: Logger) throws {
         self.key = key
         self.folder = folder
+        disk = try ConfinedDirectory(path: folder)
+        let mask = umask(0o022)
+        umask(mask)
+        umaskBits = mask
         self.stateDirectory = stateDirectory
         self.configuration = configuration
         self.log = log
@@ -367,12 +382,13 @@ actor MetadataNode {
         let mtime: Int64
         /// Status change time (ns): a rename or a new link sets it.
         let ctime: Int64
+        let mode: UInt16
     }
 
     /// Turns what changed on disk since the last pass into operations. Returns whether a file
     /// was still being written (not versioned yet).
     private func scan() async -> Bool {
-        let disk = walk()
+        let (disk, foreign) = walk()
         let view = FolderView(tree: replica.tree, histories: replica.histories)
         watcher?.watch([folder] + disk.filter(\.value.isDirectory).map { folder + "/" + $0.key })
         let nowNanos = Int64(Date().timeIntervalSince1970 * 1e9)
@@ -404,18 +420,31 @@ actor MetadataNode {
             let entry = disk[path]!
             if let state = paths[path], state.isDirectory == entry.isDirectory,
                state.inode == entry.inode || (!entry.isDirectory && !inodesOnDisk.contains(state.inode)) {
-                guard !entry.isDirectory, state.inode != entry.inode || state.size != entry.size || state.mtime != entry.mtime else { continue }
+                guard !entry.isDirectory else { continue }
+                guard state.inode != entry.inode || state.size != entry.size || state.mtime != entry.mtime else {
+                    // The same bytes with other permissions (chmod): a version of the mode alone.
+                    if state.mode != entry.mode, let root = state.root {
+                        let item = state.item, size = Int(entry.size), mtime = entry.mtime, mode = entry.mode
+                        makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: root, mode: mode)) }
+                        seen.append("changed the mode of \(path)")
+                        var changed = state
+                        changed.mode = mode
+                        record(path, changed)
+                    }
+                    continue
+                }
                 guard nowNanos - entry.mtime >= stable else {
                     unstable = true
                     continue
                 }
                 guard let root = index(path) else { continue }
-                let item = state.item, base = state.root, size = Int(entry.size), mtime = entry.mtime
-                if root != base {
-                    makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: base)) }
+                let item = state.item, base = state.root, size = Int(entry.size), mtime = entry.mtime, mode = entry.mode
+                if root != base || mode != state.mode {
+                    makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: base, mode: mode)) }
                     seen.append("edited \(path)")
                 }
-                record(path, PathState(item: item, isDirectory: false, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root))
+                record(path, PathState(item: item, isDirectory: false, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root,
+                                       mode: mode))
                 continue
             }
             if let from = vanished[entry.inode], let old = paths[from], old.isDirectory == entry.isDirectory {
@@ -426,7 +455,8 @@ actor MetadataNode {
                 seen.append("moved \(from) to \(path)")
                 indexMoved(from: from, to: path)
                 record(from, nil)
-                record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: old.size, mtime: old.mtime, root: old.root))
+                record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: old.size, mtime: old.mtime, root: old.root,
+                                       mode: old.mode))
                 if directory {
                     for (child, state) in paths where child.hasPrefix(from + "/") {
                         record(child, nil)
@@ -439,7 +469,7 @@ actor MetadataNode {
             // node stopped right after it landed, or it landed while its directory moved) is
             // that item: claimed now, versioned by a later pass if its bytes differ.
             if !entry.isDirectory, let shown = view.entries[path], !shown.isDirectory, let head = shown.head {
-                record(path, PathState(item: head.item, isDirectory: false, inode: entry.inode, size: -1, mtime: 0, root: head.root))
+                record(path, PathState(item: head.item, isDirectory: false, inode: entry.inode, size: -1, mtime: 0, root: head.root, mode: head.mode))
                 unstable = true
                 continue
             }
@@ -462,17 +492,19 @@ actor MetadataNode {
             }
             // A directory the tree already shows at this path is that directory.
             if directory, let shown = view.entries[path], shown.isDirectory {
-                record(path, PathState(item: shown.items[0], isDirectory: true, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: nil))
+                record(path, PathState(item: shown.items[0], isDirectory: true, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: nil,
+                                       mode: entry.mode))
                 continue
             }
             let item = ItemID.random(using: &generator), parent = parentItem(of: path), newName = name(of: path)
             makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
             seen.append("created \(path)")
             if let root {
-                let size = Int(entry.size), mtime = entry.mtime
-                makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: nil)) }
+                let size = Int(entry.size), mtime = entry.mtime, mode = entry.mode
+                makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: nil, mode: mode)) }
             }
-            record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root))
+            record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root,
+                                   mode: entry.mode))
         }
         // What is gone: a delete for each topmost path (its subtree goes with it) — once it
         // has stayed gone for `stable_after`. A rename that happens while the folder is being
@@ -481,6 +513,14 @@ actor MetadataNode {
         for path in missingSince.keys where disk[path] != nil || paths[path] == nil { missingSince[path] = nil }
         for (path, state) in paths where disk[path] == nil || disk[path]!.inode != state.inode {
             guard paths[path] == state else { continue }
+            // A symbolic link (or anything not a file or directory) at the path or above it:
+            // not synced, never taken for a delete — the peers keep what they have there.
+            if let link = foreign.first(where: { path == $0 || path.hasPrefix($0 + "/") }) {
+                if foreignPaths.insert(link).inserted {
+                    logger.warning("\(link) is a symbolic link (or another special file): not synced, and what the peers have there is kept")
+                }
+                continue
+            }
             let since = missingSince[path] ?? nowNanos
             guard nowNanos - since >= stable else {
                 missingSince[path] = since
@@ -530,39 +570,54 @@ actor MetadataNode {
     }
 
     /// Every synced path under the folder (relative), without hidden names, the node's state
-    /// directory, or what `.harpignore` names.
-    private func walk() -> [String: DiskEntry] {
+    /// directory, or what `.harpignore` names — and the paths that are something else
+    /// (symbolic links, devices): those are reported, never followed. Directories are opened
+    /// beneath their parent with O_NOFOLLOW, so a directory swapped for a link mid-walk is not
+    /// entered either.
+    private func walk() -> (entries: [String: DiskEntry], foreign: Set<String>) {
         var out: [String: DiskEntry] = [:]
+        var foreign: Set<String> = []
         let ignore = Ignore(folder: folder)
-        func visit(_ relative: String) {
-            let path = relative.isEmpty ? folder : folder + "/" + relative
-            guard let directory = opendir(path) else { return }
+        func visit(_ relative: String, _ fd: Int32) {
+            guard let directory = fdopendir(fd) else {
+                close(fd)
+                return
+            }
             defer { closedir(directory) }
+            let dirfd = Glibc.dirfd(directory)
             while let entry = readdir(directory) {
                 let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
                 if name.hasPrefix(".") { continue }
                 let child = relative.isEmpty ? name : relative + "/" + name
-                let full = folder + "/" + child
-                if full == stateDirectory || ignore.matches(child) { continue }
+                if folder + "/" + child == stateDirectory || ignore.matches(child) { continue }
                 var info = stat()
-                guard lstat(full, &info) == 0 else { continue }
+                guard fstatat(dirfd, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
                 let kind = info.st_mode & S_IFMT
-                guard kind == S_IFDIR || kind == S_IFREG else { continue }
+                guard kind == S_IFDIR || kind == S_IFREG else {
+                    foreign.insert(child)
+                    continue
+                }
                 out[child] = DiskEntry(isDirectory: kind == S_IFDIR, inode: Int64(info.st_ino), size: Int64(info.st_size),
                                        mtime: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec),
-                                       ctime: Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec))
-                if kind == S_IFDIR { visit(child) }
+                                       ctime: Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec),
+                                       mode: UInt16(info.st_mode & 0o777))
+                if kind == S_IFDIR {
+                    let sub = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    if sub >= 0 { visit(child, sub) }
+                }
             }
         }
-        visit("")
-        return out
+        let top = disk.open("", flags: O_RDONLY | O_DIRECTORY)
+        if top >= 0 { visit("", top) }
+        return (out, foreign)
     }
 
     // MARK: Operations → folder
 
     /// Makes the folder show the view: directories made, files fetched (from the folder
     /// itself, the version store, or the peers), moves done as renames, removed files kept
-    /// in the version store.
+    /// in the version store. Every change goes through `disk` (`ConfinedDirectory`): beneath
+    /// the folder, never through a symbolic link — a path under one is left alone and logged.
     private func materialize() async {
         let view = FolderView(tree: replica.tree, histories: replica.histories)
         var changes: [String: PathState?] = [:]
@@ -574,12 +629,11 @@ actor MetadataNode {
         // hold up a delete.
         var fetches: [(path: String, head: TreeOperation.Version)] = []
         for entry in view.entries.values.sorted(by: { $0.path < $1.path }) {
-            let full = folder + "/" + entry.path
             if entry.isDirectory {
                 if let current = paths[entry.path], current.isDirectory { continue }
                 if let item = entry.items.first(where: { item in paths.contains { $0.value.item == item } }),
                    let from = paths.first(where: { $0.value.item == item })?.key, from != entry.path,
-                   access(folder + "/" + from, F_OK) == 0, access(full, F_OK) != 0, rename(folder + "/" + from, full) == 0 {
+                   disk.lstat(from) != nil, disk.rename(from, in: disk, to: entry.path, replace: false) == 0 {
                     indexMoved(from: from, to: entry.path)
                     for (path, state) in paths where path == from || path.hasPrefix(from + "/") {
                         record(path, nil)
@@ -587,63 +641,81 @@ actor MetadataNode {
                     }
                     continue
                 }
-                mkdir(full, 0o755)
-                if let state = Self.state(full, item: entry.items[0], root: nil) { record(entry.path, state) }
+                let made = disk.mkdir(entry.path)
+                // A directory only if it is one (made now, or there already — the user's, of the
+                // same name: same names merge); never what a link points at.
+                if made == 0 || made == EEXIST, let state = state(entry.path, item: entry.items[0], root: nil), state.isDirectory {
+                    record(entry.path, state)
+                } else {
+                    refusedPath(entry.path, made)
+                }
                 continue
             }
             guard let head = entry.head else { continue }
-            if let current = paths[entry.path], current.root == head.root { continue }
-            if paths[entry.path] == nil, access(full, F_OK) == 0 { continue }  // a local file the next scan will version
+            if let current = paths[entry.path], current.root == head.root {
+                if current.mode != head.mode { applyMode(head.mode, to: entry.path, recorded: current) }
+                continue
+            }
+            if paths[entry.path] == nil, disk.lstat(entry.path) != nil { continue }  // a local file the next scan will version
             if missingSince[entry.path] != nil { continue }  // deleted (or being renamed) here: the scan decides
             // Changed on disk since it was recorded (being written, or not scanned yet): the
             // user's bytes are never replaced; the next scan makes them a version.
-            if let current = paths[entry.path], !unchanged(full, current) { continue }
+            if let current = paths[entry.path], !unchanged(entry.path, current) { continue }
             // The same content under another path of ours: a move.
             if let from = paths.first(where: { $0.value.item == head.item && $0.value.root == head.root })?.key, from != entry.path,
-               access(full, F_OK) != 0, rename(folder + "/" + from, full) == 0 {
+               disk.rename(from, in: disk, to: entry.path, replace: false) == 0 {
                 indexMoved(from: from, to: entry.path)
                 record(from, nil)
-                if let state = Self.state(full, item: head.item, root: head.root) { record(entry.path, state) }
+                if let state = state(entry.path, item: head.item, root: head.root) { record(entry.path, state) }
                 continue
             }
             fetches.append((entry.path, head))
         }
         // Recorded paths the view no longer has: files into the version store, then empty
-        // directories (deepest first).
+        // directories (deepest first). A file whose bytes cannot be kept stays where it is.
         for (path, state) in paths.sorted(by: { $0.key.count > $1.key.count }) where view.entries[path] == nil {
-            let full = folder + "/" + path
-            if !state.isDirectory, !unchanged(full, state) { continue }  // edited meanwhile: the scan decides
+            if !state.isDirectory, !unchanged(path, state) { continue }  // edited meanwhile: the scan decides
             if state.isDirectory {
-                rmdir(full)
-            } else {
-                keepVersion(path, root: state.root)
+                _ = disk.rmdir(path)
+            } else if !keepVersion(path, root: state.root) {
+                continue
             }
             record(path, nil)
         }
         for (path, head) in fetches {
             if stopped { break }  // the rest on the next start
-            let full = folder + "/" + path
             // The bytes it replaces go to the version store as a second link; the file stays
             // in place until the new content is renamed over it (a fetch that fails leaves it
             // there, not a gap the next scan would take for a delete).
             // (The link is undone then: the file stays the user's to edit in place, which must not
             // change a stored version.)
-            let linked = paths[path].flatMap { old in old.root.flatMap { linkVersion(path, root: $0) ? $0 : nil } }
+            let previous = paths[path]
+            let linked = previous.flatMap { old in old.root.flatMap { linkVersion(path, root: $0) ? $0 : nil } }
             let inode: Int64
-            switch await place(head.root, at: full) {
+            switch await place(head, at: path, replacing: previous) {
             case .failed(let failure):
-                if let linked { unlink(versionPath(linked)) }
+                if let linked { _ = disk.unlink(versionPath(linked)) }
+                // A full disk fails every fetch of the pass: one line a minute says so.
+                if failure.hasPrefix("no room") {
+                    let now = ContinuousClock.now
+                    if lastNoRoom.map({ now - $0 >= .seconds(60) }) ?? true {
+                        lastNoRoom = now
+                        logger.warning("cannot fetch \(path) (\(head.root)): \(failure); fetches wait until there is room")
+                    }
+                    continue
+                }
                 logger.warning("cannot fetch \(path) (\(head.root)): \(failure); retried on the next pass")
                 continue
             case .done(let landed):
                 inode = landed
             }
-            if let state = Self.state(full, item: head.item, root: head.root) {
+            if let state = state(path, item: head.item, root: head.root) {
                 record(path, state)
             } else {
                 // Moved away the moment it landed (its directory renamed meanwhile): recorded
                 // by inode, so the next scan sees the move and nothing new.
-                record(path, PathState(item: head.item, isDirectory: false, inode: inode, size: Int64(head.size), mtime: 0, root: head.root))
+                record(path, PathState(item: head.item, isDirectory: false, inode: inode, size: Int64(head.size), mtime: 0,
+                                       root: head.root, mode: head.mode))
             }
             // Recorded at once, not at the end of the pass: a node stopped right after a file
             // landed would otherwise take it, edited later, for a new file.
@@ -653,67 +725,116 @@ actor MetadataNode {
         await persist(changes)
     }
 
-    /// Puts the file with `root` at `path`: a copy from the version store when it is there,
-    /// else a download (the p2p plugin copies chunks the folder already holds and fetches
-    /// the rest, into a temporary file renamed into place).
-    private func place(_ root: ChunkID, at path: String) async -> BlockExchangePlugin.FetchOutcome {
-        let stored = versionPath(root)
+    /// Logs, once per path, why the folder could not take a change there (a symbolic link on
+    /// the way, a file where a directory goes).
+    private func refusedPath(_ path: String, _ error: Int32) {
+        guard refusedPaths.insert(path).inserted else { return }
+        let reason = error == ELOOP || error == EXDEV ? "a symbolic link is on the way (links are never followed)"
+            : String(cString: strerror(error == 0 || error == EEXIST ? EEXIST : error))
+        logger.warning("the folder cannot take \(path): \(reason); left as it is")
+    }
+
+    /// Puts the file of version `head` at `path`: fetched (or copied from the version store)
+    /// into `.harp-staging` under its content root — a name that never overflows NAME_MAX —
+    /// then renamed into place beneath the folder. A new file gets the version's mode (less
+    /// the umask); a file whose content is replaced keeps a mode the user changed here.
+    private func place(_ head: TreeOperation.Version, at path: String, replacing previous: PathState?) async -> BlockExchangePlugin.FetchOutcome {
+        let staged = Self.staging + "/" + head.root.description
+        _ = disk.mkdir(Self.staging, mode: 0o700)
+        let stored = versionPath(head.root)
         // Only if it still is that version (indexing checks, re-hashing only a changed file).
-        if access(stored, R_OK) == 0, index(FolderIndex.versionStore + "/" + root.description) == root {
-            let partial = path + ".harp-restore"
-            guard copyFile(stored, to: partial), let copied = Self.state(partial, item: .root, root: nil), rename(partial, path) == 0 else {
-                return .failed("cannot copy \(stored)")
+        if disk.lstat(stored) != nil, index(stored) == head.root {
+            guard copyFile(stored, to: staged) else { return .failed("cannot copy \(stored)") }
+        } else {
+            switch await p2p.fetch(head.root, into: folder + "/" + staged) {
+            case .failed(let failure): return .failed(failure)
+            case .done: break
             }
-            return .done(inode: copied.inode)
         }
-        return await p2p.fetch(root, into: path)
+        var mode = mode_t(head.mode) & ~umaskBits
+        if let previous, let now = disk.lstat(path), mode_t(previous.mode) != now.st_mode & 0o777 {
+            mode = now.st_mode & 0o777  // changed here since recorded: the user's
+        }
+        _ = disk.chmod(staged, mode: mode)
+        guard let landed = disk.lstat(staged) else { return .failed("the staged copy vanished") }
+        let moved = disk.rename(staged, in: disk, to: path)
+        guard moved == 0 else {
+            _ = disk.unlink(staged)
+            refusedPath(path, moved)
+            return .failed("cannot put it in place: \(String(cString: strerror(moved)))")
+        }
+        return .done(inode: Int64(landed.st_ino))
+    }
+
+    /// A remote change of a file's mode alone (the same content): applied unless the user
+    /// changed the mode here since it was recorded.
+    private func applyMode(_ mode: UInt16, to path: String, recorded: PathState) {
+        guard let now = disk.lstat(path), now.st_mode & 0o777 == mode_t(recorded.mode) else { return }
+        guard disk.chmod(path, mode: mode_t(mode) & ~umaskBits) == 0, let state = state(path, item: recorded.item, root: recorded.root) else { return }
+        paths[path] = state
+        Task { await self.persist([path: state]) }
     }
 
     /// Moves a replaced or removed file into the version store (`FOLDER/.harp-versions/ROOT`)
-    /// and indexes it there, so its bytes stay retrievable — here and from every peer.
-    private func keepVersion(_ path: String, root: ChunkID?) {
-        let full = folder + "/" + path
-        guard let root else {
-            unlink(full)
-            return
+    /// and indexes it there, so its bytes stay retrievable — here and from every peer. False
+    /// (and the file left in place, logged) when its bytes cannot be kept: a delete never
+    /// destroys the only copy.
+    private func keepVersion(_ path: String, root: ChunkID?) -> Bool {
+        guard let root else { return disk.unlink(path) == 0 }
+        _ = disk.mkdir(FolderIndex.versionStore, mode: 0o700)
+        let moved = disk.rename(path, in: disk, to: versionPath(root))
+        guard moved == 0 else {
+            logger.warning("cannot keep the bytes of \(path) in the version store (\(String(cString: strerror(moved)))): the file stays where it is")
+            return false
         }
-        mkdir(folder + "/" + FolderIndex.versionStore, 0o755)
-        guard rename(full, versionPath(root)) == 0 else {
-            unlink(full)
-            return
-        }
-        _ = index(FolderIndex.versionStore + "/" + root.description)
+        _ = index(versionPath(root))
+        return true
     }
 
     /// Links a file about to be replaced into the version store (indexed there); false when
     /// the store has that version already or the link fails.
     private func linkVersion(_ path: String, root: ChunkID) -> Bool {
-        mkdir(folder + "/" + FolderIndex.versionStore, 0o755)
-        guard link(folder + "/" + path, versionPath(root)) == 0 else { return false }
-        _ = index(FolderIndex.versionStore + "/" + root.description)
+        _ = disk.mkdir(FolderIndex.versionStore, mode: 0o700)
+        guard disk.link(path, to: versionPath(root), in: disk) == 0 else { return false }
+        _ = index(versionPath(root))
         return true
     }
 
-    private func versionPath(_ root: ChunkID) -> String { folder + "/" + FolderIndex.versionStore + "/" + root.description }
+    /// A version's place in the store, relative to the folder.
+    private func versionPath(_ root: ChunkID) -> String { FolderIndex.versionStore + "/" + root.description }
 
+    /// Where fetched files wait to be renamed into place (relative to the folder; hidden, and
+    /// a name no peer can send).
+    static let staging = ".harp-staging"
+
+    /// Copies `from` to `to` (both relative, beneath the folder), replacing `to`.
     private func copyFile(_ from: String, to: String) -> Bool {
-        (try? FileManager.default.copyItem(atPath: from, toPath: to)) != nil || {
-            unlink(to)
-            return (try? FileManager.default.copyItem(atPath: from, toPath: to)) != nil
-        }()
+        let source = disk.open(from, flags: O_RDONLY | O_NOFOLLOW)
+        guard source >= 0 else { return false }
+        defer { close(source) }
+        _ = disk.unlink(to)
+        let target = disk.open(to, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+        guard target >= 0 else { return false }
+        defer { close(target) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = read(source, &buffer, buffer.count)
+            if count == 0 { return fsync(target) == 0 }
+            guard count > 0, buffer.withUnsafeBytes({ write(target, $0.baseAddress, count) }) == count else { return false }
+        }
     }
 
     /// Whether the file at `path` is still what `state` recorded (or gone).
     private func unchanged(_ path: String, _ state: PathState) -> Bool {
-        guard let now = Self.state(path, item: state.item, root: state.root) else { return true }
+        guard let now = self.state(path, item: state.item, root: state.root) else { return true }
         return now.inode == state.inode && now.size == state.size && now.mtime == state.mtime
     }
 
-    static func state(_ path: String, item: ItemID, root: ChunkID?) -> PathState? {
-        var info = Glibc.stat()
-        guard lstat(path, &info) == 0 else { return nil }
-        return PathState(item: item, isDirectory: (info.st_mode & S_IFMT) == S_IFDIR, inode: Int64(info.st_ino), size: Int64(info.st_size),
-                         mtime: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec), root: root)
+    /// What is at `path` (relative) now, as a record of `item`; nil when nothing is there, or
+    /// it is not a regular file or directory (a link is never taken for what it points at).
+    private func state(_ path: String, item: ItemID, root: ChunkID?) -> PathState? {
+        guard let info = disk.lstat(path) else { return nil }
+        return PathState(info, item: item, root: root)
     }
 
     // MARK: Commands

@@ -1,4 +1,5 @@
 import BlockExchange
+import Glibc
 import HarpKernel
 
 /// The metadata in SQLite (`dir/metadata.sqlite`, WAL, synchronous FULL): every operation,
@@ -29,6 +30,7 @@ struct OperationLog: Sendable {
         ALTER TABLE floors ADD COLUMN chain BLOB;
         CREATE TABLE settled_parts (peer BLOB NOT NULL, part INTEGER NOT NULL, total INTEGER NOT NULL, body BLOB NOT NULL,
                                     PRIMARY KEY (peer, part)) WITHOUT ROWID;
+        ALTER TABLE paths ADD COLUMN mode INTEGER NOT NULL DEFAULT 420;
         """,
     ])
 
@@ -64,12 +66,13 @@ struct OperationLog: Sendable {
             }
             let clock = try connection.query("SELECT wall, counter FROM clock WHERE id = 0", []) { ($0.integer(0), $0.integer(1)) }.first
             var paths: [String: PathState] = [:]
-            try connection.run("SELECT path, item, directory, inode, size, mtime_ns, root FROM paths") { row in
-                guard let item = ItemID(bytes: row.blob(1)) else { return }
+            try connection.run("SELECT path, item, directory, inode, size, mtime_ns, root, mode FROM paths") { row in
+                guard let item = ItemID(bytes: row.blob(1)) else { throw Unreadable(detail: "the item of \(row.text(0))") }
                 let root = row.isNull(6) ? nil : row.blob(6)
                 paths[row.text(0)] = PathState(item: item, isDirectory: row.integer(2) != 0, inode: row.integer(3),
                                                size: row.integer(4), mtime: row.integer(5),
-                                               root: root.flatMap { $0.count == 32 ? ChunkID(bytes: $0) : nil })
+                                               root: root.flatMap { $0.count == 32 ? ChunkID(bytes: $0) : nil },
+                                               mode: UInt16(truncatingIfNeeded: row.integer(7)) & 0o777)
             }
             return (operations, try Self.settled(connection), UInt64(clock?.0 ?? 0), UInt32(clock?.1 ?? 0), paths)
         }
@@ -194,9 +197,9 @@ struct OperationLog: Sendable {
                     continue
                 }
                 try connection.run("""
-                    INSERT OR REPLACE INTO paths (path, item, directory, inode, size, mtime_ns, root) VALUES (?, ?, ?, ?, ?, ?, ?)
+                    INSERT OR REPLACE INTO paths (path, item, directory, inode, size, mtime_ns, root, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                     """, [.text(path), .blob(state.item.bytes), .integer(state.isDirectory ? 1 : 0), .integer(state.inode), .integer(state.size),
-                          .integer(state.mtime), state.root.map { .blob($0.bytes) } ?? .null])
+                          .integer(state.mtime), state.root.map { .blob($0.bytes) } ?? .null, .integer(Int64(state.mode))])
             }
         }
     }
@@ -210,4 +213,25 @@ struct PathState: Sendable, Equatable {
     let size: Int64
     let mtime: Int64
     let root: ChunkID?
+    /// Permission bits (rwx for owner, group, other).
+    var mode: UInt16 = 0o644
+
+    init(item: ItemID, isDirectory: Bool, inode: Int64, size: Int64, mtime: Int64, root: ChunkID?, mode: UInt16 = 0o644) {
+        self.item = item
+        self.isDirectory = isDirectory
+        self.inode = inode
+        self.size = size
+        self.mtime = mtime
+        self.root = root
+        self.mode = mode
+    }
+
+    /// From what lstat says; nil for anything but a regular file or a directory.
+    init?(_ info: stat, item: ItemID, root: ChunkID?) {
+        let kind = info.st_mode & S_IFMT
+        guard kind == S_IFREG || kind == S_IFDIR else { return nil }
+        self.init(item: item, isDirectory: kind == S_IFDIR, inode: Int64(info.st_ino), size: Int64(info.st_size),
+                  mtime: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec), root: root,
+                  mode: UInt16(info.st_mode & 0o777))
+    }
 }
