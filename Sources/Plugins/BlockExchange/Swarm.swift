@@ -197,7 +197,10 @@ final class Swarm: Sendable {
         let partial = Transfer.partialPath(for: output)
         // A saved download whose partial file vanished starts over.
         let resumable = saved != nil && access(partial, F_OK) == 0
-        let fd = open(partial, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        // A new partial file is created exclusively (a stale one of no record goes first), and
+        // never through a link; only a recorded download reopens its own.
+        if !resumable { unlink(partial) }
+        let fd = open(partial, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (resumable ? 0 : O_CREAT | O_EXCL), 0o600)
         guard fd >= 0 else { throw .file("cannot create \(partial): \(String(cString: strerror(errno)))") }
         let transfer = Transfer(root: root, output: output, fd: fd)
         do {

@@ -83,7 +83,7 @@ enum OperationCodec {
     }
 
     static func decodeOne(_ reader: inout ByteReader) throws(SyncRefusal) -> LoggedOperation {
-        do {
+        return try SyncRefusal.decoding {
             let kind = try reader.u8()
             let sequence = try reader.u64(), wall = try reader.u64(), counter = try reader.u32()
             let node = NodeID(bytes: try reader.take(32))
@@ -113,12 +113,6 @@ enum OperationCodec {
                 proof = OperationProof(publicKey: try reader.take(32), signature: try reader.take(64))
             }
             return LoggedOperation(origin: node, sequence: sequence, operation: operation, proof: proof)
-        } catch let underrun as ByteReader.Underrun {
-            throw SyncRefusal(underrun)
-        } catch let refusal as SyncRefusal {
-            throw refusal
-        } catch {
-            throw SyncRefusal.malformed("\(error)")
         }
     }
 
@@ -155,17 +149,11 @@ enum OperationCodec {
 
     static func decodeDeletion(_ bytes: [UInt8]) throws(SyncRefusal) -> ReplicatedTree.Deletion {
         var reader = ByteReader(bytes)
-        do {
+        return try SyncRefusal.decoding {
             let was = try reader.placement()
             let wall = try reader.u64(), counter = try reader.u32(), node = NodeID(bytes: try reader.take(32))
             guard reader.atEnd, wall <= maxWall else { throw SyncRefusal.malformed("a deletion record") }
             return ReplicatedTree.Deletion(was: was, at: HLCTimestamp(wall: wall, counter: counter, node: node))
-        } catch let underrun as ByteReader.Underrun {
-            throw SyncRefusal(underrun)
-        } catch let refusal as SyncRefusal {
-            throw refusal
-        } catch {
-            throw SyncRefusal.malformed("\(error)")
         }
     }
 }
@@ -177,18 +165,12 @@ extension ByteReader {
 
     /// A placement whose name passes `SyncedName`.
     mutating func placement() throws(SyncRefusal) -> ReplicatedTree.Placement {
-        do {
+        return try SyncRefusal.decoding {
             let parent = try item(), directory = try u8(), name = try prefixed16()
             switch SyncedName.check(name) {
             case .success(let text): return ReplicatedTree.Placement(parent: parent, name: text, isDirectory: directory == 1)
             case .failure(let refusal): throw SyncRefusal.name(refusal)
             }
-        } catch let underrun as ByteReader.Underrun {
-            throw SyncRefusal(underrun)
-        } catch let refusal as SyncRefusal {
-            throw refusal
-        } catch {
-            throw SyncRefusal.malformed("\(error)")
         }
     }
 }

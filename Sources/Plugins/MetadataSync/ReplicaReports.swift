@@ -82,7 +82,7 @@ public struct ReplicaReports: Sendable, Equatable {
     /// One table within the limits, or why not.
     static func decode(_ body: [UInt8]) throws(SyncRefusal) -> Table {
         var reader = ByteReader(body)
-        do {
+        return try SyncRefusal.decoding {
             let replicaCount = try reader.u16()
             guard replicaCount <= maxNodes else { throw SyncRefusal.malformed("a report of \(replicaCount) replicas (at most \(maxNodes))") }
             var replicas: Set<NodeID> = []
@@ -103,12 +103,6 @@ public struct ReplicaReports: Sendable, Equatable {
             }
             guard reader.atEnd else { throw SyncRefusal.malformed("bytes after a report") }
             return Table(replicas: replicas, vectors: vectors)
-        } catch let underrun as ByteReader.Underrun {
-            throw SyncRefusal(underrun)
-        } catch let refusal as SyncRefusal {
-            throw refusal
-        } catch {
-            throw SyncRefusal.malformed("\(error)")
         }
     }
 }

@@ -121,7 +121,7 @@ enum SyncMessage: Sendable {
 
         static func decode(_ bytes: [UInt8]) throws(SyncRefusal) -> SettledPart {
             var reader = ByteReader(bytes)
-            do {
+            return try SyncRefusal.decoding {
                 let index = Int(try reader.u32()), total = Int(try reader.u32())
                 guard index < total, total <= maxSettledParts else {
                     throw SyncRefusal.settled("part \(index) of \(total) (at most \(maxSettledParts) parts)")
@@ -146,12 +146,6 @@ enum SyncMessage: Sendable {
                 let operations = try OperationCodec.decode(try reader.prefixed32())
                 guard operations.count <= settledPartSize, reader.atEnd else { throw SyncRefusal.settled("bytes or operations beyond the part") }
                 return SettledPart(index: index, total: total, clock: (wall, counter), settled: settled, operations: operations)
-            } catch let underrun as ByteReader.Underrun {
-                throw SyncRefusal(underrun)
-            } catch let refusal as SyncRefusal {
-                throw refusal
-            } catch {
-                throw SyncRefusal.malformed("\(error)")
             }
         }
 

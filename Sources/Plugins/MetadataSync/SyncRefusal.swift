@@ -17,6 +17,20 @@ enum SyncRefusal: Error, Equatable, CustomStringConvertible {
 
     init(_ underrun: ByteReader.Underrun) { self = .malformed(underrun.description) }
 
+    /// Runs a decoder that reads with `ByteReader` and refuses with `SyncRefusal`: bytes that
+    /// run out become `.malformed`, a refusal passes through.
+    static func decoding<T>(_ body: () throws -> T) throws(SyncRefusal) -> T {
+        do {
+            return try body()
+        } catch let underrun as ByteReader.Underrun {
+            throw SyncRefusal(underrun)
+        } catch let refusal as SyncRefusal {
+            throw refusal
+        } catch {
+            throw SyncRefusal.malformed("\(error)")
+        }
+    }
+
     var reason: String {
         switch self {
         case .malformed: "malformed"
