@@ -70,6 +70,30 @@ struct FolderSafetyTests {
         #expect((try? String(contentsOfFile: b.folder + "/x.txt", encoding: .utf8)) == "precious\n")
     }
 
+    @Test("a deleted directory and its files are listed (ls --deleted), keep their history, and restore brings a file back with its directory")
+    func deletedPaths() throws {
+        let (a, b) = try Self.pair()
+        defer { for node in [a, b] { node.remove() } }
+        try FileManager.default.createDirectory(atPath: a.folder + "/docs", withIntermediateDirectories: false)
+        try "draft\n".write(toFile: a.folder + "/docs/a.txt", atomically: false, encoding: .utf8)
+        try Self.waitFor("docs/a.txt on B") { FileManager.default.fileExists(atPath: b.folder + "/docs/a.txt") }
+        try FileManager.default.removeItem(atPath: a.folder + "/docs")
+        try Self.waitFor("docs gone from B") { !FileManager.default.fileExists(atPath: b.folder + "/docs") }
+        let top = try b.storage(["ls", "--deleted"])["entries"] as? [[String: Any]] ?? []
+        #expect(top.map { $0["name"] as? String } == ["docs"])
+        let inside = try b.storage(["ls", "--deleted", "docs"])["entries"] as? [[String: Any]] ?? []
+        #expect(inside.map { $0["name"] as? String } == ["a.txt"])
+        let history = try b.storage(["history", "docs/a.txt"])
+        #expect(history["deleted"] as? Bool == true && (history["versions"] as? [[String: Any]])?.count == 1)
+        _ = try b.storage(["restore", "docs/a.txt", "--version", "1"])
+        for node in [b, a] {
+            try Self.waitFor("docs/a.txt back on \(node.id)") {
+                (try? String(contentsOfFile: node.folder + "/docs/a.txt", encoding: .utf8)) == "draft\n"
+            }
+        }
+        #expect((try a.storage(["ls", "--deleted"])["entries"] as? [[String: Any]] ?? []).isEmpty, "nothing deleted any more")
+    }
+
     @Test("permission bits travel (0600, 0755; a chmod alone too); a local chmod survives a remote edit; names of 250 bytes sync")
     func modesAndLongNames() throws {
         let (a, b) = try Self.pair()

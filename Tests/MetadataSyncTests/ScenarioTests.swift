@@ -71,6 +71,24 @@ struct ScenarioTests {
         #expect(paths == ["x", "y", "y/d", "y/d/f"])
     }
 
+    @Test("deleted files and directories are listed where they were, with what was under them and their histories")
+    mutating func deletedPaths() {
+        let project = create("project", directory: true), source = create("src", in: project, directory: true)
+        create("main.c", in: source)
+        create("notes.txt", in: project)
+        let loose = create("loose.txt")
+        move(on: .a, project, to: .trash, name: "project", directory: true, at: now + 10)
+        // Moved into the directory while it was being deleted elsewhere (earlier than the
+        // delete): gone with it, and restorable from where it went.
+        move(on: .b, loose, to: project, name: "loose.txt", directory: false, at: now + 5)
+        let view = converged()
+        #expect(view.entries.isEmpty)
+        #expect(Set(view.deleted.keys) == ["project", "project/src", "project/src/main.c", "project/notes.txt", "project/loose.txt"],
+                "\(view.deleted.keys.sorted())")
+        #expect(view.deleted["project"]?.isDirectory == true)
+        #expect(view.deleted["project/loose.txt"]?.head != nil && view.deleted["project/src/main.c"]?.history.count == 1)
+    }
+
     @Test("/a into /b on one node, /b into /a on the other: one move is skipped, nothing lost, no cycle")
     mutating func moveCycle() {
         let first = create("a", directory: true), second = create("b", directory: true)

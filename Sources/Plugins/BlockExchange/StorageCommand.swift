@@ -180,11 +180,14 @@ struct StorageCommand: ParsableCommand {
         @Argument(help: "A directory in the folder (default: its top).")
         var path: String = ""
 
+        @Flag(help: "List what was deleted from the directory (`history` and `restore` take those paths).")
+        var deleted = false
+
         @OptionGroup var options: NodeOptions
 
         func run() throws {
             let client = try options.client()
-            let answer = try StorageCommand.calling { try client.call(["cmd": "ls", "path": path]) }
+            let answer = try StorageCommand.calling { try client.call(["cmd": "ls", "path": path, "deleted": deleted ? "1" : "0"]) }
             if options.json { return StorageCommand.printJSON(answer) }
             for entry in answer["entries"] as? [[String: Any]] ?? [] {
                 let name = entry["name"] as? String ?? "?", type = entry["type"] as? String ?? "?"

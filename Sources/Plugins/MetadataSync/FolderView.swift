@@ -26,6 +26,9 @@ public struct FolderView: Equatable, Sendable {
     }
 
     public let entries: [String: Entry]
+    /// Deleted files and directories, by the path they had when they were deleted, with their
+    /// histories (`harp storage ls --deleted`, `history`, `restore`).
+    public let deleted: [String: Entry]
 
     public init(tree: ReplicatedTree, histories: FileHistories) {
         // Effective placements: the tree's, with deleted items restored by a later version.
@@ -66,5 +69,48 @@ public struct FolderView: Equatable, Sendable {
         }
         walk([.root], path: "", depth: 0)
         self.entries = entries
+
+        // Deleted items where they were: each item in the trash under its parent's path then
+        // (live, or deleted too), and everything that was under it.
+        var livePaths: [ItemID: String] = [:]
+        for entry in entries.values { for item in entry.items { livePaths[item] = entry.path } }
+        var formerPaths: [ItemID: String] = [:]
+        func formerPath(_ item: ItemID, depth: Int) -> String? {
+            if item == .root { return "" }
+            if let path = livePaths[item] ?? formerPaths[item] { return path }
+            guard depth < 4096, let deletion = deletions[item], tree.placements[item]?.parent == .trash,
+                  let parent = formerPath(deletion.was.parent, depth: depth + 1) else { return nil }
+            let path = parent.isEmpty ? deletion.was.name : parent + "/" + deletion.was.name
+            formerPaths[item] = path
+            return path
+        }
+        var treeChildren: [ItemID: [ItemID]] = [:]
+        for (item, placement) in tree.placements { treeChildren[placement.parent, default: []].append(item) }
+        var byPath: [String: [ItemID]] = [:]
+        func collect(_ item: ItemID, at path: String, depth: Int) {
+            byPath[path, default: []].append(item)
+            guard depth < 4096 else { return }
+            for child in treeChildren[item] ?? [] where tree.placements[child]?.parent != .trash {
+                collect(child, at: path + "/" + tree.placements[child]!.name, depth: depth + 1)
+            }
+        }
+        for item in treeChildren[.trash] ?? [] where placements[item] == nil {
+            if let path = formerPath(item, depth: 0) { collect(item, at: path, depth: 0) }
+        }
+        var deleted: [String: Entry] = [:]
+        for (path, items) in byPath where entries[path] == nil {
+            let directories = items.filter { (tree.placements[$0]?.parent == .trash ? deletions[$0]?.was : tree.placements[$0])?.isDirectory == true }
+            if !directories.isEmpty {
+                deleted[path] = Entry(path: path, isDirectory: true, items: directories.sorted(), history: [])
+                continue
+            }
+            let versions = items.flatMap { histories.versions[$0] ?? [] }.sorted { $0.timestamp < $1.timestamp }
+            let history = versions.enumerated().map { index, version in
+                HistoryEntry(number: index + 1, version: version, concurrent: index > 0 && version.base != versions[index - 1].root,
+                             head: index == versions.count - 1)
+            }
+            deleted[path] = Entry(path: path, isDirectory: false, items: items.sorted(), history: history)
+        }
+        self.deleted = deleted
     }
 }

@@ -38,7 +38,9 @@ public final class MetadataSyncPlugin: Plugin {
         }
         let node = self.node
         p2p.register(channel: SyncChannel(node: node))
-        p2p.register(command: "ls") { request in await MetadataCommands.list(node, path: request["path"] ?? "") }
+        p2p.register(command: "ls") { request in
+            await MetadataCommands.list(node, path: request["path"] ?? "", deleted: request["deleted"] == "1")
+        }
         p2p.register(command: "history") { request in await MetadataCommands.history(node, path: request["path"] ?? "") }
         p2p.register(command: "restore") { request in
             await MetadataCommands.restore(node, path: request["path"] ?? "", version: Int(request["version"] ?? "") ?? 0)
@@ -68,20 +70,25 @@ enum MetadataCommands {
         path.split(separator: "/").filter { !$0.isEmpty && $0 != "." }.joined(separator: "/")
     }
 
-    static func list(_ node: MetadataNode, path: String) async -> String {
+    /// A directory's entries; with `deleted`, the deleted ones that were in it (the directory
+    /// may be deleted itself).
+    static func list(_ node: MetadataNode, path: String, deleted: Bool) async -> String {
         let view = await node.view()
         let directory = clean(path)
-        if !directory.isEmpty, view.entries[directory]?.isDirectory != true {
-            return json(["error": "\(directory) is not a directory in the folder"])
+        let known = view.entries[directory]?.isDirectory == true || (deleted && view.deleted[directory]?.isDirectory == true)
+        if !directory.isEmpty, !known {
+            return json(["error": "\(directory) is not a directory in the folder\(deleted ? ", nor a deleted one" : "")"])
         }
         let prefix = directory.isEmpty ? "" : directory + "/"
-        let children = view.entries.values.filter { $0.path.hasPrefix(prefix) && !$0.path.dropFirst(prefix.count).contains("/") }
+        let source = deleted ? view.deleted : view.entries
+        let children = source.values.filter { $0.path.hasPrefix(prefix) && !$0.path.dropFirst(prefix.count).contains("/") }
         let entries: [[String: Any]] = children.sorted { $0.path < $1.path }.map { entry in
             var item: [String: Any] = ["name": String(entry.path.dropFirst(prefix.count)), "type": entry.isDirectory ? "dir" : "file"]
             if let head = entry.head {
                 item["size"] = head.size
                 item["root"] = head.root.description
             }
+            if deleted { item["deleted"] = true }
             return item
         }
         return json(["done": true, "path": directory, "entries": entries])
@@ -89,15 +96,16 @@ enum MetadataCommands {
 
     static func history(_ node: MetadataNode, path: String) async -> String {
         let target = clean(path)
-        guard let entry = await node.view().entries[target], !entry.isDirectory else {
-            return json(["error": "\(target) is not a file in the folder"])
+        let view = await node.view()
+        guard let entry = view.entries[target] ?? view.deleted[target], !entry.isDirectory else {
+            return json(["error": "\(target) is not a file in the folder, nor a deleted one"])
         }
         let versions: [[String: Any]] = entry.history.map { item in
             ["n": item.number, "timestamp": "\(item.version.timestamp.wall).\(item.version.timestamp.counter)",
              "node": "\(item.version.timestamp.node)", "size": item.version.size, "root": item.version.root.description,
              "concurrent": item.concurrent, "head": item.head]
         }
-        return json(["done": true, "path": target, "versions": versions])
+        return json(["done": true, "path": target, "versions": versions, "deleted": view.entries[target] == nil])
     }
 
     static func restore(_ node: MetadataNode, path: String, version: Int) async -> String {

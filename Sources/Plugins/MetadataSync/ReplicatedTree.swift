@@ -171,4 +171,5 @@ public struct ReplicatedTree: Sendable, Equatable {
     }
 
     public var moveCount: Int { log.count }
+
 }
