@@ -193,4 +193,73 @@ struct HostilePeerTests {
         #expect(after - before < 64 << 10, "RSS \(before) KiB before, \(after) KiB after 255 parts")
         #expect(node.process!.process.isRunning)
     }
+
+    @Test("seeded random operations from a peer — deep trees, odd valid names, moves into the trash and into cycles, counters at their limit — through a real node's materializer: no crash, no stall, nothing outside, the folder shows the tree",
+          arguments: [2026 as UInt64, 17])
+    func randomOperationsThroughTheMaterializer(seed: UInt64) throws {
+        print("seed \(seed)")
+        let (node, hostile, friend, _) = try Self.victim()
+        defer { for peer in [node, hostile, friend] { peer.remove() } }
+        let outside = (node.dir as NSString).deletingLastPathComponent + "/harp-outside-\(seed)-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: outside) }
+        let peer = try HostilePeer(identity: hostile)
+        try peer.connect(to: node)
+        var generator = SeededGenerator(seed: seed)
+        let names = ["a", "b b", "Ω", "-rf", "*", "back\\slash", "new\nline", String(repeating: "n", count: 255), "ünï", "x..", "tab\t"]
+        var directories: [ItemID] = [.root]
+        var operations: [LoggedOperation] = []
+        let now = HostilePeer.now
+        for index in 0..<600 {
+            let sequence = UInt64(index + 1), counter: UInt32 = index > 560 ? .max : UInt32(index)
+            let roll = Int.random(in: 0..<10, using: &generator)
+            if roll < 5 || directories.count < 3 {
+                let item = ItemID(high: seed, low: UInt64(index))
+                operations.append(peer.move(sequence, wall: now, counter: counter, item: item, parent: directories.randomElement(using: &generator)!,
+                                            name: names.randomElement(using: &generator)!))
+                directories.append(item)
+            } else if roll < 8 {
+                let item = directories.dropFirst().randomElement(using: &generator)!
+                operations.append(peer.move(sequence, wall: now, counter: counter, item: item, parent: directories.randomElement(using: &generator)!,
+                                            name: names.randomElement(using: &generator)!))
+            } else {
+                let item = directories.dropFirst().randomElement(using: &generator)!
+                operations.append(peer.move(sequence, wall: now, counter: counter, item: item, parent: .trash, name: "gone"))
+            }
+        }
+        for start in stride(from: 0, to: operations.count, by: 100) {
+            try peer.send(.operations(peer.sign(Array(operations[start..<min(start + 100, operations.count)]))))
+        }
+        try node.process!.waitForOutput("applied", timeout: 20)
+        // The folder settles: what `ls` shows is what is on disk, and nothing else.
+        func shown(_ directory: String) throws -> Set<String> {
+            let entries = try node.storage(["ls", directory])["entries"] as? [[String: Any]] ?? []
+            var out: Set<String> = []
+            for entry in entries {
+                let path = directory.isEmpty ? entry["name"] as! String : directory + "/" + (entry["name"] as! String)
+                out.insert(path)
+                out.formUnion(try shown(path))
+            }
+            return out
+        }
+        func onDisk() -> Set<String> {
+            var out: Set<String> = []
+            let enumerator = FileManager.default.enumerator(atPath: node.folder)
+            while let path = enumerator?.nextObject() as? String {
+                if path.split(separator: "/").contains(where: { $0.hasPrefix(".") }) { continue }
+                out.insert(path)
+            }
+            return out
+        }
+        var expected: Set<String> = []
+        let deadline = Date().addingTimeInterval(30)
+        repeat {
+            usleep(1_000_000)
+            expected = try shown("")
+        } while Date() < deadline && expected != onDisk()
+        #expect(!expected.isEmpty, "seed \(seed)")
+        #expect(expected == onDisk(), "seed \(seed): the folder differs from the tree: \(expected.symmetricDifference(onDisk()).prefix(10))")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: outside)) ?? ["?"]).isEmpty, "seed \(seed): nothing outside")
+        #expect(node.process!.process.isRunning)
+    }
 }
