@@ -22,14 +22,7 @@ public final class LogWriter: Sendable {
 
     private init(fd: Int32) {
         self.fd = fd
-        let unmanaged = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<LogWriter>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, unmanaged.toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
+        DetachedThread.start { [self] in run() }
     }
 
     /// Queues one line (with its newline); never blocks on the output.

@@ -170,23 +170,15 @@ public final class Server {
 
 /// After the first SIGINT/SIGTERM: a second one ends harp at once, and so does the end of the
 /// grace period + 1 s, whatever the connections, plugins or a stuck loop are doing — a stop
-/// signal is always obeyed. Runs on a thread of its own, beside the drain.
-struct ShutdownDeadline: @unchecked Sendable {
-    // @unchecked Sendable: the signalfd is read only by this thread once it starts (the main
-    // thread no longer reads it); the logger is a value.
+/// signal is always obeyed. Runs on a thread of its own, beside the drain; from then on it is
+/// the only reader of the signalfd.
+struct ShutdownDeadline: Sendable {
     let signals: Int32
     let limit: Duration
     let logger: Logger
 
     func start() {
-        let box = Unmanaged.passRetained(Box(self))
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().deadline.run()
-            return nil
-        }, box.toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
+        DetachedThread.start { [self] in run() }
     }
 
     private func run() {
@@ -211,10 +203,6 @@ struct ShutdownDeadline: @unchecked Sendable {
         }
     }
 
-    private final class Box {
-        let deadline: ShutdownDeadline
-        init(_ deadline: ShutdownDeadline) { self.deadline = deadline }
-    }
 }
 
 /// Runs async work from the main thread, which is not part of Swift's cooperative pool and

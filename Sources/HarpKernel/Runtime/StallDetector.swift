@@ -47,14 +47,7 @@ public final class StallDetector: Sendable {
 
     /// Starts the detector's thread.
     public func start() {
-        let unmanaged = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<StallDetector>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, unmanaged.toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
+        DetachedThread.start { [self] in run() }
     }
 
     public func stop() { stopping.store(true, ordering: .relaxed) }

@@ -10,14 +10,7 @@ public final class WorkerThread: Sendable {
     private let pending = DispatchSemaphore(value: 0)
 
     public init() {
-        let unmanaged = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<WorkerThread>.fromOpaque(raw!).takeRetainedValue().loop()
-            return nil
-        }, unmanaged.toOpaque())
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
+        DetachedThread.start { [self] in loop() }
     }
 
     private func loop() {
