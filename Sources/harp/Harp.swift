@@ -20,6 +20,7 @@ struct Harp: ParsableCommand {
 
     static func main() {
         PluginRegistry.executable = registeredPlugins
+        for type in registeredPlugins.types { type.prepareCommands() }
         // Two commands with one name would make one of them unreachable: refuse to run.
         let conflicts = registeredPlugins.commandConflicts(reserved: builtIn.map { $0._commandName })
         if !conflicts.isEmpty { fail("harp: command names claimed twice: \(conflicts.joined(separator: "; "))") }

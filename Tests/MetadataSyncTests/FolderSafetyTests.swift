@@ -94,6 +94,25 @@ struct FolderSafetyTests {
         #expect((try a.storage(["ls", "--deleted"])["entries"] as? [[String: Any]] ?? []).isEmpty, "nothing deleted any more")
     }
 
+    @Test("ls, history and log read a stopped node's metadata log (read only); status still needs the node")
+    func stoppedNode() throws {
+        let node = try P2PNode()
+        defer { node.remove() }
+        node.plugins = ["p2p", "crdt"]
+        node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\""
+        try node.configure(peers: [])
+        try node.start()
+        try "one\n".write(toFile: node.folder + "/notes.txt", atomically: false, encoding: .utf8)
+        try node.process!.waitForOutput("local changes: created notes.txt")
+        try node.stop()
+        let names = (try node.storage(["ls"])["entries"] as? [[String: Any]] ?? []).map { $0["name"] as? String }
+        #expect(names == ["notes.txt"])
+        #expect((try node.storage(["history", "notes.txt"])["versions"] as? [[String: Any]])?.count == 1)
+        #expect((try node.storage(["log"])["operations"] as? [[String: Any]])?.count == 2, "the create and the version")
+        let status = try HarpProcess.run(["storage", "status", "--config", node.configPath])
+        #expect(status.status != 0 && status.stderr.contains("the node is not running"), "\(status.stderr)")
+    }
+
     @Test("permission bits travel (0600, 0755; a chmod alone too); a local chmod survives a remote edit; names of 250 bytes sync")
     func modesAndLongNames() throws {
         let (a, b) = try Self.pair()

@@ -115,7 +115,7 @@ public final class ListenerGroup: Sendable {
                 let fd = try Socket.listen(on: bindTo, reusePort: address.family != AF_UNIX)
                 fds.append(fd)
                 // Port 0: the first socket picks the port, the others join it.
-                if fds.count == 1, let local = SocketAddress.local(of: fd) { bindTo = local }
+                if fds.count == 1, address.port == 0, let local = SocketAddress.local(of: fd) { bindTo = local }
                 if address.family == AF_UNIX { break }
             }
         } catch {

@@ -29,6 +29,10 @@ public protocol Plugin: AnyObject, Sendable {
     /// plugin to be selected. Two plugins may not add commands with the same name.
     static var commands: [any ParsableCommand.Type] { get }
 
+    /// Called once before any command is parsed: a plugin wires what its commands (or another
+    /// plugin's) need from it — the crdt plugin's answers for a stopped node.
+    static func prepareCommands()
+
     /// Settings this plugin's environment variables make over the config file (HaRP's
     /// `HP_*` for the ExApps gateway). Throw `ConfigError.environment` naming a variable that
     /// is wrong. Sections of other plugins may be set too (HaRP's timeouts are the http
@@ -65,6 +69,7 @@ extension Plugin {
     public static var section: String { name }
     public static var dependencies: [String] { [] }
     public static var commands: [any ParsableCommand.Type] { [] }
+    public static func prepareCommands() {}
     public static func environmentOverrides(_ environment: [String: String]) throws(ConfigError) -> [ConfigOverride] { [] }
     public static func environmentDefault(_ environment: [String: String]) -> String? { nil }
     public func stopAccepting() async {}

@@ -19,6 +19,12 @@ public final class LogWriter: Sendable {
     private let capacity = 10_000
     private let state = Mutex<(lines: [String], dropped: Int, writing: Bool)>(([], 0, false))
     private let pending = DispatchSemaphore(value: 0)
+    /// Said after the time on every line when set (a P2P node's short ID), so that the lines
+    /// of several nodes sharing a terminal or a journal can be told apart.
+    private let tag = Mutex<String>("")
+
+    /// Sets the tag every later line carries (`[MFRG-GZDF]`).
+    public func setTag(_ text: String) { tag.withLock { $0 = text.isEmpty ? "" : " [\(text)]" } }
 
     private init(fd: Int32) {
         self.fd = fd
@@ -97,7 +103,7 @@ public final class LogWriter: Sendable {
             if let explicit = event.metadata { merged.merge(explicit) { $1 } }
             if let error = event.error { merged["error.message"] = "\(error)" }
             let pretty = merged.isEmpty ? "" : " " + merged.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")
-            writer.write("\(Self.timestamp()) \(event.level) \(label):\(pretty) [\(event.source)] \(event.message)\n")
+            writer.write("\(Self.timestamp())\(writer.tag.withLock { $0 }) \(event.level) \(label):\(pretty) [\(event.source)] \(event.message)\n")
         }
 
         static func timestamp() -> String {

@@ -37,6 +37,17 @@ public final class Database: Sendable {
         worker.connection = try opened.get()
     }
 
+    /// Opens an existing database read-only (a stopped node's, for the commands that read it):
+    /// no migration, no write; fails when the file is missing.
+    public init(readingOnly path: String) throws(DatabaseError) {
+        self.path = path
+        worker = DatabaseWorker()
+        let opened: Result<Connection, DatabaseError> = worker.runSync {
+            Result { () throws(DatabaseError) -> Connection in try Connection(path: path, readOnly: true) }
+        }
+        worker.connection = try opened.get()
+    }
+
     deinit { worker.stop() }
 
     /// Runs `body` on the database thread (reads, or writes that need no transaction).
@@ -105,9 +116,9 @@ public final class Connection {
     private var handle: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
 
-    init(path: String) throws(DatabaseError) {
+    init(path: String, readOnly: Bool = false) throws(DatabaseError) {
         var db: OpaquePointer?
-        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let flags = (readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX
         let status = sqlite3_open_v2(path, &db, flags, nil)
         guard status == SQLITE_OK, let db else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
@@ -116,6 +127,7 @@ public final class Connection {
         }
         handle = db
         sqlite3_busy_timeout(db, 5000)
+        guard !readOnly else { return }
         try execute("PRAGMA journal_mode = WAL")
         try execute("PRAGMA synchronous = FULL")
         try execute("PRAGMA foreign_keys = ON")

@@ -32,6 +32,8 @@ public final class BlockExchangePlugin: Plugin {
         Self.restrict(configuration.dir)
         do {
             node = try NodeIdentity.load(from: configuration.dir)
+            // Several nodes on one terminal (the README's walkthrough) tell their lines apart.
+            LogWriter.standardError.setTag(String(node.description.prefix(9)))
         } catch {
             throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: error.description)
         }

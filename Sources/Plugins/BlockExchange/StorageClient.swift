@@ -9,6 +9,8 @@ struct StorageClient {
 
     struct Failure: Error, CustomStringConvertible {
         let description: String
+        /// No node answers on the socket (a command may then read the stopped node's state).
+        var nodeNotRunning = false
     }
 
     /// Whether a node answers on the socket at `path`.
@@ -47,7 +49,8 @@ struct StorageClient {
         do {
             fd = try Self.connect(path)
         } catch {
-            throw Failure(description: "the node is not running (\(path): \(error.description)); start it with `harp serve --config FILE`")
+            throw Failure(description: "the node is not running (\(path): \(error.description)); start it with `harp serve --config FILE`",
+                          nodeNotRunning: true)
         }
         defer { close(fd) }
         guard var data = try? JSONSerialization.data(withJSONObject: request) else { throw Failure(description: "cannot encode the request") }

@@ -85,18 +85,44 @@ struct StorageCommand: ParsableCommand {
 
         /// The client for the node this config describes.
         func client() throws -> StorageClient {
+            StorageClient(path: try stateDirectory() + "/" + ControlSocket.fileName)
+        }
+
+        /// The node's `[storage] dir`.
+        func stateDirectory() throws -> String {
             do {
                 let file = try ConfigFile.resolve(path: config, registry: PluginRegistry.executable, environment: ProcessEnvironment.current(),
                                                   fallback: nil)
-                return StorageClient(path: try file.configuration(of: BlockExchangePlugin.self).dir + "/" + ControlSocket.fileName)
+                return try file.configuration(of: BlockExchangePlugin.self).dir
             } catch {
                 throw ValidationError("\(error)")
+            }
+        }
+
+        /// The answer to `request` from the running node, or, when none runs, read from its
+        /// state directory by the plugin that registered the command (`StoppedNodeCommands`).
+        func ask(_ request: [String: String]) throws -> [String: Any] {
+            let client = try client()
+            do {
+                return try client.call(request)
+            } catch let failure as StorageClient.Failure {
+                guard failure.nodeNotRunning, let name = request["cmd"], let handler = StoppedNodeCommands.handler(name) else {
+                    throw ValidationError(failure.description)
+                }
+                let text = handler(try stateDirectory(), request)
+                guard let answer = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] else {
+                    throw ValidationError("the stopped node's answer is not JSON: \(text)")
+                }
+                if let error = answer["error"] as? String { throw ValidationError(error) }
+                return answer
             }
         }
     }
 
     struct Add: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Index a file in the node's folder; print its content root.")
+        static let configuration = CommandConfiguration(
+            abstract: "Print the content root of a file in the node's folder (indexing it if needed).",
+            discussion: "This adds nothing to sync: every file in the folder is synced already (with the crdt plugin). The root is what `harp storage get ROOT` on another node fetches.")
 
         @Argument(help: "The file (inside [storage] folder; absolute, or relative to the folder).")
         var path: String
@@ -186,8 +212,7 @@ struct StorageCommand: ParsableCommand {
         @OptionGroup var options: NodeOptions
 
         func run() throws {
-            let client = try options.client()
-            let answer = try StorageCommand.calling { try client.call(["cmd": "ls", "path": path, "deleted": deleted ? "1" : "0"]) }
+            let answer = try options.ask(["cmd": "ls", "path": path, "deleted": deleted ? "1" : "0"])
             if options.json { return StorageCommand.printJSON(answer) }
             for entry in answer["entries"] as? [[String: Any]] ?? [] {
                 let name = entry["name"] as? String ?? "?", type = entry["type"] as? String ?? "?"
@@ -205,8 +230,7 @@ struct StorageCommand: ParsableCommand {
         @OptionGroup var options: NodeOptions
 
         func run() throws {
-            let client = try options.client()
-            let answer = try StorageCommand.calling { try client.call(["cmd": "history", "path": path]) }
+            let answer = try options.ask(["cmd": "history", "path": path])
             if options.json { return StorageCommand.printJSON(answer) }
             for version in answer["versions"] as? [[String: Any]] ?? [] {
                 let flags = [(version["head"] as? Bool == true) ? "head" : nil, (version["concurrent"] as? Bool == true) ? "concurrent" : nil]
@@ -244,8 +268,7 @@ struct StorageCommand: ParsableCommand {
         @OptionGroup var options: NodeOptions
 
         func run() throws {
-            let client = try options.client()
-            let answer = try StorageCommand.calling { try client.call(["cmd": "log", "count": count]) }
+            let answer = try options.ask(["cmd": "log", "count": "\(count)"])
             if options.json { return StorageCommand.printJSON(answer) }
             for operation in answer["operations"] as? [[String: Any]] ?? [] {
                 let detail = operation["op"] as? String == "version" ? "\(operation["root"] as? String ?? "")" : "\(operation["name"] as? String ?? "") in \(operation["parent"] as? String ?? "")"

@@ -844,7 +844,10 @@ actor MetadataNode {
     /// Operations the log keeps (settled moves are not among them).
     var operationsKept: Int { replica.operationCount }
 
-    func recentOperations(_ count: Int) -> [LoggedOperation] {
+    func recentOperations(_ count: Int) -> [LoggedOperation] { Self.newest(count, of: replica) }
+
+    /// The newest `count` operations `replica` keeps, newest first.
+    static func newest(_ count: Int, of replica: Replica) -> [LoggedOperation] {
         Array(replica.allOperations.sorted { $0.operation.timestamp > $1.operation.timestamp }.prefix(count))
     }
 

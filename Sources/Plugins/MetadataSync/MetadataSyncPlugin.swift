@@ -39,13 +39,43 @@ public final class MetadataSyncPlugin: Plugin {
         let node = self.node
         p2p.register(channel: SyncChannel(node: node))
         p2p.register(command: "ls") { request in
-            await MetadataCommands.list(node, path: request["path"] ?? "", deleted: request["deleted"] == "1")
+            MetadataCommands.list(await node.view(), path: request["path"] ?? "", deleted: request["deleted"] == "1")
         }
-        p2p.register(command: "history") { request in await MetadataCommands.history(node, path: request["path"] ?? "") }
+        p2p.register(command: "history") { request in MetadataCommands.history(await node.view(), path: request["path"] ?? "") }
         p2p.register(command: "restore") { request in
             await MetadataCommands.restore(node, path: request["path"] ?? "", version: Int(request["version"] ?? "") ?? 0)
         }
-        p2p.register(command: "log") { request in await MetadataCommands.log(node, count: Int(request["count"] ?? "") ?? 50) }
+        p2p.register(command: "log") { request in
+            let count = max(1, min(Int(request["count"] ?? "") ?? 50, 1000))
+            return MetadataCommands.log(await node.recentOperations(count), kept: await node.operationsKept)
+        }
+    }
+
+    /// `harp storage ls/history/log` on a stopped node: the same answers, from its metadata
+    /// log opened read only.
+    public static func prepareCommands() {
+        StoppedNodeCommands.register("ls") { directory, request in
+            answer(directory) { MetadataCommands.list(FolderView(tree: $0.tree, histories: $0.histories), path: request["path"] ?? "",
+                                                      deleted: request["deleted"] == "1") }
+        }
+        StoppedNodeCommands.register("history") { directory, request in
+            answer(directory) { MetadataCommands.history(FolderView(tree: $0.tree, histories: $0.histories), path: request["path"] ?? "") }
+        }
+        StoppedNodeCommands.register("log") { directory, request in
+            let count = max(1, min(Int(request["count"] ?? "") ?? 50, 1000))
+            return answer(directory) { MetadataCommands.log(MetadataNode.newest(count, of: $0), kept: $0.operationCount) }
+        }
+    }
+
+    /// `body`'s answer for the replica a stopped node's state directory holds.
+    private static func answer(_ directory: String, _ body: (Replica) -> String) -> String {
+        do {
+            let node = try NodeIdentity.load(from: directory)
+            let loaded = try OperationLog(readingOnly: directory + "/metadata.sqlite").load()
+            return body(Replica(node: node, wall: loaded.wall, counter: loaded.counter, settled: loaded.settled, operations: loaded.operations))
+        } catch {
+            return MetadataCommands.json(["error": "the node is not running, and its metadata log cannot be read: \(error)"])
+        }
     }
 
     public func start() async throws {
@@ -72,8 +102,7 @@ enum MetadataCommands {
 
     /// A directory's entries; with `deleted`, the deleted ones that were in it (the directory
     /// may be deleted itself).
-    static func list(_ node: MetadataNode, path: String, deleted: Bool) async -> String {
-        let view = await node.view()
+    static func list(_ view: FolderView, path: String, deleted: Bool) -> String {
         let directory = clean(path)
         let known = view.entries[directory]?.isDirectory == true || (deleted && view.deleted[directory]?.isDirectory == true)
         if !directory.isEmpty, !known {
@@ -94,9 +123,8 @@ enum MetadataCommands {
         return json(["done": true, "path": directory, "entries": entries])
     }
 
-    static func history(_ node: MetadataNode, path: String) async -> String {
+    static func history(_ view: FolderView, path: String) -> String {
         let target = clean(path)
-        let view = await node.view()
         guard let entry = view.entries[target] ?? view.deleted[target], !entry.isDirectory else {
             return json(["error": "\(target) is not a file in the folder, nor a deleted one"])
         }
@@ -114,8 +142,8 @@ enum MetadataCommands {
         return json(["done": true, "path": target, "restored": version])
     }
 
-    static func log(_ node: MetadataNode, count: Int) async -> String {
-        let operations: [[String: Any]] = await node.recentOperations(max(1, min(count, 1000))).map { logged in
+    static func log(_ recent: [LoggedOperation], kept: Int) -> String {
+        let operations: [[String: Any]] = recent.map { logged in
             var item: [String: Any] = ["origin": "\(logged.origin)", "sequence": logged.sequence,
                                        "timestamp": "\(logged.operation.timestamp.wall).\(logged.operation.timestamp.counter)",
                                        "item": logged.operation.item.description]
@@ -131,6 +159,6 @@ enum MetadataCommands {
             }
             return item
         }
-        return json(["done": true, "operations": operations, "operations_kept": await node.operationsKept])
+        return json(["done": true, "operations": operations, "operations_kept": kept])
     }
 }

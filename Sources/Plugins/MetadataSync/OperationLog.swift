@@ -45,6 +45,11 @@ struct OperationLog: Sendable {
         database = try Database(path: path, migrations: [Self.migrations])
     }
 
+    /// A stopped node's log, read only (`harp storage ls/history/log` without a running node).
+    init(readingOnly path: String) throws(DatabaseError) {
+        database = try Database(readingOnly: path)
+    }
+
     /// Every operation kept, the settled state, and the clock as last recorded.
     func load() throws(DatabaseError) -> (operations: [LoggedOperation], settled: Replica.Settled, wall: UInt64, counter: UInt32,
                                           paths: [String: PathState]) {
