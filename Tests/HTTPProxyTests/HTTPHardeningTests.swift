@@ -240,4 +240,18 @@ struct HTTPHardeningTests {
         #expect(origin.open.load(ordering: .relaxed) == 0, "closed by the pool's timer")
         #expect(try harp.stop() == 0)
     }
+
+    @Test("200 kept-alive clients for 10 s: the origin sees about one connection per client, not one per request (the pool keeps what was in use)")
+    func upstreamReuseUnderSteadyLoad() throws {
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let port = freePort()
+        let harp = try HarpProcess.serve(Self.config(port: port, upstream: "http://127.0.0.1:\(origin.address.port!)"))
+        let result = try shell("python3 \(Self.clients) steady \(port) 200 10 /small")
+        let requests = Int(result.output.split(separator: "=").last ?? "") ?? 0
+        let connections = origin.connections.load(ordering: .relaxed)
+        #expect(requests > 2000, "\(result.output)")
+        #expect(connections <= 210, "\(connections) upstream connections for \(requests) requests from 200 clients")
+        #expect(try harp.stop() == 0)
+    }
 }

@@ -6,6 +6,8 @@
                                       SECONDS (T: seconds until the last server close).
   flood PORT N HOLD                   opens N idle connections, holds them HOLD seconds, closes
                                       them; prints "opened=K".
+  steady PORT N SECONDS PATH          N keep-alive clients send GET PATH back to back for SECONDS;
+                                      prints "requests=R".
 """
 import resource
 import socket
@@ -110,12 +112,37 @@ def keepalive(port, pid, count, path):
     print(f"{(held - before) / count:.1f}")
 
 
+def steady(port, count, seconds, path):
+    """Steady load: `count` kept-alive clients, each sending its next request once the last
+    response is in."""
+    import threading
+    raise_limit()
+    done = [0] * count
+    stop = time.monotonic() + seconds
+
+    def client(index):
+        sock = socket.create_connection(("127.0.0.1", port))
+        while time.monotonic() < stop:
+            get(sock, path)
+            done[index] += 1
+        sock.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(f"requests={sum(done)}")
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "slowloris":
         slowloris(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
     elif mode == "flood":
         flood(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    elif mode == "steady":
+        steady(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
     elif mode == "keepalive":
         keepalive(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:

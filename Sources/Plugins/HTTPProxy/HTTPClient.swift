@@ -91,13 +91,14 @@ public final class HTTPClient: @unchecked Sendable {
                 } catch {
                     throw .connect(error)
                 }
+                pool.opened(upstream)
             }
             switch await exchange(bytes, method: method, until: deadline, on: stream) {
             case .success(let (response, keepAlive)):
-                if keepAlive { pool.give(stream, to: upstream) } else { stream.abort() }
+                if keepAlive { pool.give(stream, to: upstream) } else { pool.discard(stream, of: upstream) }
                 return response
             case .failure(let error):
-                stream.abort()
+                pool.discard(stream, of: upstream)
                 if reused, case .closedBeforeResponse = error, !fresh {
                     fresh = true
                     continue

@@ -63,7 +63,8 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
     public var tunnelTimeout: ConfigDuration
     /// Peers whose X-Forwarded-* headers are kept (extended) instead of replaced.
     public var trustedProxies: [IPRange]
-    /// Idle keep-alive connections kept per upstream and loop, and for how long.
+    /// The most idle keep-alive connections kept per upstream and loop (the pool keeps as many
+    /// as were in use at once lately, up to this; 0: none), and for how long.
     public var upstreamKeepalive: Int
     public var upstreamIdleTimeout: ConfigDuration
     /// One line per request on the `harp.http.access` logger.
@@ -86,7 +87,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         serverTimeout = .seconds(1800)
         tunnelTimeout = .seconds(1800)
         trustedProxies = []
-        upstreamKeepalive = 32
+        upstreamKeepalive = 1024
         upstreamIdleTimeout = .seconds(60)
         accessLog = true
         maxConnections = 10_000

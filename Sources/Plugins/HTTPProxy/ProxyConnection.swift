@@ -281,6 +281,7 @@ final class ProxyConnection {
             let stream = try await shared.dialer.dial(upstream.address, on: loop, tls: shared.upstreamTLS(for: upstream),
                                                       serverName: upstream.serverName)
             shared.metrics.upstreamConnectionOpened()
+            shared.pool(for: loop).opened(upstream)
             return .success(UpstreamConnection(stream: stream, reused: false))
         } catch {
             shared.metrics.upstreamConnectFailed()
@@ -306,7 +307,11 @@ final class ProxyConnection {
         var reusable = false
         var heldBody = heldBody
         defer {
-            if reusable { shared.pool(for: loop).give(upstream, to: exchange.upstream!) } else { upstream.abort() }
+            if reusable {
+                shared.pool(for: loop).give(upstream, to: exchange.upstream!)
+            } else {
+                shared.pool(for: loop).discard(upstream, of: exchange.upstream!)
+            }
             // Not kept while the connection idles: 4 KiB from the loop's pool, or more when a
             // chunked body grew it (up to its capacity).
             responseBuffer.consume(responseBuffer.count)
