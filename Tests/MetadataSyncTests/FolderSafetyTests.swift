@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import HarpTestSupport
+@testable import MetadataSync
 import Testing
 
 /// What a node does to its own folder and disk when what it receives meets what is there:
@@ -111,6 +112,62 @@ struct FolderSafetyTests {
         #expect((try node.storage(["log"])["operations"] as? [[String: Any]])?.count == 2, "the create and the version")
         let status = try HarpProcess.run(["storage", "status", "--config", node.configPath])
         #expect(status.status != 0 && status.stderr.contains("the node is not running"), "\(status.stderr)")
+    }
+
+    @Test("an ignored directory is invisible to sync on the ignoring node: not created there, never a delete elsewhere")
+    func ignoreRules() throws {
+        let (a, b) = try Self.pair()
+        defer { for node in [a, b] { node.remove() } }
+        // B ignores build/ and cache/ (cache/ after it synced once).
+        try FileManager.default.createDirectory(atPath: a.folder + "/cache", withIntermediateDirectories: false)
+        try "cached\n".write(toFile: a.folder + "/cache/c.txt", atomically: false, encoding: .utf8)
+        try Self.waitFor("cache/c.txt on B") { FileManager.default.fileExists(atPath: b.folder + "/cache/c.txt") }
+        try "build/\ncache/\n".write(toFile: b.folder + "/.harpignore", atomically: false, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: b.folder + "/cache")  // B's user clears its ignored cache
+        try FileManager.default.createDirectory(atPath: a.folder + "/build", withIntermediateDirectories: false)
+        try "work\n".write(toFile: a.folder + "/build/work.txt", atomically: false, encoding: .utf8)
+        try "more\n".write(toFile: a.folder + "/cache/more.txt", atomically: false, encoding: .utf8)
+        try "plain\n".write(toFile: a.folder + "/plain.txt", atomically: false, encoding: .utf8)
+        try Self.waitFor("plain.txt on B") { FileManager.default.fileExists(atPath: b.folder + "/plain.txt") }
+        usleep(3_000_000)  // a few passes on both
+        #expect(!FileManager.default.fileExists(atPath: b.folder + "/build"), "not created on the ignoring node")
+        #expect(!FileManager.default.fileExists(atPath: b.folder + "/cache"))
+        #expect(FileManager.default.fileExists(atPath: a.folder + "/build/work.txt"))
+        #expect(FileManager.default.fileExists(atPath: a.folder + "/cache/c.txt"), "B's ignored delete is not a delete on A")
+        #expect(FileManager.default.fileExists(atPath: a.folder + "/cache/more.txt"))
+        #expect(!b.log.contains("deleted cache"))
+    }
+
+    @Test("an empty file is made, never fetched; a file's modification time travels (a 2020 file still says 2020)")
+    func emptyFilesAndModificationTimes() throws {
+        let (a, b) = try Self.pair()
+        defer { for node in [a, b] { node.remove() } }
+        FileManager.default.createFile(atPath: a.folder + "/empty.txt", contents: Data())
+        try "old\n".write(toFile: a.folder + "/old.txt", atomically: false, encoding: .utf8)
+        let y2020 = Date(timeIntervalSince1970: 1_580_000_000)
+        try FileManager.default.setAttributes([.modificationDate: y2020], ofItemAtPath: a.folder + "/old.txt")
+        try Self.waitFor("both on B") {
+            ["empty.txt", "old.txt"].allSatisfy { FileManager.default.fileExists(atPath: b.folder + "/" + $0) }
+        }
+        let modified = try FileManager.default.attributesOfItem(atPath: b.folder + "/old.txt")[.modificationDate] as? Date
+        #expect(modified.map { abs($0.timeIntervalSince(y2020)) < 1 } == true, "\(String(describing: modified))")
+        #expect(!b.log.contains("fetching \(MetadataNode.emptyRoot)"), "no fetch for empty content")
+    }
+
+    @Test("a command that fails says so in one line with exit status 1 (no usage); with --json, as {\"error\": …}")
+    func commandFailures() throws {
+        let node = try P2PNode()
+        defer { node.remove() }
+        node.plugins = ["p2p", "crdt"]
+        try node.configure(peers: [])
+        try node.start()
+        let plain = try HarpProcess.run(["storage", "history", "missing.txt", "--config", node.configPath])
+        #expect(plain.status == 1)
+        #expect(plain.stderr == "harp: missing.txt is not a file in the folder, nor a deleted one\n", "\(plain.stderr)")
+        let json = try HarpProcess.run(["storage", "history", "missing.txt", "--config", node.configPath, "--json"])
+        #expect(json.status == 1)
+        #expect(json.stdout.hasPrefix("{\"error\":\"missing.txt is not a file"), "\(json.stdout)")
+        #expect(json.stderr.isEmpty)
     }
 
     @Test("permission bits travel (0600, 0755; a chmod alone too); a local chmod survives a remote edit; names of 250 bytes sync")

@@ -42,6 +42,7 @@
 int harp_openat_beneath(int dirfd, const char *path, int flags, unsigned int mode);
 int harp_renameat_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
 static const int HARP_O_PATH = 010000000;  // O_PATH, <fcntl.h> under _GNU_SOURCE
+static const long HARP_UTIME_OMIT = (1l << 30) - 2l;  // UTIME_OMIT, a macro of <sys/stat.h>
 
 // splice(2), pipe2(2) and F_SETPIPE_SZ are GNU extensions that Glibc's Swift overlay hides.
 ssize_t harp_splice(int fd_in, int fd_out, size_t len, unsigned int flags);

@@ -90,6 +90,17 @@ public final class ConfinedDirectory: Sendable {
         return result == 0 ? info : nil
     }
 
+    /// Sets the modification time of the file at `relative` (ns since the epoch; the access
+    /// time is left alone), never through a link.
+    public func setModificationTime(_ relative: String, nanoseconds: Int64) -> Int32 {
+        let fd = open(relative, flags: O_WRONLY | O_NOFOLLOW)
+        guard fd >= 0 else { return -fd }
+        defer { Glibc.close(fd) }
+        var times = [timespec(tv_sec: 0, tv_nsec: HARP_UTIME_OMIT),
+                     timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))]
+        return futimens(fd, &times) == 0 ? 0 : errno
+    }
+
     /// Sets the permission bits of the regular file at `relative` (never through a link).
     public func chmod(_ relative: String, mode: mode_t) -> Int32 {
         let fd = open(relative, flags: O_RDONLY | O_NOFOLLOW)

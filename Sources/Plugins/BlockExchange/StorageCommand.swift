@@ -14,11 +14,13 @@ struct StorageCommand: ParsableCommand {
         @Option(name: .long, help: "The node's state directory ([storage] dir).")
         var dir: String
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: false) { try perform() } }
+
+        func perform() throws {
             do {
                 print(try NodeIdentity.create(in: dir))
             } catch {
-                throw ValidationError(error.description)
+                throw StorageCommand.Failure(error.description)
             }
         }
     }
@@ -29,11 +31,13 @@ struct StorageCommand: ParsableCommand {
         @Option(name: .long, help: "The node's state directory ([storage] dir).")
         var dir: String
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: false) { try perform() } }
+
+        func perform() throws {
             do {
                 print(try NodeIdentity.load(from: dir))
             } catch {
-                throw ValidationError(error.description)
+                throw StorageCommand.Failure(error.description)
             }
         }
     }
@@ -51,7 +55,9 @@ struct StorageCommand: ParsableCommand {
         @Flag(name: .long, help: "Print JSON.")
         var json = false
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: json) { try perform() } }
+
+        func perform() throws {
             let started = DispatchTime.now().uptimeNanoseconds
             let result: (root: String, chunks: Int, size: Int)
             do {
@@ -63,7 +69,7 @@ struct StorageCommand: ParsableCommand {
                     result = (manifest.root.description, manifest.entries.count, manifest.size)
                 }
             } catch {
-                throw ValidationError(error.description)
+                throw StorageCommand.Failure(error.description)
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
             let rate = Double(result.size) / seconds
@@ -95,7 +101,7 @@ struct StorageCommand: ParsableCommand {
                                                   fallback: nil)
                 return try file.configuration(of: BlockExchangePlugin.self).dir
             } catch {
-                throw ValidationError("\(error)")
+                throw StorageCommand.Failure("\(error)")
             }
         }
 
@@ -107,13 +113,13 @@ struct StorageCommand: ParsableCommand {
                 return try client.call(request)
             } catch let failure as StorageClient.Failure {
                 guard failure.nodeNotRunning, let name = request["cmd"], let handler = StoppedNodeCommands.handler(name) else {
-                    throw ValidationError(failure.description)
+                    throw StorageCommand.Failure(failure.description)
                 }
                 let text = handler(try stateDirectory(), request)
                 guard let answer = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] else {
-                    throw ValidationError("the stopped node's answer is not JSON: \(text)")
+                    throw StorageCommand.Failure("the stopped node's answer is not JSON: \(text)")
                 }
-                if let error = answer["error"] as? String { throw ValidationError(error) }
+                if let error = answer["error"] as? String { throw StorageCommand.Failure(error) }
                 return answer
             }
         }
@@ -129,7 +135,9 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+
+        func perform() throws {
             let client = try options.client()
             let absolute = path.hasPrefix("/") || !FileManager.default.fileExists(atPath: path) ? path
                 : FileManager.default.currentDirectoryPath + "/" + path
@@ -151,7 +159,9 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+
+        func perform() throws {
             let client = try options.client()
             let output = out.hasPrefix("/") ? out : FileManager.default.currentDirectoryPath + "/" + out
             var bar = ProgressBar()
@@ -175,7 +185,9 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+
+        func perform() throws {
             let client = try options.client()
             let answer = try StorageCommand.calling { try client.call(["cmd": "status"]) }
             if options.json { return StorageCommand.printJSON(answer) }
@@ -211,7 +223,9 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+
+        func perform() throws {
             let answer = try options.ask(["cmd": "ls", "path": path, "deleted": deleted ? "1" : "0"])
             if options.json { return StorageCommand.printJSON(answer) }
             for entry in answer["entries"] as? [[String: Any]] ?? [] {
@@ -229,7 +243,9 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+
+        func perform() throws {
             let answer = try options.ask(["cmd": "history", "path": path])
             if options.json { return StorageCommand.printJSON(answer) }
             for version in answer["versions"] as? [[String: Any]] ?? [] {
@@ -251,7 +267,9 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+
+        func perform() throws {
             let client = try options.client()
             let answer = try StorageCommand.calling { try client.call(["cmd": "restore", "path": path, "version": version]) }
             if options.json { return StorageCommand.printJSON(answer) }
@@ -267,7 +285,9 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws {
+        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+
+        func perform() throws {
             let answer = try options.ask(["cmd": "log", "count": "\(count)"])
             if options.json { return StorageCommand.printJSON(answer) }
             for operation in answer["operations"] as? [[String: Any]] ?? [] {
@@ -283,7 +303,30 @@ struct StorageCommand: ParsableCommand {
         do {
             return try body()
         } catch let failure as StorageClient.Failure {
-            throw ValidationError(failure.description)
+            throw StorageCommand.Failure(failure.description)
+        }
+    }
+
+    /// A command that ran and failed (the node is not running, it refused, a file is missing):
+    /// one line on standard error and exit status 1 — not a usage error (64, with the usage) —
+    /// or, with `--json`, `{"error": …}` on standard output.
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    /// Runs a command's body; a `Failure` ends the process as `Failure` says.
+    static func reporting(json: Bool, _ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch let failure as Failure {
+            if json {
+                let data = (try? JSONSerialization.data(withJSONObject: ["error": failure.description], options: [.sortedKeys])) ?? Data()
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                FileHandle.standardError.write(Data("harp: \(failure.description)\n".utf8))
+            }
+            Glibc.exit(1)
         }
     }
 

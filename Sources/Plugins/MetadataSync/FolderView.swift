@@ -25,7 +25,7 @@ public struct FolderView: Equatable, Sendable {
         public var head: TreeOperation.Version? { history.last?.version }
     }
 
-    public let entries: [String: Entry]
+    public private(set) var entries: [String: Entry]
     /// Deleted files and directories, by the path they had when they were deleted, with their
     /// histories (`harp storage ls --deleted`, `history`, `restore`).
     public let deleted: [String: Entry]
@@ -112,5 +112,12 @@ public struct FolderView: Equatable, Sendable {
             deleted[path] = Entry(path: path, isDirectory: false, items: items.sorted(), history: history)
         }
         self.deleted = deleted
+    }
+
+    /// This view without the paths `excluded` says (the ignoring node's materialization).
+    func excluding(_ excluded: (String) -> Bool) -> FolderView {
+        var copy = self
+        copy.entries = entries.filter { !excluded($0.key) }
+        return copy
     }
 }

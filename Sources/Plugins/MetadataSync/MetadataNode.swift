@@ -388,7 +388,8 @@ actor MetadataNode {
     /// Turns what changed on disk since the last pass into operations. Returns whether a file
     /// was still being written (not versioned yet).
     private func scan() async -> Bool {
-        let (disk, foreign) = walk()
+        let ignore = Ignore(folder: folder)
+        let (disk, foreign) = walk(ignore)
         let view = FolderView(tree: replica.tree, histories: replica.histories)
         watcher?.watch([folder] + disk.filter(\.value.isDirectory).map { folder + "/" + $0.key })
         let nowNanos = Int64(Date().timeIntervalSince1970 * 1e9)
@@ -513,6 +514,9 @@ actor MetadataNode {
         for path in missingSince.keys where disk[path] != nil || paths[path] == nil { missingSince[path] = nil }
         for (path, state) in paths where disk[path] == nil || disk[path]!.inode != state.inode {
             guard paths[path] == state else { continue }
+            // Ignored here (.harpignore): invisible to sync, so never a delete — the walk does not
+            // look there, and what the peers have there stays.
+            if ignore.covers(path) { continue }
             // A symbolic link (or anything not a file or directory) at the path or above it:
             // not synced, never taken for a delete — the peers keep what they have there.
             if let link = foreign.first(where: { path == $0 || path.hasPrefix($0 + "/") }) {
@@ -574,10 +578,9 @@ actor MetadataNode {
     /// (symbolic links, devices): those are reported, never followed. Directories are opened
     /// beneath their parent with O_NOFOLLOW, so a directory swapped for a link mid-walk is not
     /// entered either.
-    private func walk() -> (entries: [String: DiskEntry], foreign: Set<String>) {
+    private func walk(_ ignore: Ignore) -> (entries: [String: DiskEntry], foreign: Set<String>) {
         var out: [String: DiskEntry] = [:]
         var foreign: Set<String> = []
-        let ignore = Ignore(folder: folder)
         func visit(_ relative: String, _ fd: Int32) {
             guard let directory = fdopendir(fd) else {
                 close(fd)
@@ -619,7 +622,11 @@ actor MetadataNode {
     /// in the version store. Every change goes through `disk` (`ConfinedDirectory`): beneath
     /// the folder, never through a symbolic link — a path under one is left alone and logged.
     private func materialize() async {
-        let view = FolderView(tree: replica.tree, histories: replica.histories)
+        // Ignored paths are the user's alone here: nothing is created, fetched, moved or
+        // removed under them.
+        let ignore = Ignore(folder: folder)
+        let full = FolderView(tree: replica.tree, histories: replica.histories)
+        let view = full.excluding { ignore.covers($0) }
         var changes: [String: PathState?] = [:]
         func record(_ path: String, _ state: PathState?) {
             paths[path] = state
@@ -673,7 +680,7 @@ actor MetadataNode {
         }
         // Recorded paths the view no longer has: files into the version store, then empty
         // directories (deepest first). A file whose bytes cannot be kept stays where it is.
-        for (path, state) in paths.sorted(by: { $0.key.count > $1.key.count }) where view.entries[path] == nil {
+        for (path, state) in paths.sorted(by: { $0.key.count > $1.key.count }) where view.entries[path] == nil && !ignore.covers(path) {
             if !state.isDirectory, !unchanged(path, state) { continue }  // edited meanwhile: the scan decides
             if state.isDirectory {
                 _ = disk.rmdir(path)
@@ -742,8 +749,13 @@ actor MetadataNode {
         let staged = Self.staging + "/" + head.root.description
         _ = disk.mkdir(Self.staging, mode: 0o700)
         let stored = versionPath(head.root)
-        // Only if it still is that version (indexing checks, re-hashing only a changed file).
-        if disk.lstat(stored) != nil, index(stored) == head.root {
+        // An empty file is made, not fetched: its content root is known (no chunks).
+        if head.root == Self.emptyRoot {
+            _ = disk.unlink(staged)
+            let fd = disk.open(staged, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+            guard fd >= 0 else { return .failed("cannot create \(staged): \(String(cString: strerror(-fd)))") }
+            close(fd)
+        } else if disk.lstat(stored) != nil, index(stored) == head.root {
             guard copyFile(stored, to: staged) else { return .failed("cannot copy \(stored)") }
         } else {
             switch await p2p.fetch(head.root, into: folder + "/" + staged) {
@@ -756,6 +768,7 @@ actor MetadataNode {
             mode = now.st_mode & 0o777  // changed here since recorded: the user's
         }
         _ = disk.chmod(staged, mode: mode)
+        setModificationTime(staged, to: head.mtime)
         guard let landed = disk.lstat(staged) else { return .failed("the staged copy vanished") }
         let moved = disk.rename(staged, in: disk, to: path)
         guard moved == 0 else {
@@ -764,6 +777,16 @@ actor MetadataNode {
             return .failed("cannot put it in place: \(String(cString: strerror(moved)))")
         }
         return .done(inode: Int64(landed.st_ino))
+    }
+
+    /// The root of empty content (a manifest without chunks).
+    static let emptyRoot = Manifest(entries: []).root
+
+    /// Gives a received file the modification time its writer's file had, so that a file
+    /// from 2020 still says 2020.
+    private func setModificationTime(_ path: String, to nanoseconds: Int64) {
+        guard nanoseconds > 0 else { return }
+        _ = disk.setModificationTime(path, nanoseconds: nanoseconds)
     }
 
     /// A remote change of a file's mode alone (the same content): applied unless the user
@@ -897,6 +920,17 @@ struct Ignore {
     init(folder: String) {
         let text = (try? String(contentsOfFile: folder + "/.harpignore", encoding: .utf8)) ?? ""
         patterns = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+    }
+
+    /// Whether `relative` or a directory above it is ignored.
+    func covers(_ relative: String) -> Bool {
+        guard !patterns.isEmpty else { return false }
+        var end = relative.startIndex
+        while let slash = relative[end...].firstIndex(of: "/") {
+            if matches(String(relative[..<slash])) { return true }
+            end = relative.index(after: slash)
+        }
+        return matches(relative)
     }
 
     func matches(_ relative: String) -> Bool {
