@@ -11,7 +11,7 @@ public enum SocketAddress: Hashable, Sendable, CustomStringConvertible {
     /// What a config value may look like; quoted in every parse error.
     public static let allowedForms = "an address like 127.0.0.1:7000, [::1]:7000, localhost:7000 or unix:/path/to/socket"
 
-    public struct ParseError: Error, CustomStringConvertible {
+    public struct ParseError: Error, CustomStringConvertible, Sendable {
         public let input: String
         public let reason: String
         public var description: String { "\"\(input)\" is not a valid address (\(reason)); expected \(SocketAddress.allowedForms)" }

@@ -18,7 +18,7 @@ final class PeerNetwork: Sendable {
     let swarm: Swarm
     private let server: TLSContext
     private let client: TLSContext
-    private let allowed: [NodeID: SocketAddress]
+    private let allowed: Set<NodeID>
     /// Live connections by peer, each with whether we dialed it: during a restart or a
     /// simultaneous dial, an old and a new connection to one peer may overlap for a moment.
     private let links = Mutex<[NodeID: [ObjectIdentifier: (stream: TLSStream, outbound: Bool)]]>([:])
@@ -45,7 +45,7 @@ final class PeerNetwork: Sendable {
         // Chunks are bulk: AES-128-GCM, as the frp tunnels use (OpenSSL's default is AES-256).
         server.preferAES128()
         client.preferAES128()
-        allowed = Dictionary(configuration.peers.map { ($0.id, $0.address) }, uniquingKeysWith: { first, _ in first })
+        allowed = Set(configuration.peers.map(\.id))
     }
 
     var connectedPeers: Set<NodeID> { links.withLock { Set($0.keys) } }
@@ -64,7 +64,7 @@ final class PeerNetwork: Sendable {
         }
         guard let key = stream.peerPublicKey else { return stream.abort() }
         let id = NodeID(publicKey: key)
-        guard allowed[id] != nil else {
+        guard allowed.contains(id) else {
             logger.warning("refused peer \(id): not in [storage] peers", metadata: ["address": "\(peer)"])
             return stream.abort()
         }
@@ -96,7 +96,7 @@ final class PeerNetwork: Sendable {
                 continue
             }
             do {
-                let stream = try await dialer.dial(peer.address, on: loop, tls: client)
+                let stream = try await dialer.dial(try await peer.address.resolved(), on: loop, tls: client)
                 let tls = stream as? TLSStream
                 let id = tls?.peerPublicKey.map { NodeID(publicKey: $0) }
                 if let tls, let id, id == peer.id {

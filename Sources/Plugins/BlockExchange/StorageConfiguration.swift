@@ -5,14 +5,15 @@ public struct StorageConfiguration: Codable, Sendable {
     /// A configured peer: `<node id>@host:port`.
     public struct Peer: Codable, Sendable, CustomStringConvertible {
         public let id: NodeID
-        public let address: SocketAddress
+        /// Looked up at each connection attempt (a name that does not resolve at start is no error).
+        public let address: NamedAddress
 
         public init(parsing text: String) throws(ConfigValueProblem) {
             guard let at = text.firstIndex(of: "@"), let id = NodeID(parsing: String(text[..<at])) else {
                 throw ConfigValueProblem("expected <node id>@host:port, the ID as `harp storage id` prints it")
             }
             do {
-                address = try SocketAddress(parsing: String(text[text.index(after: at)...]))
+                address = try NamedAddress(parsing: String(text[text.index(after: at)...]))
             } catch {
                 throw ConfigValueProblem("\(error.reason); expected <node id>@host:port")
             }
