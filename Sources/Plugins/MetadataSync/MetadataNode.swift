@@ -403,10 +403,22 @@ actor MetadataNode {
         for (path, state) in paths where disk[path].map({ $0.inode != state.inode || $0.isDirectory != state.isDirectory }) ?? true {
             vanished[state.inode] = path
         }
-        func parentItem(of path: String) -> ItemID {
+        // Nothing is recorded under a parent that is not recorded: a child whose directory is
+        // not (yet) in `paths` waits for a pass that records the directory first. (Placing it at
+        // the top instead flattened a 2,000-file directory moved mid-walk, on every node.)
+        func parentItem(of path: String) -> ItemID? {
             guard let slash = path.lastIndex(of: "/") else { return .root }
-            return paths[String(path[..<slash])]?.item ?? .root
+            guard let parent = paths[String(path[..<slash])], parent.isDirectory else { return nil }
+            return parent.item
         }
+        // A directory has one name: seen under two in one walk, the walk raced a rename of it
+        // (or of a directory above it) — an open directory still lists after it moved. Nothing
+        // under either name is decided this pass; the next walk sees one name: one move.
+        var namesOfDirectory: [Int64: [String]] = [:]
+        for (path, entry) in disk where entry.isDirectory { namesOfDirectory[entry.inode, default: []].append(path) }
+        let raced = namesOfDirectory.values.filter { $0.count > 1 }.flatMap { $0 }
+        func isRaced(_ path: String) -> Bool { raced.contains { path == $0 || path.hasPrefix($0 + "/") } }
+        if !raced.isEmpty { unstable = true }
         func name(of path: String) -> String { path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path }
         func record(_ path: String, _ state: PathState?) {
             paths[path] = state
@@ -417,7 +429,7 @@ actor MetadataNode {
         // old inode did not move elsewhere.
         let inodesOnDisk = Set(disk.values.map(\.inode))
         let recordedInodes = Dictionary(paths.map { ($0.value.inode, $0.key) }, uniquingKeysWith: { first, _ in first })
-        for path in disk.keys.sorted() {
+        for path in disk.keys.sorted() where !isRaced(path) {
             let entry = disk[path]!
             if let state = paths[path], state.isDirectory == entry.isDirectory,
                state.inode == entry.inode || (!entry.isDirectory && !inodesOnDisk.contains(state.inode)) {
@@ -450,8 +462,12 @@ actor MetadataNode {
             }
             if let from = vanished[entry.inode], let old = paths[from], old.isDirectory == entry.isDirectory {
                 // The same inode under a new name: a move, not a delete and a create.
+                guard let parent = parentItem(of: path) else {
+                    unstable = true
+                    continue
+                }
                 vanished[entry.inode] = nil
-                let item = old.item, parent = parentItem(of: path), newName = name(of: path), directory = old.isDirectory
+                let item = old.item, newName = name(of: path), directory = old.isDirectory
                 makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
                 seen.append("moved \(from) to \(path)")
                 indexMoved(from: from, to: path)
@@ -485,6 +501,10 @@ actor MetadataNode {
                 unstable = true
                 continue
             }
+            guard let parent = parentItem(of: path) else {
+                unstable = true
+                continue
+            }
             let directory = entry.isDirectory
             var root: ChunkID?
             if !directory {
@@ -497,7 +517,7 @@ actor MetadataNode {
                                        mode: entry.mode))
                 continue
             }
-            let item = ItemID.random(using: &generator), parent = parentItem(of: path), newName = name(of: path)
+            let item = ItemID.random(using: &generator), newName = name(of: path)
             makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
             seen.append("created \(path)")
             if let root {
@@ -513,7 +533,7 @@ actor MetadataNode {
         // (a move, history kept) instead of a delete and an unrelated create.
         for path in missingSince.keys where disk[path] != nil || paths[path] == nil { missingSince[path] = nil }
         for (path, state) in paths where disk[path] == nil || disk[path]!.inode != state.inode {
-            guard paths[path] == state else { continue }
+            guard paths[path] == state, !isRaced(path) else { continue }
             // Ignored here (.harpignore): invisible to sync, so never a delete — the walk does not
             // look there, and what the peers have there stays.
             if ignore.covers(path) { continue }

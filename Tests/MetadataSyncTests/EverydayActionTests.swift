@@ -1,0 +1,51 @@
+import Foundation
+import HarpTestSupport
+import Testing
+
+/// What users do every day, on real nodes: move big directories while the node scans, edit and
+/// delete while a node is stopped, edit inside a directory another node deletes. Nothing is
+/// flattened, lost or silently overruled.
+@Suite("p2p storage: everyday actions", .serialized)
+struct EverydayActionTests {
+    static func files(_ node: P2PNode, under directory: String = "") -> [String] {
+        let top = node.folder + (directory.isEmpty ? "" : "/" + directory)
+        return (FileManager.default.enumerator(atPath: top)?.allObjects as? [String] ?? []).filter { !$0.hasPrefix(".") }.sorted()
+    }
+
+    @Test("a directory of 500 files renamed 300 times while the node scans ends as moves on every node: nothing flattened, created or deleted")
+    func directoryMoves() throws {
+        let (a, b) = try FolderSafetyTests.pair()
+        defer { for node in [a, b] { node.remove() } }
+        let count = 500
+        let names = (0..<count).map { String(format: "f%04d", $0) }
+        try FileManager.default.createDirectory(atPath: a.folder + "/many", withIntermediateDirectories: false)
+        for name in names { try "\(name)\n".write(toFile: a.folder + "/many/" + name, atomically: false, encoding: .utf8) }
+        try FolderSafetyTests.waitFor("many/ on B", timeout: 120) { Self.files(b, under: "many").count == count }
+        // Renames at random moments, each a few milliseconds apart, with writes that start passes:
+        // many of them land in the middle of a walk.
+        var generator = SystemRandomNumberGenerator()
+        var location = "many"
+        for round in 0..<300 {
+            if round % 10 == 0 {
+                try FileManager.default.createDirectory(atPath: a.folder + "/archive\(round / 10)", withIntermediateDirectories: false)
+                try "\(round)\n".write(toFile: a.folder + "/trigger", atomically: false, encoding: .utf8)
+            }
+            let next = "archive\(Int.random(in: 0...(round / 10), using: &generator))/moved\(round % 3)"
+            guard next != location else { continue }
+            try FileManager.default.moveItem(atPath: a.folder + "/" + location, toPath: a.folder + "/" + next)
+            location = next
+            usleep(UInt32.random(in: 0...8_000, using: &generator))
+        }
+        let expected = (["trigger", location] + (0..<30).map { "archive\($0)" } + names.map { location + "/" + $0 }).sorted()
+        for node in [a, b] {
+            try FolderSafetyTests.waitFor("the 500 files under \(location) on \(node.id)", timeout: 30) { Self.files(node) == expected }
+        }
+        let local = a.log.split(separator: "\n").filter { $0.contains("local changes:") }
+        #expect(!local.contains { $0.contains("created archive") && $0.contains("/moved") && $0.contains("/f0") || $0.contains("deleted") },
+                "\(local.joined(separator: "\n").suffix(3000))")
+        let deleted = try b.storage(["ls", "--deleted"])["entries"] as? [[String: Any]] ?? []
+        #expect(deleted.isEmpty, "nothing was deleted: \(deleted)")
+        let versions = try b.storage(["history", location + "/f0007"])["versions"] as? [[String: Any]] ?? []
+        #expect(versions.count == 1, "the file's history is whole: \(versions)")
+    }
+}
