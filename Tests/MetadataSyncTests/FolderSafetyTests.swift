@@ -71,19 +71,20 @@ struct FolderSafetyTests {
         #expect((try? String(contentsOfFile: b.folder + "/x.txt", encoding: .utf8)) == "precious\n")
     }
 
-    @Test("a deleted directory and its files are listed (ls --deleted), keep their history, and restore brings a file back with its directory")
+    @Test("a deleted directory and its files are listed (ls --deleted), keep their history, and restore brings a file back with its directory, alone")
     func deletedPaths() throws {
         let (a, b) = try Self.pair()
         defer { for node in [a, b] { node.remove() } }
         try FileManager.default.createDirectory(atPath: a.folder + "/docs", withIntermediateDirectories: false)
         try "draft\n".write(toFile: a.folder + "/docs/a.txt", atomically: false, encoding: .utf8)
-        try Self.waitFor("docs/a.txt on B") { FileManager.default.fileExists(atPath: b.folder + "/docs/a.txt") }
+        try "other\n".write(toFile: a.folder + "/docs/b.txt", atomically: false, encoding: .utf8)
+        try Self.waitFor("docs/a.txt on B") { FileManager.default.fileExists(atPath: b.folder + "/docs/b.txt") }
         try FileManager.default.removeItem(atPath: a.folder + "/docs")
         try Self.waitFor("docs gone from B") { !FileManager.default.fileExists(atPath: b.folder + "/docs") }
         let top = try b.storage(["ls", "--deleted"])["entries"] as? [[String: Any]] ?? []
         #expect(top.map { $0["name"] as? String } == ["docs"])
         let inside = try b.storage(["ls", "--deleted", "docs"])["entries"] as? [[String: Any]] ?? []
-        #expect(inside.map { $0["name"] as? String } == ["a.txt"])
+        #expect(inside.map { $0["name"] as? String } == ["a.txt", "b.txt"])
         let history = try b.storage(["history", "docs/a.txt"])
         #expect(history["deleted"] as? Bool == true && (history["versions"] as? [[String: Any]])?.count == 1)
         _ = try b.storage(["restore", "docs/a.txt", "--version", "1"])
@@ -92,7 +93,10 @@ struct FolderSafetyTests {
                 (try? String(contentsOfFile: node.folder + "/docs/a.txt", encoding: .utf8)) == "draft\n"
             }
         }
-        #expect((try a.storage(["ls", "--deleted"])["entries"] as? [[String: Any]] ?? []).isEmpty, "nothing deleted any more")
+        #expect((try a.storage(["ls", "--deleted"])["entries"] as? [[String: Any]] ?? []).isEmpty, "docs is back")
+        let still = try a.storage(["ls", "--deleted", "docs"])["entries"] as? [[String: Any]] ?? []
+        #expect(still.map { $0["name"] as? String } == ["b.txt"], "what else was deleted with docs stays deleted")
+        #expect(!FileManager.default.fileExists(atPath: a.folder + "/docs/b.txt"))
     }
 
     @Test("ls, history and log read a stopped node's metadata log (read only); status still needs the node")

@@ -104,6 +104,9 @@ final class HostilePeer: @unchecked Sendable {
 
     static var now: UInt64 { UInt64(Date().timeIntervalSince1970 * 1000) }
 
+    /// A time for settled placements a test makes up (one second ago, by a node nobody knows).
+    static var stamp: HLCTimestamp { HLCTimestamp(wall: now - 1000, counter: 0, node: NodeID(bytes: [UInt8](repeating: 7, count: 32))) }
+
     private func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
         let box = ResultBox<T>()
         let done = DispatchSemaphore(value: 0)

@@ -150,7 +150,7 @@ struct HostilePeerTests {
         let message: SyncMessage
         switch kind {
         case "cycle":
-            message = Self.settledPart([a: .init(parent: b, name: "a", isDirectory: true), b: .init(parent: a, name: "b", isDirectory: true)],
+            message = Self.settledPart([a: .init(parent: b, name: "a", isDirectory: true, at: HostilePeer.stamp), b: .init(parent: a, name: "b", isDirectory: true, at: HostilePeer.stamp)],
                                        floor: [peer.id: 1])
         case "own-floor":
             message = Self.settledPart([:], floor: [victim: 1_000])
@@ -184,7 +184,7 @@ struct HostilePeerTests {
         for index in 0..<255 {
             var placements: [ItemID: ReplicatedTree.Placement] = [:]
             for item in 0..<SyncMessage.settledPartSize {
-                placements[ItemID(high: UInt64(index + 1), low: UInt64(item))] = .init(parent: .root, name: "p\(index)-\(item)", isDirectory: true)
+                placements[ItemID(high: UInt64(index + 1), low: UInt64(item))] = .init(parent: .root, name: "p\(index)-\(item)", isDirectory: true, at: HostilePeer.stamp)
             }
             try peer.send(Self.settledPart(placements, floor: [peer.id: 1], index: index, total: 256))
         }

@@ -143,6 +143,67 @@ struct ScenarioTests {
         #expect(a.histories.versions[f]?.map(\.root).contains(edited) == true)
     }
 
+    @Test("an edit after the delete of a directory above the file brings the file back with its directories, not their other files")
+    mutating func editInsideDeletedDirectory() {
+        let project = create("project", directory: true), source = create("src", in: project, directory: true)
+        let main = create("main.c", in: source)
+        create("notes.txt", in: project)
+        move(on: .a, project, to: .trash, name: "project", directory: true, at: now + 10)
+        let edited = write(on: .b, main, at: now + 20)
+        let view = converged()
+        #expect(Set(view.entries.keys) == ["project", "project/src", "project/src/main.c"], "\(view.entries.keys.sorted())")
+        #expect(view.entries["project/src/main.c"]?.head?.root == edited)
+        #expect(Set(view.deleted.keys) == ["project/notes.txt"], "the other file stays deleted, and listed: \(view.deleted.keys.sorted())")
+    }
+
+    @Test("an edit older than the delete of a directory above it stays deleted; newer than an inner delete but older than the outer, too")
+    mutating func editBeforeDelete() {
+        let outer = create("outer", directory: true), inner = create("inner", in: outer, directory: true)
+        let file = create("f.txt", in: inner)
+        move(on: .a, inner, to: .trash, name: "inner", directory: true, at: now + 10)
+        move(on: .a, outer, to: .trash, name: "outer", directory: true, at: now + 30)
+        _ = write(on: .b, file, at: now + 20)  // after inner's delete, before outer's
+        #expect(converged().entries.isEmpty)
+        _ = write(on: .b, file, at: now + 40)  // after both
+        #expect(Set(converged().entries.keys) == ["outer", "outer/inner", "outer/inner/f.txt"])
+    }
+
+    @Test("a file moved into a directory deleted before the move is kept, and the directory comes back; a directory moved in comes back whole")
+    mutating func moveIntoDeletedDirectory() {
+        let project = create("project", directory: true)
+        create("old.txt", in: project)
+        let loose = create("loose.txt"), folder = create("folder", directory: true)
+        create("inside.txt", in: folder)
+        move(on: .a, project, to: .trash, name: "project", directory: true, at: now + 10)
+        move(on: .b, loose, to: project, name: "loose.txt", directory: false, at: now + 20)
+        move(on: .b, folder, to: project, name: "folder", directory: true, at: now + 21)
+        let view = converged()
+        #expect(Set(view.entries.keys) == ["project", "project/loose.txt", "project/folder", "project/folder/inside.txt"],
+                "\(view.entries.keys.sorted())")
+        #expect(Set(view.deleted.keys) == ["project/old.txt"])
+    }
+
+    @Test("whatever order two replicas hear of deletes and edits in nested directories, their views are one")
+    mutating func revivalIsOrderFree() {
+        var items: [ItemID] = [.root]
+        for index in 0..<30 { items.append(create("n\(index)", in: items[Int.random(in: 0..<items.count, using: &generator)], directory: index % 3 != 2)) }
+        var time = now
+        for _ in 0..<40 {
+            time += UInt64.random(in: 1...5, using: &generator)
+            let item = items[Int.random(in: 1..<items.count, using: &generator)]
+            let side: Side = Bool.random(using: &generator) ? .a : .b
+            if (side == .a ? a : b).tree.placements[item]?.isDirectory == true {
+                move(on: side, item, to: .trash, name: "gone", directory: true, at: time)
+            } else {
+                _ = write(on: side, item, at: time)
+            }
+        }
+        let merged = converged()
+        var other = Replica(node: ConvergenceTests.node(3))
+        for logged in a.allOperations.shuffled(using: &generator) { other.apply([logged]) }
+        #expect(view(other) == merged)
+    }
+
     @Test("two files made with one name on two nodes are one path; two directories, one directory with both children")
     mutating func sameNames() {
         let fileA = ItemID.random(using: &generator), fileB = ItemID.random(using: &generator)
@@ -238,9 +299,11 @@ extension ReportFrameTests {
         for index in 0..<50 {
             let item = ItemID.random(using: &generator)
             items.append(item)
-            settled.placements[item] = .init(parent: index == 0 ? .root : items[0], name: "n\(index)", isDirectory: index % 5 == 0)
+            settled.placements[item] = .init(parent: index == 0 ? .root : items[0], name: "n\(index)", isDirectory: index % 5 == 0,
+                                             at: HLCTimestamp(wall: 500 + UInt64(index), counter: 1, node: nodes[2]))
             if index % 7 == 0 {
-                settled.deletions[item] = .init(was: .init(parent: .root, name: "was\(index)", isDirectory: false),
+                settled.deletions[item] = .init(was: .init(parent: .root, name: "was\(index)", isDirectory: false,
+                                                           at: HLCTimestamp(wall: 900, counter: 0, node: nodes[0])),
                                                 at: HLCTimestamp(wall: 1_000 + UInt64(index), counter: 0, node: nodes[1]))
             }
         }

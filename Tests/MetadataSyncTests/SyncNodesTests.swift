@@ -185,6 +185,23 @@ extension SyncNodesTests {
         #expect(versions.count == 2 && versions.allSatisfy { $0["concurrent"] as? Bool == false }, "\(versions)")
     }
 
+    @Test("a directory deleted on one node while a file inside is edited on a stopped one: the file comes back with its directories, alone")
+    func editInsideDeletedDirectory() throws {
+        defer { removeAll() }
+        try startAll()
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        try seed(directories: ["project", "project/src"], ["project/src/main.c": "v1\n", "project/notes.txt": "notes\n"])
+        try apart(onA: { try FileManager.default.removeItem(atPath: a.folder + "/project") }, seenOnB: { files(b).isEmpty },
+                  onC: { try write(c, "project/src/main.c", "v2 from C\n") })
+        for node in nodes {
+            try eventually("main.c back, alone, on \(node.id)") {
+                files(node) == ["project", "project/src", "project/src/main.c"] && read(node, "project/src/main.c") == "v2 from C\n"
+            }
+        }
+        let deleted = (try b.storage(["ls", "--deleted", "project"])["entries"] as? [[String: Any]] ?? []).map { $0["name"] as? String ?? "" }
+        #expect(deleted == ["notes.txt"], "\(deleted)")
+    }
+
     @Test("an edit on one node, a later delete on a stopped one: the file is gone everywhere, the edited bytes stay in the version store")
     func editThenLaterDelete() throws {
         defer { removeAll() }

@@ -31,16 +31,8 @@ public struct FolderView: Equatable, Sendable {
     public let deleted: [String: Entry]
 
     public init(tree: ReplicatedTree, histories: FileHistories) {
-        // Effective placements: the tree's, with deleted items restored by a later version.
         let deletions = tree.deletions()
-        var placements: [ItemID: ReplicatedTree.Placement] = [:]
-        for (item, placement) in tree.placements {
-            if placement.parent != .trash {
-                placements[item] = placement
-            } else if let deletion = deletions[item], let head = histories.head(of: item), deletion.at < head.timestamp {
-                placements[item] = deletion.was
-            }
-        }
+        let placements = Self.shown(tree: tree, deletions: deletions, histories: histories)
         var children: [ItemID: [ItemID]] = [:]
         for (item, placement) in placements { children[placement.parent, default: []].append(item) }
 
@@ -94,7 +86,7 @@ public struct FolderView: Equatable, Sendable {
                 collect(child, at: path + "/" + tree.placements[child]!.name, depth: depth + 1)
             }
         }
-        for item in treeChildren[.trash] ?? [] where placements[item] == nil {
+        for item in treeChildren[.trash] ?? [] {
             if let path = formerPath(item, depth: 0) { collect(item, at: path, depth: 0) }
         }
         var deleted: [String: Entry] = [:]
@@ -112,6 +104,75 @@ public struct FolderView: Equatable, Sendable {
             deleted[path] = Entry(path: path, isDirectory: false, items: items.sorted(), history: history)
         }
         self.deleted = deleted
+    }
+
+    /// The placements the folder shows: every item outside the trash, and the deleted ones a
+    /// later change brings back (delete vs. edit: the larger timestamp decides). An item in a
+    /// deleted subtree whose last version, or the move that put it there, is newer than the
+    /// delete of every deleted directory above it comes back with those directories, each
+    /// where it was — but not their other contents (those stay deleted). A directory moved in
+    /// after the delete comes back whole.
+    static func shown(tree: ReplicatedTree, deletions: [ItemID: ReplicatedTree.Deletion],
+                      histories: FileHistories) -> [ItemID: ReplicatedTree.Placement] {
+        var live: [ItemID: Bool] = [.root: true, .trash: false]
+        func isLive(_ item: ItemID) -> Bool {
+            var path: [ItemID] = []
+            var current = item
+            while live[current] == nil, let placement = tree.placements[current], path.count <= tree.placements.count {
+                path.append(current)
+                current = placement.parent
+            }
+            let answer = live[current] ?? false
+            for step in path { live[step] = answer }
+            return answer
+        }
+        var placements: [ItemID: ReplicatedTree.Placement] = [:]
+        var deleted: [ItemID] = []
+        for (item, placement) in tree.placements {
+            if isLive(item) { placements[item] = placement } else { deleted.append(item) }
+        }
+        // What a change at `time` to `item` brings back: the item and the directories above it
+        // up to a live one, each where it goes (a deleted one where it was), or nil when a
+        // delete above it is newer than the change.
+        func revival(of item: ItemID, at time: HLCTimestamp) -> [(ItemID, ReplicatedTree.Placement)]? {
+            var restored: [(ItemID, ReplicatedTree.Placement)] = []
+            var current = item
+            for _ in 0...tree.placements.count {
+                if isLive(current) { return restored }  // (never stops at a restored one: the order of items must not matter)
+                guard let placement = tree.placements[current] else { return nil }
+                if placement.parent == .trash {
+                    guard let deletion = deletions[current], deletion.at < time else { return nil }
+                    restored.append((current, deletion.was))
+                    current = deletion.was.parent
+                } else {
+                    restored.append((current, placement))
+                    current = placement.parent
+                }
+            }
+            return nil
+        }
+        var whole: [ItemID] = []
+        for item in deleted {
+            guard let placement = tree.placements[item] else { continue }
+            let time = max(placement.parent == .trash ? OperationCodec.unknownTime : placement.at,
+                           histories.head(of: item)?.timestamp ?? OperationCodec.unknownTime)
+            guard let restored = revival(of: item, at: time) else { continue }
+            for (shown, placement) in restored { placements[shown] = placement }
+            if placement.isDirectory && placement.parent != .trash { whole.append(item) }
+        }
+        // A directory that came back whole brings what is under it.
+        if !whole.isEmpty {
+            var children: [ItemID: [ItemID]] = [:]
+            for (item, placement) in tree.placements where placement.parent != .trash { children[placement.parent, default: []].append(item) }
+            var queue = whole
+            while let directory = queue.popLast() {
+                for child in children[directory] ?? [] where placements[child] == nil {
+                    placements[child] = tree.placements[child]
+                    queue.append(child)
+                }
+            }
+        }
+        return placements
     }
 
     /// This view without the paths `excluded` says (the ignoring node's materialization).

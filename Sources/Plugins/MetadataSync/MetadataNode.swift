@@ -896,7 +896,8 @@ actor MetadataNode {
 
     /// A new version of `path` with the content of its version `number` (history only grows).
     /// A deleted file (`ls --deleted`) is restored the same way: the new version is newer than
-    /// the delete, so the file comes back where it was, with its deleted directories.
+    /// the delete, so the file comes back where it was, with its deleted directories — not
+    /// with what else was deleted with them (`FolderView.shown`).
     func restore(_ path: String, version number: Int) async -> String? {
         let view = view()
         guard let entry = view.entries[path] ?? view.deleted[path], !entry.isDirectory else {
@@ -905,25 +906,7 @@ actor MetadataNode {
         guard number >= 1, number <= entry.history.count else { return "\(path) has versions 1 to \(entry.history.count), not \(number)" }
         guard let head = entry.head else { return "\(path) has no content" }
         let old = entry.history[number - 1].version
-        // A deleted file's directories come back first: each deleted one above it moves back
-        // to where it was (outermost first), then the new version brings the file back.
         var makes: [(HLCTimestamp) -> TreeOperation] = []
-        if view.entries[path] == nil {
-            let deletions = replica.tree.deletions()
-            var chain: [(ItemID, ReplicatedTree.Placement)] = []
-            var current = replica.tree.placements[head.item]?.parent == .trash ? deletions[head.item]?.was.parent : replica.tree.placements[head.item]?.parent
-            while let item = current, item != .root, item != .trash, chain.count < 4096 {
-                if replica.tree.placements[item]?.parent == .trash, let deletion = deletions[item] {
-                    chain.append((item, deletion.was))
-                    current = deletion.was.parent
-                } else {
-                    current = replica.tree.placements[item]?.parent
-                }
-            }
-            for (item, was) in chain.reversed() {
-                makes.append { .move(.init(timestamp: $0, item: item, parent: was.parent, name: was.name, isDirectory: was.isDirectory)) }
-            }
-        }
         makes.append { .version(.init(timestamp: $0, item: head.item, root: old.root, size: old.size, mtime: old.mtime, base: head.root, mode: old.mode)) }
         await commit(makes)
         requestWork()

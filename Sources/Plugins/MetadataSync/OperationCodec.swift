@@ -58,7 +58,7 @@ enum OperationCodec {
         writer.raw(logged.operation.item.bytes)
         switch logged.operation {
         case .move(let move):
-            encode(ReplicatedTree.Placement(parent: move.parent, name: move.name, isDirectory: move.isDirectory), into: &writer)
+            writePlace(parent: move.parent, isDirectory: move.isDirectory, name: move.name, into: &writer)
         case .version(let version):
             writer.raw(version.root.bytes)
             writer.u64(UInt64(version.size))
@@ -94,7 +94,7 @@ enum OperationCodec {
             let operation: TreeOperation
             switch kind {
             case 1:
-                let placement = try reader.placement()
+                let placement = try reader.placement(at: timestamp)
                 operation = .move(.init(timestamp: timestamp, item: item, parent: placement.parent, name: placement.name,
                                         isDirectory: placement.isDirectory))
             case 2:
@@ -116,13 +116,26 @@ enum OperationCodec {
         }
     }
 
-    /// A placement (`OperationLog`'s settled table, settled-state parts): parent [16] ·
-    /// directory u8 · name length u16 · name; a deletion is its earlier placement, then
-    /// wall u64 · counter u32 · node [32] of when it was deleted.
+    /// Where a move puts an item: parent [16] · directory u8 · name length u16 · name.
+    private static func writePlace(parent: ItemID, isDirectory: Bool, name: String, into writer: inout ByteWriter) {
+        writer.raw(parent.bytes)
+        writer.bool(isDirectory)
+        writer.prefixed16(Array(name.utf8.prefix(Int(UInt16.max))))
+    }
+
+    private static func write(_ timestamp: HLCTimestamp, into writer: inout ByteWriter) {
+        writer.u64(timestamp.wall)
+        writer.u32(timestamp.counter)
+        writer.raw(timestamp.node.bytes)
+    }
+
+    /// A placement (`OperationLog`'s settled table, settled-state parts): where it is (as a
+    /// move writes it), then wall u64 · counter u32 · node [32] of the move that put it
+    /// there; a deletion is its earlier placement, then the same of when it was deleted. (A
+    /// record written before placements carried their move's time has none: the zero time.)
     static func encode(_ placement: ReplicatedTree.Placement, into writer: inout ByteWriter) {
-        writer.raw(placement.parent.bytes)
-        writer.bool(placement.isDirectory)
-        writer.prefixed16(Array(placement.name.utf8.prefix(Int(UInt16.max))))
+        writePlace(parent: placement.parent, isDirectory: placement.isDirectory, name: placement.name, into: &writer)
+        write(placement.at, into: &writer)
     }
 
     static func encode(_ placement: ReplicatedTree.Placement) -> [UInt8] {
@@ -134,28 +147,40 @@ enum OperationCodec {
     static func encode(_ deletion: ReplicatedTree.Deletion) -> [UInt8] {
         var writer = ByteWriter()
         encode(deletion.was, into: &writer)
-        writer.u64(deletion.at.wall)
-        writer.u32(deletion.at.counter)
-        writer.raw(deletion.at.node.bytes)
+        write(deletion.at, into: &writer)
         return writer.bytes
     }
 
+    /// The size of an encoded timestamp.
+    private static let timestampSize = 8 + 4 + 32
+
+    /// The time of records written before placements carried one: older than every move.
+    static let unknownTime = HLCTimestamp(wall: 0, counter: 0, node: NodeID(bytes: [UInt8](repeating: 0, count: 32)))
+
     static func decodePlacement(_ bytes: [UInt8]) throws(SyncRefusal) -> ReplicatedTree.Placement {
         var reader = ByteReader(bytes)
-        let placement = try reader.placement()
-        guard reader.atEnd else { throw SyncRefusal.malformed("bytes after a placement") }
-        return placement
+        return try SyncRefusal.decoding {
+            let place = try reader.placement(at: unknownTime)
+            let placement = reader.atEnd ? place : try place.placed(at: reader.timestamp())
+            guard reader.atEnd else { throw SyncRefusal.malformed("bytes after a placement") }
+            return placement
+        }
     }
 
     static func decodeDeletion(_ bytes: [UInt8]) throws(SyncRefusal) -> ReplicatedTree.Deletion {
         var reader = ByteReader(bytes)
         return try SyncRefusal.decoding {
-            let was = try reader.placement()
-            let wall = try reader.u64(), counter = try reader.u32(), node = NodeID(bytes: try reader.take(32))
-            guard reader.atEnd, wall <= maxWall else { throw SyncRefusal.malformed("a deletion record") }
-            return ReplicatedTree.Deletion(was: was, at: HLCTimestamp(wall: wall, counter: counter, node: node))
+            var was = try reader.placement(at: unknownTime)
+            if reader.remaining > timestampSize { was = try was.placed(at: reader.timestamp()) }
+            let at = try reader.timestamp()
+            guard reader.atEnd else { throw SyncRefusal.malformed("a deletion record") }
+            return ReplicatedTree.Deletion(was: was, at: at)
         }
     }
+}
+
+extension ReplicatedTree.Placement {
+    func placed(at time: HLCTimestamp) -> Self { Self(parent: parent, name: name, isDirectory: isDirectory, at: time) }
 }
 
 extension ByteReader {
@@ -163,12 +188,21 @@ extension ByteReader {
 
     mutating func node() throws(Underrun) -> NodeID { NodeID(bytes: try take(32)) }
 
-    /// A placement whose name passes `SyncedName`.
-    mutating func placement() throws(SyncRefusal) -> ReplicatedTree.Placement {
+    /// A timestamp whose clock is within `OperationCodec.maxWall`.
+    mutating func timestamp() throws(SyncRefusal) -> HLCTimestamp {
+        return try SyncRefusal.decoding {
+            let wall = try u64(), counter = try u32(), node = try node()
+            guard wall <= OperationCodec.maxWall else { throw SyncRefusal.malformed("clock \(wall) ms is beyond 2^48") }
+            return HLCTimestamp(wall: wall, counter: counter, node: node)
+        }
+    }
+
+    /// Where a move puts an item (its name passes `SyncedName`), placed at `time`.
+    mutating func placement(at time: HLCTimestamp) throws(SyncRefusal) -> ReplicatedTree.Placement {
         return try SyncRefusal.decoding {
             let parent = try item(), directory = try u8(), name = try prefixed16()
             switch SyncedName.check(name) {
-            case .success(let text): return ReplicatedTree.Placement(parent: parent, name: text, isDirectory: directory == 1)
+            case .success(let text): return ReplicatedTree.Placement(parent: parent, name: text, isDirectory: directory == 1, at: time)
             case .failure(let refusal): throw SyncRefusal.name(refusal)
             }
         }

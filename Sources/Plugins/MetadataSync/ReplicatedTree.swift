@@ -9,6 +9,20 @@ public struct ReplicatedTree: Sendable, Equatable {
         public let parent: ItemID
         public let name: String
         public let isDirectory: Bool
+        /// The timestamp of the move that put it there: a move into a directory deleted
+        /// before it (in K order) brings that directory back (`FolderView`).
+        public let at: HLCTimestamp
+
+        public init(parent: ItemID, name: String, isDirectory: Bool, at: HLCTimestamp) {
+            self.parent = parent
+            self.name = name
+            self.isDirectory = isDirectory
+            self.at = at
+        }
+
+        init(_ move: TreeOperation.Move) {
+            self.init(parent: move.parent, name: move.name, isDirectory: move.isDirectory, at: move.timestamp)
+        }
     }
 
     /// One applied move with what it replaced (for undo), and whether it took effect.
@@ -80,7 +94,7 @@ public struct ReplicatedTree: Sendable, Equatable {
         let reserved = move.item == .root || move.item == .trash
         let cycle = move.item == move.parent || isAncestor(move.item, of: move.parent)
         let applied = !reserved && !cycle
-        if applied { placements[move.item] = Placement(parent: move.parent, name: move.name, isDirectory: move.isDirectory) }
+        if applied { placements[move.item] = Placement(move) }
         log.append(LogEntry(move: move, previous: previous, applied: applied))
     }
 
@@ -162,7 +176,7 @@ public struct ReplicatedTree: Sendable, Equatable {
             seen.remove(move.timestamp)
             settlement.moves.append(move)
             guard entry.applied else { continue }
-            settlement.placements[move.item] = Placement(parent: move.parent, name: move.name, isDirectory: move.isDirectory)
+            settlement.placements[move.item] = Placement(move)
             Self.note(entry, in: &settledDeletions)
             settlement.deletions.updateValue(settledDeletions[move.item], forKey: move.item)
         }
