@@ -48,4 +48,44 @@ struct EverydayActionTests {
         let versions = try b.storage(["history", location + "/f0007"])["versions"] as? [[String: Any]] ?? []
         #expect(versions.count == 1, "the file's history is whole: \(versions)")
     }
+
+    static func read(_ node: P2PNode, _ path: String) -> String? { try? String(contentsOfFile: node.folder + "/" + path, encoding: .utf8) }
+
+    @Test("changes made while a node was stopped keep their time: an older edit and an older delete lose to newer edits elsewhere, a newer edit wins, and status lists each conflict")
+    func offlineChangesKeepTheirTime() throws {
+        let (a, b) = try FolderSafetyTests.pair()
+        defer { for node in [a, b] { node.remove() } }
+        for name in ["f.txt", "g.txt", "h.txt"] { try "v1\n".write(toFile: a.folder + "/" + name, atomically: false, encoding: .utf8) }
+        try FolderSafetyTests.waitFor("the files on B") { ["f.txt", "g.txt", "h.txt"].allSatisfy { Self.read(b, $0) == "v1\n" } }
+        try b.stop()
+        // B, stopped: an edit of h (older than A's edit of h below).
+        try "older, on B\n".write(toFile: b.folder + "/h.txt", atomically: false, encoding: .utf8)
+        usleep(1_100_000)
+        try a.stop()
+        // A, stopped: an edit of f and a delete of g.
+        try "older, on A\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: a.folder + "/g.txt")
+        usleep(1_100_000)
+        // B, later: edits of f and g; A's later edit of h.
+        try "newer, on B\n".write(toFile: b.folder + "/f.txt", atomically: false, encoding: .utf8)
+        try "newer, on B\n".write(toFile: b.folder + "/g.txt", atomically: false, encoding: .utf8)
+        try "newer, on A\n".write(toFile: a.folder + "/h.txt", atomically: false, encoding: .utf8)
+        usleep(1_100_000)  // both found only now, when the nodes start: "later" must not mean "noticed later"
+        for node in [b, a] { try node.start() }
+        try a.waitConnected(to: [b])
+        for node in [a, b] {
+            try FolderSafetyTests.waitFor("the newer sides on \(node.id)") {
+                Self.read(node, "f.txt") == "newer, on B\n" && Self.read(node, "g.txt") == "newer, on B\n" && Self.read(node, "h.txt") == "newer, on A\n"
+            }
+        }
+        for node in [a, b] {
+            let versions = try node.storage(["history", "f.txt"])["versions"] as? [[String: Any]] ?? []
+            #expect(versions.count == 3 && versions.last?["concurrent"] as? Bool == true, "A's older edit is in the history: \(versions)")
+        }
+        let conflicts = try a.storage(["status"])["conflicts"] as? [[String: Any]] ?? []
+        let listed = Set(conflicts.map { "\($0["path"] as? String ?? "") \($0["kind"] as? String ?? "")" })
+        #expect(listed == ["f.txt concurrent_edit", "g.txt delete_overruled", "h.txt concurrent_edit"], "\(conflicts)")
+        let text = try HarpProcess.run(["storage", "status", "--config", a.configPath])
+        #expect(text.stdout.contains("g.txt: deleted on \(a.id.prefix(9)), kept by a later change on \(b.id.prefix(9))"), "\(text.stdout)")
+    }
 }

@@ -204,6 +204,45 @@ struct ScenarioTests {
         #expect(view(other) == merged)
     }
 
+    @Test("a change found later is stamped when it happened: not past now, after what was recorded, never a timestamp already held")
+    mutating func foundChanges() {
+        let node = ConvergenceTests.node(1)
+        var time = ChangeTime(node: node)
+        let floor = HLCTimestamp(wall: 1_000, counter: 5, node: ConvergenceTests.node(2))
+        #expect(time.stamp(happened: 1_500, after: floor, now: 2_000).wall == 1_500)
+        #expect(time.stamp(happened: 9_999, after: floor, now: 2_000).wall == 2_000, "never past now")
+        let early = time.stamp(happened: 10, after: floor, now: 2_000)
+        #expect(early > floor && early.wall == 1_001, "never at or before what was recorded")
+        #expect(early.counter >= ChangeTime.foundCounters)
+        // Two found versions of one item with one time: two versions.
+        let f = create("f")
+        let stamp = time.stamp(happened: now + 50, after: a.histories.head(of: f)?.timestamp, now: now + 100)
+        for _ in 0..<2 {
+            let root = content()
+            a.local(stamped: stamp) { .version(.init(timestamp: $0, item: f, root: root, size: 1, mtime: 0, base: nil)) }
+        }
+        #expect(a.histories.versions[f]?.count == 3)
+        #expect(a.clock.wall >= now + 50, "the clock moves past what it stamped")
+    }
+
+    @Test("recent conflicts: concurrent edits, a delete a later edit overruled, an edit a delete removed moments later — not one long before")
+    mutating func conflicts() {
+        let edited = create("edited.txt"), kept = create("kept.txt"), lost = create("lost.txt"), old = create("old.txt")
+        _ = write(on: .a, edited, at: now + 10)
+        _ = write(on: .b, edited, at: now + 20)
+        move(on: .a, kept, to: .trash, name: "kept.txt", directory: false, at: now + 30)
+        _ = write(on: .b, kept, at: now + 40)
+        _ = write(on: .b, lost, at: now + 50)
+        move(on: .a, lost, to: .trash, name: "lost.txt", directory: false, at: now + 60)
+        _ = write(on: .b, old, at: now + 70)
+        move(on: .a, old, to: .trash, name: "old.txt", directory: false, at: now + 70 + 400_000)
+        let found = Conflict.recent(in: converged(), since: now, window: 300_000)
+        #expect(found.map(\.path) == ["lost.txt", "kept.txt", "edited.txt"], "\(found)")
+        #expect(found.map(\.kind) == [.editDeleted, .deleteOverruled, .concurrentEdit])
+        #expect(found[0].won.node == a.node && found[0].lost.node == b.node)
+        #expect(Conflict.recent(in: view(a), since: now + 100, window: 300_000).isEmpty, "older than listed")
+    }
+
     @Test("two files made with one name on two nodes are one path; two directories, one directory with both children")
     mutating func sameNames() {
         let fileA = ItemID.random(using: &generator), fileB = ItemID.random(using: &generator)

@@ -96,6 +96,10 @@ public final class BlockExchangePlugin: Plugin {
         swarm.register(channel)
     }
 
+    /// The command another plugin registers to add fields to `harp storage status`: it
+    /// answers a JSON object, merged into the status.
+    public static let statusSections = "status-sections"
+
     /// Adds a command to the node's socket (call before `start`).
     public func register(command name: String, _ handler: @escaping NodeCommand) {
         swarm.register(command: name, handler)

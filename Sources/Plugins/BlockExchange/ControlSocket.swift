@@ -56,8 +56,11 @@ final class ControlSocket: Sendable {
         }
         switch command {
         case "status":
+            // What other plugins add (the crdt plugin: conflicts, the version store), as JSON text.
+            var sections: String?
+            if let handler = swarm.command(BlockExchangePlugin.statusSections) { sections = await Task.detached { await handler([:]) }.value }
             // The counts are an SQLite read: off the loop (loop 0 also runs frp and admin).
-            let answer = await BlockingWork.run { self.statusLine() }
+            let answer = await BlockingWork.run { [sections] in self.statusLine(sections: sections) }
             _ = await socket.write(answer, timeout: .seconds(10))
         case "add": await add(request["path"] as? String ?? "", socket: socket)
         case "get": await get(root: request["root"] as? String ?? "", output: request["out"] as? String ?? "", socket: socket)
@@ -164,8 +167,12 @@ final class ControlSocket: Sendable {
     }
 
     /// `status()` as the JSON line the command socket sends.
-    private func statusLine() -> [UInt8] {
-        guard var data = try? JSONSerialization.data(withJSONObject: status(), options: [.sortedKeys]) else { return [] }
+    private func statusLine(sections: String?) -> [UInt8] {
+        var object = status()
+        if let sections, let extra = (try? JSONSerialization.jsonObject(with: Data(sections.utf8))) as? [String: Any] {
+            object.merge(extra) { current, _ in current }
+        }
+        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return [] }
         data.append(0x0A)
         return [UInt8](data)
     }

@@ -207,6 +207,18 @@ struct StorageCommand: ParsableCommand {
                 let root = transfer["root"] as? String ?? "?", out = transfer["out"] as? String ?? "?"
                 print("  fetching \(root) into \(out): \(ProgressBar.bytes(number("bytes"))) of \(ProgressBar.bytes(number("size"))) from \(number("peers")) peers")
             }
+            let conflicts = answer["conflicts"] as? [[String: Any]] ?? []
+            if !conflicts.isEmpty { print("conflicts in the last 7 days (newest first; harp storage history PATH shows both sides):") }
+            for conflict in conflicts {
+                let path = conflict["path"] as? String ?? "?", won = (conflict["won"] as? String ?? "?").prefix(9)
+                let lost = (conflict["lost"] as? String ?? "?").prefix(9)
+                let when = Date(timeIntervalSince1970: Double(conflict["time_ms"] as? Int ?? 0) / 1000).formatted(.iso8601)
+                switch conflict["kind"] as? String {
+                case "concurrent_edit": print("  \(when)  \(path): edited on \(won) and on \(lost) at once; \(won)'s edit is the file, the other is in its history")
+                case "delete_overruled": print("  \(when)  \(path): deleted on \(lost), kept by a later change on \(won)")
+                default: print("  \(when)  \(path): an edit on \(lost) was deleted moments later on \(won); restore it from the history")
+                }
+            }
         }
     }
 

@@ -22,6 +22,8 @@ public struct FolderView: Equatable, Sendable {
         /// The items shown at this path (more than one when same-named ones merged).
         public let items: [ItemID]
         public let history: [HistoryEntry]
+        /// A deleted entry's delete (of it, or of the directory above it that went).
+        public var deletion: HLCTimestamp?
         public var head: TreeOperation.Version? { history.last?.version }
     }
 
@@ -29,10 +31,13 @@ public struct FolderView: Equatable, Sendable {
     /// Deleted files and directories, by the path they had when they were deleted, with their
     /// histories (`harp storage ls --deleted`, `history`, `restore`).
     public let deleted: [String: Entry]
+    /// Paths shown although a directory above them (or they) were deleted — a later change
+    /// overruled the delete — with that delete's timestamp.
+    public private(set) var overruled: [String: HLCTimestamp] = [:]
 
     public init(tree: ReplicatedTree, histories: FileHistories) {
         let deletions = tree.deletions()
-        let placements = Self.shown(tree: tree, deletions: deletions, histories: histories)
+        let (placements, overruledItems) = Self.shown(tree: tree, deletions: deletions, histories: histories)
         var children: [ItemID: [ItemID]] = [:]
         for (item, placement) in placements { children[placement.parent, default: []].append(item) }
 
@@ -45,7 +50,7 @@ public struct FolderView: Equatable, Sendable {
                 let childPath = path.isEmpty ? name : path + "/" + name
                 let directories = items.filter { placements[$0]!.isDirectory }.sorted()
                 if !directories.isEmpty {
-                    entries[childPath] = Entry(path: childPath, isDirectory: true, items: directories, history: [])
+                    entries[childPath] = Entry(path: childPath, isDirectory: true, items: directories, history: [], deletion: nil)
                     walk(directories, path: childPath, depth: depth + 1)
                 } else {
                     let files = items.sorted()
@@ -55,7 +60,7 @@ public struct FolderView: Equatable, Sendable {
                         let concurrent = index > 0 && version.base != versions[index - 1].root
                         history.append(HistoryEntry(number: index + 1, version: version, concurrent: concurrent, head: index == versions.count - 1))
                     }
-                    entries[childPath] = Entry(path: childPath, isDirectory: false, items: files, history: history)
+                    entries[childPath] = Entry(path: childPath, isDirectory: false, items: files, history: history, deletion: nil)
                 }
             }
         }
@@ -66,6 +71,9 @@ public struct FolderView: Equatable, Sendable {
         // (live, or deleted too), and everything that was under it.
         var livePaths: [ItemID: String] = [:]
         for entry in entries.values { for item in entry.items { livePaths[item] = entry.path } }
+        for (item, deletion) in overruledItems {
+            if let path = livePaths[item] { overruled[path] = max(overruled[path] ?? deletion, deletion) }  // (same names merge)
+        }
         var formerPaths: [ItemID: String] = [:]
         func formerPath(_ item: ItemID, depth: Int) -> String? {
             if item == .root { return "" }
@@ -79,21 +87,23 @@ public struct FolderView: Equatable, Sendable {
         var treeChildren: [ItemID: [ItemID]] = [:]
         for (item, placement) in tree.placements { treeChildren[placement.parent, default: []].append(item) }
         var byPath: [String: [ItemID]] = [:]
-        func collect(_ item: ItemID, at path: String, depth: Int) {
+        var deletedAt: [String: HLCTimestamp] = [:]
+        func collect(_ item: ItemID, at path: String, deletion: HLCTimestamp, depth: Int) {
             byPath[path, default: []].append(item)
+            deletedAt[path] = max(deletedAt[path] ?? deletion, deletion)
             guard depth < 4096 else { return }
             for child in treeChildren[item] ?? [] where tree.placements[child]?.parent != .trash {
-                collect(child, at: path + "/" + tree.placements[child]!.name, depth: depth + 1)
+                collect(child, at: path + "/" + tree.placements[child]!.name, deletion: deletion, depth: depth + 1)
             }
         }
         for item in treeChildren[.trash] ?? [] {
-            if let path = formerPath(item, depth: 0) { collect(item, at: path, depth: 0) }
+            if let path = formerPath(item, depth: 0), let deletion = deletions[item] { collect(item, at: path, deletion: deletion.at, depth: 0) }
         }
         var deleted: [String: Entry] = [:]
         for (path, items) in byPath where entries[path] == nil {
             let directories = items.filter { (tree.placements[$0]?.parent == .trash ? deletions[$0]?.was : tree.placements[$0])?.isDirectory == true }
             if !directories.isEmpty {
-                deleted[path] = Entry(path: path, isDirectory: true, items: directories.sorted(), history: [])
+                deleted[path] = Entry(path: path, isDirectory: true, items: directories.sorted(), history: [], deletion: deletedAt[path])
                 continue
             }
             let versions = items.flatMap { histories.versions[$0] ?? [] }.sorted { $0.timestamp < $1.timestamp }
@@ -101,7 +111,7 @@ public struct FolderView: Equatable, Sendable {
                 HistoryEntry(number: index + 1, version: version, concurrent: index > 0 && version.base != versions[index - 1].root,
                              head: index == versions.count - 1)
             }
-            deleted[path] = Entry(path: path, isDirectory: false, items: items.sorted(), history: history)
+            deleted[path] = Entry(path: path, isDirectory: false, items: items.sorted(), history: history, deletion: deletedAt[path])
         }
         self.deleted = deleted
     }
@@ -111,9 +121,10 @@ public struct FolderView: Equatable, Sendable {
     /// deleted subtree whose last version, or the move that put it there, is newer than the
     /// delete of every deleted directory above it comes back with those directories, each
     /// where it was — but not their other contents (those stay deleted). A directory moved in
-    /// after the delete comes back whole.
+    /// after the delete comes back whole. Also returns each item that came back by a change of
+    /// its own, with the delete it overruled (the nearest above it).
     static func shown(tree: ReplicatedTree, deletions: [ItemID: ReplicatedTree.Deletion],
-                      histories: FileHistories) -> [ItemID: ReplicatedTree.Placement] {
+                      histories: FileHistories) -> (placements: [ItemID: ReplicatedTree.Placement], overruled: [ItemID: HLCTimestamp]) {
         var live: [ItemID: Bool] = [.root: true, .trash: false]
         func isLive(_ item: ItemID) -> Bool {
             var path: [ItemID] = []
@@ -152,11 +163,15 @@ public struct FolderView: Equatable, Sendable {
             return nil
         }
         var whole: [ItemID] = []
+        var overruled: [ItemID: HLCTimestamp] = [:]
         for item in deleted {
             guard let placement = tree.placements[item] else { continue }
             let time = max(placement.parent == .trash ? OperationCodec.unknownTime : placement.at,
                            histories.head(of: item)?.timestamp ?? OperationCodec.unknownTime)
             guard let restored = revival(of: item, at: time) else { continue }
+            if let nearest = restored.lazy.compactMap({ tree.placements[$0.0]?.parent == .trash ? deletions[$0.0]?.at : nil }).first {
+                overruled[item] = nearest
+            }
             for (shown, placement) in restored { placements[shown] = placement }
             if placement.isDirectory && placement.parent != .trash { whole.append(item) }
         }
@@ -172,7 +187,7 @@ public struct FolderView: Equatable, Sendable {
                 }
             }
         }
-        return placements
+        return (placements, overruled)
     }
 
     /// This view without the paths `excluded` says (the ignoring node's materialization).

@@ -44,6 +44,9 @@ actor MetadataNode {
     private var missingSince: [String: Int64] = [:]
     private var watcher: FolderWatcher?
     private var generator = SystemRandomNumberGenerator()
+    /// The clock as the node started: past everything it held when it stopped.
+    private let startedAt: HLCTimestamp
+    private var changeTime: ChangeTime
     /// The folder, for every change this node makes to it (`ConfinedDirectory`).
     let disk: ConfinedDirectory
     /// The process's umask: a received file's mode is the sender's less these bits.
@@ -73,6 +76,8 @@ actor MetadataNode {
         replica = Replica(node: node, wall: loaded.wall, counter: loaded.counter, settled: loaded.settled, operations: loaded.operations)
         paths = loaded.paths
         reports = ReplicaReports(node: node, peers: p2p.storageConfiguration.peers.map(\.id))
+        startedAt = HLCTimestamp(wall: loaded.wall, counter: loaded.counter, node: node)
+        changeTime = ChangeTime(node: node)
         durableVector = replica.vector
     }
 
@@ -100,11 +105,37 @@ actor MetadataNode {
     private var stopped = false
     var isRunning: Bool { !stopped }
 
+    /// Whether what changed while the node was stopped is committed; peers' frames wait for
+    /// it (`scan`: those changes are stamped after the clock at start, past every move a peer
+    /// may have settled — until the node applies a peer's operations).
+    private var firstPassDone = false
+    private var firstScanBegan: ContinuousClock.Instant?
+    private var awaitingFirstPass: [CheckedContinuation<Void, Never>] = []
+
+    private func firstPass() async {
+        guard !firstPassDone else { return }
+        await withCheckedContinuation { awaitingFirstPass.append($0) }
+    }
+
+    private func finishFirstPass() {
+        firstPassDone = true
+        for waiting in awaitingFirstPass { waiting.resume() }
+        awaitingFirstPass = []
+    }
+
+    /// The folder's own modification time (ns): when a name at its top last changed.
+    private func folderModified() -> Int64? {
+        var info = stat()
+        guard stat(folder, &info) == 0 else { return nil }
+        return Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
+    }
+
     /// Stops watching and waits (5 s at most) for a pass in progress, so what it did to the
     /// folder is recorded: a file that landed just before a stop, then deleted while the node
     /// was down, would otherwise come back as if it had never been here.
     func stop() async {
         stopped = true
+        finishFirstPass()
         watcher?.stop()
         let deadline = ContinuousClock.now + .seconds(5)
         while working, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
@@ -126,7 +157,13 @@ actor MetadataNode {
         repeat {
             workAgain = false
             releaseHeldBack()
+            let began = ContinuousClock.now
             let unstable = await scan()
+            // What the node found after a stop is all recorded once a scan finds nothing in
+            // flight, or one ran `stable_after` after the first (a path found missing waits
+            // that long before it is a delete).
+            if firstScanBegan == nil { firstScanBegan = began }
+            if !unstable || began - firstScanBegan! >= configuration.stableAfter.duration { finishFirstPass() }
             await materialize()
             if unstable {
                 // Something is still being written: look again once it may have settled.
@@ -166,6 +203,7 @@ actor MetadataNode {
     /// (`harp_sync_refused_total`), and the peer is penalized (its session closed, new ones
     /// refused for a while).
     func received(type: UInt8, body: [UInt8], from link: PeerLink) async {
+        await firstPass()
         let peer = link.peer
         do {
             switch try SyncMessage.decode(type: type, body: body) {
@@ -354,11 +392,32 @@ actor MetadataNode {
         }
     }
 
+    /// A local operation to make, and when its change happened if the node found it later
+    /// than that (`ChangeTime`); nil: now.
+    struct LocalChange {
+        let make: (HLCTimestamp) -> TreeOperation
+        var happened: (milliseconds: UInt64, after: HLCTimestamp?)?
+
+        static func now(_ make: @escaping (HLCTimestamp) -> TreeOperation) -> LocalChange { LocalChange(make: make) }
+
+        /// `nanoseconds`: a file system time.
+        static func found(at nanoseconds: Int64, after: HLCTimestamp?, _ make: @escaping (HLCTimestamp) -> TreeOperation) -> LocalChange {
+            LocalChange(make: make, happened: (UInt64(max(0, nanoseconds / 1_000_000)), after))
+        }
+    }
+
     /// Makes, records and sends local operations.
-    private func commit(_ makes: [(HLCTimestamp) -> TreeOperation]) async {
-        guard !makes.isEmpty else { return }
+    private func commit(_ changes: [LocalChange]) async {
+        guard !changes.isEmpty else { return }
         var made: [LoggedOperation] = []
-        for make in makes { made.append(replica.local(now: Self.nowMilliseconds, make)) }
+        let now = Self.nowMilliseconds
+        for change in changes {
+            if let happened = change.happened {
+                made.append(replica.local(stamped: changeTime.stamp(happened: happened.milliseconds, after: happened.after, now: now), change.make))
+            } else {
+                made.append(replica.local(now: now, change.make))
+            }
+        }
         made = replica.seal(made, key: key)
         let snapshot = replica.vector
         do {
@@ -395,8 +454,14 @@ actor MetadataNode {
         let nowNanos = Int64(Date().timeIntervalSince1970 * 1e9)
         let stable = Int64(configuration.stableAfter.duration.nanoseconds)
         var unstable = false
-        var makes: [(HLCTimestamp) -> TreeOperation] = []
+        var makes: [LocalChange] = []
         var seen: [String] = []
+        // Moves and deletes the scans at start find happened while the node was stopped:
+        // stamped when they happened, after everything the node held then (its clock at
+        // start, which is past every move a peer may have settled: no remote operation is
+        // applied before they are committed). Later ones are stamped now.
+        let foundAfterStop = !firstPassDone
+        func newest(_ item: ItemID) -> HLCTimestamp? { replica.histories.head(of: item)?.timestamp }
         var changes: [String: PathState?] = [:]
         // Paths whose recorded inode is no longer there: sources of renames.
         var vanished: [Int64: String] = [:]
@@ -438,7 +503,9 @@ actor MetadataNode {
                     // The same bytes with other permissions (chmod): a version of the mode alone.
                     if state.mode != entry.mode, let root = state.root {
                         let item = state.item, size = Int(entry.size), mtime = entry.mtime, mode = entry.mode
-                        makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: root, mode: mode)) }
+                        makes.append(.found(at: entry.ctime, after: newest(item)) {
+                            .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: root, mode: mode))
+                        })
                         seen.append("changed the mode of \(path)")
                         var changed = state
                         changed.mode = mode
@@ -453,7 +520,9 @@ actor MetadataNode {
                 guard let root = index(path) else { continue }
                 let item = state.item, base = state.root, size = Int(entry.size), mtime = entry.mtime, mode = entry.mode
                 if root != base || mode != state.mode {
-                    makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: base, mode: mode)) }
+                    makes.append(.found(at: mtime, after: newest(item)) {
+                        .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: base, mode: mode))
+                    })
                     seen.append("edited \(path)")
                 }
                 record(path, PathState(item: item, isDirectory: false, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root,
@@ -468,7 +537,8 @@ actor MetadataNode {
                 }
                 vanished[entry.inode] = nil
                 let item = old.item, newName = name(of: path), directory = old.isDirectory
-                makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
+                let move: (HLCTimestamp) -> TreeOperation = { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
+                makes.append(foundAfterStop ? .found(at: entry.ctime, after: startedAt, move) : .now(move))
                 seen.append("moved \(from) to \(path)")
                 indexMoved(from: from, to: path)
                 record(from, nil)
@@ -518,11 +588,15 @@ actor MetadataNode {
                 continue
             }
             let item = ItemID.random(using: &generator), newName = name(of: path)
-            makes.append { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) }
+            // A new item is placed now (it orders nothing the peers did; a create inside a
+            // directory deleted meanwhile elsewhere keeps the directory), its bytes when written.
+            makes.append(.now { .move(.init(timestamp: $0, item: item, parent: parent, name: newName, isDirectory: directory)) })
             seen.append("created \(path)")
             if let root {
                 let size = Int(entry.size), mtime = entry.mtime, mode = entry.mode
-                makes.append { .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: nil, mode: mode)) }
+                makes.append(.found(at: mtime, after: nil) {
+                    .version(.init(timestamp: $0, item: item, root: root, size: size, mtime: mtime, base: nil, mode: mode))
+                })
             }
             record(path, PathState(item: item, isDirectory: directory, inode: entry.inode, size: entry.size, mtime: entry.mtime, root: root,
                                    mode: entry.mode))
@@ -555,7 +629,10 @@ actor MetadataNode {
             let parentGone = path.lastIndex(of: "/").map { slash in disk[String(path[..<slash])] == nil } ?? false
             if !parentGone {
                 let item = state.item, oldName = name(of: path), directory = state.isDirectory
-                makes.append { .move(.init(timestamp: $0, item: item, parent: .trash, name: oldName, isDirectory: directory)) }
+                let delete: (HLCTimestamp) -> TreeOperation = { .move(.init(timestamp: $0, item: item, parent: .trash, name: oldName, isDirectory: directory)) }
+                // Removing a name changes its directory's modification time: when it happened.
+                let parentTime = path.lastIndex(of: "/").map { disk[String(path[..<$0])]?.mtime } ?? folderModified()
+                if foundAfterStop, let parentTime { makes.append(.found(at: parentTime, after: startedAt, delete)) } else { makes.append(.now(delete)) }
                 seen.append("deleted \(path)")
             }
             record(path, nil)
@@ -906,9 +983,7 @@ actor MetadataNode {
         guard number >= 1, number <= entry.history.count else { return "\(path) has versions 1 to \(entry.history.count), not \(number)" }
         guard let head = entry.head else { return "\(path) has no content" }
         let old = entry.history[number - 1].version
-        var makes: [(HLCTimestamp) -> TreeOperation] = []
-        makes.append { .version(.init(timestamp: $0, item: head.item, root: old.root, size: old.size, mtime: old.mtime, base: head.root, mode: old.mode)) }
-        await commit(makes)
+        await commit([.now { .version(.init(timestamp: $0, item: head.item, root: old.root, size: old.size, mtime: old.mtime, base: head.root, mode: old.mode)) }])
         requestWork()
         return nil
     }

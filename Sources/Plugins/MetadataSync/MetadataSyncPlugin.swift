@@ -45,6 +45,7 @@ public final class MetadataSyncPlugin: Plugin {
         p2p.register(command: "restore") { request in
             await MetadataCommands.restore(node, path: request["path"] ?? "", version: Int(request["version"] ?? "") ?? 0)
         }
+        p2p.register(command: BlockExchangePlugin.statusSections) { _ in await MetadataCommands.status(node, configuration: configuration) }
         p2p.register(command: "log") { request in
             let count = max(1, min(Int(request["count"] ?? "") ?? 50, 1000))
             return MetadataCommands.log(await node.recentOperations(count), kept: await node.operationsKept)
@@ -94,6 +95,17 @@ enum MetadataCommands {
     static func json(_ object: [String: Any]) -> String {
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return #"{"error":"encoding"}"# }
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Conflicts are listed for this long after they were decided.
+    static let conflictsListed: UInt64 = 7 * 86_400_000
+
+    /// What `harp storage status` adds for the metadata: the recent conflicts.
+    static func status(_ node: MetadataNode, configuration: MetadataConfiguration) async -> String {
+        let since = MetadataNode.nowMilliseconds > conflictsListed ? MetadataNode.nowMilliseconds - conflictsListed : 0
+        let window = UInt64(configuration.maxClockSkew.duration.components.seconds) * 1000
+        let conflicts = Conflict.recent(in: await node.view(), since: since, window: window)
+        return json(["conflicts": conflicts.map(\.json)])
     }
 
     static func clean(_ path: String) -> String {

@@ -179,14 +179,31 @@ public struct Replica: Sendable {
 
     // MARK: Local
 
+    /// Records and applies a local operation stamped `timestamp` (`ChangeTime`: a change found
+    /// after it happened, so possibly before the clock). A timestamp the item's moves or
+    /// versions already hold moves on by one counter step; the clock moves past it.
+    @discardableResult
+    public mutating func local(stamped timestamp: HLCTimestamp, _ make: (HLCTimestamp) -> TreeOperation) -> LoggedOperation {
+        var stamp = timestamp
+        while tree.holds(stamp) || histories.versions[make(stamp).item]?.contains(where: { $0.timestamp == stamp }) == true {
+            stamp = stamp.counter == .max ? HLCTimestamp(wall: stamp.wall + 1, counter: ChangeTime.foundCounters, node: node)
+                : HLCTimestamp(wall: stamp.wall, counter: stamp.counter + 1, node: node)
+        }
+        clock.observe(stamp)
+        let logged = LoggedOperation(origin: node, sequence: nextSequence, operation: make(stamp))
+        apply([logged])
+        return logged
+    }
+
+    /// Past every number this node is known to have used (held, settled, or its own
+    /// operations' gaps after a lost state directory).
+    private var nextSequence: UInt64 { max(vector[node] ?? 0, floor[node] ?? 0, operations[node]?.keys.max() ?? 0) + 1 }
+
     /// Records and applies a local operation made at `now` (ms); returns it for the peers.
     @discardableResult
     public mutating func local(now: UInt64, _ make: (HLCTimestamp) -> TreeOperation) -> LoggedOperation {
         let timestamp = clock.tick(now: now)
-        // Past every number this node is known to have used (held, settled, or its own
-        // operations' gaps after a lost state directory).
-        let sequence = max(vector[node] ?? 0, floor[node] ?? 0, operations[node]?.keys.max() ?? 0) + 1
-        let logged = LoggedOperation(origin: node, sequence: sequence, operation: make(timestamp))
+        let logged = LoggedOperation(origin: node, sequence: nextSequence, operation: make(timestamp))
         apply([logged])
         return logged
     }

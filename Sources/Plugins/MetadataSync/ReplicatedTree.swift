@@ -186,4 +186,7 @@ public struct ReplicatedTree: Sendable, Equatable {
 
     public var moveCount: Int { log.count }
 
+    /// Whether a move stamped `timestamp` is in the log.
+    func holds(_ timestamp: HLCTimestamp) -> Bool { seen.contains(timestamp) }
+
 }
