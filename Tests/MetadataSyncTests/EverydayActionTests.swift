@@ -88,4 +88,44 @@ struct EverydayActionTests {
         let text = try HarpProcess.run(["storage", "status", "--config", a.configPath])
         #expect(text.stdout.contains("g.txt: deleted on \(a.id.prefix(9)), kept by a later change on \(b.id.prefix(9))"), "\(text.stdout)")
     }
+
+    @Test("the version store keeps keep_versions per file within version_store_max, says so in status, and a version whose bytes are gone everywhere is not restored")
+    func versionStoreRetention() throws {
+        let a = try P2PNode(), b = try P2PNode()
+        defer { for node in [a, b] { node.remove() } }
+        for node in [a, b] {
+            node.plugins = ["p2p", "crdt"]
+            node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\"\nkeep_versions = 2\nversion_store_max = \"1MiB\""
+        }
+        try a.configure(peers: [b])
+        try b.configure(peers: [a])
+        for node in [a, b] { try node.start() }
+        try b.waitConnected(to: [a])
+        // A deleted file of 3 MiB: past version_store_max on its own.
+        try P2PNode.makeFile(a.folder + "/big.bin", size: 3 << 20)
+        try FolderSafetyTests.waitFor("big.bin on B") { (try? FileManager.default.attributesOfItem(atPath: b.folder + "/big.bin")[.size] as? Int) == 3 << 20 }
+        try FileManager.default.removeItem(atPath: a.folder + "/big.bin")
+        func store() -> [String: Any] { ((try? b.storage(["status"]))?["version_store"] as? [String: Any]) ?? [:] }
+        try FolderSafetyTests.waitFor("big.bin's bytes pruned on B") { store()["pruned_files"] as? Int == 1 && store()["files"] as? Int == 0 }
+        for step in 1...5 {
+            try "version \(step)\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
+            try FolderSafetyTests.waitFor("version \(step) on B") { Self.read(b, "f.txt") == "version \(step)\n" }
+        }
+        func kept() -> Set<String> {
+            Set(((try? FileManager.default.contentsOfDirectory(atPath: b.folder + "/.harp-versions")) ?? []).map {
+                (try? String(contentsOfFile: b.folder + "/.harp-versions/" + $0, encoding: .utf8)) ?? "?"
+            })
+        }
+        try FolderSafetyTests.waitFor("B's store pruned to f's two newest replaced versions") {
+            kept() == ["version 3\n", "version 4\n"] && store()["files"] as? Int == 2
+        }
+        #expect(store()["pruned_files"] as? Int == 3 && (store()["pruned_bytes"] as? Int ?? 0) >= 3 << 20, "\(store())")
+        let text = try HarpProcess.run(["storage", "status", "--config", b.configPath])
+        #expect(text.stdout.contains("version store: 2 versions"), "\(text.stdout)")
+        // Version 1's bytes are in no store (A wrote over them in place, B pruned them).
+        let refused = try HarpProcess.run(["storage", "restore", "f.txt", "--version", "1", "--config", b.configPath])
+        #expect(refused.status == 1 && refused.stderr.contains("version 1 of f.txt cannot come back"), "\(refused.stderr)")
+        _ = try b.storage(["restore", "f.txt", "--version", "4"])
+        for node in [a, b] { try FolderSafetyTests.waitFor("version 4 restored on \(node.id)") { Self.read(node, "f.txt") == "version 4\n" } }
+    }
 }

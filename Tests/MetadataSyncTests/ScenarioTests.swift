@@ -243,6 +243,27 @@ struct ScenarioTests {
         #expect(Conflict.recent(in: view(a), since: now + 100, window: 300_000).isEmpty, "older than listed")
     }
 
+    @Test("the version store keeps each file's newest replaced versions, none past their age, all within the cap (oldest out first)")
+    mutating func versionRetention() {
+        let f = create("f"), g = create("g")
+        var roots: [ChunkID] = []
+        for step in 1...4 { roots.append(write(on: .a, f, at: now + UInt64(step))) }  // f: create + 4 = 5 versions, 4 replaced
+        let deleted = a.histories.head(of: g)!.root
+        move(on: .a, g, to: .trash, name: "g", directory: false, at: now + 10)
+        let ranks = VersionRetention.ranks(view(a))
+        #expect(ranks[roots[3]] == nil, "the head is what the folder shows")
+        #expect(ranks[roots[2]] == 0 && ranks[roots[0]] == 2 && ranks[deleted] == 0)
+        let second: Int64 = 1_000_000_000
+        func stored(_ root: ChunkID, bytes: Int64 = 100, at seconds: Int64) -> VersionRetention.Stored { .init(root: root, bytes: bytes, storedAt: seconds * second) }
+        let store = [stored(roots[0], at: 1), stored(roots[1], at: 2), stored(roots[2], at: 3), stored(deleted, bytes: 1000, at: 4)]
+        let byCount = VersionRetention(keep: 2, keepFor: 3600 * second, capacity: 1 << 40).pruned(store, ranks: ranks, now: 10 * second)
+        #expect(byCount.map(\.root) == [roots[0]], "f's third newest replaced version goes")
+        let byAge = VersionRetention(keep: 10, keepFor: 7 * second, capacity: 1 << 40).pruned(store, ranks: ranks, now: 10 * second)
+        #expect(byAge.map(\.root) == [roots[0], roots[1]], "stored more than 7 s ago")
+        let byRoom = VersionRetention(keep: 10, keepFor: 3600 * second, capacity: 1100).pruned(store, ranks: ranks, now: 10 * second)
+        #expect(byRoom.map(\.root) == [roots[0], roots[1]], "the oldest go until 1,100 bytes are left")
+    }
+
     @Test("two files made with one name on two nodes are one path; two directories, one directory with both children")
     mutating func sameNames() {
         let fileA = ItemID.random(using: &generator), fileB = ItemID.random(using: &generator)

@@ -1,5 +1,5 @@
 /// A time limit in config: a number of seconds (`30`, `0.5`) or a string with a unit
-/// (`"250ms"`, `"30s"`, `"5m"`, `"1h"`). Written back as a string with a unit.
+/// (`"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"30d"`). Written back as a string with a unit.
 public struct ConfigDuration: Codable, Sendable, Equatable, CustomStringConvertible {
     public let duration: Duration
 
@@ -8,7 +8,7 @@ public struct ConfigDuration: Codable, Sendable, Equatable, CustomStringConverti
     public static func seconds(_ value: Int) -> ConfigDuration { .init(.seconds(value)) }
     public static func milliseconds(_ value: Int) -> ConfigDuration { .init(.milliseconds(value)) }
 
-    static let allowed = "a duration such as 30, 0.5, \"250ms\", \"30s\", \"5m\" or \"1h\""
+    static let allowed = "a duration such as 30, 0.5, \"250ms\", \"30s\", \"5m\", \"1h\" or \"30d\""
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
@@ -23,7 +23,7 @@ public struct ConfigDuration: Codable, Sendable, Equatable, CustomStringConverti
     }
 
     static func parse(_ text: String) -> ConfigDuration? {
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
         for (suffix, scale) in units where text.hasSuffix(suffix) {
             guard let number = Double(text.dropLast(suffix.count)), number >= 0, number.isFinite else { return nil }
             return ConfigDuration(.milliseconds(Int64((number * scale * 1000).rounded())))
@@ -38,6 +38,7 @@ public struct ConfigDuration: Codable, Sendable, Equatable, CustomStringConverti
 
     public var description: String {
         let milliseconds = duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
+        if milliseconds % 86_400_000 == 0 && milliseconds > 0 { return "\(milliseconds / 86_400_000)d" }
         if milliseconds % 3_600_000 == 0 && milliseconds > 0 { return "\(milliseconds / 3_600_000)h" }
         if milliseconds % 60_000 == 0 && milliseconds > 0 { return "\(milliseconds / 60_000)m" }
         if milliseconds % 1000 == 0 { return "\(milliseconds / 1000)s" }

@@ -207,6 +207,11 @@ public final class FolderIndex: Sendable {
         }
     }
 
+    /// Forgets a file that was removed: its chunks are no longer offered from it.
+    public func forget(_ relative: String) throws(Failure) {
+        try wrapped { try database.readNow { try $0.run("DELETE FROM files WHERE path = ?", [.text(relative)]) } }
+    }
+
     /// The folder-relative form of `path` (absolute or relative to the folder), or nil when
     /// it lies outside the folder.
     public func relative(_ path: String) -> String? {

@@ -11,6 +11,29 @@ public struct ChunkID: Hashable, Sendable, CustomStringConvertible {
     public var description: String { SHA256.hexString(bytes) }
 }
 
+extension ChunkID {
+    /// From 64 hex digits (as printed); nil otherwise.
+    public init?(hex text: String) {
+        let digits = Array(text.utf8)
+        guard digits.count == 64 else { return nil }
+        var bytes: [UInt8] = []
+        for index in stride(from: 0, to: 64, by: 2) {
+            guard let high = Self.nibble(digits[index]), let low = Self.nibble(digits[index + 1]) else { return nil }
+            bytes.append(high << 4 | low)
+        }
+        self.init(bytes: bytes)
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
+
 /// A file version's content: its chunks in order, and the root that names it.
 ///
 /// Canonical encoding (the root is SHA-256 of it): the 16 bytes `harp-manifest-1\n`, then per

@@ -207,6 +207,12 @@ struct StorageCommand: ParsableCommand {
                 let root = transfer["root"] as? String ?? "?", out = transfer["out"] as? String ?? "?"
                 print("  fetching \(root) into \(out): \(ProgressBar.bytes(number("bytes"))) of \(ProgressBar.bytes(number("size"))) from \(number("peers")) peers")
             }
+            if let store = answer["version_store"] as? [String: Any] {
+                func bytes(_ key: String) -> String { ProgressBar.bytes(store[key] as? Int ?? 0) }
+                print("version store: \(store["files"] as? Int ?? 0) versions, \(bytes("bytes")); removed since start: "
+                      + "\(store["pruned_files"] as? Int ?? 0), \(bytes("pruned_bytes")) (keeps \(store["keep_versions"] as? Int ?? 0) per file, "
+                      + "\(store["keep_versions_for"] as? String ?? "?"), within \(store["version_store_max"] as? String ?? "?"))")
+            }
             let conflicts = answer["conflicts"] as? [[String: Any]] ?? []
             if !conflicts.isEmpty { print("conflicts in the last 7 days (newest first; harp storage history PATH shows both sides):") }
             for conflict in conflicts {

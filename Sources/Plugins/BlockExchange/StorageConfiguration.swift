@@ -43,7 +43,7 @@ public struct StorageConfiguration: Codable, Sendable {
     public var downloadRate: Int
     /// Room a fetch must leave free on the folder's file system: a percentage of it
     /// (`"1%"`) or bytes (`"1GiB"`, `"500MB"`). The default: 1%, at most 1 GiB.
-    public var minFree: FreeSpace
+    public var minFree: DiskShare
     /// A partial download nobody resumed for this long is removed (with its record).
     public var partialTTL: ConfigDuration
 
@@ -63,11 +63,11 @@ public struct StorageConfiguration: Codable, Sendable {
         case minFree = "min_free", partialTTL = "partial_ttl"
     }
 
-    /// `[storage] min_free`: a share of the file system, or bytes.
-    public enum FreeSpace: Codable, Sendable, Equatable, CustomStringConvertible {
+    /// A share of a file system, or bytes (`[storage] min_free`, `[crdt] version_store_max`).
+    public enum DiskShare: Codable, Sendable, Equatable, CustomStringConvertible {
         case percent(Double)
         case bytes(Int64)
-        /// 1% of the file system, at most 1 GiB.
+        /// `min_free`'s default: 1% of the file system, at most 1 GiB.
         case `default`
 
         /// The bytes to keep free on a file system of `total` bytes.
@@ -121,7 +121,7 @@ public struct StorageConfiguration: Codable, Sendable {
         d.peers = try c.decodeIfPresent([Peer].self, forKey: .peers) ?? []
         d.uploadRate = try c.decodeIfPresent(Int.self, forKey: .uploadRate) ?? 0
         d.downloadRate = try c.decodeIfPresent(Int.self, forKey: .downloadRate) ?? 0
-        d.minFree = try c.decodeIfPresent(FreeSpace.self, forKey: .minFree) ?? d.minFree
+        d.minFree = try c.decodeIfPresent(DiskShare.self, forKey: .minFree) ?? d.minFree
         d.partialTTL = try c.decodeIfPresent(ConfigDuration.self, forKey: .partialTTL) ?? d.partialTTL
         self = d
         for (key, value) in [("upload_rate", uploadRate), ("download_rate", downloadRate)] where value < 0 {

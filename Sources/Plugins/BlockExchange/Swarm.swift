@@ -31,7 +31,7 @@ final class Swarm: Sendable {
     /// When a fetch last failed for want of room (ns; logged once a minute).
     private let lastNoRoom = Mutex<UInt64>(0)
     /// Room every fetch leaves free, and how long an abandoned partial file is kept.
-    let minFree: StorageConfiguration.FreeSpace
+    let minFree: StorageConfiguration.DiskShare
     let partialTTL: Duration
 
     init(node: NodeID, configuration: StorageConfiguration, index: FolderIndex, indexer: WorkerThread, logger: Logger) {

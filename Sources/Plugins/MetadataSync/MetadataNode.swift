@@ -165,6 +165,7 @@ actor MetadataNode {
             if firstScanBegan == nil { firstScanBegan = began }
             if !unstable || began - firstScanBegan! >= configuration.stableAfter.duration { finishFirstPass() }
             await materialize()
+            pruneVersions()
             if unstable {
                 // Something is still being written: look again once it may have settled.
                 let wait = configuration.stableAfter.duration + .milliseconds(100)
@@ -920,6 +921,65 @@ actor MetadataNode {
         return true
     }
 
+    /// What the version store holds now, and what retention removed since the start.
+    private(set) var versionStore = (files: 0, bytes: Int64(0), prunedFiles: 0, prunedBytes: Int64(0))
+    private var lastPrune: ContinuousClock.Instant?
+
+    /// Applies the version store's retention (`VersionRetention`), at most once per
+    /// `rescan_interval`.
+    private func pruneVersions() {
+        let now = ContinuousClock.now
+        guard lastPrune.map({ now - $0 >= configuration.rescanInterval.duration }) ?? true else { return }
+        lastPrune = now
+        var stored: [VersionRetention.Stored] = []
+        let fd = disk.open(FolderIndex.versionStore, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+        guard fd >= 0, let directory = fdopendir(fd) else {
+            if fd >= 0 { close(fd) }
+            versionStore.files = 0
+            versionStore.bytes = 0
+            return
+        }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            var info = stat()
+            guard let root = ChunkID(hex: name), fstatat(dirfd(directory), name, &info, AT_SYMLINK_NOFOLLOW) == 0,
+                  info.st_mode & S_IFMT == S_IFREG else { continue }
+            stored.append(.init(root: root, bytes: Int64(info.st_size), storedAt: Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec)))
+        }
+        closedir(directory)
+        var volume = statvfs()
+        let total = statvfs(folder, &volume) == 0 ? Int64(volume.f_blocks) * Int64(volume.f_frsize) : Int64.max
+        let retention = VersionRetention(keep: configuration.keepVersions, keepFor: Int64(configuration.keepVersionsFor.duration.nanoseconds),
+                                         capacity: configuration.versionStoreMax.bytes(of: total))
+        let pruned = retention.pruned(stored, ranks: VersionRetention.ranks(view()), now: Int64(Date().timeIntervalSince1970 * 1e9))
+        var gone: Set<ChunkID> = []
+        for version in pruned where disk.unlink(versionPath(version.root)) == 0 {
+            gone.insert(version.root)
+            versionStore.prunedFiles += 1
+            versionStore.prunedBytes += version.bytes
+            try? p2p.folderIndex.forget(versionPath(version.root))
+        }
+        if !gone.isEmpty { logger.info("the version store's retention removed \(gone.count) version\(gone.count == 1 ? "" : "s")") }
+        let left = stored.filter { !gone.contains($0.root) }
+        versionStore.files = left.count
+        versionStore.bytes = left.reduce(0) { $0 + $1.bytes }
+    }
+
+    /// Makes sure the bytes of `root` are here — in the folder, in the version store, or
+    /// fetched from a peer into the store — or says why not.
+    private func keepForRestore(_ root: ChunkID) async -> String? {
+        if root == Self.emptyRoot || paths.values.contains(where: { $0.root == root }) || disk.lstat(versionPath(root)) != nil { return nil }
+        let staged = Self.staging + "/" + root.description
+        _ = disk.mkdir(Self.staging, mode: 0o700)
+        if case .failed(let failure) = await p2p.fetch(root, into: folder + "/" + staged) {
+            return "its bytes are not kept here and no connected peer sent them (\(failure)); the version stores' retention ([crdt] keep_versions) may have removed them everywhere"
+        }
+        _ = disk.mkdir(FolderIndex.versionStore, mode: 0o700)
+        guard disk.rename(staged, in: disk, to: versionPath(root)) == 0 else { return "the fetched bytes could not be stored" }
+        _ = index(versionPath(root))
+        return nil
+    }
+
     /// A version's place in the store, relative to the folder.
     private func versionPath(_ root: ChunkID) -> String { FolderIndex.versionStore + "/" + root.description }
 
@@ -983,6 +1043,8 @@ actor MetadataNode {
         guard number >= 1, number <= entry.history.count else { return "\(path) has versions 1 to \(entry.history.count), not \(number)" }
         guard let head = entry.head else { return "\(path) has no content" }
         let old = entry.history[number - 1].version
+        // Its bytes must be somewhere first: a head nobody can fetch would be retried forever.
+        if let missing = await keepForRestore(old.root) { return "version \(number) of \(path) cannot come back: \(missing)" }
         await commit([.now { .version(.init(timestamp: $0, item: head.item, root: old.root, size: old.size, mtime: old.mtime, base: head.root, mode: old.mode)) }])
         requestWork()
         return nil
