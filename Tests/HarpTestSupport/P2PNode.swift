@@ -47,6 +47,7 @@ public final class P2PNode: @unchecked Sendable {
 
     /// Starts the node; waits until it is ready and its folder is indexed.
     public func start() throws {
+        if let process { earlierLogs += process.stderr }
         let harp = try HarpProcess(["serve", "--config", configPath])
         process = harp
         try harp.waitForOutput("harp: ready")
@@ -65,7 +66,11 @@ public final class P2PNode: @unchecked Sendable {
         try process?.stop()
     }
 
-    public var log: String { process?.stderr ?? "" }
+    /// What the node's earlier runs logged (a restart starts a new process).
+    private var earlierLogs = ""
+
+    /// What every run of the node logged.
+    public var log: String { earlierLogs + (process?.stderr ?? "") }
 
     /// `harp storage ARGS --config … --json` → the JSON object it prints (or its error).
     public func storage(_ arguments: [String]) throws -> [String: Any] {

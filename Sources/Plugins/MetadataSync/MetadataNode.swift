@@ -182,6 +182,7 @@ actor MetadataNode {
 
     func connected(_ link: PeerLink) {
         links[link.peer] = link
+        retryFailedFetches()
         link.send(SyncMessage.report(reports.table(own: durableVector)))
     }
 
@@ -767,11 +768,13 @@ actor MetadataNode {
             // user's bytes are never replaced; the next scan makes them a version.
             if let current = paths[entry.path], !unchanged(entry.path, current) { continue }
             // The same content under another path of ours: a move.
-            if let from = paths.first(where: { $0.value.item == head.item && $0.value.root == head.root })?.key, from != entry.path,
+            if let (from, recorded) = paths.first(where: { $0.value.item == head.item && $0.value.root == head.root }), from != entry.path,
                disk.rename(from, in: disk, to: entry.path, replace: false) == 0 {
                 indexMoved(from: from, to: entry.path)
                 record(from, nil)
-                if let state = state(entry.path, item: head.item, root: head.root) { record(entry.path, state) }
+                // As it was recorded (a rename keeps the inode): bytes the user changed meanwhile
+                // are still a change to the next scan, not taken for the recorded version.
+                record(entry.path, recorded)
                 continue
             }
             fetches.append((entry.path, head))
@@ -787,48 +790,97 @@ actor MetadataNode {
             }
             record(path, nil)
         }
-        for (path, head) in fetches {
-            if stopped { break }  // the rest on the next start
-            // The bytes it replaces go to the version store as a second link; the file stays
-            // in place until the new content is renamed over it (a fetch that fails leaves it
-            // there, not a gap the next scan would take for a delete).
-            // (The link is undone then: the file stays the user's to edit in place, which must not
-            // change a stored version.)
-            let previous = paths[path]
-            let linked = previous.flatMap { old in old.root.flatMap { linkVersion(path, root: $0) ? $0 : nil } }
-            let inode: Int64
-            switch await place(head, at: path, replacing: previous) {
-            case .failed(let failure):
-                if let linked { _ = disk.unlink(versionPath(linked)) }
-                // A full disk fails every fetch of the pass: one line a minute says so.
-                if failure.hasPrefix("no room") {
-                    let now = ContinuousClock.now
-                    if lastNoRoom.map({ now - $0 >= .seconds(60) }) ?? true {
-                        lastNoRoom = now
-                        logger.warning("cannot fetch \(path) (\(head.root)): \(failure); fetches wait until there is room")
-                    }
-                    continue
-                }
-                logger.warning("cannot fetch \(path) (\(head.root)): \(failure); retried on the next pass")
-                continue
-            case .done(let landed):
-                inode = landed
-            }
-            if let state = state(path, item: head.item, root: head.root) {
-                record(path, state)
-            } else {
+        await persist(changes)
+        // Content arrives in the background, several files at once: a pass never waits for the
+        // network, so local changes are published while remote ones download, and a file no
+        // peer can send holds up nothing else (it is tried again later, less often).
+        wanted = Dictionary(fetches.map { ($0.head.root, $0) }, uniquingKeysWith: { first, _ in first })
+        queued = fetches
+        next = 0
+        startFetches()
+    }
+
+    // MARK: Fetching in the background
+
+    /// Files fetched at once, at most.
+    static let fetchesInFlight = 16
+    /// The content each path of the last pass waits for (by root: one fetch per root).
+    private var wanted: [ChunkID: (path: String, head: TreeOperation.Version)] = [:]
+    private var inFlight: Set<ChunkID> = []
+    /// The last pass's fetches in order, and the first not started yet.
+    private var queued: [(path: String, head: TreeOperation.Version)] = []
+    private var next = 0
+    /// Roots whose fetch failed: not tried again before `until` (the wait doubles, to a minute).
+    private var failedFetches: [ChunkID: (until: ContinuousClock.Instant, wait: Duration)] = [:]
+
+    /// Starts queued fetches while fewer than `fetchesInFlight` run.
+    private func startFetches() {
+        let now = ContinuousClock.now
+        while !stopped, inFlight.count < Self.fetchesInFlight, next < queued.count {
+            let (path, head) = queued[next]
+            next += 1
+            if inFlight.contains(head.root) { continue }
+            if let failed = failedFetches[head.root], now < failed.until { continue }
+            inFlight.insert(head.root)
+            Task { await self.fetch(head, at: path) }
+        }
+    }
+
+    private func fetch(_ head: TreeOperation.Version, at path: String) async {
+        let outcome = await stage(head)
+        inFlight.remove(head.root)
+        defer { startFetches() }
+        let staged = Self.staging + "/" + head.root.description
+        if case .failed(let failure) = outcome {
+            fetchFailed(head, at: path, failure)
+            return
+        }
+        // Still what that path should show (the folder may have moved on meanwhile)?
+        guard !stopped, let still = wanted[head.root], still.path == path else {
+            _ = disk.unlink(staged)
+            return
+        }
+        switch put(head, at: path) {
+        case .failed(let failure):
+            fetchFailed(head, at: path, failure)
+        case .done(let inode):
+            failedFetches[head.root] = nil
+            wanted[head.root] = nil
+            let state = state(path, item: head.item, root: head.root)
                 // Moved away the moment it landed (its directory renamed meanwhile): recorded
                 // by inode, so the next scan sees the move and nothing new.
-                record(path, PathState(item: head.item, isDirectory: false, inode: inode, size: Int64(head.size), mtime: 0,
-                                       root: head.root, mode: head.mode))
-            }
-            // Recorded at once, not at the end of the pass: a node stopped right after a file
-            // landed would otherwise take it, edited later, for a new file.
-            await persist(changes)
-            changes = [:]
+                ?? PathState(item: head.item, isDirectory: false, inode: inode, size: Int64(head.size), mtime: 0, root: head.root, mode: head.mode)
+            paths[path] = state
+            // Recorded at once: a node stopped right after a file landed would otherwise take
+            // it, edited later, for a new file.
+            await persist([path: state])
         }
-        await persist(changes)
     }
+
+    private func fetchFailed(_ head: TreeOperation.Version, at path: String, _ failure: String) {
+        let wait = min((failedFetches[head.root]?.wait ?? .milliseconds(500)) * 2, .seconds(60))
+        failedFetches[head.root] = (ContinuousClock.now + wait, wait)
+        // A full disk fails every fetch: one line a minute says so.
+        if failure.hasPrefix("no room") {
+            let now = ContinuousClock.now
+            if lastNoRoom.map({ now - $0 >= .seconds(60) }) ?? true {
+                lastNoRoom = now
+                logger.warning("cannot fetch \(path) (\(head.root)): \(failure); fetches wait until there is room")
+            }
+            return
+        }
+        logger.warning("cannot fetch \(path) (\(head.root)): \(failure); tried again in \(wait)")
+    }
+
+    /// A peer came: what failed may come from it.
+    private func retryFailedFetches() {
+        failedFetches = [:]
+        if !wanted.isEmpty { requestWork() }
+    }
+
+    /// What waits for content (`harp storage status`): files queued, in flight, and failed
+    /// (tried again later).
+    var fetchState: (pending: Int, inFlight: Int, failed: Int) { (wanted.count, inFlight.count, failedFetches.count) }
 
     /// Logs, once per path, why the folder could not take a change there (a symbolic link on
     /// the way, a file where a directory goes).
@@ -839,11 +891,10 @@ actor MetadataNode {
         logger.warning("the folder cannot take \(path): \(reason); left as it is")
     }
 
-    /// Puts the file of version `head` at `path`: fetched (or copied from the version store)
-    /// into `.harp-staging` under its content root — a name that never overflows NAME_MAX —
-    /// then renamed into place beneath the folder. A new file gets the version's mode (less
-    /// the umask); a file whose content is replaced keeps a mode the user changed here.
-    private func place(_ head: TreeOperation.Version, at path: String, replacing previous: PathState?) async -> BlockExchangePlugin.FetchOutcome {
+    /// Gets the bytes of version `head` into `.harp-staging` under its content root (a name
+    /// that never overflows NAME_MAX): made when empty, copied from the version store, or
+    /// fetched from the peers.
+    private func stage(_ head: TreeOperation.Version) async -> BlockExchangePlugin.FetchOutcome {
         let staged = Self.staging + "/" + head.root.description
         _ = disk.mkdir(Self.staging, mode: 0o700)
         let stored = versionPath(head.root)
@@ -853,13 +904,28 @@ actor MetadataNode {
             let fd = disk.open(staged, flags: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
             guard fd >= 0 else { return .failed("cannot create \(staged): \(String(cString: strerror(-fd)))") }
             close(fd)
-        } else if disk.lstat(stored) != nil, index(stored) == head.root {
-            guard copyFile(stored, to: staged) else { return .failed("cannot copy \(stored)") }
-        } else {
-            switch await p2p.fetch(head.root, into: folder + "/" + staged) {
-            case .failed(let failure): return .failed(failure)
-            case .done: break
-            }
+            return .done(inode: 0)
+        }
+        if disk.lstat(stored) != nil, index(stored) == head.root {
+            return copyFile(stored, to: staged) ? .done(inode: 0) : .failed("cannot copy \(stored)")
+        }
+        return await p2p.fetch(head.root, into: folder + "/" + staged)
+    }
+
+    /// Renames the staged bytes of `head` into place at `path` (beneath the folder). The bytes
+    /// it replaces go to the version store as a second link first. A new file gets the
+    /// version's mode (less the umask); a replaced one keeps a mode the user changed here.
+    private func put(_ head: TreeOperation.Version, at path: String) -> BlockExchangePlugin.FetchOutcome {
+        let staged = Self.staging + "/" + head.root.description
+        let previous = paths[path]
+        // The user may have written, moved or removed the file while the bytes were fetched:
+        // that stays (the next scan makes it a version, a move or a delete). A new file never
+        // replaces one made meanwhile; a replaced one only if it is still what was recorded.
+        // (Renaming over a file written during the fetch lost it: the randomized real-node
+        // test found it.)
+        if let previous, disk.lstat(path) == nil || !unchanged(path, previous) {
+            _ = disk.unlink(staged)
+            return .failed("\(path) changed here while the new version was fetched: what is there stays")
         }
         var mode = mode_t(head.mode) & ~umaskBits
         if let previous, let now = disk.lstat(path), mode_t(previous.mode) != now.st_mode & 0o777 {
@@ -868,9 +934,12 @@ actor MetadataNode {
         _ = disk.chmod(staged, mode: mode)
         setModificationTime(staged, to: head.mtime)
         guard let landed = disk.lstat(staged) else { return .failed("the staged copy vanished") }
-        let moved = disk.rename(staged, in: disk, to: path)
+        let linked = previous.flatMap { old in old.root.flatMap { linkVersion(path, root: $0) ? $0 : nil } }
+        let moved = disk.rename(staged, in: disk, to: path, replace: previous != nil)
         guard moved == 0 else {
             _ = disk.unlink(staged)
+            if let linked { _ = disk.unlink(versionPath(linked)) }
+            if moved == EEXIST { return .failed("a file appeared at \(path) while the new version was fetched: the local bytes stay") }
             refusedPath(path, moved)
             return .failed("cannot put it in place: \(String(cString: strerror(moved)))")
         }
