@@ -11,10 +11,10 @@ import Testing
 /// `HARP_RANDOM_SEED=N` repeats a run's actions (timing still varies).
 @Suite("p2p storage: random user actions on real nodes", .serialized)
 struct RandomActionsTests {
-    static let bigCount = 400
+    static let bigCount = 2000
     static let actions = 250
     /// A write that stays on disk this long is seen by a scan (stable_after is 200 ms).
-    static let seenAfter = 1.0
+    static let seenAfter = 1.5
 
     /// What the test wrote, and whether a scan must have seen it.
     struct Write {
@@ -37,6 +37,10 @@ struct RandomActionsTests {
         var ignoredFiles: [(node: Int, path: String, content: String)] = []
         var sharedIgnoredFiles: [(path: String, content: String, ignoringNode: Int)] = []
         var step = 0
+        /// When the big directory last moved and a directory was last deleted: a delete and a
+        /// move into the deleted directory closer than a scan's delay are ordered by their
+        /// stamps, which need not be their order in time — the test keeps them apart.
+        var lastBigMove = Date.distantPast, lastDelete = Date.distantPast
 
         init(nodes: [P2PNode], seed: UInt64) {
             self.nodes = nodes
@@ -166,11 +170,14 @@ struct RandomActionsTests {
             case 68..<80:  // move a directory (the big one often) into a new directory
                 let movable = directories.filter { !$0.isEmpty }
                 guard let source = Bool.random(using: &generator) ? big.flatMap({ $0.isEmpty ? nil : $0 }) : pick(movable) else { return }
+                let movesBig = big.map { $0 == source || $0.hasPrefix(source + "/") } ?? false
+                if movesBig && Date().timeIntervalSince(lastDelete) < RandomActionsTests.seenAfter { return }
                 guard let parent = pick(directories.filter { $0 != source && !$0.hasPrefix(source + "/") }) else { return }
                 let holder = join(parent, "m\(step)")
                 try FileManager.default.createDirectory(atPath: full(holder), withIntermediateDirectories: false)
                 let target = holder + "/" + String(source.split(separator: "/").last!)
                 try FileManager.default.moveItem(atPath: full(source), toPath: full(target))
+                if movesBig { lastBigMove = Date() }
             case 80..<90:  // delete a file
                 guard let path = pick(files) else { return }
                 let gone = inodes(node, under: path)
@@ -180,10 +187,12 @@ struct RandomActionsTests {
                 let holders = Set((0..<nodes.count).compactMap { bigDirectory($0) }.flatMap { path in
                     path.split(separator: "/").indices.map { path.split(separator: "/")[...$0].joined(separator: "/") }
                 })
-                guard let path = pick(directories.filter { !$0.isEmpty && !holders.contains($0) }) else { return }
+                guard let path = pick(directories.filter { !$0.isEmpty && !holders.contains($0) }),
+                      Date().timeIntervalSince(lastBigMove) >= RandomActionsTests.seenAfter else { return }
                 let gone = inodes(node, under: path)
                 try FileManager.default.removeItem(atPath: full(path))
                 touched(node, gone)
+                lastDelete = Date()
             default:  // ignore a new name on this node; another node writes there
                 guard ignored.joined().count < 3 else { return }
                 let name = "ign-\(step)"

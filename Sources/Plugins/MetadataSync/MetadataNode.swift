@@ -794,7 +794,7 @@ actor MetadataNode {
         // Content arrives in the background, several files at once: a pass never waits for the
         // network, so local changes are published while remote ones download, and a file no
         // peer can send holds up nothing else (it is tried again later, less often).
-        wanted = Dictionary(fetches.map { ($0.head.root, $0) }, uniquingKeysWith: { first, _ in first })
+        wanted = Dictionary(fetches.map { ($0.head.root, ($0.path, $0.head, paths[$0.path])) }, uniquingKeysWith: { first, _ in first })
         queued = fetches
         next = 0
         startFetches()
@@ -805,7 +805,7 @@ actor MetadataNode {
     /// Files fetched at once, at most.
     static let fetchesInFlight = 16
     /// The content each path of the last pass waits for (by root: one fetch per root).
-    private var wanted: [ChunkID: (path: String, head: TreeOperation.Version)] = [:]
+    private var wanted: [ChunkID: (path: String, head: TreeOperation.Version, over: PathState?)] = [:]
     private var inFlight: Set<ChunkID> = []
     /// The last pass's fetches in order, and the first not started yet.
     private var queued: [(path: String, head: TreeOperation.Version)] = []
@@ -835,8 +835,10 @@ actor MetadataNode {
             fetchFailed(head, at: path, failure)
             return
         }
-        // Still what that path should show (the folder may have moved on meanwhile)?
-        guard !stopped, let still = wanted[head.root], still.path == path else {
+        // Still what that path should show, over what was there when it was decided (the
+        // folder, a local edit or a newer remote version may have moved on meanwhile)?
+        guard !stopped, let still = wanted[head.root], still.path == path, replica.histories.head(of: head.item)?.root == head.root,
+              paths[path] == still.over else {
             _ = disk.unlink(staged)
             return
         }
