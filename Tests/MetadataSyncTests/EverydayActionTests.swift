@@ -127,5 +127,7 @@ struct EverydayActionTests {
         #expect(refused.status == 1 && refused.stderr.contains("version 1 of f.txt cannot come back"), "\(refused.stderr)")
         _ = try b.storage(["restore", "f.txt", "--version", "4"])
         for node in [a, b] { try FolderSafetyTests.waitFor("version 4 restored on \(node.id)") { Self.read(node, "f.txt") == "version 4\n" } }
+        let content = try b.storage(["status"])["content"] as? [String: Any] ?? [:]
+        #expect(content["pending_files"] as? Int == 0 && content["in_flight"] as? Int == 0, "nothing left to fetch: \(content)")
     }
 }

@@ -260,13 +260,6 @@ struct RandomActionsTests {
             usleep(UInt32.random(in: 0...250_000, using: &run.generator))
         }
         let last = Date()
-        defer {
-            for (index, node) in nodes.enumerated() {
-                for line in node.log.split(separator: "\n") where line.contains("error") || line.contains("refused") || line.contains("held back") || line.contains("cannot record") {
-                    print("PROBLEM node \(index): \(line.prefix(300))")
-                }
-            }
-        }
         for node in nodes.indices where !run.running[node] {
             try nodes[node].start()
             run.running[node] = true

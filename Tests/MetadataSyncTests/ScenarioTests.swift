@@ -206,20 +206,24 @@ struct ScenarioTests {
 
     @Test("a change found later is stamped when it happened: not past now, after what was recorded, never a timestamp already held")
     mutating func foundChanges() {
-        let node = ConvergenceTests.node(1)
-        var time = ChangeTime(node: node)
+        let node = ConvergenceTests.node(1), ms: Int64 = 1_000_000
+        func stamp(_ happened: Int64, after floor: HLCTimestamp?, now: UInt64) -> HLCTimestamp {
+            ChangeTime.stamp(happened: happened, after: floor, now: now, node: node)
+        }
         let floor = HLCTimestamp(wall: 1_000, counter: 5, node: ConvergenceTests.node(2))
-        #expect(time.stamp(happened: 1_500, after: floor, now: 2_000).wall == 1_500)
-        #expect(time.stamp(happened: 9_999, after: floor, now: 2_000).wall == 2_000, "never past now")
-        let early = time.stamp(happened: 10, after: floor, now: 2_000)
+        #expect(stamp(1_500 * ms, after: floor, now: 2_000).wall == 1_500)
+        #expect(stamp(9_999 * ms, after: floor, now: 2_000).wall == 2_000, "never past now")
+        let early = stamp(10 * ms, after: floor, now: 2_000)
         #expect(early > floor && early.wall == 1_001, "never at or before what was recorded")
         #expect(early.counter >= ChangeTime.foundCounters)
+        #expect(stamp(1_500 * ms + 300, after: nil, now: 2_000) < stamp(1_500 * ms + 700, after: nil, now: 2_000),
+                "two changes in one millisecond keep their order")
         // Two found versions of one item with one time: two versions.
         let f = create("f")
-        let stamp = time.stamp(happened: now + 50, after: a.histories.head(of: f)?.timestamp, now: now + 100)
+        let same = stamp(Int64(now + 50) * ms, after: a.histories.head(of: f)?.timestamp, now: now + 100)
         for _ in 0..<2 {
             let root = content()
-            a.local(stamped: stamp) { .version(.init(timestamp: $0, item: f, root: root, size: 1, mtime: 0, base: nil)) }
+            a.local(stamped: same) { .version(.init(timestamp: $0, item: f, root: root, size: 1, mtime: 0, base: nil)) }
         }
         #expect(a.histories.versions[f]?.count == 3)
         #expect(a.clock.wall >= now + 50, "the clock moves past what it stamped")

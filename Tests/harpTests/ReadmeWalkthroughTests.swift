@@ -27,7 +27,7 @@ struct ReadmeWalkthroughTests {
         defer { try? FileManager.default.removeItem(atPath: script) }
         let binaries = (HarpProcess.binary as NSString).deletingLastPathComponent
         for run in 1...2 {
-            let result = try shell("PATH=\(binaries):$PATH timeout 120 bash \(script); echo \"exit $?\"")
+            let result = try shell("PATH=\(binaries):$PATH timeout -s KILL 120 bash \(script); echo \"exit $?\"")
             let lines = result.output.split(separator: "\n").map(String.init)
             #expect(lines.last == "exit 0", "run \(run): \(result.output)")
             let history = lines.filter { $0.range(of: #"^\d+  \d+\.\d+  "#, options: .regularExpression) != nil }

@@ -207,6 +207,10 @@ struct StorageCommand: ParsableCommand {
                 let root = transfer["root"] as? String ?? "?", out = transfer["out"] as? String ?? "?"
                 print("  fetching \(root) into \(out): \(ProgressBar.bytes(number("bytes"))) of \(ProgressBar.bytes(number("size"))) from \(number("peers")) peers")
             }
+            if let content = answer["content"] as? [String: Any] {
+                print("content: \(content["pending_files"] as? Int ?? 0) files to fetch, \(content["in_flight"] as? Int ?? 0) downloading, "
+                      + "\(content["failed"] as? Int ?? 0) waiting after a failed fetch")
+            }
             if let store = answer["version_store"] as? [String: Any] {
                 func bytes(_ key: String) -> String { ProgressBar.bytes(store[key] as? Int ?? 0) }
                 print("version store: \(store["files"] as? Int ?? 0) versions, \(bytes("bytes")); removed since start: "

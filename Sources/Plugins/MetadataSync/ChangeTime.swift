@@ -9,24 +9,25 @@ import BlockExchange
 /// now.
 ///
 /// The counter is in the upper half, which the live clock does not reach within one
-/// millisecond, so a found change does not take a timestamp the node gave before.
-struct ChangeTime {
+/// millisecond, so a found change does not take a timestamp the node gave before; it carries
+/// the time's sub-millisecond part, so changes within one millisecond keep their order as far
+/// as the file system tells them apart (Linux stamps files from a coarse clock: two writes on
+/// two nodes within a few milliseconds carry one time and are ordered by node ID).
+enum ChangeTime {
     static let foundCounters: UInt32 = 1 << 31
 
-    let node: NodeID
-    private var serial: UInt32 = 0
-
-    init(node: NodeID) {
-        self.node = node
-    }
-
-    /// A timestamp for a change that happened at `happened` (ms), found at `now` (ms).
-    mutating func stamp(happened: UInt64, after floor: HLCTimestamp?, now: UInt64) -> HLCTimestamp {
-        serial = serial &+ 1
-        let counter = Self.foundCounters | (serial & (Self.foundCounters - 1))
-        var wall = min(happened, now)
+    /// A timestamp for a change that happened at `happened` (ns since 1970), found at `now` (ms).
+    static func stamp(happened: Int64, after floor: HLCTimestamp?, now: UInt64, node: NodeID) -> HLCTimestamp {
+        let nanoseconds = UInt64(max(0, happened))
+        var wall = nanoseconds / 1_000_000
+        var counter = foundCounters | UInt32(nanoseconds % 1_000_000)
+        if wall > now {
+            wall = now
+            counter = foundCounters
+        }
         if let floor, HLCTimestamp(wall: wall, counter: counter, node: node) <= floor {
             wall = floor.wall + 1
+            counter = foundCounters
         }
         return HLCTimestamp(wall: wall, counter: counter, node: node)
     }

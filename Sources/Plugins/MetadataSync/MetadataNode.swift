@@ -46,7 +46,6 @@ actor MetadataNode {
     private var generator = SystemRandomNumberGenerator()
     /// The clock as the node started: past everything it held when it stopped.
     private let startedAt: HLCTimestamp
-    private var changeTime: ChangeTime
     /// The folder, for every change this node makes to it (`ConfinedDirectory`).
     let disk: ConfinedDirectory
     /// The process's umask: a received file's mode is the sender's less these bits.
@@ -77,7 +76,6 @@ actor MetadataNode {
         paths = loaded.paths
         reports = ReplicaReports(node: node, peers: p2p.storageConfiguration.peers.map(\.id))
         startedAt = HLCTimestamp(wall: loaded.wall, counter: loaded.counter, node: node)
-        changeTime = ChangeTime(node: node)
         durableVector = replica.vector
     }
 
@@ -398,13 +396,13 @@ actor MetadataNode {
     /// than that (`ChangeTime`); nil: now.
     struct LocalChange {
         let make: (HLCTimestamp) -> TreeOperation
-        var happened: (milliseconds: UInt64, after: HLCTimestamp?)?
+        var happened: (nanoseconds: Int64, after: HLCTimestamp?)?
 
         static func now(_ make: @escaping (HLCTimestamp) -> TreeOperation) -> LocalChange { LocalChange(make: make) }
 
         /// `nanoseconds`: a file system time.
         static func found(at nanoseconds: Int64, after: HLCTimestamp?, _ make: @escaping (HLCTimestamp) -> TreeOperation) -> LocalChange {
-            LocalChange(make: make, happened: (UInt64(max(0, nanoseconds / 1_000_000)), after))
+            LocalChange(make: make, happened: (nanoseconds, after))
         }
     }
 
@@ -415,7 +413,8 @@ actor MetadataNode {
         let now = Self.nowMilliseconds
         for change in changes {
             if let happened = change.happened {
-                made.append(replica.local(stamped: changeTime.stamp(happened: happened.milliseconds, after: happened.after, now: now), change.make))
+                let stamp = ChangeTime.stamp(happened: happened.nanoseconds, after: happened.after, now: now, node: replica.node)
+                made.append(replica.local(stamped: stamp, change.make))
             } else {
                 made.append(replica.local(now: now, change.make))
             }

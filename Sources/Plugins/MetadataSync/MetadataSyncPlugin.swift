@@ -100,14 +100,15 @@ enum MetadataCommands {
     /// Conflicts are listed for this long after they were decided.
     static let conflictsListed: UInt64 = 7 * 86_400_000
 
-    /// What `harp storage status` adds for the metadata: the recent conflicts, and what the
-    /// version store holds and its retention removed.
+    /// What `harp storage status` adds for the metadata: the recent conflicts, the content
+    /// still to fetch, and what the version store holds and its retention removed.
     static func status(_ node: MetadataNode, configuration: MetadataConfiguration) async -> String {
         let since = MetadataNode.nowMilliseconds > conflictsListed ? MetadataNode.nowMilliseconds - conflictsListed : 0
         let window = UInt64(configuration.maxClockSkew.duration.components.seconds) * 1000
         let conflicts = Conflict.recent(in: await node.view(), since: since, window: window)
-        let store = await node.versionStore
+        let store = await node.versionStore, fetching = await node.fetchState
         return json(["conflicts": conflicts.map(\.json),
+                     "content": ["pending_files": fetching.pending, "in_flight": fetching.inFlight, "failed": fetching.failed],
                      "version_store": ["files": store.files, "bytes": store.bytes, "pruned_files": store.prunedFiles,
                                        "pruned_bytes": store.prunedBytes, "keep_versions": configuration.keepVersions,
                                        "keep_versions_for": configuration.keepVersionsFor.description,
