@@ -159,9 +159,10 @@ actor MetadataNode {
             let unstable = await scan()
             // What the node found after a stop is all recorded once a scan finds nothing in
             // flight, or one ran `stable_after` after the first (a path found missing waits
-            // that long before it is a delete).
+            // that long before it is a delete) — 10 s at most: a file written all the time must
+            // not keep the peers waiting (a delete found later is stamped when found).
             if firstScanBegan == nil { firstScanBegan = began }
-            if !unstable || began - firstScanBegan! >= configuration.stableAfter.duration { finishFirstPass() }
+            if !unstable || began - firstScanBegan! >= min(configuration.stableAfter.duration, .seconds(10)) { finishFirstPass() }
             await materialize()
             pruneVersions()
             if unstable {
