@@ -91,16 +91,8 @@ struct EverydayActionTests {
 
     @Test("the version store keeps keep_versions per file within version_store_max, says so in status, and a version whose bytes are gone everywhere is not restored")
     func versionStoreRetention() throws {
-        let a = try P2PNode(), b = try P2PNode()
+        let (a, b) = try FolderSafetyTests.pair(crdt: "keep_versions = 2\nversion_store_max = \"1MiB\"")
         defer { for node in [a, b] { node.remove() } }
-        for node in [a, b] {
-            node.plugins = ["p2p", "crdt"]
-            node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\"\nkeep_versions = 2\nversion_store_max = \"1MiB\""
-        }
-        try a.configure(peers: [b])
-        try b.configure(peers: [a])
-        for node in [a, b] { try node.start() }
-        try b.waitConnected(to: [a])
         // A deleted file of 3 MiB: past version_store_max on its own.
         try P2PNode.makeFile(a.folder + "/big.bin", size: 3 << 20)
         try FolderSafetyTests.waitFor("big.bin on B") { (try? FileManager.default.attributesOfItem(atPath: b.folder + "/big.bin")[.size] as? Int) == 3 << 20 }

@@ -10,11 +10,12 @@ import Testing
 /// stops fetches without filling it, and the state directory is the node's alone.
 @Suite("p2p storage: the receiving folder and disk", .serialized)
 struct FolderSafetyTests {
-    static func pair(downloadRate: Int = 0) throws -> (a: P2PNode, b: P2PNode) {
+    /// Two connected nodes; `crdt` adds lines to their `[crdt]` section.
+    static func pair(downloadRate: Int = 0, crdt: String = "") throws -> (a: P2PNode, b: P2PNode) {
         let a = try P2PNode(), b = try P2PNode()
         for node in [a, b] {
             node.plugins = ["p2p", "crdt"]
-            node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\""
+            node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\"\n" + crdt
         }
         try a.configure(peers: [b])
         try b.configure(peers: [a], downloadRate: downloadRate)

@@ -368,17 +368,9 @@ struct CrashTests {
 
     @Test("a new version whose fetch fails (its only holder killed mid-download) leaves the old file in place and deletes nothing")
     func failedFetchKeepsTheFile() throws {
-        let a = try P2PNode(), b = try P2PNode()
-        defer { for node in [a, b] { node.remove() } }
-        for node in [a, b] {
-            node.plugins = ["p2p", "crdt"]
-            node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\""
-        }
-        try a.configure(peers: [b])
         // 12 MiB take B 8 s after the first 4 MiB (the bucket's burst is one largest chunk).
-        try b.configure(peers: [a], downloadRate: 1 << 20)
-        for node in [a, b] { try node.start() }
-        try b.waitConnected(to: [a])
+        let (a, b) = try FolderSafetyTests.pair(downloadRate: 1 << 20)
+        defer { for node in [a, b] { node.remove() } }
         try "old\n".write(toFile: a.folder + "/big.bin", atomically: false, encoding: .utf8)
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline, (try? String(contentsOfFile: b.folder + "/big.bin", encoding: .utf8)) != "old\n" { usleep(100_000) }

@@ -830,7 +830,7 @@ actor MetadataNode {
         let outcome = await stage(head)
         inFlight.remove(head.root)
         defer { startFetches() }
-        let staged = Self.staging + "/" + head.root.description
+        let staged = stagingPath(head.root)
         if case .failed(let failure) = outcome {
             fetchFailed(head, at: path, failure)
             return
@@ -897,7 +897,7 @@ actor MetadataNode {
     /// that never overflows NAME_MAX): made when empty, copied from the version store, or
     /// fetched from the peers.
     private func stage(_ head: TreeOperation.Version) async -> BlockExchangePlugin.FetchOutcome {
-        let staged = Self.staging + "/" + head.root.description
+        let staged = stagingPath(head.root)
         _ = disk.mkdir(Self.staging, mode: 0o700)
         let stored = versionPath(head.root)
         // An empty file is made, not fetched: its content root is known (no chunks).
@@ -918,7 +918,7 @@ actor MetadataNode {
     /// it replaces go to the version store as a second link first. A new file gets the
     /// version's mode (less the umask); a replaced one keeps a mode the user changed here.
     private func put(_ head: TreeOperation.Version, at path: String) -> BlockExchangePlugin.FetchOutcome {
-        let staged = Self.staging + "/" + head.root.description
+        let staged = stagingPath(head.root)
         let previous = paths[path]
         // The user may have written, moved or removed the file while the bytes were fetched:
         // that stays (the next scan makes it a version, a move or a delete). A new file never
@@ -1040,7 +1040,7 @@ actor MetadataNode {
     /// fetched from a peer into the store — or says why not.
     private func keepForRestore(_ root: ChunkID) async -> String? {
         if root == Self.emptyRoot || paths.values.contains(where: { $0.root == root }) || disk.lstat(versionPath(root)) != nil { return nil }
-        let staged = Self.staging + "/" + root.description
+        let staged = stagingPath(root)
         _ = disk.mkdir(Self.staging, mode: 0o700)
         if case .failed(let failure) = await p2p.fetch(root, into: folder + "/" + staged) {
             return "its bytes are not kept here and no connected peer sent them (\(failure)); the version stores' retention ([crdt] keep_versions) may have removed them everywhere"
@@ -1050,6 +1050,9 @@ actor MetadataNode {
         _ = index(versionPath(root))
         return nil
     }
+
+    /// Where the bytes of `root` wait before they are renamed into place (relative).
+    private func stagingPath(_ root: ChunkID) -> String { Self.staging + "/" + root.description }
 
     /// A version's place in the store, relative to the folder.
     private func versionPath(_ root: ChunkID) -> String { FolderIndex.versionStore + "/" + root.description }
