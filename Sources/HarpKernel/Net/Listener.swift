@@ -20,6 +20,9 @@ public final class Listener: IOCompletion, @unchecked Sendable {
     /// Held from the first arm until the socket is closed: the ring may still hold this
     /// record's address (an accept or back-off completion after `stop`), whoever else lets go.
     private var alive: Unmanaged<Listener>?
+    /// `close()` callers waiting for the socket to close; `closed` once it has.
+    private var closeWaiters: [CheckedContinuation<Void, Never>] = []
+    private var closed = false
 
     init(loop: EventLoop, fd: Int32, address: SocketAddress, logger: Logger, onAccept: @escaping (Int32) -> Void) {
         self.loop = loop
@@ -60,12 +63,25 @@ public final class Listener: IOCompletion, @unchecked Sendable {
     /// Closes the socket and lets go of the listener; nothing of it is in flight any more.
     private func finish() {
         Glibc.close(fd)
+        closed = true
+        for waiter in closeWaiters { waiter.resume() }
+        closeWaiters.removeAll()
         alive?.release()
         alive = nil
     }
 
+    /// Stops accepting (loop thread only) and returns once the socket is closed: the accept
+    /// series ends with the cancel's completion, a turn of the loop later, and until then the
+    /// port is still bound (a client restarted at once was refused it; FRPInteropTests saw it).
+    func close() async {
+        loop.assertInLoop()
+        stop()
+        guard !closed else { return }
+        await withCheckedContinuation { closeWaiters.append($0) }
+    }
+
     /// Stops accepting (loop thread only); the socket closes once the accept series has ended.
-    func stop() {
+    private func stop() {
         guard !stopping else { return }
         stopping = true
         if armed {
@@ -131,11 +147,11 @@ public final class ListenerGroup: Sendable {
         }
     }
 
-    /// Stops accepting on every loop and waits until each loop has done so.
+    /// Stops accepting on every loop and waits until each socket is closed (its port free).
     public func stop() async {
         await withTaskGroup(of: Void.self) { group in
             for listener in listeners {
-                group.addTask(executorPreference: listener.loop) { listener.stop() }
+                group.addTask(executorPreference: listener.loop) { await listener.close() }
             }
         }
     }

@@ -39,7 +39,8 @@ public final class ListenerSet: Sendable {
     /// The bound addresses, in the order `listen` was called.
     public var boundAddresses: [SocketAddress] { groups.withLock { $0.map(\.boundAddress) } }
 
-    /// Stops accepting everywhere; open connections go on.
+    /// Stops accepting everywhere and returns once every listening socket is closed; open
+    /// connections go on.
     public func stop() async {
         for group in groups.withLock({ $0 }) { await group.stop() }
     }
