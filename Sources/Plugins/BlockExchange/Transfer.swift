@@ -62,6 +62,8 @@ final class Transfer: Sendable {
         var strikes: [NodeID: Int] = [:]
         var noManifest: Set<NodeID> = []
         var outcome: Outcome?
+        /// Those waiting for the outcome (`ended`).
+        var waiters: [CheckedContinuation<Outcome, Never>] = []
         var unflushed: [Int] = []
         var unflushedBytes = 0
         var lastFlush = EventLoop.preciseNanos()
@@ -439,7 +441,26 @@ final class Transfer: Sendable {
     }
 
     func finish(_ outcome: Outcome) {
-        state.withLock { if $0.outcome == nil { $0.outcome = outcome } }
+        let waiters = state.withLock { state -> [CheckedContinuation<Outcome, Never>] in
+            guard state.outcome == nil else { return [] }
+            state.outcome = outcome
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: outcome) }
+    }
+
+    /// The outcome, once there is one: a completion is an event, not something to poll (a
+    /// 50 ms poll was most of a small file's fetch time).
+    func ended() async -> Outcome {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Outcome? in
+                if let outcome = state.outcome { return outcome }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let now { continuation.resume(returning: now) }
+        }
     }
 
     /// Where a verified chunk of this download can be read (for peers fetching it too).

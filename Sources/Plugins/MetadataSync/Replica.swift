@@ -52,8 +52,11 @@ public struct OperationProof: Hashable, Sendable {
 public struct Replica: Sendable {
     public let node: NodeID
     public private(set) var clock: HybridLogicalClock
-    public private(set) var tree = ReplicatedTree()
-    public private(set) var histories = FileHistories()
+    public private(set) var tree = ReplicatedTree() { didSet { generation &+= 1 } }
+    public private(set) var histories = FileHistories() { didSet { generation &+= 1 } }
+    /// Changes whenever the tree or the histories do: a view of them built at one generation
+    /// holds until the next (`MetadataNode.currentView`).
+    public private(set) var generation = 0
     /// Operations by origin, indexed by sequence (1-based; holes while out of order).
     private var operations: [NodeID: [UInt64: LoggedOperation]] = [:]
     /// Per origin, the highest sequence below which nothing is missing.
