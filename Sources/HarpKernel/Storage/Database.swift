@@ -6,8 +6,11 @@ import Synchronization
 /// One SQLite database, one connection, on a thread of its own: loops never wait for the disk.
 /// Every call runs as a job on that thread, in order; `write` wraps its job in a transaction
 /// (`BEGIN IMMEDIATE` … `COMMIT`, rolled back when the job throws). The database runs in WAL
-/// mode with `synchronous = FULL`, so a job that returned is on disk: a kill -9 right after
-/// loses nothing it wrote. Plugins bring their schema as numbered migrations, applied once
+/// mode with `synchronous = FULL` by default, so a job that returned is on disk: a kill -9 or
+/// a power cut right after loses nothing it wrote. A database that only caches what the disk
+/// holds elsewhere (a content index: lost rows are found again by hashing) may open with
+/// `.cache` (`synchronous = NORMAL`): commits do not wait for the disk — a kill -9 still loses
+/// nothing, a power cut may lose the last commits, never the database. Plugins bring their schema as numbered migrations, applied once
 /// each, in order, at open (the `harp_migrations` table records them per plugin).
 public final class Database: Sendable {
     /// What a plugin adds to the schema: its name and its steps (each one SQL script).
@@ -23,13 +26,23 @@ public final class Database: Sendable {
     private let worker: DatabaseWorker
     public let path: String
 
+    /// When a commit is on disk (see above).
+    public enum Durability: Sendable {
+        /// Each commit is on disk when it returns (`synchronous = FULL`).
+        case durable
+        /// Commits reach the disk with the next checkpoint (`synchronous = NORMAL`): for rows
+        /// that can be found again. Each small file received paid about 6 fsyncs for its
+        /// download's bookkeeping, a quarter of a receiving node's CPU.
+        case cache
+    }
+
     /// Opens (creating) the database at `path` and applies every migration not applied yet.
-    public init(path: String, migrations: [Migrations]) throws(DatabaseError) {
+    public init(path: String, migrations: [Migrations], durability: Durability = .durable) throws(DatabaseError) {
         self.path = path
         worker = DatabaseWorker()
         let opened: Result<Connection, DatabaseError> = worker.runSync {
             Result { () throws(DatabaseError) -> Connection in
-                let connection = try Connection(path: path)
+                let connection = try Connection(path: path, durability: durability)
                 try connection.migrate(migrations)
                 return connection
             }
@@ -116,7 +129,7 @@ public final class Connection {
     private var handle: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
 
-    init(path: String, readOnly: Bool = false) throws(DatabaseError) {
+    init(path: String, readOnly: Bool = false, durability: Database.Durability = .durable) throws(DatabaseError) {
         var db: OpaquePointer?
         let flags = (readOnly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX
         let status = sqlite3_open_v2(path, &db, flags, nil)
@@ -129,7 +142,7 @@ public final class Connection {
         sqlite3_busy_timeout(db, 5000)
         guard !readOnly else { return }
         try execute("PRAGMA journal_mode = WAL")
-        try execute("PRAGMA synchronous = FULL")
+        try execute(durability == .durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL")
         try execute("PRAGMA foreign_keys = ON")
     }
 

@@ -39,7 +39,7 @@ public final class BlockExchangePlugin: Plugin {
         }
         let database: Database
         do {
-            database = try Database(path: configuration.dir + "/index.sqlite", migrations: [FolderIndex.migrations])
+            database = try Database(path: configuration.dir + "/index.sqlite", migrations: [FolderIndex.migrations], durability: .cache)
         } catch {
             throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: "\(error)")
         }

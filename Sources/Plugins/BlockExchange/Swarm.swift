@@ -186,7 +186,7 @@ final class Swarm: Sendable {
         }
         let saved: TransferStore.Saved?
         do {
-            saved = try store.all().first { $0.root == root && $0.output == output }
+            saved = try store.saved(root).flatMap { $0.output == output ? $0 : nil }
         } catch {
             throw .database(error)
         }
@@ -379,15 +379,19 @@ final class Swarm: Sendable {
         disk.enqueue {
             guard transfer.outcome == nil else { return }
             let slots = transfer.takeUnflushed()
-            guard fdatasync(transfer.fd) == 0 else {
-                return self.fail(transfer, "cannot sync \(transfer.partialPath): \(String(cString: strerror(errno)))")
+            // Progress is recorded for a download that goes on; a complete one is synced once,
+            // below, and its records go (a small file paid both).
+            guard complete, let manifest = transfer.manifest else {
+                guard fdatasync(transfer.fd) == 0 else {
+                    return self.fail(transfer, "cannot sync \(transfer.partialPath): \(String(cString: strerror(errno)))")
+                }
+                do {
+                    try store.record(slots, for: transfer.root)
+                } catch {
+                    self.logger.error("cannot record progress of \(transfer.root): \(error)")
+                }
+                return
             }
-            do {
-                try store.record(slots, for: transfer.root)
-            } catch {
-                self.logger.error("cannot record progress of \(transfer.root): \(error)")
-            }
-            guard complete, let manifest = transfer.manifest else { return }
             transfer.quiesce()
             var info = stat()
             if fstat(transfer.fd, &info) == 0 { transfer.landedInode.store(Int64(info.st_ino), ordering: .relaxed) }

@@ -207,7 +207,7 @@ final class TransferBench: @unchecked Sendable {
     }
 
     private func indexOnce(_ node: Node) throws {
-        let database = try Database(path: node.dir + "/index.sqlite", migrations: [FolderIndex.migrations])
+        let database = try Database(path: node.dir + "/index.sqlite", migrations: [FolderIndex.migrations], durability: .cache)
         let index = FolderIndex(folder: node.folder, database: database)
         do { try index.indexAll() } catch { throw BenchFailure(error.description) }
         try database.readNow { try $0.execute("PRAGMA wal_checkpoint(TRUNCATE)") }

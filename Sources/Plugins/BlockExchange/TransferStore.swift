@@ -3,6 +3,10 @@ import HarpKernel
 
 /// Downloads in SQLite, so that a killed node resumes them: the target, the manifest once
 /// known, and every slot whose bytes were synced to the partial file before it was recorded.
+/// The index database commits without waiting for the disk (`Database.Durability.cache`): a
+/// power cut may lose the last records — those slots are fetched again — and a record never
+/// claims bytes that were not synced first (WAL commits reach the disk in order, after the
+/// partial file's fdatasync).
 struct TransferStore: Sendable {
     let database: Database
 
@@ -21,8 +25,18 @@ struct TransferStore: Sendable {
 
     /// Every unfinished download.
     func all() throws(DatabaseError) -> [Saved] {
+        try saved(where: "", [])
+    }
+
+    /// The recorded download of `root`, if any (one row: starting a download read and
+    /// decoded every recorded one before).
+    func saved(_ root: ChunkID) throws(DatabaseError) -> Saved? {
+        try saved(where: " WHERE root = ?", [.blob(root.bytes)]).first
+    }
+
+    private func saved(where condition: String, _ arguments: [SQLValue]) throws(DatabaseError) -> [Saved] {
         try database.readNow { connection in
-            let rows = try connection.query("SELECT root, output, manifest FROM transfers", []) { row in
+            let rows = try connection.query("SELECT root, output, manifest FROM transfers" + condition, arguments) { row in
                 (row.blob(0), row.text(1), row.isNull(2) ? nil : row.blob(2))
             }
             return try rows.compactMap { root, output, manifest -> Saved? in

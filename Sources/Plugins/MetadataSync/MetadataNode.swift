@@ -142,6 +142,7 @@ actor MetadataNode {
         watcher?.stop()
         let deadline = ContinuousClock.now + .seconds(5)
         while working, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        await persist([:])
     }
 
     /// Asks for a scan-and-materialize pass (one runs at a time; a request during one makes
@@ -674,10 +675,29 @@ actor MetadataNode {
         }
     }
 
+    /// Landed files' records not written yet (`persistSoon`).
+    private var unpersisted: [String: PathState?] = [:]
+
+    /// Records `state` at `path` within 50 ms, with whatever else comes meanwhile.
+    private func persistSoon(_ path: String, _ state: PathState?) {
+        let first = unpersisted.isEmpty
+        unpersisted[path] = .some(state)
+        guard first else { return }
+        Task {
+            try? await Task.sleep(for: .milliseconds(50))
+            await self.persist([:])
+        }
+    }
+
+    /// Writes `changes`, after the records waiting (`persistSoon`): a later record of a path
+    /// never goes under an earlier one.
     private func persist(_ changes: [String: PathState?]) async {
-        guard !changes.isEmpty else { return }
+        var all = unpersisted
+        unpersisted = [:]
+        all.merge(changes) { $1 }
+        guard !all.isEmpty else { return }
         do {
-            try await log.record(changes)
+            try await log.record(all)
         } catch {
             logger.error("cannot record the folder's state: \(error)")
         }
@@ -879,9 +899,10 @@ actor MetadataNode {
                 ?? PathState(item: still.head.item, isDirectory: false, inode: inode, size: Int64(head.size), mtime: 0, root: head.root,
                              mode: still.head.mode)
             paths[still.path] = state
-            // Recorded at once: a node stopped right after a file landed would otherwise take
-            // it, edited later, for a new file.
-            await persist([still.path: state])
+            // Recorded with the others landing now, in one transaction (one fsync per file was
+            // most of what a small file cost after its download). A node killed before the write
+            // finds the file where the tree shows it and claims it for its item (`scan`).
+            persistSoon(still.path, state)
             // Its own events ask for no scan (FolderWatcher.expect): if the view moved on while
             // it landed, a pass puts it right now rather than at the next periodic one.
             if currentView().entries[still.path]?.head?.root != head.root { requestWork() }
@@ -1003,7 +1024,7 @@ actor MetadataNode {
         expectOwn(path)
         guard disk.chmod(path, mode: mode_t(mode) & ~umaskBits) == 0, let state = state(path, item: recorded.item, root: recorded.root) else { return }
         paths[path] = state
-        Task { await self.persist([path: state]) }
+        persistSoon(path, state)
     }
 
     /// Moves a replaced or removed file into the version store (`FOLDER/.harp-versions/ROOT`)
