@@ -692,9 +692,21 @@ actor MetadataNode {
     /// Writes `changes`, after the records waiting (`persistSoon`): a later record of a path
     /// never goes under an earlier one.
     private func persist(_ changes: [String: PathState?]) async {
-        var all = unpersisted
+        let landed = unpersisted
         unpersisted = [:]
-        all.merge(changes) { $1 }
+        // A landed file is on disk (its download synced it) but its rename into place is only
+        // once its directory is synced: before the record says it is there, or a power cut
+        // could leave a record of a file that is not — which the next scan takes for a delete.
+        // One fsync per directory per batch.
+        let directories = Set(landed.compactMap { path, state in state == nil ? nil : path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "" })
+        for directory in directories {
+            let fd = disk.open(directory, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+            if fd >= 0 {
+                fsync(fd)
+                close(fd)
+            }
+        }
+        let all = landed.merging(changes) { $1 }
         guard !all.isEmpty else { return }
         do {
             try await log.record(all)

@@ -1,0 +1,144 @@
+import Foundation
+@testable import BlockExchange
+import HarpTestSupport
+@testable import MetadataSync
+import Testing
+
+/// Many small files on real nodes: local changes are published while remote content still
+/// arrives, a holder that never answers holds up nothing else, and a kill in the middle of a
+/// batch leaves only whole files at their paths. (Speed is `bench/sync.sh`'s business.)
+@Suite("p2p storage: many small files", .serialized)
+struct SmallFilesTests {
+    /// Two nodes that notice changes by inotify alone (the periodic rescan an hour away), a
+    /// change taken as settled after 1 s.
+    static func pair(downloadRate: Int = 0) throws -> (a: P2PNode, b: P2PNode) {
+        let a = try P2PNode(), b = try P2PNode()
+        for node in [a, b] {
+            node.plugins = ["p2p", "crdt"]
+            node.extraConfig = "[crdt]\nrescan_interval = \"1h\"\nstable_after = \"1s\"\n"
+        }
+        try a.configure(peers: [b])
+        try b.configure(peers: [a], downloadRate: downloadRate)
+        for node in [a, b] { try node.start() }
+        try b.waitConnected(to: [a])
+        return (a, b)
+    }
+
+    /// `count` files of 1–`maxSize` bytes (random, seeded) in directories of 100, on `node`.
+    static func write(_ count: Int, maxSize: Int, on node: P2PNode) throws -> [String: Data] {
+        var generator = SeededGenerator(seed: 24)
+        var written: [String: Data] = [:]
+        for number in 0..<count {
+            let directory = String(format: "d%03d", number / 100)
+            if number % 100 == 0 { try FileManager.default.createDirectory(atPath: node.folder + "/" + directory, withIntermediateDirectories: false) }
+            let size = Int.random(in: 1024...maxSize, using: &generator)
+            let bytes = Data((0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) })
+            let path = directory + String(format: "/f%05d", number)
+            try bytes.write(to: URL(fileURLWithPath: node.folder + "/" + path))
+            written[path] = bytes
+        }
+        return written
+    }
+
+    /// The regular files under `node`'s folder (relative), hidden names aside.
+    static func files(_ node: P2PNode) -> [String] {
+        let all = FileManager.default.enumerator(atPath: node.folder)?.allObjects as? [String] ?? []
+        return all.filter { path in
+            !path.split(separator: "/").contains { $0.hasPrefix(".") } && !((try? FileManager.default.attributesOfItem(atPath: node.folder + "/" + path))?[.type] as? FileAttributeType == .typeDirectory)
+        }
+    }
+
+    /// The names at the top of `node`'s tree (`harp storage ls`).
+    static func shown(_ node: P2PNode) -> Set<String> {
+        let entries = (try? node.storage(["ls"]))?["entries"] as? [[String: Any]] ?? []
+        return Set(entries.compactMap { $0["name"] as? String })
+    }
+
+    @Test("5,000 small files arriving: a local change made meanwhile is published within stable_after + 1 s, and every file arrives whole")
+    func localChangeWhileReceiving() throws {
+        // B downloads at 1 MiB/s: the 5,000 files (1–4 KiB, ~12 MB) take it about 12 s.
+        let (a, b) = try Self.pair(downloadRate: 1 << 20)
+        defer { for node in [a, b] { node.remove() } }
+        let written = try Self.write(5_000, maxSize: 4096, on: a)
+        try FolderSafetyTests.waitFor("the first files on B", timeout: 60) { Self.files(b).count >= 200 }
+        try Data("made on B\n".utf8).write(to: URL(fileURLWithPath: b.folder + "/local.txt"))
+        let made = Date()
+        try FolderSafetyTests.waitFor("local.txt in B's tree", timeout: 30) { Self.shown(b).contains("local.txt") }
+        let took = Date().timeIntervalSince(made)
+        let arrived = Self.files(b).count
+        print("small files: a local change published \((took * 100).rounded() / 100) s after it was made, with \(arrived) of 5,000 files on B")
+        #expect(took <= 2.0, "published \(took) s after it was made (stable_after 1 s)")
+        #expect(arrived < 5_000, "published while the remote files were still arriving")
+        try FolderSafetyTests.waitFor("local.txt on A", timeout: 60) { EverydayActionTests.read(a, "local.txt") == "made on B\n" }
+        try FolderSafetyTests.waitFor("the 5,000 files on B", timeout: 120) { Self.files(b).count == 5_001 }
+        for (path, bytes) in written {
+            #expect(FileManager.default.contents(atPath: b.folder + "/" + path) == bytes, "\(path) arrived whole")
+        }
+    }
+
+    @Test("a peer that announces 12 files and never sends them holds up nothing else: another peer's 200 files and a local change go on, and status counts the 12")
+    func holderThatNeverAnswers() throws {
+        let (node, silent, friend, _) = try HostilePeerTests.victim()
+        defer { for peer in [node, silent, friend] { peer.remove() } }
+        friend.plugins = ["p2p", "crdt"]
+        friend.extraConfig = "[crdt]\nrescan_interval = \"1s\"\n"
+        try friend.configure(peers: [node])
+        try friend.start()
+        try node.waitConnected(to: [friend])
+        // The silent peer: 12 files whose content only it could send — it never answers.
+        let peer = try HostilePeer(identity: silent)
+        try peer.connect(to: node)
+        var operations: [LoggedOperation] = []
+        for number in 0..<12 {
+            let wall = HostilePeer.now
+            let create = peer.move(UInt64(operations.count + 1), wall: wall, counter: UInt32(2 * number), name: "ghost\(number).bin", directory: false)
+            guard case .move(let move) = create.operation else { continue }
+            operations.append(create)
+            let root = ChunkID(bytes: (0..<32).map { _ in UInt8.random(in: 0...255) })
+            operations.append(LoggedOperation(origin: peer.id, sequence: UInt64(operations.count + 1), operation: .version(
+                .init(timestamp: HLCTimestamp(wall: wall, counter: UInt32(2 * number + 1), node: peer.id), item: move.item, root: root, size: 4096, mtime: 0,
+                      base: nil))))
+        }
+        try peer.send(.operations(peer.sign(operations)))
+        try FolderSafetyTests.waitFor("the 12 files in the node's tree; its log: \(node.log.suffix(1500))") {
+            let shown = Self.shown(node)
+            return (0..<12).allSatisfy { shown.contains("ghost\($0).bin") }
+        }
+        // Meanwhile the friend's 200 files, and a local change on the node.
+        let written = try Self.write(200, maxSize: 16384, on: friend)
+        try Data("local\n".utf8).write(to: URL(fileURLWithPath: node.folder + "/local.txt"))
+        try FolderSafetyTests.waitFor("the friend's 200 files on the node", timeout: 30) {
+            written.allSatisfy { FileManager.default.contents(atPath: node.folder + "/" + $0.key) == $0.value }
+        }
+        try FolderSafetyTests.waitFor("local.txt on the friend", timeout: 30) { EverydayActionTests.read(friend, "local.txt") == "local\n" }
+        #expect(!FileManager.default.fileExists(atPath: node.folder + "/ghost0.bin"), "nothing was made up for a file nobody sent")
+        let content = try node.storage(["status"])["content"] as? [String: Any] ?? [:]
+        #expect(content["pending_files"] as? Int == 12, "status: \(content)")
+        peer.close()
+    }
+
+    @Test("kill -9 while 2,000 small files land: every file at its path is whole, and after a restart all arrive, each once, nothing deleted")
+    func killDuringBatch() throws {
+        let (a, b) = try Self.pair()
+        defer { for node in [a, b] { node.remove() } }
+        let written = try Self.write(2_000, maxSize: 16384, on: a)
+        try FolderSafetyTests.waitFor("some files on B", timeout: 60) { Self.files(b).count >= 300 }
+        try b.kill()
+        let landed = Self.files(b)
+        #expect(landed.count < 2_000, "killed in the middle of the batch (\(landed.count) had landed)")
+        for path in landed {
+            #expect(FileManager.default.contents(atPath: b.folder + "/" + path) == written[path], "\(path) is whole or absent, never partial")
+        }
+        try b.start()
+        try FolderSafetyTests.waitFor("the 2,000 files on B after the restart", timeout: 120) { Self.files(b).count == 2_000 }
+        for (path, bytes) in written {
+            #expect(FileManager.default.contents(atPath: b.folder + "/" + path) == bytes, "\(path) arrived whole")
+        }
+        for node in [a, b] {
+            let deleted = try node.storage(["ls", "--deleted"])["entries"] as? [[String: Any]] ?? []
+            #expect(deleted.isEmpty, "nothing deleted on \(node.id): \(deleted.prefix(5))")
+            let history = try node.storage(["history", "d000/f00000"])["versions"] as? [[String: Any]] ?? []
+            #expect(history.count == 1, "one version, on \(node.id): \(history)")
+        }
+    }
+}
