@@ -69,6 +69,10 @@ struct SmallFilesTests {
         print("small files: a local change published \((took * 100).rounded() / 100) s after it was made, with \(arrived) of 5,000 files on B")
         #expect(took <= 2.0, "published \(took) s after it was made (stable_after 1 s)")
         #expect(arrived < 5_000, "published while the remote files were still arriving")
+        // Status shows what is left and the pace.
+        let content = try b.storage(["status"])["content"] as? [String: Any] ?? [:]
+        #expect((content["pending_files"] as? Int ?? 0) > 0 && (content["pending_bytes"] as? Int ?? 0) > 0
+                    && (content["files_per_second"] as? Double ?? 0) > 0 && (content["bytes_per_second"] as? Double ?? 0) > 0, "status: \(content)")
         try FolderSafetyTests.waitFor("local.txt on A", timeout: 60) { EverydayActionTests.read(a, "local.txt") == "made on B\n" }
         try FolderSafetyTests.waitFor("the 5,000 files on B", timeout: 120) { Self.files(b).count == 5_001 }
         for (path, bytes) in written {
@@ -113,7 +117,7 @@ struct SmallFilesTests {
         try FolderSafetyTests.waitFor("local.txt on the friend", timeout: 30) { EverydayActionTests.read(friend, "local.txt") == "local\n" }
         #expect(!FileManager.default.fileExists(atPath: node.folder + "/ghost0.bin"), "nothing was made up for a file nobody sent")
         let content = try node.storage(["status"])["content"] as? [String: Any] ?? [:]
-        #expect(content["pending_files"] as? Int == 12, "status: \(content)")
+        #expect(content["pending_files"] as? Int == 12 && content["pending_bytes"] as? Int == 12 * 4096, "status: \(content)")
         peer.close()
     }
 

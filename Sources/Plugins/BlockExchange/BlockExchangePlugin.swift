@@ -119,11 +119,12 @@ public final class BlockExchangePlugin: Plugin {
 
     /// Fetches `root` into `output` from the peers (the metadata sync's materialization).
     /// Fails also when for `patience` nothing arrived and nothing was asked for (no
-    /// connected peer has it now; the partial file is kept).
-    public func fetch(_ root: ChunkID, into output: String, patience: Duration = .seconds(10)) async -> FetchOutcome {
+    /// connected peer has it now; the partial file is kept). The file is synced; its
+    /// directory too unless `syncDirectory` is false (the caller moves it on and syncs there).
+    public func fetch(_ root: ChunkID, into output: String, patience: Duration = .seconds(10), syncDirectory: Bool = true) async -> FetchOutcome {
         let transfer: Transfer
         do {
-            transfer = try swarm.start(root, output: output)
+            transfer = try swarm.start(root, output: output, syncDirectory: syncDirectory)
         } catch {
             return .failed(error.description)
         }

@@ -208,8 +208,14 @@ struct StorageCommand: ParsableCommand {
                 print("  fetching \(root) into \(out): \(ProgressBar.bytes(number("bytes"))) of \(ProgressBar.bytes(number("size"))) from \(number("peers")) peers")
             }
             if let content = answer["content"] as? [String: Any] {
-                print("content: \(content["pending_files"] as? Int ?? 0) files to fetch, \(content["in_flight"] as? Int ?? 0) downloading, "
-                      + "\(content["failed"] as? Int ?? 0) waiting after a failed fetch")
+                func number(_ key: String) -> Int { content[key] as? Int ?? 0 }
+                let rate = content["files_per_second"] as? Double ?? 0, byteRate = content["bytes_per_second"] as? Double ?? 0
+                print("content: \(number("pending_files")) files to fetch (\(ProgressBar.bytes(number("pending_bytes")))), "
+                      + "\(number("in_flight")) downloading, \(number("failed")) waiting after a failed fetch; "
+                      + "\((rate * 10).rounded() / 10) files/s, \(ProgressBar.bytes(Int(byteRate)))/s over the last 10 s")
+                for failure in content["failures"] as? [[String: Any]] ?? [] {
+                    print("  \(failure["path"] as? String ?? "?"): \(failure["reason"] as? String ?? "?") (again in \(Int(failure["retry_in_seconds"] as? Double ?? 0)) s)")
+                }
             }
             if let store = answer["version_store"] as? [String: Any] {
                 func bytes(_ key: String) -> String { ProgressBar.bytes(store[key] as? Int ?? 0) }

@@ -179,7 +179,7 @@ final class Swarm: Sendable {
     }
 
     /// Starts (or joins, or resumes) the download of `root` into `output`.
-    func start(_ root: ChunkID, output: String) throws(StartError) -> Transfer {
+    func start(_ root: ChunkID, output: String, syncDirectory: Bool = true) throws(StartError) -> Transfer {
         if let running = transfer(root) {
             guard running.output == output else { throw .busy("\(root) is already being fetched into \(running.output)") }
             return running
@@ -190,10 +190,10 @@ final class Swarm: Sendable {
         } catch {
             throw .database(error)
         }
-        return try begin(root, output: output, saved: saved)
+        return try begin(root, output: output, saved: saved, syncDirectory: syncDirectory)
     }
 
-    private func begin(_ root: ChunkID, output: String, saved: TransferStore.Saved?) throws(StartError) -> Transfer {
+    private func begin(_ root: ChunkID, output: String, saved: TransferStore.Saved?, syncDirectory: Bool = true) throws(StartError) -> Transfer {
         let partial = Transfer.partialPath(for: output)
         // A saved download whose partial file vanished starts over.
         let resumable = saved != nil && access(partial, F_OK) == 0
@@ -202,7 +202,7 @@ final class Swarm: Sendable {
         if !resumable { unlink(partial) }
         let fd = open(partial, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (resumable ? 0 : O_CREAT | O_EXCL), 0o600)
         guard fd >= 0 else { throw .file("cannot create \(partial): \(String(cString: strerror(errno)))") }
-        let transfer = Transfer(root: root, output: output, fd: fd)
+        let transfer = Transfer(root: root, output: output, fd: fd, syncsDirectory: syncDirectory)
         do {
             if !resumable { try store.forget(root) }
             try store.begin(root, output: output)
@@ -401,7 +401,7 @@ final class Swarm: Sendable {
             guard rename(transfer.partialPath, transfer.output) == 0 else {
                 return self.fail(transfer, "cannot rename \(transfer.partialPath) to \(transfer.output): \(String(cString: strerror(errno)))")
             }
-            Self.syncDirectory(of: transfer.output)
+            if transfer.syncsDirectory { Self.syncDirectory(of: transfer.output) }
             if let relative = index.relative(transfer.output) {
                 do { try index.record(relative, manifest: manifest) } catch { self.logger.error("cannot index \(transfer.output): \(error)") }
             }

@@ -78,7 +78,13 @@ final class Transfer: Sendable {
     /// not asked again for this download.
     static let maximumStrikes = 3
 
-    init(root: ChunkID, output: String, fd: Int32) {
+    /// Whether completing syncs the output's directory (the rename is on disk when the fetch
+    /// returns). A caller that moves the file on and syncs where it ends up says no: the
+    /// metadata sync stages each file, then renames it into the folder and syncs that.
+    let syncsDirectory: Bool
+
+    init(root: ChunkID, output: String, fd: Int32, syncsDirectory: Bool = true) {
+        self.syncsDirectory = syncsDirectory
         self.root = root
         self.output = output
         partialPath = Transfer.partialPath(for: output)

@@ -866,7 +866,9 @@ actor MetadataNode {
     private var queued: [(path: String, head: TreeOperation.Version)] = []
     private var next = 0
     /// Roots whose fetch failed: not tried again before `until` (the wait doubles, to a minute).
-    private var failedFetches: [ChunkID: (until: ContinuousClock.Instant, wait: Duration)] = [:]
+    private var failedFetches: [ChunkID: (until: ContinuousClock.Instant, wait: Duration, path: String, reason: String)] = [:]
+    /// Files put in place in the last 10 s, and their sizes (the rate `harp storage status` shows).
+    private var landings: [(at: ContinuousClock.Instant, bytes: Int)] = []
 
     /// Starts queued fetches while fewer than `fetchesInFlight` run.
     private func startFetches() {
@@ -905,6 +907,9 @@ actor MetadataNode {
         case .done(let inode):
             failedFetches[head.root] = nil
             wanted[head.root] = nil
+            let now = ContinuousClock.now
+            landings.append((now, head.size))
+            if let stale = landings.firstIndex(where: { now - $0.at < .seconds(10) }), stale > 0 { landings.removeFirst(stale) }
             let state = state(still.path, item: still.head.item, root: head.root)
                 // Moved away the moment it landed (its directory renamed meanwhile): recorded
                 // by inode, so the next scan sees the move and nothing new.
@@ -923,7 +928,7 @@ actor MetadataNode {
 
     private func fetchFailed(_ head: TreeOperation.Version, at path: String, _ failure: String) {
         let wait = min((failedFetches[head.root]?.wait ?? .milliseconds(500)) * 2, .seconds(60))
-        failedFetches[head.root] = (ContinuousClock.now + wait, wait)
+        failedFetches[head.root] = (ContinuousClock.now + wait, wait, path, failure)
         // A full disk fails every fetch: one line a minute says so.
         if failure.hasPrefix("no room") {
             let now = ContinuousClock.now
@@ -944,7 +949,24 @@ actor MetadataNode {
 
     /// What waits for content (`harp storage status`): files queued, in flight, and failed
     /// (tried again later).
-    var fetchState: (pending: Int, inFlight: Int, failed: Int) { (wanted.count, inFlight.count, failedFetches.count) }
+    var fetchState: FetchState {
+        let now = ContinuousClock.now
+        let recent = landings.filter { now - $0.at < .seconds(10) }
+        return FetchState(pending: wanted.count, pendingBytes: wanted.values.reduce(0) { $0 + $1.head.size }, inFlight: inFlight.count,
+                          inFlightBytes: inFlight.reduce(0) { $0 + (wanted[$1]?.head.size ?? 0) },
+                          failures: failedFetches.values.sorted { $0.path < $1.path }.map { failure in
+                              (failure.path, failure.reason, max(0, Double((failure.until - now).components.seconds)))
+                          },
+                          filesPerSecond: Double(recent.count) / 10, bytesPerSecond: Double(recent.reduce(0) { $0 + $1.bytes }) / 10)
+    }
+
+    struct FetchState {
+        let pending: Int, pendingBytes: Int, inFlight: Int, inFlightBytes: Int
+        /// Each failed fetch waiting to be tried again: the path, why, and in how many seconds.
+        let failures: [(path: String, reason: String, retryIn: Double)]
+        /// Over the last 10 s.
+        let filesPerSecond: Double, bytesPerSecond: Double
+    }
 
     /// Logs, once per path, why the folder could not take a change there (a symbolic link on
     /// the way, a file where a directory goes).
@@ -973,7 +995,8 @@ actor MetadataNode {
         if disk.lstat(stored) != nil, index(stored) == head.root {
             return copyFile(stored, to: staged) ? .done(inode: 0) : .failed("cannot copy \(stored)")
         }
-        return await p2p.fetch(head.root, into: folder + "/" + staged)
+        // Its directory is synced once it is renamed into place (`persist`), not here.
+        return await p2p.fetch(head.root, into: folder + "/" + staged, syncDirectory: false)
     }
 
     /// Renames the staged bytes of `head` into place at `path` (beneath the folder). The bytes

@@ -108,7 +108,11 @@ enum MetadataCommands {
         let conflicts = Conflict.recent(in: await node.view(), since: since, window: window)
         let store = await node.versionStore, fetching = await node.fetchState
         return json(["conflicts": conflicts.map(\.json),
-                     "content": ["pending_files": fetching.pending, "in_flight": fetching.inFlight, "failed": fetching.failed],
+                     "content": ["pending_files": fetching.pending, "pending_bytes": fetching.pendingBytes, "in_flight": fetching.inFlight,
+                                 "in_flight_bytes": fetching.inFlightBytes, "failed": fetching.failures.count,
+                                 // The first 20 (the count says how many in all).
+                                 "failures": fetching.failures.prefix(20).map { ["path": $0.path, "reason": $0.reason, "retry_in_seconds": $0.retryIn] },
+                                 "files_per_second": fetching.filesPerSecond, "bytes_per_second": fetching.bytesPerSecond],
                      "version_store": ["files": store.files, "bytes": store.bytes, "pruned_files": store.prunedFiles,
                                        "pruned_bytes": store.prunedBytes, "keep_versions": configuration.keepVersions,
                                        "keep_versions_for": configuration.keepVersionsFor.description,
