@@ -67,7 +67,9 @@ struct SmallFilesTests {
         let took = Date().timeIntervalSince(made)
         let arrived = Self.files(b).count
         print("small files: a local change published \((took * 100).rounded() / 100) s after it was made, with \(arrived) of 5,000 files on B")
-        #expect(took <= 2.0, "published \(took) s after it was made (stable_after 1 s)")
+        // stable_after + 1 s is the goal (1.4 s here alone); the bound leaves a second for this
+        // poll's own `harp storage ls` processes on a loaded 2-core CI (1.9 s seen there).
+        #expect(took <= 3.0, "published \(took) s after it was made (stable_after 1 s)")
         #expect(arrived < 5_000, "published while the remote files were still arriving")
         // Status shows what is left and the pace.
         let content = try b.storage(["status"])["content"] as? [String: Any] ?? [:]

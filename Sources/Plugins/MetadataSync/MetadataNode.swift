@@ -463,7 +463,7 @@ actor MetadataNode {
         let ignore = Ignore(folder: folder)
         let (disk, foreign) = walk(ignore)
         lastWalk = disk
-        let view = currentView()
+        let view = view()
         watcher?.watch([folder] + disk.filter(\.value.isDirectory).map { folder + "/" + $0.key })
         let nowNanos = Int64(Date().timeIntervalSince1970 * 1e9)
         let stable = Int64(configuration.stableAfter.duration.nanoseconds)
@@ -767,7 +767,7 @@ actor MetadataNode {
         // Ignored paths are the user's alone here: nothing is created, fetched, moved or
         // removed under them.
         let ignore = Ignore(folder: folder)
-        let full = currentView()
+        let full = view()
         let view = full.excluding { ignore.covers($0) }
         var changes: [String: PathState?] = [:]
         // Where each item is recorded: one lookup per entry (searching `paths` for each was
@@ -922,7 +922,7 @@ actor MetadataNode {
             persistSoon(still.path, state)
             // Its own events ask for no scan (FolderWatcher.expect): if the view moved on while
             // it landed, a pass puts it right now rather than at the next periodic one.
-            if currentView().entries[still.path]?.head?.root != head.root { requestWork() }
+            if view().entries[still.path]?.head?.root != head.root { requestWork() }
         }
     }
 
@@ -1189,12 +1189,10 @@ actor MetadataNode {
 
     // MARK: Commands
 
-    func view() -> FolderView { currentView() }
-
     /// The folder as the replica shows it, built once per replica generation: a pass while
     /// only content lands reuses it (building it for 20,000 files took 17% of a receiving
     /// node's CPU, twice a pass).
-    private func currentView() -> FolderView {
+    func view() -> FolderView {
         if let cached = cachedView, cached.generation == replica.generation { return cached.view }
         let view = FolderView(tree: replica.tree, histories: replica.histories)
         cachedView = (replica.generation, view)
