@@ -71,6 +71,7 @@ struct ExAppsGatewayTests {
         let signed = try gateway.get("/exapps/myapp/headers", headers: ExAppsFixture.appAPIHeaders(port: port))
         #expect(signed.code == "200")
         #expect(signed.body.contains("AUTHORIZATION-APP-API: \(Data("admin:app-secret".utf8).base64EncodedString())"))
+        #expect(!signed.body.lowercased().contains("harp-shared-key"), "the gateway's key never reaches an ExApp: \(signed.body)")
         // An app Nextcloud does not know yet (its /init runs before it is enabled): the
         // headers say where it is.
         #expect(try gateway.code("/exapps/newapp/status/200", headers: ExAppsFixture.appAPIHeaders(port: port)) == "200")

@@ -130,6 +130,9 @@ struct ExAppsGateway: RouteProvider {
                          authorization: String?) -> Decided {
         guard let upstream = entry.upstream else { return Self.notFound }
         request.target = (targetPath.isEmpty ? "/" : targetPath) + query
+        // The gateway's key is Nextcloud's and harp's alone: an ExApp never sees it (HaRP
+        // passed AppAPI's copy on; a compromised app could then call the control plane).
+        request.headers.remove("harp-shared-key")
         request.headers.set("EX-APP-ID", appID)
         request.headers.set("EX-APP-VERSION", entry.record.version)
         request.headers.set("AA-VERSION", "32")
