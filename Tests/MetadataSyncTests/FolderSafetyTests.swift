@@ -11,11 +11,11 @@ import Testing
 @Suite("p2p storage: the receiving folder and disk", .serialized)
 struct FolderSafetyTests {
     /// Two connected nodes; `crdt` adds lines to their `[crdt]` section.
-    static func pair(downloadRate: Int = 0, crdt: String = "") throws -> (a: P2PNode, b: P2PNode) {
+    static func pair(downloadRate: Int = 0, rescanInterval: String = "1s", stableAfter: String = "200ms", crdt: String = "") throws -> (a: P2PNode, b: P2PNode) {
         let a = try P2PNode(), b = try P2PNode()
         for node in [a, b] {
             node.plugins = ["p2p", "crdt"]
-            node.extraConfig = "[crdt]\nrescan_interval = \"1s\"\nstable_after = \"200ms\"\n" + crdt
+            node.extraConfig = "[crdt]\nrescan_interval = \"\(rescanInterval)\"\nstable_after = \"\(stableAfter)\"\n" + crdt
         }
         try a.configure(peers: [b])
         try b.configure(peers: [a], downloadRate: downloadRate)

@@ -12,16 +12,7 @@ struct SmallFilesTests {
     /// Two nodes that notice changes by inotify alone (the periodic rescan an hour away), a
     /// change taken as settled after 1 s.
     static func pair(downloadRate: Int = 0) throws -> (a: P2PNode, b: P2PNode) {
-        let a = try P2PNode(), b = try P2PNode()
-        for node in [a, b] {
-            node.plugins = ["p2p", "crdt"]
-            node.extraConfig = "[crdt]\nrescan_interval = \"1h\"\nstable_after = \"1s\"\n"
-        }
-        try a.configure(peers: [b])
-        try b.configure(peers: [a], downloadRate: downloadRate)
-        for node in [a, b] { try node.start() }
-        try b.waitConnected(to: [a])
-        return (a, b)
+        try FolderSafetyTests.pair(downloadRate: downloadRate, rescanInterval: "1h", stableAfter: "1s")
     }
 
     /// `count` files of 1–`maxSize` bytes (random, seeded) in directories of 100, on `node`.
