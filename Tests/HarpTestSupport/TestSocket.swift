@@ -1,5 +1,6 @@
 import Glibc
 import HarpKernel
+import Synchronization
 
 /// Blocking loopback sockets for tests, with a receive timeout so a bug fails a test
 /// instead of hanging it.
@@ -87,12 +88,15 @@ public final class TestSocket {
 /// A loopback port nobody listens on now, from below the kernel's ephemeral range
 /// (32768–60999 by default): a port the kernel picks for "port 0" can be handed out again at
 /// once as the source port of another test's outgoing connection (the flood tests open
-/// thousands), and then harp's bind fails with EADDRINUSE.
+/// thousands), and then harp's bind fails with EADDRINUSE. A port is handed out once per test
+/// process: two calls before either port is bound would otherwise return the same port now
+/// and then (CI once started a node whose admin and storage ports were both 20818).
 public func freePort() -> UInt16 {
     for _ in 0..<1000 {
         let port = UInt16.random(in: 20000...32000)
         // 23000-23099 stay free for tests that use HaRP's fixed ExApp ports.
         if (23000..<23100).contains(port) { continue }
+        guard handedOut.withLock({ $0.insert(port).inserted }) else { continue }
         if let fd = try? Socket.listen(on: loopback(port), reusePort: false) {
             close(fd)
             return port
@@ -102,6 +106,8 @@ public func freePort() -> UInt16 {
     defer { close(fd) }
     return SocketAddress.local(of: fd)!.port!
 }
+
+private let handedOut = Mutex<Set<UInt16>>([])
 
 public func loopback(_ port: UInt16) -> SocketAddress { .ipv4(host: UInt32(0x7f000001).bigEndian, port: port) }
 
