@@ -1,6 +1,7 @@
 @testable import ExApps
 import Foundation
 import HarpKernel
+import Logging
 import Testing
 
 /// The gateway's pure pieces, in-process.
@@ -70,7 +71,7 @@ struct ExAppsUnitTests {
 
     @Test("the ban table forgets IPs that are not banned when a flood fills it, and keeps the bans")
     func banTableFlood() {
-        let bans = BanList(count: 2, window: .seconds(60), metrics: ExAppsMetrics())
+        let bans = BanList(count: 2, window: .seconds(60), metrics: ExAppsMetrics(), logger: Logger(label: "test"))
         bans.fail("192.0.2.1", reason: "test")
         bans.fail("192.0.2.1", reason: "test")
         for index in 0..<(BanList.minimumSweep + 10) { bans.fail("10.\(index >> 16).\(index >> 8 & 255).\(index & 255)", reason: "test") }

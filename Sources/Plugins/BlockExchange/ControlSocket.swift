@@ -3,12 +3,12 @@ import Glibc
 import HarpKernel
 import Logging
 
-/// The node's command socket (`[storage] dir/harp.sock`, mode 0600): `harp storage add`,
-/// `get` and `status` send one JSON request line and read JSON lines back — progress while a
-/// download runs, then a last line with `"done": true` or an `"error"`. Whoever can open the
-/// socket can make the node write files, hence the mode.
+/// The node's commands on its `CommandSocket` (`[storage] dir/harp.sock`, mode 0600):
+/// `harp storage add`, `get` and `status`, and what other plugins register (`swarm.command`).
+/// Progress lines while a download runs, then a last line with `"done": true` or an `"error"`.
 final class ControlSocket: Sendable {
     let path: String
+    private let socket: CommandSocket
     let swarm: Swarm
     let network: PeerNetwork
     let indexer: WorkerThread
@@ -19,6 +19,7 @@ final class ControlSocket: Sendable {
 
     init(swarm: Swarm, network: PeerNetwork, indexer: WorkerThread, configuration: StorageConfiguration, logger: Logger) {
         path = configuration.dir + "/" + Self.fileName
+        socket = CommandSocket(path: path, key: "storage.dir", value: "\"\(configuration.dir)\"")
         self.swarm = swarm
         self.network = network
         self.indexer = indexer
@@ -26,57 +27,41 @@ final class ControlSocket: Sendable {
         self.logger = logger
     }
 
-    /// Binds the socket: a stale one (no node behind it) is replaced; a live one means
-    /// another node runs on this state directory, which is refused.
-    func listen(on listeners: ListenerSet) throws(ConfigError) {
-        if access(path, F_OK) == 0 {
-            if StorageClient.canConnect(path) {
-                throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: "another node is running on it (\(path) answers)")
-            }
-            unlink(path)
-        }
-        do {
-            try listeners.listen(on: .unix(path: path), loopCount: 1) { socket in await self.serve(socket) }
-        } catch {
-            throw ConfigError.invalid(key: "storage.dir", value: "\"\(configuration.dir)\"", reason: "cannot listen on \(path): \(error)")
-        }
-        chmod(path, 0o600)
+    /// The CLI's client for the node whose state directory is `dir`.
+    static func client(dir: String) -> CommandClient {
+        CommandClient(path: dir + "/" + fileName, notRunning: "the node is not running; start it with `harp serve --config FILE`")
     }
 
-    func remove() { unlink(path) }
+    /// Binds the socket (`CommandSocket`: a live one means another node runs on this state
+    /// directory, which is refused).
+    func listen(on listeners: ListenerSet) throws(ConfigError) {
+        try socket.listen(on: listeners) { connection in await self.serve(connection) }
+    }
 
-    private func serve(_ socket: SocketStream) async {
-        defer { socket.abort() }
-        let reader = FramedReader(stream: socket, capacity: 64 * 1024)
-        var decoder = LineDecoder()
-        guard case .frame(let length, _, _) = await reader.next(&decoder, timeout: .seconds(10)) else { return }
-        let line = Data(reader.buffer.readable[0..<length])
-        guard let request = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any], let command = request["cmd"] as? String else {
-            return await send(["error": "not a JSON request"], to: socket)
-        }
-        switch command {
+    func remove() { socket.remove() }
+
+    private func serve(_ connection: CommandConnection) async {
+        let socket = connection.socket
+        switch connection.command {
         case "status":
             // What other plugins add (the crdt plugin: conflicts, the version store), as JSON text.
             var sections: String?
             if let handler = swarm.command(BlockExchangePlugin.statusSections) { sections = await Task.detached { await handler([:]) }.value }
             // The counts are an SQLite read: off the loop (loop 0 also runs frp and admin).
             let answer = await BlockingWork.run { [sections] in self.statusLine(sections: sections) }
-            _ = await socket.write(answer, timeout: .seconds(10))
-        case "add": await add(request["path"] as? String ?? "", socket: socket)
-        case "get": await get(root: request["root"] as? String ?? "", output: request["out"] as? String ?? "", socket: socket)
-        default:
+            await connection.send(bytes: answer)
+        case "add": await add(connection.request["path"] as? String ?? "", socket: socket)
+        case "get": await get(root: connection.request["root"] as? String ?? "", output: connection.request["out"] as? String ?? "", socket: socket)
+        case let command:
             guard let handler = swarm.command(command) else {
                 let hint = ["ls", "history", "restore", "log"].contains(command) ? ": the crdt plugin does not run on this node" : ""
-                return await send(["error": "unknown command \(command)\(hint)"], to: socket)
+                return await connection.send(["error": "unknown command \(command)\(hint)"])
             }
-            var fields: [String: String] = [:]
-            for (key, value) in request {
-                if let text = value as? String { fields[key] = text } else if let number = value as? Int { fields[key] = String(number) }
-            }
+            let fields = connection.fields
             // A detached task: the handler (the crdt plugin's node, an actor) must run on the
             // cooperative pool, not on this loop, which a task's executor preference would give it.
             let answer = await Task.detached { await handler(fields) }.value
-            _ = await socket.write(Array((answer + "\n").utf8), timeout: .seconds(10))
+            await connection.send(line: answer)
         }
     }
 
@@ -196,13 +181,5 @@ final class ControlSocket: Sendable {
         let counts = try? swarm.index.counts()
         return ["node": "\(swarm.node)", "folder": swarm.index.folder, "files": counts?.files ?? 0, "chunks": counts?.chunks ?? 0,
                 "peers": peers, "transfers": transfers]
-    }
-}
-
-/// One newline-terminated line (without the newline) as a frame.
-struct LineDecoder: FrameDecoder {
-    func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<Int, String> {
-        guard let end = bytes.firstIndex(of: 0x0A) else { return .needMore }
-        return .frame(end, headerLength: end + 1, payloadLength: 0)
     }
 }

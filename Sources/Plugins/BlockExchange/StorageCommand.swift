@@ -14,13 +14,13 @@ struct StorageCommand: ParsableCommand {
         @Option(name: .long, help: "The node's state directory ([storage] dir).")
         var dir: String
 
-        func run() throws { try StorageCommand.reporting(json: false) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: false) { try perform() } }
 
         func perform() throws {
             do {
                 print(try NodeIdentity.create(in: dir))
             } catch {
-                throw StorageCommand.Failure(error.description)
+                throw CommandFailure(error.description)
             }
         }
     }
@@ -31,13 +31,13 @@ struct StorageCommand: ParsableCommand {
         @Option(name: .long, help: "The node's state directory ([storage] dir).")
         var dir: String
 
-        func run() throws { try StorageCommand.reporting(json: false) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: false) { try perform() } }
 
         func perform() throws {
             do {
                 print(try NodeIdentity.load(from: dir))
             } catch {
-                throw StorageCommand.Failure(error.description)
+                throw CommandFailure(error.description)
             }
         }
     }
@@ -55,7 +55,7 @@ struct StorageCommand: ParsableCommand {
         @Flag(name: .long, help: "Print JSON.")
         var json = false
 
-        func run() throws { try StorageCommand.reporting(json: json) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: json) { try perform() } }
 
         func perform() throws {
             let started = DispatchTime.now().uptimeNanoseconds
@@ -69,7 +69,7 @@ struct StorageCommand: ParsableCommand {
                     result = (manifest.root.description, manifest.entries.count, manifest.size)
                 }
             } catch {
-                throw StorageCommand.Failure(error.description)
+                throw CommandFailure(error.description)
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
             let rate = Double(result.size) / seconds
@@ -90,8 +90,8 @@ struct StorageCommand: ParsableCommand {
         var json = false
 
         /// The client for the node this config describes.
-        func client() throws -> StorageClient {
-            StorageClient(path: try stateDirectory() + "/" + ControlSocket.fileName)
+        func client() throws -> CommandClient {
+            ControlSocket.client(dir: try stateDirectory())
         }
 
         /// The node's `[storage] dir`.
@@ -101,7 +101,7 @@ struct StorageCommand: ParsableCommand {
                                                   fallback: nil)
                 return try file.configuration(of: BlockExchangePlugin.self).dir
             } catch {
-                throw StorageCommand.Failure("\(error)")
+                throw CommandFailure("\(error)")
             }
         }
 
@@ -111,15 +111,15 @@ struct StorageCommand: ParsableCommand {
             let client = try client()
             do {
                 return try client.call(request)
-            } catch let failure as StorageClient.Failure {
+            } catch let failure as CommandClient.Failure {
                 guard failure.nodeNotRunning, let name = request["cmd"], let handler = StoppedNodeCommands.handler(name) else {
-                    throw StorageCommand.Failure(failure.description)
+                    throw CommandFailure(failure.description)
                 }
                 let text = handler(try stateDirectory(), request)
                 guard let answer = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] else {
-                    throw StorageCommand.Failure("the stopped node's answer is not JSON: \(text)")
+                    throw CommandFailure("the stopped node's answer is not JSON: \(text)")
                 }
-                if let error = answer["error"] as? String { throw StorageCommand.Failure(error) }
+                if let error = answer["error"] as? String { throw CommandFailure(error) }
                 return answer
             }
         }
@@ -135,14 +135,14 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: options.json) { try perform() } }
 
         func perform() throws {
             let client = try options.client()
             let absolute = path.hasPrefix("/") || !FileManager.default.fileExists(atPath: path) ? path
                 : FileManager.default.currentDirectoryPath + "/" + path
-            let answer = try StorageCommand.calling { try client.call(["cmd": "add", "path": absolute]) }
-            if options.json { return StorageCommand.printJSON(answer) }
+            let answer = try CommandFailure.calling { try client.call(["cmd": "add", "path": absolute]) }
+            if options.json { return CommandFailure.printJSON(answer) }
             print("\(answer["root"] as? String ?? "")  \(answer["path"] as? String ?? "")  \(answer["size"] as? Int ?? 0) bytes")
         }
     }
@@ -159,21 +159,21 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: options.json) { try perform() } }
 
         func perform() throws {
             let client = try options.client()
             let output = out.hasPrefix("/") ? out : FileManager.default.currentDirectoryPath + "/" + out
             var bar = ProgressBar()
             let terminal = isatty(2) == 1 && !options.json
-            let answer = try StorageCommand.calling {
+            let answer = try CommandFailure.calling {
                 try client.call(["cmd": "get", "root": root, "out": output]) { line in
                     guard terminal, line["event"] as? String == "progress" else { return }
                     bar.draw(bytes: line["bytes"] as? Int ?? 0, size: line["size"] as? Int ?? 0, rate: line["rate"] as? Int ?? 0,
                              peers: line["peers"] as? Int ?? 0)
                 }
             } finally: { bar.finish() }
-            if options.json { return StorageCommand.printJSON(answer) }
+            if options.json { return CommandFailure.printJSON(answer) }
             let size = answer["size"] as? Int ?? 0, seconds = answer["seconds"] as? Double ?? 0
             let peers = (answer["bytes_by_peer"] as? [String: Int] ?? [:]).count
             print("\(output): \(ProgressBar.bytes(size)) in \(String(format: "%.2f", seconds)) s from \(peers) peer\(peers == 1 ? "" : "s")")
@@ -185,12 +185,12 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: options.json) { try perform() } }
 
         func perform() throws {
             let client = try options.client()
-            let answer = try StorageCommand.calling { try client.call(["cmd": "status"]) }
-            if options.json { return StorageCommand.printJSON(answer) }
+            let answer = try CommandFailure.calling { try client.call(["cmd": "status"]) }
+            if options.json { return CommandFailure.printJSON(answer) }
             print("node \(answer["node"] as? String ?? "?")  folder \(answer["folder"] as? String ?? "?")  "
                   + "\(answer["files"] as? Int ?? 0) files, \(answer["chunks"] as? Int ?? 0) chunks")
             for peer in answer["peers"] as? [[String: Any]] ?? [] {
@@ -251,11 +251,11 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: options.json) { try perform() } }
 
         func perform() throws {
             let answer = try options.ask(["cmd": "ls", "path": path, "deleted": deleted ? "1" : "0"])
-            if options.json { return StorageCommand.printJSON(answer) }
+            if options.json { return CommandFailure.printJSON(answer) }
             for entry in answer["entries"] as? [[String: Any]] ?? [] {
                 let name = entry["name"] as? String ?? "?", type = entry["type"] as? String ?? "?"
                 print(type == "dir" ? "\(name)/" : "\(name)  \(entry["size"] as? Int ?? 0) bytes  \(entry["root"] as? String ?? "")")
@@ -271,11 +271,11 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: options.json) { try perform() } }
 
         func perform() throws {
             let answer = try options.ask(["cmd": "history", "path": path])
-            if options.json { return StorageCommand.printJSON(answer) }
+            if options.json { return CommandFailure.printJSON(answer) }
             for version in answer["versions"] as? [[String: Any]] ?? [] {
                 let flags = [(version["head"] as? Bool == true) ? "head" : nil, (version["concurrent"] as? Bool == true) ? "concurrent" : nil]
                 print("\(version["n"] as? Int ?? 0)  \(version["timestamp"] as? String ?? "")  \(version["node"] as? String ?? "")  "
@@ -295,12 +295,12 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: options.json) { try perform() } }
 
         func perform() throws {
             let client = try options.client()
-            let answer = try StorageCommand.calling { try client.call(["cmd": "restore", "path": path, "version": version]) }
-            if options.json { return StorageCommand.printJSON(answer) }
+            let answer = try CommandFailure.calling { try client.call(["cmd": "restore", "path": path, "version": version]) }
+            if options.json { return CommandFailure.printJSON(answer) }
             print("\(path): version \(version) is the newest again")
         }
     }
@@ -313,54 +313,15 @@ struct StorageCommand: ParsableCommand {
 
         @OptionGroup var options: NodeOptions
 
-        func run() throws { try StorageCommand.reporting(json: options.json) { try perform() } }
+        func run() throws { try CommandFailure.reporting(json: options.json) { try perform() } }
 
         func perform() throws {
             let answer = try options.ask(["cmd": "log", "count": "\(count)"])
-            if options.json { return StorageCommand.printJSON(answer) }
+            if options.json { return CommandFailure.printJSON(answer) }
             for operation in answer["operations"] as? [[String: Any]] ?? [] {
                 let detail = operation["op"] as? String == "version" ? "\(operation["root"] as? String ?? "")" : "\(operation["name"] as? String ?? "") in \(operation["parent"] as? String ?? "")"
                 print("\(operation["timestamp"] as? String ?? "")  \(operation["op"] as? String ?? "")  \(operation["item"] as? String ?? "")  \(detail)")
             }
         }
-    }
-
-    /// Runs a node call; its failure becomes the command's one-line error.
-    static func calling(_ body: () throws -> [String: Any], finally: () -> Void = {}) throws -> [String: Any] {
-        defer { finally() }
-        do {
-            return try body()
-        } catch let failure as StorageClient.Failure {
-            throw StorageCommand.Failure(failure.description)
-        }
-    }
-
-    /// A command that ran and failed (the node is not running, it refused, a file is missing):
-    /// one line on standard error and exit status 1 — not a usage error (64, with the usage) —
-    /// or, with `--json`, `{"error": …}` on standard output.
-    struct Failure: Error, CustomStringConvertible {
-        let description: String
-        init(_ description: String) { self.description = description }
-    }
-
-    /// Runs a command's body; a `Failure` ends the process as `Failure` says.
-    static func reporting(json: Bool, _ body: () throws -> Void) throws {
-        do {
-            try body()
-        } catch let failure as Failure {
-            if json {
-                let data = (try? JSONSerialization.data(withJSONObject: ["error": failure.description], options: [.sortedKeys])) ?? Data()
-                print(String(decoding: data, as: UTF8.self))
-            } else {
-                FileHandle.standardError.write(Data("harp: \(failure.description)\n".utf8))
-            }
-            Glibc.exit(1)
-        }
-    }
-
-    static func printJSON(_ object: [String: Any]) {
-        var clean = object
-        clean["done"] = nil
-        if let data = try? JSONSerialization.data(withJSONObject: clean, options: [.sortedKeys]) { print(String(decoding: data, as: UTF8.self)) }
     }
 }

@@ -111,7 +111,7 @@ final class TransferBench: @unchecked Sendable {
         for node in early { pids[node.name] = try start(node) }
         for node in early { try waitReady(node, seeding: node.name != "downloader") }
         try waitConnected(downloader, to: early.filter { $0.name != "downloader" })
-        let client = StorageClient(path: downloader.dir + "/" + ControlSocket.fileName)
+        let client = ControlSocket.client(dir: downloader.dir)
         let cpuBefore = pids.mapValues(Self.cpuSeconds)
         let started = Date()
         if staggered {
@@ -214,7 +214,7 @@ final class TransferBench: @unchecked Sendable {
     }
 
     private func rootOf(_ node: Node) throws -> String {
-        let answer = try StorageClient(path: node.dir + "/" + ControlSocket.fileName).call(["cmd": "add", "path": node.folder + "/file"])
+        let answer = try ControlSocket.client(dir: node.dir).call(["cmd": "add", "path": node.folder + "/file"])
         return answer["root"] as? String ?? ""
     }
 
@@ -237,7 +237,7 @@ final class TransferBench: @unchecked Sendable {
     }
 
     private func waitReady(_ node: Node, seeding: Bool) throws {
-        let client = StorageClient(path: node.dir + "/" + ControlSocket.fileName)
+        let client = ControlSocket.client(dir: node.dir)
         let deadline = Date().addingTimeInterval(120)
         while Date() < deadline {
             if let status = try? client.call(["cmd": "status"]), !seeding || (status["files"] as? Int ?? 0) >= 1 { return }
@@ -247,7 +247,7 @@ final class TransferBench: @unchecked Sendable {
     }
 
     private func waitConnected(_ node: Node, to others: [Node]) throws {
-        let client = StorageClient(path: node.dir + "/" + ControlSocket.fileName)
+        let client = ControlSocket.client(dir: node.dir)
         let deadline = Date().addingTimeInterval(30)
         let wanted = Set(others.map { "\($0.id)" })
         while Date() < deadline {

@@ -13,7 +13,24 @@ import HarpKernel
 /// each ExApp's tunnel.
 struct ExAppsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "exapps", abstract: "The ExApp gateway's commands.",
-                                                    subcommands: [Check.self])
+                                                    subcommands: [Check.self, ExAppsBansCommand.self])
+
+    /// The `[exapps]` section `harp serve` would run with `--config path` (nil: HaRP's variables).
+    static func configuration(path: String?) throws -> ExAppsConfiguration {
+        try sections(path: path).exapps
+    }
+
+    static func sections(path: String?) throws -> (exapps: ExAppsConfiguration, frp: FRPConfiguration?) {
+        do {
+            let file = try ConfigFile.resolve(path: path, registry: PluginRegistry.executable, environment: ProcessEnvironment.current(),
+                                              fallback: nil)
+            let exapps = try file.configuration(of: ExAppsPlugin.self)
+            let frp = file.selection(override: nil).contains(FRPPlugin.name) ? try file.configuration(of: FRPPlugin.self) : nil
+            return (exapps, frp)
+        } catch {
+            throw CommandFailure("\(error)")
+        }
+    }
 
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Check Nextcloud, the listeners, certificates and every ExApp's tunnel.")
@@ -22,19 +39,12 @@ struct ExAppsCommand: ParsableCommand {
         var config: String?
 
         func run() throws {
-            let file: ConfigFile
-            let exapps: ExAppsConfiguration
-            let frp: FRPConfiguration?
-            do {
-                file = try ConfigFile.resolve(path: config, registry: PluginRegistry.executable, environment: ProcessEnvironment.current(),
-                                              fallback: nil)
-                exapps = try file.configuration(of: ExAppsPlugin.self)
-                frp = file.selection(override: nil).contains(FRPPlugin.name) ? try file.configuration(of: FRPPlugin.self) : nil
-            } catch {
-                throw ValidationError("\(error)")
+            try CommandFailure.reporting(json: false) {
+                let (exapps, frp) = try ExAppsCommand.sections(path: config)
+                let failures: Int
+                do { failures = try ExAppsCheck(exapps: exapps, frp: frp).run { print($0) } } catch { throw CommandFailure("\(error)") }
+                Glibc.exit(failures == 0 ? 0 : 1)
             }
-            let failures = try ExAppsCheck(exapps: exapps, frp: frp).run { print($0) }
-            Glibc.exit(failures == 0 ? 0 : 1)
         }
     }
 }

@@ -24,12 +24,17 @@ public struct ExAppsConfiguration: Codable, Sendable {
     /// frp logins refused); 0 turns bans off.
     public var banCount: Int
     public var banWindow: ConfigDuration
-    /// Front proxies whose `X-Forwarded-For` (first entry), else `X-Real-IP`, names the client.
+    /// Front proxies whose `X-Forwarded-For`, else `X-Real-IP`, names the client, and whose
+    /// `X-Forwarded-*` headers the ExApps receive (extended) instead of harp's own.
     public var trustedProxies: [IPRange]
+    /// Which `X-Forwarded-For` entry is the client (`ClientAddressRule`; HaRP's: the first).
+    public var clientAddress: ClientAddressRule
     /// Limit for one Nextcloud call (HaRP: 25 s).
     public var nextcloudTimeout: ConfigDuration
     /// How long "Nextcloud does not know this app" is remembered (HaRP: 15 s).
     public var unknownAppTTL: ConfigDuration
+    /// The command socket of `harp exapps bans` (mode 0600); nil: `defaultControlSocket`.
+    public var controlSocket: String?
 
     public init() {
         listen = [.ipv4(host: 0, port: 8780)]
@@ -43,15 +48,18 @@ public struct ExAppsConfiguration: Codable, Sendable {
         banCount = 10
         banWindow = .seconds(300)
         trustedProxies = []
+        clientAddress = .first
         nextcloudTimeout = .seconds(25)
         unknownAppTTL = .seconds(15)
+        controlSocket = nil
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, listenTLS = "listen_tls", nextcloudURL = "nextcloud_url", nextcloudCA = "nextcloud_ca"
         case nextcloudVerify = "nextcloud_verify", sharedKey = "shared_key", sharedKeyFile = "shared_key_file"
         case sessionLifetime = "session_lifetime", banCount = "ban_count", banWindow = "ban_window"
-        case trustedProxies = "trusted_proxies", nextcloudTimeout = "nextcloud_timeout", unknownAppTTL = "unknown_app_ttl"
+        case trustedProxies = "trusted_proxies", clientAddress = "client_address", nextcloudTimeout = "nextcloud_timeout", unknownAppTTL = "unknown_app_ttl"
+        case controlSocket = "control_socket"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -68,8 +76,10 @@ public struct ExAppsConfiguration: Codable, Sendable {
         d.banCount = try c.decodeIfPresent(Int.self, forKey: .banCount) ?? d.banCount
         d.banWindow = try c.decodeIfPresent(ConfigDuration.self, forKey: .banWindow) ?? d.banWindow
         d.trustedProxies = try c.decodeIfPresent([IPRange].self, forKey: .trustedProxies) ?? []
+        d.clientAddress = try c.decodeIfPresent(ClientAddressRule.self, forKey: .clientAddress) ?? d.clientAddress
         d.nextcloudTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .nextcloudTimeout) ?? d.nextcloudTimeout
         d.unknownAppTTL = try c.decodeIfPresent(ConfigDuration.self, forKey: .unknownAppTTL) ?? d.unknownAppTTL
+        d.controlSocket = try c.decodeIfPresent(String.self, forKey: .controlSocket)
         d.nextcloudURL = NextcloudURL.normalized(d.nextcloudURL)
         self = d
         try validate()
@@ -109,6 +119,16 @@ public struct ExAppsConfiguration: Codable, Sendable {
         if listen.isEmpty && listenTLS.isEmpty {
             throw .invalid(key: "exapps.listen", value: "[]", reason: "expected at least one address (or an [[exapps.listen_tls]])")
         }
+    }
+
+    /// Where the command socket is: `control_socket`, else `harp-exapps-<port>.sock` (the
+    /// first listener's port: one socket per gateway on a machine) in `$XDG_RUNTIME_DIR`,
+    /// `/run` for root, else `/tmp`. The CLI finds it from the same configuration.
+    func resolvedControlSocket(environment: [String: String]) -> String {
+        if let controlSocket { return controlSocket }
+        let port = (listen + listenTLS.map(\.listen)).first?.port ?? 8780
+        let directory = environment["XDG_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? (geteuid() == 0 ? "/run" : "/tmp")
+        return "\(directory)/harp-exapps-\(port).sock"
     }
 
     /// The shared key, read from `shared_key_file` when that is set.

@@ -29,30 +29,32 @@ struct ExAppsGateway: RouteProvider {
         let bans = state.bans
         // 1. Who is asking, and are they banned?
         let ip = state.clientIP(client, headers: request.headers)
-        if bans.isBanned(ip) { return Self.dropped }
+        if ip != client.address { exchange.client = ip }
+        /// A failure toward `ip`'s ban (unless the request carried the key), and why the
+        /// request was refused, for the access log.
+        func fail(_ reason: String, counts: Bool = true, _ decided: Decided) -> Decided {
+            exchange.reason = reason
+            if counts { bans.fail(ip, reason: reason) }
+            return decided
+        }
+        if bans.isBanned(ip) { return fail("ban", counts: false, Self.dropped) }
         // Trusted only with exactly one copy of the right key: with two, harp and a front proxy
         // could disagree on which one counts.
         let trusted = request.headers.count(of: "harp-shared-key") == 1
             && request.headers["harp-shared-key"].map { SecretComparison.equal($0, state.sharedKey) } ?? false
         let path = request.path
         // 2. `..` in any spelling.
-        if PathTraversal.found(in: path) {
-            if !trusted { bans.fail(ip, reason: "traversal") }
-            return Self.dropped
-        }
+        if PathTraversal.found(in: path) { return fail("traversal", counts: !trusted, Self.dropped) }
         // 3. The app id.
         guard let (appID, targetPath) = Self.appID(in: path) else {
-            if let hint = state.frontProxyHint(for: path) { return (hint, "404") }
-            if !trusted { bans.fail(ip, reason: "no_app") }
-            return Self.notFound
+            if let hint = state.frontProxyHint(for: path) { return fail("prefix_stripped", counts: false, (hint, "404")) }
+            return fail("no_app", counts: !trusted, Self.notFound)
         }
+        exchange.app = appID.lowercased()
         let query = request.target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(request.target[$0...]) } ?? ""
         // 4. The control plane.
         if appID == "app_api" {
-            guard trusted else {
-                bans.fail(ip, reason: "control_key")
-                return Self.unauthorized
-            }
+            guard trusted else { return fail("control_key", Self.unauthorized) }
             return await state.control.handle(&request, targetPath: targetPath, query: query, exchange: exchange)
         }
         let lowerID = appID.lowercased()
@@ -62,6 +64,8 @@ struct ExAppsGateway: RouteProvider {
         if let version = headers["ex-app-version"], headers["ex-app-id"] != nil, let host = headers["ex-app-host"],
            let portText = headers["ex-app-port"], headers["authorization-app-api"] != nil, headers["harp-shared-key"] != nil {
             guard trusted else {
+                // Counted against the peer: AppAPI calls come straight from Nextcloud.
+                exchange.reason = "appapi_key"
                 bans.fail(client.address, reason: "appapi_key")
                 return Self.dropped
             }
@@ -83,14 +87,12 @@ struct ExAppsGateway: RouteProvider {
         switch await state.directory.lookup(lowerID, fetch: { await state.nextcloud.record(lowerID, on: loop) }) {
         case .found(let found): entry = found
         case .unknown:
-            if !trusted { bans.fail(ip, reason: "unknown_app") }
-            return Self.notFound
+            return fail("unknown_app", counts: !trusted, Self.notFound)
         case .failed:
-            return Self.unavailable
+            return fail("nextcloud_unavailable", counts: false, Self.unavailable)
         }
         if targetPath == "/heartbeat" || targetPath == "/init" || targetPath == "/enabled" {
-            bans.fail(ip, reason: "internal_route")
-            return Self.dropped
+            return fail("internal_route", Self.dropped)
         }
         // 7. Who the user is, when the request says.
         var user: NextcloudUser?
@@ -100,21 +102,17 @@ struct ExAppsGateway: RouteProvider {
                 await state.nextcloud.user(appID: lowerID, clientHeaders: headers, on: loop)
             }
             switch answer {
-            case .user(let found): user = found
+            case .user(let found):
+                user = found
+                exchange.user = found.id
             case .anonymous: break
-            case .failed: return Self.unauthorized
+            case .failed: return fail("user_info_failed", counts: false, Self.unauthorized)
             }
         }
         // 8. The first route that matches decides.
-        guard let route = entry.record.route(for: targetPath) else {
-            bans.fail(ip, reason: "no_route")
-            return Self.notFound
-        }
+        guard let route = entry.record.route(for: targetPath) else { return fail("no_route", Self.notFound) }
         if route.access != .everyone {
-            guard let user, user.level >= route.access else {
-                bans.fail(ip, reason: "forbidden")
-                return Self.forbidden
-            }
+            guard let user, user.level >= route.access else { return fail("forbidden", Self.forbidden) }
         }
         if !route.bruteforceStatuses.isEmpty {
             exchange.context = BruteforceWatch(ip: ip, statuses: route.bruteforceStatuses)

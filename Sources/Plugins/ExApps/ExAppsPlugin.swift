@@ -24,6 +24,8 @@ public final class ExAppsPlugin: Plugin {
     }
 
     let state: ExAppsState
+    private let listeners: ListenerSet
+    private let control: ExAppsControlSocket
 
     public init(configuration: ExAppsConfiguration, context: PluginContext) throws {
         guard let http = context.dependency(HTTPProxyPlugin.self) else {
@@ -51,14 +53,24 @@ public final class ExAppsPlugin: Plugin {
             NextcloudClient(url: url, client: client, sharedKey: key, metrics: metrics, logger: logger)
         }, frp: frp, docker: DockerActions(client: engineClient, certificateDirectory: frp?.certificateDirectory), logger: logger)
         http.addSite(try ProxySite(name: "exapps", listen: configuration.listen, listenTLS: configuration.listenTLS,
-                                   keyPrefix: "exapps.listen_tls", providers: [ExAppsGateway(state: state)],
+                                   keyPrefix: "exapps.listen_tls",
+                                   trustedProxies: configuration.trustedProxies, providers: [ExAppsGateway(state: state)],
                                    observers: [BruteforceObserver(bans: state.bans)]))
         frp?.addLoginCheck(FRPLoginHook(state: state))
+        listeners = ListenerSet(loops: context.loops, logger: logger)
+        control = ExAppsControlSocket(state: state, path: configuration.resolvedControlSocket(environment: ProcessEnvironment.current()))
     }
 
-    public func start() async throws {}
+    public func start() async throws {
+        try control.listen(on: listeners)
+    }
+
+    public func stopAccepting() async {
+        await listeners.stop()
+        control.remove()
+    }
 
     public var endpoints: [String] {
-        ["Nextcloud at \(state.configuration.nextcloudURL)"]
+        ["Nextcloud at \(state.configuration.nextcloudURL)", "commands on \(control.socket.path)"]
     }
 }

@@ -22,6 +22,7 @@ final class ExAppsState: Sendable {
     /// The `/docker/exapp/*` actions (nil in tests that build the state without loops).
     let docker: DockerActions?
     private let hinted = Mutex<Set<String>>([])
+    private let warnedUntrustedForwarding = Atomic(false)
     /// Built after `self` (it reads the state back).
     var control: ControlPlane { ControlPlane(state: self) }
 
@@ -29,7 +30,7 @@ final class ExAppsState: Sendable {
          docker: DockerActions?, logger: Logger) {
         self.configuration = configuration
         self.sharedKey = sharedKey
-        bans = BanList(count: configuration.banCount, window: configuration.banWindow.duration, metrics: metrics)
+        bans = BanList(count: configuration.banCount, window: configuration.banWindow.duration, metrics: metrics, logger: logger)
         directory = ExAppDirectory(unknownTTL: configuration.unknownAppTTL.duration, metrics: metrics)
         sessions = SessionCache(lifetime: configuration.sessionLifetime.duration, metrics: metrics)
         self.nextcloud = nextcloud(metrics)
@@ -38,20 +39,17 @@ final class ExAppsState: Sendable {
         self.logger = logger
     }
 
-    /// The client's IP: the peer's, or — when the peer is a trusted front proxy — the first
-    /// `X-Forwarded-For` entry, else `X-Real-IP` (each only if it is an IP address).
+    /// The client's IP: the peer's, or — when the peer is a trusted front proxy — the
+    /// `X-Forwarded-For` entry `client_address` picks, else `X-Real-IP` (`ClientAddressRule`).
     func clientIP(_ client: ClientInfo, headers: HTTPHeaders) -> String {
-        let direct = client.address  // the peer's address as text, made once per connection
-        guard !configuration.trustedProxies.isEmpty, let bytes = client.peer.hostBytes,
-              configuration.trustedProxies.contains(where: { $0.contains(bytes) }) else { return direct }
-        if let forwarded = headers["x-forwarded-for"]?.split(separator: ",").first {
-            let candidate = forwarded.trimmingCharacters(in: .whitespaces)
-            if IPRange.bytes(of: candidate) != nil { return candidate }
+        if !client.isTrustedProxy, headers["x-forwarded-for"] != nil, !warnedUntrustedForwarding.exchange(true, ordering: .relaxed) {
+            logger.warning("""
+                X-Forwarded-For came from \(client.address), which is not a trusted proxy: it is ignored, and bans and the \
+                ExApps see \(client.address) as the client. If a front proxy runs there, list it in HP_TRUSTED_PROXY_IPS \
+                (exapps.trusted_proxies); logged once
+                """)
         }
-        if let real = headers["x-real-ip"]?.trimmingCharacters(in: .whitespaces), IPRange.bytes(of: real) != nil {
-            return real
-        }
-        return direct
+        return configuration.clientAddress.client(client, headers: headers, trusted: configuration.trustedProxies)
     }
 
     /// A path whose first segment is a known app id, without `/exapps/`: the front proxy

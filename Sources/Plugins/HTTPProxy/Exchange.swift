@@ -7,7 +7,8 @@ public final class Exchange: @unchecked Sendable {
     public let method: String
     /// The loop the request is served on (a provider's own calls, e.g. `HTTPClient`, run there).
     public let loop: EventLoop
-    public var target: String
+    /// The target as the client sent it (a route may rewrite what goes upstream).
+    public let target: String
     public var status = 0
     public var upstream: Upstream?
     public var requestBytes = 0
@@ -20,6 +21,13 @@ public final class Exchange: @unchecked Sendable {
     public var sawResponseHead = false
     public let started: UInt64
     public var finished: UInt64 = 0
+    /// What a route provider found out, for the access log and metrics: the client as the
+    /// front proxy named it (nil: the peer), the service (an ExApp's id) and user, and why a
+    /// request was refused or dropped ("ban", "traversal", "internal_route", "control_key", …).
+    public var client: String?
+    public var app: String?
+    public var user: String?
+    public var reason: String?
     /// The per-request slot a route provider fills and response observers read (Pingora's
     /// per-request context): whatever the provider needs to judge the outcome.
     public var context: (any Sendable)?

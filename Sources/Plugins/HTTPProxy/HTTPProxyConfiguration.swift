@@ -69,6 +69,8 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
     public var upstreamIdleTimeout: ConfigDuration
     /// One line per request on the `harp.http.access` logger.
     public var accessLog: Bool
+    /// Whether access log lines keep the query string (off: it often carries tokens).
+    public var accessLogQuery: Bool
     /// Client connections open at once (split evenly across loops). At the limit the
     /// longest-idle kept-alive connection is closed for a new one; with none idle, the new
     /// connection is refused.
@@ -90,6 +92,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         upstreamKeepalive = 1024
         upstreamIdleTimeout = .seconds(60)
         accessLog = true
+        accessLogQuery = false
         maxConnections = 10_000
     }
 
@@ -98,7 +101,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         case maxBodySize = "max_body_size", connectTimeout = "connect_timeout", clientTimeout = "client_timeout", clientHeaderTimeout = "client_header_timeout"
         case serverTimeout = "server_timeout", tunnelTimeout = "tunnel_timeout", trustedProxies = "trusted_proxies"
         case upstreamKeepalive = "upstream_keepalive", upstreamIdleTimeout = "upstream_idle_timeout"
-        case accessLog = "access_log", maxConnections = "max_connections"
+        case accessLog = "access_log", accessLogQuery = "access_log_query", maxConnections = "max_connections"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -120,6 +123,7 @@ public struct HTTPProxyConfiguration: Codable, Sendable {
         d.upstreamKeepalive = try c.decodeIfPresent(Int.self, forKey: .upstreamKeepalive) ?? d.upstreamKeepalive
         d.upstreamIdleTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .upstreamIdleTimeout) ?? d.upstreamIdleTimeout
         d.accessLog = try c.decodeIfPresent(Bool.self, forKey: .accessLog) ?? d.accessLog
+        d.accessLogQuery = try c.decodeIfPresent(Bool.self, forKey: .accessLogQuery) ?? d.accessLogQuery
         d.maxConnections = try c.decodeIfPresent(Int.self, forKey: .maxConnections) ?? d.maxConnections
         self = d
         try validate()

@@ -36,9 +36,8 @@ final class ProxyConnection {
         self.shared = shared
         self.site = site
         let peer = client.peer ?? .unix(path: "")
-        info = ClientInfo(peer: peer, isTrustedProxy: peer.hostBytes.map { bytes in
-            shared.configuration.trustedProxies.contains { $0.contains(bytes) }
-        } ?? false)
+        let trusted = site.trustedProxies ?? shared.configuration.trustedProxies
+        info = ClientInfo(peer: peer, isTrustedProxy: peer.hostBytes.map { bytes in trusted.contains { $0.contains(bytes) } } ?? false)
         // No buffer until the first bytes arrive: a connection that sends nothing costs little.
         requests = FramedReader(stream: client, capacity: shared.configuration.maxHeaderSize + 16 * 1024, allocatesWhenReadable: true)
     }
@@ -137,7 +136,6 @@ final class ProxyConnection {
             await respond(status: 404, keepAlive: !hasBody && request.wantsKeepAlive)
             return !hasBody && request.wantsKeepAlive
         }
-        exchange.target = request.target
         switch decision {
         case .drop:
             exchange.status = 0

@@ -110,12 +110,19 @@ final class ProxyShared: @unchecked Sendable {
     func record(_ exchange: Exchange, client: ClientInfo, site: ProxySite) {
         metrics.record(exchange)
         if configuration.accessLog {
-            accessLogger.info("request", metadata: [
-                "client": "\(client.address)", "method": "\(exchange.method)", "path": "\(exchange.target)",
+            // The query stays out unless asked: it often carries tokens and personal data.
+            let path = configuration.accessLogQuery ? exchange.target : String(exchange.target.prefix { $0 != "?" })
+            var fields: Logger.Metadata = [
+                "client": "\(exchange.client ?? client.address)", "method": "\(exchange.method)", "path": "\(path)",
                 "status": "\(exchange.status)", "bytes_in": "\(exchange.requestBytes)", "bytes_out": "\(exchange.responseBytes)",
                 "upstream": "\(exchange.upstream?.text ?? "-")",
                 "duration_ms": "\(Double(Int(exchange.durationSeconds * 100_000)) / 100)",
-            ])
+            ]
+            if exchange.client != nil { fields["proxy"] = "\(client.address)" }
+            if let app = exchange.app { fields["app"] = "\(app)" }
+            if let user = exchange.user { fields["user"] = "\(user)" }
+            if let reason = exchange.reason { fields["reason"] = "\(reason)" }
+            accessLogger.info("request", metadata: fields)
         }
         for observer in site.observers { observer.observe(exchange, client: client) }
     }

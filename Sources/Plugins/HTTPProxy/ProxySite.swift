@@ -13,12 +13,18 @@ public final class ProxySite: @unchecked Sendable {
     let certificates: ServerCertificates
     var providers: [any RouteProvider]
     var observers: [any ResponseObserver]
+    /// Front proxies whose X-Forwarded-* headers this site keeps; nil: `[http] trusted_proxies`.
+    /// (The ExApps site trusts what HaRP's `HP_TRUSTED_PROXY_IPS` names: the same list decides
+    /// whose X-Forwarded-For names the client for bans, and whose headers reach the ExApp.)
+    let trustedProxies: [IPRange]?
 
     /// `keyPrefix` names the configuration the TLS listeners came from, for errors.
     public init(name: String, listen: [SocketAddress], listenTLS: [TLSListenerConfiguration], keyPrefix: String,
-                providers: [any RouteProvider] = [], observers: [any ResponseObserver] = []) throws(ConfigError) {
+                trustedProxies: [IPRange]? = nil, providers: [any RouteProvider] = [],
+                observers: [any ResponseObserver] = []) throws(ConfigError) {
         self.name = name
         self.listen = listen
+        self.trustedProxies = trustedProxies
         certificates = try ServerCertificates(listenTLS, keyPrefix: keyPrefix, alpn: ["http/1.1"])
         self.providers = providers
         self.observers = observers

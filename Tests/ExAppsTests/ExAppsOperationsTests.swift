@@ -1,0 +1,121 @@
+import Foundation
+import HarpKernel
+import HarpTestSupport
+import Testing
+
+/// What an admin migrating from HaRP sees and can do around the gateway's decisions: whose
+/// forwarded headers count, bans listed and lifted, the access log's fields.
+@Suite("ExApps gateway operations")
+struct ExAppsOperationsTests {
+    /// The request head the ExApp got, as `header(name)` lookups.
+    static func echoed(_ gateway: ExAppsFixture, headers: [String]) throws -> (String) -> [String] {
+        let lines = try gateway.get("/exapps/myapp/headers?token=secret", headers: headers).body.components(separatedBy: "\r\n")
+        return { name in
+            lines.filter { $0.lowercased().hasPrefix(name.lowercased() + ":") }
+                .map { String($0.dropFirst(name.count + 1)).trimmingCharacters(in: .whitespaces) }
+        }
+    }
+
+    static let forwarded = ["X-Forwarded-For: 203.0.113.9", "X-Forwarded-Proto: https", "X-Forwarded-Host: cloud.example.com"]
+
+    @Test("behind a trusted proxy (HP_TRUSTED_PROXY_IPS) the ExApp gets its X-Forwarded-* extended; from anyone else harp's own, with one warning")
+    func forwardedHeaders() throws {
+        let trusted = try ExAppsFixture(environment: ["HP_TRUSTED_PROXY_IPS": "127.0.0.1"])
+        let header = try Self.echoed(trusted, headers: Self.forwarded)
+        #expect(header("X-Forwarded-For") == ["203.0.113.9, 127.0.0.1"])
+        #expect(header("X-Forwarded-Proto") == ["https"], "apps behind an https front proxy build https URLs")
+        #expect(header("X-Forwarded-Host") == ["cloud.example.com"])
+        #expect(!trusted.harp.stderr.contains("not a trusted proxy"))
+        try trusted.stop()
+
+        let untrusted = try ExAppsFixture()
+        for _ in 0..<2 {
+            let header = try Self.echoed(untrusted, headers: Self.forwarded)
+            #expect(header("X-Forwarded-For") == ["127.0.0.1"])
+            #expect(header("X-Forwarded-Proto") == ["http"])
+            #expect(header("X-Forwarded-Host") == ["127.0.0.1:\(untrusted.port)"])
+        }
+        try untrusted.harp.waitForOutput("X-Forwarded-For came from 127.0.0.1, which is not a trusted proxy")
+        try untrusted.stop()
+        #expect(untrusted.harp.occurrences(of: "not a trusted proxy") == 1, "logged once")
+    }
+
+    /// Three failures from a client behind the proxy, whose X-Forwarded-For the client began
+    /// with a forged address ("first, real"); then a request from the same real client with
+    /// another forged address: dropped (000) when the rule found the real one.
+    static func forgedBan(rule: String) throws -> (ExAppsFixture, second: String) {
+        let gateway = try ExAppsFixture(exapps: """
+            ban_count = 3
+            trusted_proxies = ["127.0.0.1"]
+            client_address = "\(rule)"
+            """)
+        for _ in 0..<3 { _ = try gateway.code("/exapps/nosuchapp/x", headers: ["X-Forwarded-For: 192.0.2.1, 198.51.100.7"]) }
+        return (gateway, try gateway.code("/exapps/myapp/public", headers: ["X-Forwarded-For: 192.0.2.2, 198.51.100.7"]))
+    }
+
+    @Test("client_address = rightmost_untrusted bans the address the proxy saw, whatever the client writes first; HaRP's rule bans the forged one")
+    func clientAddressRule() throws {
+        let (rightmost, second) = try Self.forgedBan(rule: "rightmost_untrusted")
+        #expect(second == "000", "the real client stays banned under a new forged address")
+        try rightmost.harp.waitForOutput("client banned")
+        #expect(rightmost.harp.stderr.contains("client=198.51.100.7"))
+        try rightmost.stop()
+
+        let (first, passed) = try Self.forgedBan(rule: "first")
+        #expect(passed == "200", "HaRP's rule: the forged first entry was banned, not the client")
+        try first.harp.waitForOutput("client banned")
+        #expect(first.harp.stderr.contains("client=192.0.2.1"))
+        try first.stop()
+    }
+
+    @Test("a ban is logged once with its reason and end, listed by `harp exapps bans`, and lifted by `bans clear IP` on the running harp")
+    func bansListedAndCleared() throws {
+        let gateway = try ExAppsFixture(exapps: "ban_count = 3\nban_window = \"60s\"")
+        let config = ["--config", gateway.harp.configPath!]
+        let none = try HarpProcess.run(["exapps", "bans"] + config)
+        #expect(none.status == 0 && none.stdout.contains("no client is banned (a client is banned after 3 failures within 60 s)"), "\(none)")
+        for _ in 0..<3 { _ = try gateway.code("/exapps/myapp/heartbeat") }
+        #expect(try gateway.code("/exapps/myapp/public") == "000", "banned")
+        try gateway.harp.waitForOutput("client banned")
+        #expect(gateway.harp.occurrences(of: "client banned") == 1)
+        #expect(gateway.harp.stderr.contains("reason=internal_route"))
+        #expect(gateway.harp.stderr.contains("until="))
+
+        let listed = try HarpProcess.run(["exapps", "bans", "--json"] + config)
+        let object = try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any]
+        let bans = object?["bans"] as? [[String: Any]] ?? []
+        #expect(bans.count == 1)
+        #expect(bans.first?["ip"] as? String == "127.0.0.1")
+        #expect(bans.first?["reason"] as? String == "internal_route")
+        #expect((bans.first?["ends_in_seconds"] as? Int).map { (1...60).contains($0) } == true, "\(bans)")
+
+        let other = try HarpProcess.run(["exapps", "bans", "clear", "192.0.2.50"] + config)
+        #expect(other.stdout.contains("no ban lifted (192.0.2.50 was not banned)"))
+        #expect(try gateway.code("/exapps/myapp/public") == "000", "still banned")
+        let cleared = try HarpProcess.run(["exapps", "bans", "clear", "127.0.0.1"] + config)
+        #expect(cleared.status == 0 && cleared.stdout.contains("1 ban lifted"), "\(cleared)")
+        #expect(try gateway.code("/exapps/myapp/public") == "200")
+        let bad = try HarpProcess.run(["exapps", "bans", "clear", "not-an-ip"] + config)
+        #expect(bad.status == 1 && bad.stderr == "harp: not-an-ip is not an IP address\n", "one clean line, no usage: \(bad)")
+        try gateway.stop()
+        let stopped = try HarpProcess.run(["exapps", "bans"] + config)
+        #expect(stopped.status == 1 && stopped.stderr.hasPrefix("harp: the gateway is not running"), "\(stopped)")
+    }
+
+    @Test("the access log names the client the proxy vouches for, the proxy, the app, the user and why a request was refused; no query string")
+    func accessLog() throws {
+        let gateway = try ExAppsFixture(exapps: "trusted_proxies = [\"127.0.0.1\"]\nban_count = 0")
+        _ = try Self.echoed(gateway, headers: ["X-Forwarded-For: 203.0.113.9", ExAppsGatewayTests.alice])
+        _ = try gateway.code("/exapps/myapp/admin/x?token=secret", headers: [ExAppsGatewayTests.alice])
+        try gateway.harp.waitForOutput("status=403")
+        try gateway.stop()
+        let lines = gateway.harp.stderr.components(separatedBy: "\n").filter { $0.contains("request") && $0.contains("method=GET") }
+        let forwarded = lines.first { $0.contains("status=200") } ?? ""
+        #expect(forwarded.contains("client=203.0.113.9") && forwarded.contains("proxy=127.0.0.1"), "\(forwarded)")
+        #expect(forwarded.contains("app=myapp") && forwarded.contains("user=alice"), "\(forwarded)")
+        #expect(forwarded.contains("path=/exapps/myapp/headers ") || forwarded.hasSuffix("path=/exapps/myapp/headers"), "\(forwarded)")
+        #expect(!gateway.harp.stderr.contains("token=secret"), "query strings stay out of the log")
+        let refused = lines.first { $0.contains("status=403") } ?? ""
+        #expect(refused.contains("reason=forbidden") && refused.contains("user=alice"), "\(refused)")
+    }
+}
