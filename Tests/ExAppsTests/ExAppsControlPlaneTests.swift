@@ -104,7 +104,13 @@ struct ExAppsControlPlaneTests {
     @Test("harp exapps check: each line ok or what to do; exit 1 when something is wrong")
     func check() throws {
         let gateway = try ExAppsFixture()
-        #expect(try gateway.code("/exapps/myapp/public") == "200")  // harp now knows myapp
+        // Three ExApps on this host: myapp listens itself (direct), tunneled waits for an frpc
+        // on a port frp allows, gone is on a port nothing listens on and frp does not allow.
+        let refusing = try RefusingPort()
+        let tunneledPort = 23100 + Int.random(in: 0..<800)
+        gateway.nextcloud.register("tunneled", json: FakeNextcloud.record(token: "t", port: tunneledPort, routes: [("^/", 0, [])]))
+        gateway.nextcloud.register("gone", json: FakeNextcloud.record(token: "g", port: Int(refusing.port), routes: [("^/", 0, [])]))
+        for app in ["myapp/public", "tunneled/x", "gone/x"] { _ = try gateway.code("/exapps/\(app)") }  // harp now knows them
         let result = try HarpProcess.run(["exapps", "check", "--config", gateway.harp.configPath!])
         let lines = result.stdout.components(separatedBy: "\n")
         func line(_ text: String) -> String? { lines.first { $0.contains(text) } }
@@ -112,13 +118,23 @@ struct ExAppsControlPlaneTests {
         #expect(line("(version 32.0.1)") != nil)
         #expect(line("ExApps listener")?.hasPrefix("ok") == true)
         #expect(line("the running harp accepts the shared key")?.hasPrefix("ok") == true)
+        #expect(line("no call to harp came with a wrong harp-shared-key")?.hasPrefix("ok") == true)
         #expect(line("FRP listener")?.hasPrefix("ok") == true)
         #expect(line("server.crt (harp.nc) verifies against ca.crt")?.hasPrefix("ok") == true)
         #expect(line("client.crt (harp.client.nc) verifies against ca.crt")?.hasPrefix("ok") == true)
         #expect(line("myapp: Nextcloud accepts the shared key")?.hasPrefix("ok") == true)
-        // myapp's host is 127.0.0.1 but no frpc serves its port: the one failure.
-        #expect(line("myapp: no frpc is connected for port")?.hasPrefix("FAIL") == true)
+        #expect(line("myapp: direct at 127.0.0.1:\(gateway.app.address.port!)")?.hasPrefix("ok") == true, "\(result.stdout)")
+        #expect(line("tunneled: no frpc is connected for port \(tunneledPort)")?.hasPrefix("FAIL") == true)
+        #expect(line("gone: nothing listens at 127.0.0.1:\(refusing.port), outside frp's allow_ports")?.hasPrefix("FAIL") == true)
         #expect(result.status == 1)
+
+        // A deploy daemon registered with another key: its control-plane calls are refused,
+        // logged once a minute at most, and the check names the source.
+        for _ in 0..<3 { #expect(try gateway.code("/exapps/app_api/info", headers: ["harp-shared-key: stale-key"]) == "401") }
+        try gateway.harp.waitForOutput("a control-plane call came with a wrong harp-shared-key")
+        #expect(gateway.harp.occurrences(of: "a control-plane call came with a wrong harp-shared-key") == 1)
+        let refused = try HarpProcess.run(["exapps", "check", "--config", gateway.harp.configPath!]).stdout
+        #expect(refused.contains("FAIL  3 calls to harp came with a wrong harp-shared-key (the last from 127.0.0.1,"), "\(refused)")
 
         // Another key than the running harp's, and a broken client certificate.
         let config = try String(contentsOfFile: gateway.harp.configPath!, encoding: .utf8)

@@ -20,8 +20,10 @@ final class ExAppsFixture: @unchecked Sendable {
     /// The admin plugin's port when `admin` was asked for.
     let adminPort: UInt16?
 
-    init(exapps: String = "", frp: String = "", admin: Bool = false, environment: [String: String] = [:]) throws {
-        nextcloud = try FakeNextcloud(sharedKey: Self.key)
+    /// `nextcloudKey`: the key the fake Nextcloud expects (another than harp's: it refuses harp).
+    init(exapps: String = "", frp: String = "", admin: Bool = false, environment: [String: String] = [:],
+         nextcloudKey: String = key) throws {
+        nextcloud = try FakeNextcloud(sharedKey: nextcloudKey)
         app = try HTTPTestOrigin()
         nextcloud.register("myapp", json: FakeNextcloud.record(token: "app-secret", version: "2.1.0", port: Int(app.address.port!), routes: [
             ("^/public", 0, []), ("^/user", 1, []), ("^/admin", 2, []), ("^/status/401", 0, [401]), ("^/headers", 0, []),

@@ -49,7 +49,7 @@ struct ExAppsOperationsTests {
             trusted_proxies = ["127.0.0.1"]
             client_address = "\(rule)"
             """)
-        for _ in 0..<3 { _ = try gateway.code("/exapps/nosuchapp/x", headers: ["X-Forwarded-For: 192.0.2.1, 198.51.100.7"]) }
+        for _ in 0..<3 { _ = try gateway.code("/exapps/myapp/heartbeat", headers: ["X-Forwarded-For: 192.0.2.1, 198.51.100.7"]) }
         return (gateway, try gateway.code("/exapps/myapp/public", headers: ["X-Forwarded-For: 192.0.2.2, 198.51.100.7"]))
     }
 
@@ -58,6 +58,7 @@ struct ExAppsOperationsTests {
         let (rightmost, second) = try Self.forgedBan(rule: "rightmost_untrusted")
         #expect(second == "000", "the real client stays banned under a new forged address")
         try rightmost.harp.waitForOutput("client banned")
+        #expect(rightmost.harp.stderr.contains("reason=internal_route"))
         #expect(rightmost.harp.stderr.contains("client=198.51.100.7"))
         try rightmost.stop()
 
@@ -117,5 +118,25 @@ struct ExAppsOperationsTests {
         #expect(!gateway.harp.stderr.contains("token=secret"), "query strings stay out of the log")
         let refused = lines.first { $0.contains("status=403") } ?? ""
         #expect(refused.contains("reason=forbidden") && refused.contains("user=alice"), "\(refused)")
+    }
+
+    @Test("Nextcloud refusing harp's key: one warning, 404s that ban nobody, a Nextcloud outage logged once, and `harp exapps check` fails")
+    func nextcloudRefusesKey() throws {
+        let gateway = try ExAppsFixture(exapps: "ban_count = 3\nunknown_app_ttl = \"1ms\"", nextcloudKey: "the-daemon-key")
+        for _ in 0..<6 { #expect(try gateway.code("/exapps/myapp/public") == "404") }
+        #expect(try gateway.code("/exapps/myapp/public") == "404", "six refusals banned nobody")
+        try gateway.harp.waitForOutput("Nextcloud refused harp's key")
+        #expect(gateway.harp.occurrences(of: "Nextcloud refused harp's key") == 1)
+        let check = try HarpProcess.run(["exapps", "check", "--config", gateway.harp.configPath!])
+        #expect(check.status == 1)
+        #expect(check.stdout.contains("FAIL  Nextcloud refused the running harp's key"), "\(check.stdout)")
+
+        // Nextcloud down: one warning for the outage, not one per request; one when it is back.
+        gateway.nextcloud.setFailing(true)
+        for _ in 0..<4 { #expect(try gateway.code("/exapps/otherapp/x") == "503") }
+        gateway.nextcloud.setFailing(false)
+        try gateway.harp.waitForOutput("Nextcloud's exapp-meta fails")
+        #expect(gateway.harp.occurrences(of: "Nextcloud's exapp-meta fails") == 1, "\(gateway.harp.stderr)")
+        try gateway.stop()
     }
 }

@@ -10,7 +10,7 @@ import Testing
 struct HaRPEnvironmentTests {
     /// Everything a test sets, over a clean slate (no HP_* from the machine running the tests).
     static func environment(_ values: [String: String]) -> [String: String] {
-        var clean = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HP_") && $0.key != "NC_INSTANCE_URL" }
+        var clean = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HP_") && !$0.key.hasPrefix("NC_") && $0.key != "HARP_CERTS_DIR" }
         clean.merge(values) { $1 }
         return clean
     }
@@ -51,7 +51,7 @@ struct HaRPEnvironmentTests {
             """).output
         #expect(handshake == "verified", "harp.nc verifies against the generated CA")
         // Bans are on (HP_BLACKLIST_COUNT=2).
-        for _ in 0..<2 { _ = try shell("curl -s http://127.0.0.1:\(port)/exapps/nosuchapp") }
+        for _ in 0..<2 { _ = try shell("curl -s http://127.0.0.1:\(port)/exapps/app_api/info") }  // no key: two failures
         #expect(try shell("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:\(port)/exapps/app_api/info").output == "000")
         #expect(try harp.stop() == 0)
     }
@@ -88,11 +88,43 @@ struct HaRPEnvironmentTests {
         (["HP_SHARED_KEY": "k", "NC_INSTANCE_URL": "http://127.0.0.1", "HP_EXAPPS_ADDRESS": "8780"], "HP_EXAPPS_ADDRESS"),
         (["HP_SHARED_KEY": "k", "NC_INSTANCE_URL": "http://127.0.0.1", "HP_FRP_ADDRESS": "0.0.0.0:99999"], "HP_FRP_ADDRESS"),
         (["HP_SHARED_KEY": "k", "NC_INSTANCE_URL": "http://127.0.0.1", "HP_FRP_CERT_VALIDITY_DAYS": "0"], "HP_FRP_CERT_VALIDITY_DAYS"),
+        (["HP_SHARED_KEY": "k", "NC_INSTANCE_URL": "http://127.0.0.1", "HP_NEXTCLOUD_VERIFY": "no"], "HP_NEXTCLOUD_VERIFY"),
+        (["HP_SHARED_KEY": "k", "NC_INSTANCE_URL": "http://127.0.0.1", "HP_NEXTCLOUD_CA": "/nonexistent/ca.pem"], "HP_NEXTCLOUD_CA"),
+        // A HaRP variable without the key and the URL: HaRP's set-up was meant, not harp's demo.
+        (["HP_EXAPPS_ADDRESS": "127.0.0.1:1"], "HP_EXAPPS_ADDRESS"),
     ])
     func invalidVariable(values: [String: String], variable: String) throws {
         let result = try HarpProcess.run(["serve"], environment: Self.environment(values))
         #expect(result.status != 0)
         #expect(result.stderr.contains("environment variable \(variable):"), "\(result.stderr)")
+    }
+
+    @Test("HaRP's variable alone names what is missing; `:port` binds every address as HAProxy did; HARP_CERTS_DIR moves frp/ under a config file too")
+    func setUpMistakes() throws {
+        let alone = try HarpProcess.run(["serve"], environment: Self.environment(["HP_EXAPPS_ADDRESS": "127.0.0.1:1"]))
+        #expect(alone.status != 0)
+        #expect(alone.stderr.contains("it also needs HP_SHARED_KEY (or HP_SHARED_KEY_FILE) and NC_INSTANCE_URL"), "\(alone.stderr)")
+        #expect(!alone.stdout.contains("8080"), "no demo configuration")
+        let colon = try HarpProcess.run(["config", "check"], environment: Self.environment([
+            "HP_SHARED_KEY": "redact-me", "NC_INSTANCE_URL": "http://127.0.0.1", "HP_EXAPPS_ADDRESS": ":18780", "HP_FRP_ADDRESS": ":18782",
+            "HP_NEXTCLOUD_VERIFY": "false", "HARP_CERTS_DIR": "/nonexistent-certs",
+        ]))
+        #expect(colon.status == 0, "\(colon.stderr)")
+        #expect(colon.stdout.contains("listen = [\"0.0.0.0:18780\"]"), "\(colon.stdout)")
+        #expect(colon.stdout.contains("listen = \"0.0.0.0:18782\""))
+        #expect(colon.stdout.contains("nextcloud_verify = false"))
+        #expect(!colon.stdout.contains("redact-me") && colon.stdout.contains("shared_key = \"(hidden)\""), "config check shows no secret")
+        let file = try HarpProcess.run(["config", "check"], config: """
+            [harp]
+            plugins = ["http", "websocket", "frp", "exapps"]
+            [frp]
+            shared_key = "file-key"
+            [exapps]
+            nextcloud_url = "http://127.0.0.1:8080"
+            shared_key = "file-key"
+            """, environment: Self.environment(["HARP_CERTS_DIR": "/srv/harp-certs"]))
+        #expect(file.status == 0, "\(file.stderr)")
+        #expect(file.stdout.contains("cert_dir = \"/srv/harp-certs/frp\""), "\(file.stdout)")
     }
 
     @Test("the variables override a config file, and `harp config check` shows the result")

@@ -9,7 +9,7 @@ extension ConfigFile {
             return try load(path: path, registry: registry, environment: environment)
         }
         for type in registry.types {
-            if let text = type.environmentDefault(environment) {
+            if let text = try type.environmentDefault(environment) {
                 return try ConfigFile(text: text, source: "<\(type.name) set-up from the environment>", registry: registry,
                                       environment: environment)
             }

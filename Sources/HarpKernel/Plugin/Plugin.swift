@@ -42,7 +42,7 @@ public protocol Plugin: AnyObject, Sendable {
     /// A whole configuration to run when `harp serve` has no `--config` and the environment
     /// asks for this plugin's set-up (HaRP's two variables); nil when it does not. The
     /// overrides are applied over it as over a file.
-    static func environmentDefault(_ environment: [String: String]) -> String?
+    static func environmentDefault(_ environment: [String: String]) throws(ConfigError) -> String?
 
     /// Builds the plugin from its validated configuration. Throw `ConfigError` for values
     /// that decode but make no sense (naming the key, the value and what is allowed).
@@ -71,7 +71,7 @@ extension Plugin {
     public static var commands: [any ParsableCommand.Type] { [] }
     public static func prepareCommands() {}
     public static func environmentOverrides(_ environment: [String: String]) throws(ConfigError) -> [ConfigOverride] { [] }
-    public static func environmentDefault(_ environment: [String: String]) -> String? { nil }
+    public static func environmentDefault(_ environment: [String: String]) throws(ConfigError) -> String? { nil }
     public func stopAccepting() async {}
     public func reload() async {}
     public var endpoints: [String] { [] }

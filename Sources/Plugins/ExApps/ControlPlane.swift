@@ -73,8 +73,8 @@ struct ControlPlane {
         return ExAppsGateway.notFound
     }
 
-    /// harp's own addition, for `harp exapps check`: the ExApps this process knows and the
-    /// tunnels open on its frp server.
+    /// harp's own addition, for `harp exapps check`: the ExApps this process knows, the
+    /// tunnels open on its frp server, and calls refused for a wrong key either way.
     private func status() -> [String: Any] {
         let apps = state.directory.all.sorted { $0.key < $1.key }.map { id, entry -> [String: Any] in
             ["id": id, "host": entry.record.host, "port": entry.record.port, "routes": entry.record.routes.count,
@@ -83,7 +83,11 @@ struct ControlPlane {
         let tunnels = (state.frp?.tunnels ?? [:]).values.sorted { $0.port < $1.port }.map { tunnel -> [String: Any] in
             ["name": tunnel.name, "port": tunnel.port, "client": tunnel.client]
         }
-        return ["apps": apps, "tunnels": tunnels]
+        let refused = state.refusedKeys.summary
+        var keys: [String: Any] = ["refused_calls": refused.count]
+        if refused.count > 0 { keys["last_refused"] = ["from": refused.lastFrom, "seconds_ago": refused.secondsAgo] }
+        if let ago = state.nextcloud.health.refusedKeySecondsAgo { keys["nextcloud_refused_seconds_ago"] = ago }
+        return ["apps": apps, "tunnels": tunnels, "shared_key": keys]
     }
 
     /// HaRP forwards a few Docker Engine calls to the engine a deploy daemon publishes through

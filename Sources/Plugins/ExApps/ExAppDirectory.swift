@@ -10,6 +10,10 @@ final class ExAppDirectory: Sendable {
     enum Lookup: Sendable {
         case found(ExAppEntry)
         case unknown
+        /// Nextcloud answered 401: it refuses harp's key — or, in AppAPI versions that hide
+        /// which apps exist, it does not know the app. Cached like `unknown`, but it counts
+        /// toward no ban: a wrong key on harp's side is not the user's failure.
+        case refused
         /// Nextcloud could not answer (down, timed out, a broken reply): nothing is cached.
         case failed
     }
@@ -17,8 +21,8 @@ final class ExAppDirectory: Sendable {
     private struct State {
         var records: [String: ExAppEntry] = [:]
         /// App ids Nextcloud does not know, until "unknown" stops being believed. Bounded: ids
-        /// are attacker-chosen (/exapps/<random>).
-        var unknown = ExpiringTable<Void>(capacity: 10_000)
+        /// are attacker-chosen (/exapps/<random>). The value: whether Nextcloud answered 401.
+        var unknown = ExpiringTable<Bool>(capacity: 10_000)
     }
 
     private let state = Mutex(State())
@@ -45,9 +49,9 @@ final class ExAppDirectory: Sendable {
             state.withLock { state in
                 switch result {
                 case .found(let entry): state.records[appID] = entry
-                case .unknown:
+                case .unknown, .refused:
                     let now = EventLoop.preciseNanos()
-                    state.unknown.insert(appID, (), until: now + unknownTTL, now: now)
+                    state.unknown.insert(appID, result.isRefused, until: now + unknownTTL, now: now)
                 case .failed: break
                 }
             }
@@ -58,7 +62,7 @@ final class ExAppDirectory: Sendable {
     private func cached(_ appID: String) -> Lookup? {
         state.withLock { state in
             if let entry = state.records[appID] { return .found(entry) }
-            return state.unknown.value(appID, now: EventLoop.preciseNanos()) != nil ? .unknown : nil
+            return state.unknown.value(appID, now: EventLoop.preciseNanos()).map { $0 ? .refused : .unknown }
         }
     }
 
@@ -79,6 +83,13 @@ final class ExAppDirectory: Sendable {
     }
 
     var all: [String: ExAppEntry] { state.withLock { $0.records } }
+}
+
+extension ExAppDirectory.Lookup {
+    var isRefused: Bool {
+        if case .refused = self { return true }
+        return false
+    }
 }
 
 /// A record with its upstream resolved once (a DNS name is looked up off the loop when the

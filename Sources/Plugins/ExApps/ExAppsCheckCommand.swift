@@ -90,7 +90,10 @@ struct ExAppsCheck {
             case .success(let response):
                 report(false, "Nextcloud at \(exapps.nextcloudURL) answers status.php with \(response.status): check NC_INSTANCE_URL (Nextcloud's base URL, as users reach it)")
             case .failure(let error):
-                report(false, "Nextcloud at \(exapps.nextcloudURL) cannot be reached (\(error)): check NC_INSTANCE_URL and that this host can reach it")
+                let certificate = url.isTLS && "\(error)".lowercased().contains("certificate")
+                report(false, certificate
+                       ? "Nextcloud at \(exapps.nextcloudURL): its certificate does not verify (\(error)). A private CA: HP_NEXTCLOUD_CA=/path/ca.pem (exapps.nextcloud_ca); to turn the check off (logged): HP_NEXTCLOUD_VERIFY=false (exapps.nextcloud_verify)"
+                       : "Nextcloud at \(exapps.nextcloudURL) cannot be reached (\(error)): check NC_INSTANCE_URL and that this host can reach it")
             }
         } else {
             report(false, "Nextcloud's host name \(url.hostName) does not resolve: check NC_INSTANCE_URL and this host's DNS")
@@ -116,6 +119,20 @@ struct ExAppsCheck {
                 report(false, "the running harp answers its status with \(response.status): is it harp, and this version?")
             case .failure(let error):
                 report(false, "the running harp does not answer (\(error)); if it banned this host, wait for ban_window")
+            }
+        }
+        if let keys = status?["shared_key"] as? [String: Any] {
+            let refused = keys["refused_calls"] as? Int ?? 0
+            if refused > 0, let last = keys["last_refused"] as? [String: Any] {
+                report(false, """
+                    \(refused) call\(refused == 1 ? "" : "s") to harp came with a wrong harp-shared-key (the last from \(last["from"] ?? "?"), \
+                    \(last["seconds_ago"] ?? "?") s ago): the deploy daemon's "HaRP shared key" in Nextcloud must equal HP_SHARED_KEY
+                    """)
+            } else {
+                report(true, "no call to harp came with a wrong harp-shared-key")
+            }
+            if let ago = keys["nextcloud_refused_seconds_ago"] as? Int {
+                report(false, "Nextcloud refused the running harp's key \(ago) s ago (exapp-meta 401): HP_SHARED_KEY must equal the deploy daemon's \"HaRP shared key\"")
             }
         }
         if let frp {
@@ -151,10 +168,16 @@ struct ExAppsCheck {
                 }
             }
             if host == "127.0.0.1" || host == "localhost" {
+                let tunnelable = frp?.allowPorts.contains { $0.range.contains(port) } ?? false
                 if let tunnel = tunnels[port] {
                     report(true, "\(id): tunnel on port \(port) (\(tunnel))")
-                } else {
+                } else if Self.accepts(.ipv4(host: UInt32(0x7f000001).bigEndian, port: UInt16(clamping: port))) {
+                    // Something on this host listens there itself: a direct ExApp, not a missing frpc.
+                    report(true, "\(id): direct at 127.0.0.1:\(port) (no tunnel; it listens on this host)")
+                } else if tunnelable {
                     report(false, "\(id): no frpc is connected for port \(port): start the ExApp's container; its frpc log says why it cannot log in (key, certificate, port)")
+                } else {
+                    report(false, "\(id): nothing listens at 127.0.0.1:\(port), outside frp's allow_ports (no tunnel can bring it): start the ExApp")
                 }
             } else {
                 report(app["resolved"] as? Bool == true, app["resolved"] as? Bool == true ? "\(id): direct at \(host):\(port)"

@@ -54,7 +54,10 @@ struct ExAppsGateway: RouteProvider {
         let query = request.target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(request.target[$0...]) } ?? ""
         // 4. The control plane.
         if appID == "app_api" {
-            guard trusted else { return fail("control_key", Self.unauthorized) }
+            guard trusted else {
+                state.refusedKeys.refused(from: ip, path: path.description)
+                return fail("control_key", Self.unauthorized)
+            }
             return await state.control.handle(&request, targetPath: targetPath, query: query, exchange: exchange)
         }
         let lowerID = appID.lowercased()
@@ -66,6 +69,7 @@ struct ExAppsGateway: RouteProvider {
             guard trusted else {
                 // Counted against the peer: AppAPI calls come straight from Nextcloud.
                 exchange.reason = "appapi_key"
+                state.refusedKeys.refused(from: client.address, path: path.description)
                 bans.fail(client.address, reason: "appapi_key")
                 return Self.dropped
             }
@@ -73,7 +77,7 @@ struct ExAppsGateway: RouteProvider {
             switch await state.directory.lookup(lowerID, fetch: { await state.nextcloud.record(lowerID, on: loop) }) {
             case .found(let found):
                 entry = found
-            case .unknown, .failed:
+            case .unknown, .refused, .failed:
                 // Not in Nextcloud yet (its /init runs before the app is enabled): the
                 // headers say where it is.
                 guard let port = Int(portText) else { return Self.unavailable }
@@ -88,6 +92,8 @@ struct ExAppsGateway: RouteProvider {
         case .found(let found): entry = found
         case .unknown:
             return fail("unknown_app", counts: !trusted, Self.notFound)
+        case .refused:
+            return fail("nextcloud_refused_key", counts: false, Self.notFound)
         case .failed:
             return fail("nextcloud_unavailable", counts: false, Self.unavailable)
         }

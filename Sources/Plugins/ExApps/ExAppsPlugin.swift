@@ -19,8 +19,8 @@ public final class ExAppsPlugin: Plugin {
         try HaRPEnvironment.overrides(environment)
     }
 
-    public static func environmentDefault(_ environment: [String: String]) -> String? {
-        HaRPEnvironment.defaultDocument(environment)
+    public static func environmentDefault(_ environment: [String: String]) throws(ConfigError) -> String? {
+        try HaRPEnvironment.defaultDocument(environment)
     }
 
     let state: ExAppsState

@@ -17,6 +17,7 @@ final class ExAppsState: Sendable {
     let sessions: SessionCache
     let nextcloud: NextcloudClient
     let logger: Logger
+    let refusedKeys: RefusedKeys
     /// The frp plugin, for tunnel status (the Docker passthrough, `harp exapps check`).
     let frp: FRPPlugin?
     /// The `/docker/exapp/*` actions (nil in tests that build the state without loops).
@@ -34,6 +35,7 @@ final class ExAppsState: Sendable {
         directory = ExAppDirectory(unknownTTL: configuration.unknownAppTTL.duration, metrics: metrics)
         sessions = SessionCache(lifetime: configuration.sessionLifetime.duration, metrics: metrics)
         self.nextcloud = nextcloud(metrics)
+        refusedKeys = RefusedKeys(logger: logger)
         self.frp = frp
         self.docker = docker
         self.logger = logger

@@ -22,8 +22,19 @@ enum HaRPEnvironment {
 
     /// HaRP's set-up: the ExApps listener, the FRP server with mutual TLS and certificates
     /// generated into `<certs>/frp`, bans on. The variables then fill in the rest.
-    static func defaultDocument(_ environment: [String: String]) -> String? {
-        guard asksForSetup(environment) else { return nil }
+    /// Without a config file, any other `HP_*`/`NC_*` variable means the admin meant HaRP's
+    /// set-up too: without the key and the URL that is an error naming what is missing, not
+    /// harp's demo configuration on 8080.
+    static func defaultDocument(_ environment: [String: String]) throws(ConfigError) -> String? {
+        guard asksForSetup(environment) else {
+            if let variable = environment.keys.sorted().first(where: { $0.hasPrefix("HP_") || $0.hasPrefix("NC_") }) {
+                throw .environment(variable: variable, reason: """
+                    \(variable) is set, so HaRP's set-up is meant, but it also needs HP_SHARED_KEY (or HP_SHARED_KEY_FILE) \
+                    and NC_INSTANCE_URL; set them, or pass --config FILE
+                    """)
+            }
+            return nil
+        }
         return """
             [harp]
             plugins = ["http", "websocket", "frp", "exapps"]
@@ -62,12 +73,34 @@ enum HaRPEnvironment {
             result.append(ConfigOverride(["exapps", "nextcloud_url"], .string(url), from: "NC_INSTANCE_URL"))
             // HTTPS only when HaRP's certificate file is there (cert and key in one PEM).
             let certificate = certsDirectory(environment) + "/cert.pem"
+            if FileManager.default.fileExists(atPath: certificate) && !FileManager.default.isReadableFile(atPath: certificate) {
+                // HaRP would have served no HTTPS without a word; an admin who put it there wants it.
+                throw .environment(variable: environment["HARP_CERTS_DIR"] == nil ? "HP_EXAPPS_HTTPS_ADDRESS" : "HARP_CERTS_DIR",
+                                   reason: "\(certificate) exists but cannot be read (the HTTPS listener's certificate and key)")
+            }
             if FileManager.default.isReadableFile(atPath: certificate) {
                 let address = try address(value("HP_EXAPPS_HTTPS_ADDRESS") ?? "0.0.0.0:8781", variable: "HP_EXAPPS_HTTPS_ADDRESS")
                 result.append(ConfigOverride(["exapps", "listen_tls"], .array([.table([
                     ("listen", .string(address)), ("cert", .string(certificate)), ("key", .string(certificate)),
                 ])]), from: "HP_EXAPPS_HTTPS_ADDRESS"))
             }
+        }
+        // harp's additions for an https Nextcloud with a private CA (HaRP trusted the system store only).
+        if let path = value("HP_NEXTCLOUD_CA") {
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw .environment(variable: "HP_NEXTCLOUD_CA", reason: "cannot read \(path) (a PEM file of the CA that signed Nextcloud's certificate)")
+            }
+            result.append(ConfigOverride(["exapps", "nextcloud_ca"], .string(path), from: "HP_NEXTCLOUD_CA"))
+        }
+        if let text = value("HP_NEXTCLOUD_VERIFY") {
+            guard text == "true" || text == "false" else {
+                throw .environment(variable: "HP_NEXTCLOUD_VERIFY", reason: "expected true or false, got '\(text)'")
+            }
+            result.append(ConfigOverride(["exapps", "nextcloud_verify"], .bool(text == "true"), from: "HP_NEXTCLOUD_VERIFY"))
+        }
+        // The generated FRP certificates follow HARP_CERTS_DIR with a config file too.
+        if let directory = environment["HARP_CERTS_DIR"], !directory.isEmpty {
+            result.append(ConfigOverride(["frp", "cert_dir"], .string(directory + "/frp"), from: "HARP_CERTS_DIR"))
         }
         if let text = value("HP_EXAPPS_ADDRESS") {
             result.append(ConfigOverride(["exapps", "listen"], .array([.string(try address(text, variable: "HP_EXAPPS_ADDRESS"))]), from: "HP_EXAPPS_ADDRESS"))
@@ -180,7 +213,9 @@ enum HaRPEnvironment {
         return String(value)
     }
 
-    private static func address(_ text: String, variable: String) throws(ConfigError) -> String {
+    private static func address(_ raw: String, variable: String) throws(ConfigError) -> String {
+        // HAProxy's `bind :8780` means every IPv4 address.
+        let text = raw.hasPrefix(":") ? "0.0.0.0" + raw : raw
         do {
             _ = try SocketAddress(parsing: text)
         } catch {

@@ -13,6 +13,8 @@ final class NextcloudClient: Sendable {
     private let sharedKey: String
     private let metrics: ExAppsMetrics
     private let logger: Logger
+    /// Outages and key refusals, logged once each.
+    let health: NextcloudHealth
     /// Nextcloud's address and until when it is believed (monotonic ns); looked up again after
     /// `addressLifetime`, so a Nextcloud container that moves is followed.
     private let resolved = Mutex<(upstream: Upstream, until: UInt64)?>(nil)
@@ -28,6 +30,7 @@ final class NextcloudClient: Sendable {
         self.sharedKey = sharedKey
         self.metrics = metrics
         self.logger = logger
+        health = NextcloudHealth(logger: logger)
     }
 
     /// Where Nextcloud is now: an IP literal at once, a name from the cache or looked up off
@@ -39,7 +42,7 @@ final class NextcloudClient: Sendable {
         return await lookups.run(0) {
             if let fresh = resolved.withLock({ $0 }), fresh.until > EventLoop.preciseNanos() { return fresh.upstream }
             guard let address = await HostResolver.address(host: url.hostName, port: url.port) else {
-                logger.warning("cannot resolve Nextcloud's host name", metadata: ["host": "\(url.hostName)"])
+                health.failed(.unreachable, "cannot resolve Nextcloud's host name", metadata: ["host": "\(url.hostName)"])
                 return cached?.upstream
             }
             let upstream = Upstream(address: address, tls: url.isTLS, host: url.hostName, port: url.port)
@@ -75,18 +78,21 @@ final class NextcloudClient: Sendable {
             return response
         } catch {
             metrics.nextcloudCall(endpoint, outcome: "error", nanoseconds: EventLoop.preciseNanos() - started)
-            logger.warning("Nextcloud call failed", metadata: ["endpoint": "\(endpoint)", "app": "\(appID)", "error": "\(error)"])
+            health.failed(.unreachable, "Nextcloud cannot be reached: ExApps get 503 until it answers",
+                          metadata: ["endpoint": "\(endpoint)", "app": "\(appID)", "error": "\(error)", "nextcloud": "\(url.isTLS ? "https" : "http")://\(url.host)"])
             return nil
         }
     }
 
-    /// `exapp-meta`: 200 → the record (its host resolved), 401/404 → unknown, anything else
-    /// (5xx, a broken body, Nextcloud unreachable) → failed.
+    /// `exapp-meta`: 200 → the record (its host resolved), 404 → unknown, 401/403 → refused
+    /// (harp's key, or an app recent AppAPI versions will not name), anything else (5xx, a
+    /// broken body, Nextcloud unreachable) → failed.
     func record(_ appID: String, on loop: EventLoop) async -> ExAppDirectory.Lookup {
         guard let response = await call("exapp-meta", appID: appID, headers: [("Host", url.host), ("harp-shared-key", sharedKey)],
                                          on: loop) else { return .failed }
         switch response.status {
         case 200:
+            health.answered(acceptedKey: true)
             switch ExAppRecord.decode(response.body) {
             case .success(let record):
                 record.logUnusableRoutes(appID: appID, logger: logger)
@@ -95,10 +101,21 @@ final class NextcloudClient: Sendable {
                 logger.warning("Nextcloud sent an invalid ExApp record", metadata: ["app": "\(appID)", "problem": "\(problem)"])
                 return .failed
             }
-        case 401, 404:
+        case 404:
+            health.answered()
             return .unknown
+        case 401, 403:
+            // Nextcloud has accepted harp's key before: a 401 is AppAPI's answer for an app it
+            // does not know (recent versions hide which apps exist), and counts as HaRP counts it.
+            if health.keyAccepted { return .unknown }
+            health.failed(.refusedKey, """
+                Nextcloud refused harp's key: HP_SHARED_KEY (exapps.shared_key) must equal the deploy daemon's "HaRP shared key" \
+                in Nextcloud. Until Nextcloud has accepted the key once, its 401 counts toward no ban (recent AppAPI versions \
+                answer 401 for an app they do not know, too); requests get 404
+                """, metadata: ["app": "\(appID)", "status": "\(response.status)"])
+            return .refused
         default:
-            logger.warning("exapp-meta failed", metadata: ["app": "\(appID)", "status": "\(response.status)"])
+            health.failed(.failing, "Nextcloud's exapp-meta fails: ExApps get 503", metadata: ["app": "\(appID)", "status": "\(response.status)"])
             return .failed
         }
     }
@@ -114,13 +131,18 @@ final class NextcloudClient: Sendable {
         guard let response = await call("user-info", appID: appID, headers: headers, on: loop) else { return .failed }
         switch response.status {
         case 200:
-            guard let object = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] else { return .failed }
-            let id = object["user_id"] as? String ?? ""
-            guard let level = AccessLevel(rawValue: ExAppRecord.integer(object["access_level"] ?? 0) ?? -1) else { return .failed }
-            return .user(NextcloudUser(id: id, level: level))
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any],
+                  let level = AccessLevel(rawValue: ExAppRecord.integer(object["access_level"] ?? 0) ?? -1) else {
+                health.failed(.failing, "Nextcloud's user-info answer cannot be read: users get 401", metadata: ["app": "\(appID)"])
+                return .failed
+            }
+            health.answered()
+            return .user(NextcloudUser(id: object["user_id"] as? String ?? "", level: level))
         case 400..<500:
+            health.answered()
             return .anonymous
         default:
+            health.failed(.failing, "Nextcloud's user-info fails: users get 401", metadata: ["app": "\(appID)", "status": "\(response.status)"])
             return .failed
         }
     }
