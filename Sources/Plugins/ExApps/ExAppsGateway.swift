@@ -97,7 +97,8 @@ struct ExAppsGateway: RouteProvider {
         case .failed:
             return fail("nextcloud_unavailable", counts: false, Self.unavailable)
         }
-        if targetPath == "/heartbeat" || targetPath == "/init" || targetPath == "/enabled" {
+        let routePath = RoutePath.normalized(targetPath)
+        if routePath == "/heartbeat" || routePath == "/init" || routePath == "/enabled" {
             return fail("internal_route", Self.dropped)
         }
         // 7. Who the user is, when the request says.
@@ -115,8 +116,8 @@ struct ExAppsGateway: RouteProvider {
             case .failed: return fail("user_info_failed", counts: false, Self.unauthorized)
             }
         }
-        // 8. The first route that matches decides.
-        guard let route = entry.record.route(for: targetPath) else { return fail("no_route", Self.notFound) }
+        // 8. The first route that matches the path as the ExApp will read it decides.
+        guard let route = entry.record.route(for: routePath) else { return fail("no_route", Self.notFound) }
         if route.access != .everyone {
             guard let user, user.level >= route.access else { return fail("forbidden", Self.forbidden) }
         }
