@@ -155,4 +155,19 @@ struct ExAppsOperationsTests {
         #expect(try gateway.code("/exapps/catchall/%2561dmin") == "200", "an escaped % is not decoded twice: it is a public path")
         try gateway.stop()
     }
+
+    @Test("a 204 carries no Content-Length; an ExApp that refuses connections gets HaRP's 503, not 502")
+    func statuses() throws {
+        let gateway = try ExAppsFixture()
+        let refusing = try RefusingPort()
+        let record = FakeNextcloud.record(token: "t", port: Int(refusing.port), routes: [(".*", 0, [])])
+        let head = try shell("""
+            curl -s -i -X POST -H 'harp-shared-key: \(ExAppsFixture.key)' -H 'Content-Type: application/json' \
+              --data-binary '\(record)' '\(gateway.base)/exapps/app_api/exapp_storage/down'
+            """).output
+        #expect(head.hasPrefix("HTTP/1.1 204 No Content"), "\(head)")
+        #expect(!head.lowercased().contains("content-length"), "RFC 9110 §8.6: \(head)")
+        #expect(try gateway.code("/exapps/down/x") == "503")
+        try gateway.stop()
+    }
 }

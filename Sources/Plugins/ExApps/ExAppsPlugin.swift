@@ -54,7 +54,7 @@ public final class ExAppsPlugin: Plugin {
         }, frp: frp, docker: DockerActions(client: engineClient, certificateDirectory: frp?.certificateDirectory), logger: logger)
         http.addSite(try ProxySite(name: "exapps", listen: configuration.listen, listenTLS: configuration.listenTLS,
                                    keyPrefix: "exapps.listen_tls",
-                                   trustedProxies: configuration.trustedProxies, providers: [ExAppsGateway(state: state)],
+                                   trustedProxies: configuration.trustedProxies, unreachableStatus: 503, providers: [ExAppsGateway(state: state)],
                                    observers: [BruteforceObserver(bans: state.bans)]))
         frp?.addLoginCheck(FRPLoginHook(state: state))
         listeners = ListenerSet(loops: context.loops, logger: logger)

@@ -8,14 +8,18 @@ enum CannedResponse {
     /// A route provider's reply: its body byte for byte, its content type and fields.
     static func bytes(_ reply: Reply, keepAlive: Bool) -> [UInt8] {
         var head = HTTPResponseHead(status: reply.status, reason: reason(reply.status))
-        head.headers.add("Content-Type", reply.contentType)
-        head.headers.add(.contentLength, "\(reply.body.count)")
+        // 204 and 304 have no body, and a 204 must not say how long it is (RFC 9110 §8.6).
+        let bodyless = reply.status == 204 || reply.status == 304
+        if !bodyless {
+            head.headers.add("Content-Type", reply.contentType)
+            head.headers.add(.contentLength, "\(reply.body.count)")
+        }
         head.headers.add(.connection, keepAlive ? "keep-alive" : "close")
         for (name, value) in reply.headers { head.headers.add(name, value) }
         var out: [UInt8] = []
         out.reserveCapacity(256 + reply.body.count)
         HeadWriter.response(head, into: &out)
-        out.append(contentsOf: reply.body)
+        if !bodyless { out.append(contentsOf: reply.body) }
         return out
     }
 

@@ -284,7 +284,7 @@ final class ProxyConnection {
         } catch {
             shared.metrics.upstreamConnectFailed()
             shared.logger.warning("upstream connect failed", metadata: ["upstream": "\(upstream)", "error": "\(error)"])
-            return .failure(status: error.timedOut ? 504 : 502)
+            return .failure(status: site.unreachableStatus ?? (error.timedOut ? 504 : 502))
         }
     }
 

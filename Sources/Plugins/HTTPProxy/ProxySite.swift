@@ -17,14 +17,18 @@ public final class ProxySite: @unchecked Sendable {
     /// (The ExApps site trusts what HaRP's `HP_TRUSTED_PROXY_IPS` names: the same list decides
     /// whose X-Forwarded-For names the client for bans, and whose headers reach the ExApp.)
     let trustedProxies: [IPRange]?
+    /// The status when the upstream cannot be reached (refused, timed out); nil: 502, or 504
+    /// for a timeout. The ExApps site answers 503, as HaRP's HAProxy did.
+    let unreachableStatus: Int?
 
     /// `keyPrefix` names the configuration the TLS listeners came from, for errors.
     public init(name: String, listen: [SocketAddress], listenTLS: [TLSListenerConfiguration], keyPrefix: String,
-                trustedProxies: [IPRange]? = nil, providers: [any RouteProvider] = [],
+                trustedProxies: [IPRange]? = nil, unreachableStatus: Int? = nil, providers: [any RouteProvider] = [],
                 observers: [any ResponseObserver] = []) throws(ConfigError) {
         self.name = name
         self.listen = listen
         self.trustedProxies = trustedProxies
+        self.unreachableStatus = unreachableStatus
         certificates = try ServerCertificates(listenTLS, keyPrefix: keyPrefix, alpn: ["http/1.1"])
         self.providers = providers
         self.observers = observers
