@@ -147,6 +147,27 @@ struct ExAppsControlPlaneTests {
         try gateway.stop()
     }
 
+    @Test("contrib/docker-engine-tunnel.toml as shipped (paths, key and port filled in) publishes a Docker Engine through `harp tunnel`")
+    func contribDockerTunnel() throws {
+        let gateway = try ExAppsFixture()
+        let engine = try FakeDockerEngine(socket: NSTemporaryDirectory() + "harp-engine-\(UUID().uuidString.prefix(8)).sock")
+        defer { engine.stop() }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let port = 24000 + UInt16.random(in: 10...99)
+        let config = try String(contentsOf: root.appendingPathComponent("contrib/docker-engine-tunnel.toml"), encoding: .utf8)
+            .replacingOccurrences(of: "serverPort = 8782", with: "serverPort = \(gateway.frpPort)")
+            .replacingOccurrences(of: "/etc/harp/frp/", with: gateway.certs + "/frp/")
+            .replacingOccurrences(of: "\"change-me\"", with: "\"\(ExAppsFixture.key)\"")
+            .replacingOccurrences(of: "remotePort = 24000", with: "remotePort = \(port)")
+            .replacingOccurrences(of: "/var/run/docker.sock", with: engine.socket)
+        let tunnel = try FRPClient(config: config, kind: .harpTunnel)
+        defer { tunnel.kill() }
+        guard waitForListener(port: port) else { throw TestFailure("the engine's tunnel did not open: \(tunnel.log)") }
+        _ = try gateway.get("/exapps/app_api/v1.44/_ping", headers: [Self.key, "docker-engine-port: \(port)"])
+        #expect(engine.calls == ["GET /v1.44/_ping"], "the call reached the engine through the tunnel")
+        try gateway.stop()
+    }
+
     /// A Docker Engine published through `harp tunnel` on a port the fixture's frp allows.
     static func publishedEngine(_ gateway: ExAppsFixture) throws -> (FakeDockerEngine, FRPClient, UInt16) {
         let engine = try FakeDockerEngine(socket: NSTemporaryDirectory() + "harp-engine-\(UUID().uuidString.prefix(8)).sock")

@@ -147,17 +147,18 @@ struct HaRPEnvironmentTests {
         #expect(result.stdout.contains("trusted_proxies = [\"10.0.0.0/8\", \"192.168.0.1\"]"), "\(result.stdout)")
     }
 
-    @Test("contrib/harp.service passes systemd-analyze verify", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze")))
-    func systemdUnit() throws {
+    @Test("contrib's systemd units pass systemd-analyze verify", .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze")),
+          arguments: ["harp.service", "harp-docker-tunnel.service"])
+    func systemdUnit(name: String) throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let unit = try String(contentsOf: root.appendingPathComponent("contrib/harp.service"), encoding: .utf8)
+        let unit = try String(contentsOf: root.appendingPathComponent("contrib/\(name)"), encoding: .utf8)
         // The unit names the installed path; verify it against the binary just built.
         let directory = NSTemporaryDirectory() + "harp-unit-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try unit.replacingOccurrences(of: "/usr/local/bin/harp", with: HarpProcess.binary)
-            .write(toFile: directory + "/harp.service", atomically: true, encoding: .utf8)
-        let result = try shell("systemd-analyze verify \(directory)/harp.service 2>&1; echo \"exit $?\"").output
+            .write(toFile: directory + "/\(name)", atomically: true, encoding: .utf8)
+        let result = try shell("systemd-analyze verify \(directory)/\(name) 2>&1; echo \"exit $?\"").output
         #expect(result == "exit 0", "\(result)")
     }
 }

@@ -121,13 +121,15 @@ public struct ExAppsConfiguration: Codable, Sendable {
         }
     }
 
-    /// Where the command socket is: `control_socket`, else `harp-exapps-<port>.sock` (the
-    /// first listener's port: one socket per gateway on a machine) in `$XDG_RUNTIME_DIR`,
-    /// `/run` for root, else `/tmp`. The CLI finds it from the same configuration.
+    /// Where the command socket is: `control_socket` (`HARP_EXAPPS_SOCKET`), else
+    /// `harp-exapps-<port>.sock` (the first listener's port: one socket per gateway on a
+    /// machine) in `/run` for root (a container), else in `$XDG_RUNTIME_DIR` or `/tmp`. The CLI
+    /// finds it from the same configuration; root's CLI ignores its login session's
+    /// `$XDG_RUNTIME_DIR`, as root's harp does.
     func resolvedControlSocket(environment: [String: String]) -> String {
         if let controlSocket { return controlSocket }
         let port = (listen + listenTLS.map(\.listen)).first?.port ?? 8780
-        let directory = environment["XDG_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? (geteuid() == 0 ? "/run" : "/tmp")
+        let directory = geteuid() == 0 ? "/run" : environment["XDG_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
         return "\(directory)/harp-exapps-\(port).sock"
     }
 

@@ -98,6 +98,9 @@ enum HaRPEnvironment {
             }
             result.append(ConfigOverride(["exapps", "nextcloud_verify"], .bool(text == "true"), from: "HP_NEXTCLOUD_VERIFY"))
         }
+        if let path = value("HARP_EXAPPS_SOCKET"), !path.isEmpty {
+            result.append(ConfigOverride(["exapps", "control_socket"], .string(path), from: "HARP_EXAPPS_SOCKET"))
+        }
         // The generated FRP certificates follow HARP_CERTS_DIR with a config file too.
         if let directory = environment["HARP_CERTS_DIR"], !directory.isEmpty {
             result.append(ConfigOverride(["frp", "cert_dir"], .string(directory + "/frp"), from: "HARP_CERTS_DIR"))
