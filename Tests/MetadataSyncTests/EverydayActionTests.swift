@@ -100,7 +100,11 @@ struct EverydayActionTests {
         func store() -> [String: Any] { ((try? b.storage(["status"]))?["version_store"] as? [String: Any]) ?? [:] }
         try FolderSafetyTests.waitFor("big.bin's bytes pruned on B") { store()["pruned_files"] as? Int == 1 && store()["files"] as? Int == 0 }
         for step in 1...5 {
-            try "version \(step)\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
+            // Written over in place, never truncated: a scan that caught the file empty between
+            // a truncate and the write (once, on a loaded CI) recorded an empty version too.
+            let fd = open(a.folder + "/f.txt", O_WRONLY | O_CREAT, 0o644)
+            _ = Array("version \(step)\n".utf8).withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+            close(fd)
             try FolderSafetyTests.waitFor("version \(step) on B") { Self.read(b, "f.txt") == "version \(step)\n" }
         }
         func kept() -> Set<String> {

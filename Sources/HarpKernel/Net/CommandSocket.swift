@@ -10,11 +10,14 @@ public final class CommandSocket: Sendable {
     /// The configuration key that chose the path, for errors (`storage.dir`).
     private let key: String
     private let value: String
+    /// What a live socket at `path` means, for the error ("another node is running on it").
+    private let inUse: String
 
-    public init(path: String, key: String, value: String) {
+    public init(path: String, key: String, value: String, inUse: String) {
         self.path = path
         self.key = key
         self.value = value
+        self.inUse = inUse
     }
 
     /// Binds the socket: a stale one (no process behind it) is replaced; a live one means
@@ -22,7 +25,7 @@ public final class CommandSocket: Sendable {
     public func listen(on listeners: ListenerSet, serve: @escaping @Sendable (CommandConnection) async -> Void) throws(ConfigError) {
         if access(path, F_OK) == 0 {
             if CommandClient.canConnect(path) {
-                throw ConfigError.invalid(key: key, value: value, reason: "another harp is running on it (\(path) answers)")
+                throw ConfigError.invalid(key: key, value: value, reason: "\(inUse) (\(path) answers)")
             }
             unlink(path)
         }

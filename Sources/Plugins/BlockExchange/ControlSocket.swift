@@ -19,7 +19,7 @@ final class ControlSocket: Sendable {
 
     init(swarm: Swarm, network: PeerNetwork, indexer: WorkerThread, configuration: StorageConfiguration, logger: Logger) {
         path = configuration.dir + "/" + Self.fileName
-        socket = CommandSocket(path: path, key: "storage.dir", value: "\"\(configuration.dir)\"")
+        socket = CommandSocket(path: path, key: "storage.dir", value: "\"\(configuration.dir)\"", inUse: "another node is running on it")
         self.swarm = swarm
         self.network = network
         self.indexer = indexer

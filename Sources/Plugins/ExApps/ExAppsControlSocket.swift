@@ -9,7 +9,8 @@ struct ExAppsControlSocket {
 
     init(state: ExAppsState, path: String) {
         self.state = state
-        socket = CommandSocket(path: path, key: "exapps.control_socket", value: "\"\(path)\"")
+        socket = CommandSocket(path: path, key: "exapps.control_socket", value: "\"\(path)\"",
+                               inUse: "another harp gateway serves this socket (two on one ExApps port?)")
     }
 
     func listen(on listeners: ListenerSet) throws(ConfigError) {
