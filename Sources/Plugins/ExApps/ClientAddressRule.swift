@@ -20,12 +20,14 @@ public enum ClientAddressRule: String, Codable, Sendable, CaseIterable {
     /// each only when it is an IP address.
     func client(_ client: ClientInfo, headers: HTTPHeaders, trusted: [IPRange]) -> String {
         guard client.isTrustedProxy else { return client.address }
-        let entries = headers.values("x-forwarded-for").flatMap { $0.split(separator: ",") }
-            .map { $0.trimmingCharacters(in: .whitespaces) }
         switch self {
         case .first:
-            if let first = entries.first, IPRange.bytes(of: first) != nil { return first }
+            // The first field's first entry: no list built per request.
+            if let first = headers["x-forwarded-for"]?.split(separator: ",").first?.trimmingCharacters(in: .whitespaces),
+               IPRange.bytes(of: first) != nil { return first }
         case .rightmostUntrusted:
+            let entries = headers.values("x-forwarded-for").flatMap { $0.split(separator: ",") }
+                .map { $0.trimmingCharacters(in: .whitespaces) }
             for entry in entries.reversed() {
                 guard let bytes = IPRange.bytes(of: entry) else { break }
                 if !trusted.contains(where: { $0.contains(bytes) }) { return entry }

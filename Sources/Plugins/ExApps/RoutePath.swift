@@ -6,9 +6,9 @@
 /// change what the path means. The request goes upstream unchanged.
 enum RoutePath {
     static func normalized(_ path: String) -> String {
+        // Most paths have neither: no copy (this runs on every request).
+        guard path.utf8.contains(UInt8(ascii: "%")) || hasDoubleSlash(path.utf8) else { return path }
         let bytes = Array(path.utf8)
-        // Most paths have neither: no copy.
-        guard bytes.contains(UInt8(ascii: "%")) || hasDoubleSlash(bytes) else { return path }
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)
         var index = 0
@@ -30,8 +30,13 @@ enum RoutePath {
         return String(decoding: out, as: UTF8.self)
     }
 
-    private static func hasDoubleSlash(_ bytes: [UInt8]) -> Bool {
-        zip(bytes, bytes.dropFirst()).contains { $0 == UInt8(ascii: "/") && $1 == UInt8(ascii: "/") }
+    private static func hasDoubleSlash(_ bytes: String.UTF8View) -> Bool {
+        var previous: UInt8 = 0
+        for byte in bytes {
+            if byte == UInt8(ascii: "/") && previous == byte { return true }
+            previous = byte
+        }
+        return false
     }
 
     private static func hex(_ byte: UInt8) -> UInt8? {
