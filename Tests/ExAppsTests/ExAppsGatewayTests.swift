@@ -232,10 +232,10 @@ struct ExAppsGatewayTests {
         func value(_ line: String) -> Double? {
             metrics.split(separator: "\n").first { $0.hasPrefix(line + " ") }.flatMap { Double($0.split(separator: " ").last!) }
         }
-        #expect(value(#"harp_exapps_decisions_total{outcome="forward"}"#) == 4, "\(metrics)")
-        #expect(value(#"harp_exapps_decisions_total{outcome="403"}"#) == 1)
-        #expect(value(#"harp_exapps_decisions_total{outcome="404"}"#) == 1)
-        #expect(value(#"harp_exapps_decisions_total{outcome="drop"}"#) == 1)
+        #expect(value(#"harp_exapps_decisions_total{outcome="forward",app="myapp"}"#) == 4, "\(metrics)")
+        #expect(value(#"harp_exapps_decisions_total{outcome="403",app="myapp"}"#) == 1)
+        #expect(value(#"harp_exapps_decisions_total{outcome="404",app=""}"#) == 1, "nosuchapp: no label of its own")
+        #expect(value(#"harp_exapps_decisions_total{outcome="drop",app=""}"#) == 1, "a ban drops before the app is read")
         #expect(value(#"harp_exapps_cache_total{cache="records",result="miss"}"#) == 2, "myapp once, nosuchapp once")
         #expect(value(#"harp_exapps_cache_total{cache="records",result="hit"}"#) == 4)
         #expect(value(#"harp_exapps_cache_total{cache="sessions",result="hit"}"#) == 1)

@@ -170,4 +170,63 @@ struct ExAppsOperationsTests {
         #expect(try gateway.code("/exapps/down/x") == "503")
         try gateway.stop()
     }
+
+    @Test("metrics carry the app (known apps only) and count spliced WebSocket and frp bytes as they move, within 1% of what was sent")
+    func trafficMetrics() throws {
+        let gateway = try ExAppsFixture(exapps: "ban_count = 0", admin: true)
+        let echo = try WebSocketPeer.EchoServer()
+        gateway.nextcloud.register("wsapp", json: FakeNextcloud.record(token: "w", port: Int(echo.port), routes: [(".*", 0, [])]))
+        let origin = try HTTPTestOrigin()
+        defer { origin.stop() }
+        let tunnelPort = 23100 + UInt16.random(in: 0..<800)
+        gateway.nextcloud.register("frpapp", json: FakeNextcloud.record(token: "f", port: Int(tunnelPort), routes: [(".*", 0, [])]))
+        let frpc = try FRPClient(config: gateway.frpcConfig(name: "frpapp", remotePort: tunnelPort, localPort: origin.address.port!))
+        defer { frpc.kill() }
+        #expect(waitForListener(port: tunnelPort), "\(frpc.log)")
+        func metrics() throws -> [String: Double] {
+            let text = try shell("curl -s http://127.0.0.1:\(gateway.adminPort!)/metrics").output
+            return Dictionary(text.split(separator: "\n").filter { !$0.hasPrefix("#") }.compactMap { line in
+                line.lastIndex(of: " ").flatMap { index in Double(line[line.index(after: index)...]).map { (String(line[..<index]), $0) } }
+            }, uniquingKeysWith: { $1 })
+        }
+
+        // 4 MB one way and back through a WebSocket (spliced: nothing inspects it).
+        let size = 4_000_000
+        let ws = try shell("python3 \(WebSocketPeer.script) big ws://127.0.0.1:\(gateway.port)/exapps/wsapp/ws \(size) 2>&1").output
+        #expect(ws == "ok \(size)", "\(ws)")
+        // 3 MB up and 3 MB down through the frp tunnel, on a connection harp keeps alive after.
+        let body = String(repeating: "b", count: 3_000_000)
+        try body.write(toFile: gateway.certs + "/body", atomically: false, encoding: .utf8)
+        let posted = try shell("curl -s --data-binary @\(gateway.certs)/body '\(gateway.base)/exapps/frpapp/hash'").output
+        #expect(posted.hasSuffix(" 3000000"), "\(posted)")
+        let downloaded = try shell("curl -s -o /dev/null -w '%{size_download}' '\(gateway.base)/exapps/frpapp/chunked/3000000'").output
+        #expect(downloaded == "3000000")
+
+        var values: [String: Double] = [:]
+        func within(_ name: String, _ sent: Int) -> Bool {
+            guard let value = values[name] else { return false }
+            return value >= Double(sent) && value <= Double(sent) * 1.01
+        }
+        // The WebSocket's counters settle when its relay ends, a moment after the client closed.
+        let deadline = Date().addingTimeInterval(5)
+        repeat {
+            values = try metrics()
+            if within(#"harp_websocket_bytes_total{direction="to_upstream"}"#, size) { break }
+            Thread.sleep(forTimeInterval: 0.1)
+        } while Date() < deadline
+        #expect(within(#"harp_websocket_bytes_total{direction="to_upstream"}"#, size), "\(values.filter { $0.key.contains("bytes") })")
+        #expect(within(#"harp_websocket_bytes_total{direction="to_client"}"#, size))
+        #expect(within(#"harp_exapps_bytes_total{direction="from_client",app="wsapp"}"#, size))
+        #expect(within(#"harp_exapps_bytes_total{direction="to_client",app="wsapp"}"#, size))
+        // frp's counters moved while harp still holds the work connection open (kept alive).
+        #expect(within(#"harp_frp_bytes_total{direction="to_client"}"#, 3_000_000), "\(values.filter { $0.key.contains("frp_bytes") })")
+        // Down: the body in chunks of 1,000 (7 bytes of framing each) and the heads.
+        #expect(within(#"harp_frp_bytes_total{direction="to_user"}"#, 3_021_000))
+        #expect(within(#"harp_exapps_bytes_total{direction="from_client",app="frpapp"}"#, 3_000_000))
+        #expect(values[#"harp_exapps_decisions_total{outcome="forward",app="frpapp"}"#] == 2)
+        #expect(values.keys.filter { $0.contains(#"app="nosuch"#) }.isEmpty)
+        _ = try gateway.code("/exapps/nosuchapp/x")
+        #expect(try metrics().keys.contains { $0.contains("nosuchapp") } == false, "an unknown app id makes no label")
+        try gateway.stop()
+    }
 }

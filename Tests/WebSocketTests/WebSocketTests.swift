@@ -8,25 +8,8 @@ import Testing
 /// server, and raw frames for what a well-behaved library will not send.
 @Suite("websocket plugin through the harp binary", .serialized)
 struct WebSocketTests {
-    static let peerScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ws_peer.py").path
-
-    /// The Python echo server on a free port.
-    final class EchoServer {
-        let port = freePort()
-        let process = Process()
-        init() throws {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["python3", WebSocketTests.peerScript, "server", "\(port)"]
-            let out = Pipe()
-            process.standardOutput = out
-            process.standardError = FileHandle.nullDevice  // it logs every connection harp cuts
-            try process.run()
-            let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
-            guard line.contains("ready") else { throw TestFailure("ws echo server did not start: \(line)") }
-        }
-        // SIGKILL: the child inherits a signal mask in which SIGTERM may be blocked.
-        deinit { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
-    }
+    static let peerScript = WebSocketPeer.script
+    typealias EchoServer = WebSocketPeer.EchoServer
 
     static func config(port: UInt16, upstream: UInt16, http: String = "", websocket: String = "max_message_size = 1048576") -> String {
         """

@@ -112,11 +112,11 @@ extension EventLoop {
     /// `relay(_:_:)` for streams: spliced when both offer a splice descriptor, copied
     /// otherwise (a `Pump`, one task per direction, on this loop).
     public func relay(_ first: any ByteStream, _ second: any ByteStream, idleTimeout: Duration,
-                      halfClosedTimeout: Duration? = nil) async -> RelayResult {
+                      halfClosedTimeout: Duration? = nil, meter: RelayMeter? = nil) async -> RelayResult {
         if let a = first.spliceDescriptor, let b = second.spliceDescriptor {
-            return await relay(a, b, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout)
+            return await relay(a, b, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout, meter: meter)
         }
-        let pump = Pump(loop: self, first, second, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout)
+        let pump = Pump(loop: self, first, second, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout, meter: meter)
         return await pump.run { side in await pump.copy(side) }
     }
 

@@ -23,9 +23,12 @@ public final class Pump: @unchecked Sendable {
     /// Set once by `end`; nil while both directions may go on.
     public private(set) var outcome: RelayResult.Outcome?
 
+    private let meter: RelayMeter?
+
     public init(loop: EventLoop, _ first: any ByteStream, _ second: any ByteStream, idleTimeout: Duration,
-                halfClosedTimeout: Duration?) {
+                halfClosedTimeout: Duration?, meter: RelayMeter? = nil) {
         self.loop = loop
+        self.meter = meter
         streams = [first, second]
         idleLimit = idleTimeout
         halfClosedLimit = min(halfClosedTimeout ?? idleTimeout, idleTimeout)
@@ -62,6 +65,7 @@ public final class Pump: @unchecked Sendable {
     /// Bytes moved on `side`: counts them and resets the idle clock.
     public func moved(_ count: Int, side: Int) {
         bytes[side] += count
+        meter?(side, count)
         lastActivity = loop.now
     }
 

@@ -34,3 +34,9 @@ public struct RelayResult: Sendable, CustomStringConvertible {
         }
     }
 }
+
+/// Told of bytes as a relay moves them (`side` 0: first → second), so a counter of a tunnel
+/// that stays open for hours (a WebSocket, an frp work connection the gateway keeps alive)
+/// moves while it runs instead of jumping when it ends. Called on the relay's loop, once per
+/// splice or copy round (64 KiB or less): keep it to a counter increment.
+public typealias RelayMeter = @Sendable (_ side: Int, _ bytes: Int) -> Void

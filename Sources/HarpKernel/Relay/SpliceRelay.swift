@@ -24,6 +24,7 @@ final class SpliceRelay {
     let halfClosedLimit: UInt64
     private var directions: [Direction] = []
     private var timer: IdleTimer!
+    fileprivate let meter: RelayMeter?
     private var inFlight = 0
     private var ending = false
     private var outcome: RelayResult.Outcome?
@@ -33,8 +34,9 @@ final class SpliceRelay {
     /// Both ways between `first` and `second`, or, with a `limit`, exactly `limit` bytes from
     /// `first` to `second`.
     init(loop: EventLoop, _ first: Int32, _ second: Int32, limit: Int? = nil,
-         idleTimeout: Duration, halfClosedTimeout: Duration?, roundsPerTurn: Int = 64) {
+         idleTimeout: Duration, halfClosedTimeout: Duration?, roundsPerTurn: Int = 64, meter: RelayMeter? = nil) {
         self.loop = loop
+        self.meter = meter
         self.roundsPerTurn = roundsPerTurn
         idleLimit = idleTimeout.nanoseconds
         halfClosedLimit = min(halfClosedTimeout?.nanoseconds ?? idleLimit, idleLimit)
@@ -176,6 +178,7 @@ final class SpliceRelay {
                     if moved > 0 {
                         buffered -= moved
                         bytes += moved
+                        relay.meter?(side, moved)
                         relay.touch()
                         continue
                     }
@@ -273,8 +276,9 @@ extension EventLoop {
     /// side has finished). The descriptors stay open; the caller closes them.
     /// Must be called from a task running on this loop.
     public func relay(_ first: Int32, _ second: Int32, idleTimeout: Duration,
-                      halfClosedTimeout: Duration? = nil) async -> RelayResult {
-        let relay = SpliceRelay(loop: self, first, second, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout)
+                      halfClosedTimeout: Duration? = nil, meter: RelayMeter? = nil) async -> RelayResult {
+        let relay = SpliceRelay(loop: self, first, second, idleTimeout: idleTimeout, halfClosedTimeout: halfClosedTimeout,
+                                meter: meter)
         return await relay.run()
     }
 

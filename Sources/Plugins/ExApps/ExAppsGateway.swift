@@ -13,7 +13,7 @@ struct ExAppsGateway: RouteProvider {
 
     func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision? {
         let (decision, outcome) = await decide(&request, client: client, exchange: exchange)
-        state.metrics.decided(outcome)
+        state.metrics.decided(outcome, app: state.metricsLabel(exchange.app))
         return decision
     }
 
@@ -185,19 +185,21 @@ struct ExAppsGateway: RouteProvider {
 }
 
 /// A route with `bruteforce_protection`: the statuses that count as a failure for `ip` when
-/// the ExApp answers with them (read by `BruteforceObserver`).
+/// the ExApp answers with them (read by `ExAppsObserver`).
 struct BruteforceWatch: Sendable {
     let ip: String
     let statuses: [Int]
 }
 
-/// Counts a failure when the ExApp's answer is one its route lists.
-struct BruteforceObserver: ResponseObserver {
-    let bans: BanList
+/// After each exchange: its bytes on the app's counters, and a failure when the ExApp's
+/// answer is one its route lists.
+struct ExAppsObserver: ResponseObserver {
+    let state: ExAppsState
 
     func observe(_ exchange: Exchange, client: ClientInfo) {
+        state.metrics.traffic(app: state.metricsLabel(exchange.app), fromClient: exchange.requestBytes, toClient: exchange.responseBytes)
         guard let watch = exchange.context as? BruteforceWatch, watch.statuses.contains(exchange.status) else { return }
-        bans.fail(watch.ip, reason: "bruteforce_status")
+        state.bans.fail(watch.ip, reason: "bruteforce_status")
     }
 }
 

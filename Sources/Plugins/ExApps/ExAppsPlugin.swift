@@ -55,7 +55,7 @@ public final class ExAppsPlugin: Plugin {
         http.addSite(try ProxySite(name: "exapps", listen: configuration.listen, listenTLS: configuration.listenTLS,
                                    keyPrefix: "exapps.listen_tls",
                                    trustedProxies: configuration.trustedProxies, unreachableStatus: 503, providers: [ExAppsGateway(state: state)],
-                                   observers: [BruteforceObserver(bans: state.bans)]))
+                                   observers: [ExAppsObserver(state: state)]))
         frp?.addLoginCheck(FRPLoginHook(state: state))
         listeners = ListenerSet(loops: context.loops, logger: logger)
         control = ExAppsControlSocket(state: state, path: configuration.resolvedControlSocket(environment: ProcessEnvironment.current()))

@@ -37,7 +37,7 @@ enum HaRPEnvironment {
         }
         return """
             [harp]
-            plugins = ["http", "websocket", "frp", "exapps"]
+            plugins = ["http", "websocket", "frp", "exapps"\(environment["HP_METRICS_ADDRESS"] == nil ? "" : ", \"admin\"")]
             log_level = "warning"
 
             [http]
@@ -107,6 +107,10 @@ enum HaRPEnvironment {
         }
         if let text = value("HP_EXAPPS_ADDRESS") {
             result.append(ConfigOverride(["exapps", "listen"], .array([.string(try address(text, variable: "HP_EXAPPS_ADDRESS"))]), from: "HP_EXAPPS_ADDRESS"))
+        }
+        // harp's addition: Prometheus /metrics and /healthz (the admin plugin) on this address.
+        if let text = value("HP_METRICS_ADDRESS") {
+            result.append(ConfigOverride(["admin", "listen"], .string(try address(text, variable: "HP_METRICS_ADDRESS")), from: "HP_METRICS_ADDRESS"))
         }
         if let text = value("HP_FRP_ADDRESS") {
             result.append(ConfigOverride(["frp", "listen"], .string(try address(text, variable: "HP_FRP_ADDRESS")), from: "HP_FRP_ADDRESS"))

@@ -70,10 +70,12 @@ final class TCPProxy: @unchecked Sendable {
         var tunnel: any ByteStream = work
         if useEncryption { tunnel = CipherStream(tunnel, key: control.server.cipherKey) }
         if useCompression { tunnel = SnappyStream(tunnel) }
-        let result = await user.loop.relay(user, tunnel, idleTimeout: Self.idleTimeout)
+        // Counted as they move: the gateway keeps work connections alive for hours.
+        let (toClient, toUser) = (metrics.bytesToClient, metrics.bytesToUser)
+        _ = await user.loop.relay(user, tunnel, idleTimeout: Self.idleTimeout) { side, bytes in
+            (side == 0 ? toClient : toUser).increment(by: bytes)
+        }
         await user.close()
         await tunnel.close()
-        metrics.bytesToClient.increment(by: result.forwardBytes)
-        metrics.bytesToUser.increment(by: result.backwardBytes)
     }
 }

@@ -19,13 +19,13 @@ final class InspectingTunnel: @unchecked Sendable {
     private let writers: [FrameWriter]
     private var failure: CloseReason?
 
-    init(_ connection: UpgradedConnection, settings: WebSocketConfiguration) {
+    init(_ connection: UpgradedConnection, settings: WebSocketConfiguration, meter: RelayMeter?) {
         self.connection = connection
         self.settings = settings
         compressed = connection.response.headers.values("Sec-WebSocket-Extensions")
             .contains { $0.lowercased().hasPrefix("permessage-deflate") }
         pump = Pump(loop: connection.loop, connection.client, connection.upstream, idleTimeout: connection.idleTimeout,
-                    halfClosedTimeout: settings.clientFinTimeout.duration)
+                    halfClosedTimeout: settings.clientFinTimeout.duration, meter: meter)
         writers = [FrameWriter(stream: connection.client), FrameWriter(stream: connection.upstream)]
     }
 

@@ -44,16 +44,17 @@ struct WebSocketUpgrades: UpgradeHandler {
         upgrades[0].increment()
         open.increment()
         defer { open.decrement() }
+        // Counted as they move: a WebSocket may stay open for days.
+        let (toUpstream, toClient) = (bytesToUpstream, bytesToClient)
+        let meter: RelayMeter = { side, bytes in (side == 0 ? toUpstream : toClient).increment(by: bytes) }
         let result: RelayResult
         if inspects(connection.request) {
-            result = await InspectingTunnel(connection, settings: settings).run()
+            result = await InspectingTunnel(connection, settings: settings, meter: meter).run()
             if case .failed = result.outcome { violations.increment() }
         } else {
             result = await connection.loop.relay(connection.client, connection.upstream, idleTimeout: connection.idleTimeout,
-                                                 halfClosedTimeout: settings.clientFinTimeout.duration)
+                                                 halfClosedTimeout: settings.clientFinTimeout.duration, meter: meter)
         }
-        bytesToUpstream.increment(by: result.forwardBytes)
-        bytesToClient.increment(by: result.backwardBytes)
         return result
     }
 
