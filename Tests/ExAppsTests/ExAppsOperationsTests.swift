@@ -229,4 +229,36 @@ struct ExAppsOperationsTests {
         #expect(try metrics().keys.contains { $0.contains("nosuchapp") } == false, "an unknown app id makes no label")
         try gateway.stop()
     }
+
+    @Test("at debug each decision is one line: outcome, reason, app, matched route, user-info result")
+    func debugDecisions() throws {
+        let gateway = try ExAppsFixture(environment: ["HP_LOG_LEVEL": "debug"])
+        #expect(try gateway.code("/exapps/myapp/admin/x", headers: [ExAppsGatewayTests.alice]) == "403")
+        #expect(try gateway.code("/exapps/myapp/public/y") == "200")
+        try gateway.harp.waitForOutput("decided", count: 2)
+        try gateway.stop()
+        let lines = gateway.harp.stderr.split(separator: "\n").filter { $0.contains("] decided") || $0.hasSuffix(" decided") }
+        let refused = lines.first { $0.contains("outcome=403") } ?? ""
+        for field in ["reason=forbidden", "app=myapp", "route=^/admin", "user=alice", "path=/exapps/myapp/admin/x"] {
+            #expect(refused.contains(field), "\(field) in \(refused)")
+        }
+        let forwarded = lines.first { $0.contains("outcome=forward") } ?? ""
+        #expect(forwarded.contains("route=^/public") && forwarded.contains("user=-"), "no session: no user-info call: \(forwarded)")
+    }
+
+    @Test("harp tunnel honours frpc's log.level; a bad file is one clean line, exit 1")
+    func tunnelLogLevel() throws {
+        let gateway = try ExAppsFixture()
+        let port = 23100 + UInt16.random(in: 0..<800)
+        let quiet = try FRPClient(config: gateway.frpcConfig(name: "quiet", remotePort: port, localPort: gateway.app.address.port!)
+            .replacingOccurrences(of: "log.level = \"info\"", with: "log.level = \"warn\""), kind: .harpTunnel)
+        defer { quiet.kill() }
+        #expect(waitForListener(port: port), "\(quiet.log)")
+        #expect(!quiet.log.contains("login to server success") && !quiet.log.contains("start proxy success"), "\(quiet.log)")
+        let loud = try FRPClient(config: gateway.frpcConfig(name: "loud", remotePort: port + 1, localPort: 1)
+            .replacingOccurrences(of: "log.level = \"info\"", with: "log.level = \"loud\""), kind: .harpTunnel)
+        #expect(loud.waitForExit() == 1)
+        #expect(loud.log.hasPrefix("harp: config error: log.level = \"loud\" is invalid") && !loud.log.contains("USAGE"), "\(loud.log)")
+        try gateway.stop()
+    }
 }

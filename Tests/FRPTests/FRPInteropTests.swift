@@ -169,7 +169,9 @@ struct FRPInteropTests {
         try Self.run(kind, harp: { Self.harpConfig(port: $0, tls: "mutual", certDir: pki.directory, allow: "\($1)") },
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, tls: true) }) { harp, client, _, _ in
             #expect(client.waitForExit() != 0, "frpc without a client certificate gives up")
-            #expect(throws: Never.self) { try harp.waitForOutput("frp TLS handshake failed", timeout: 5) }
+            #expect(throws: Never.self) { try harp.waitForOutput("frp TLS handshake failed: the client's certificate is missing", timeout: 5) }
+            let line = harp.stderr.split(separator: "\n").first { $0.contains("frp TLS handshake failed") } ?? ""
+            #expect(line.contains(" warning "), "an admin must see it: \(line)")
         }
     }
 
@@ -284,6 +286,7 @@ struct FRPInteropTests {
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2) }) { harp, client, _, remote in
             #expect(client.waitForLog("port not allowed"), "\(client.log.suffix(400))")
             #expect(throws: Never.self) { try harp.waitForOutput("frp proxy refused", timeout: 5) }
+            #expect(harp.stderr.split(separator: "\n").first { $0.contains("frp proxy refused") }?.contains(" warning ") == true)
             #expect(!isListening(pid: harp.pid, port: remote))
         }
     }
@@ -312,6 +315,8 @@ struct FRPInteropTests {
                      frpc: { Self.frpcConfig(serverPort: $0, localPort: $1, remotePort: $2, mux: false) }) { harp, client, frpPort, remote in
             guard Self.served(remote, client) else { return }
             let silent = try TestSocket(connectingTo: loopback(frpPort), timeoutSeconds: 20)
+            // A port probe: connects and closes at once. Not worth an info line.
+            for _ in 0..<3 { _ = try TestSocket(connectingTo: loopback(frpPort), timeoutSeconds: 5) }
             let garbage = try TestSocket(connectingTo: loopback(frpPort), timeoutSeconds: 5)
             try garbage.send(Array("GET / HTTP/1.1\r\n\r\n".utf8))
             #expect(try garbage.receiveAll().isEmpty, "closed")
@@ -322,6 +327,7 @@ struct FRPInteropTests {
             #expect(throws: Never.self) { try harp.waitForOutput("message length 1048576", timeout: 5) }
             #expect(try silent.receiveAll().isEmpty, "a client that says nothing is closed after 10 s")
             #expect(throws: Never.self) { try harp.waitForOutput("nothing sent within 10 s", timeout: 5) }
+            #expect(harp.occurrences(of: "nothing sent within 10 s") == 1, "only the silent client; the probes said nothing at info")
         }
     }
 }

@@ -12,6 +12,12 @@ public struct TLSError: Error, CustomStringConvertible, Sendable {
     /// True for a timeout (not a TLS failure).
     public let timedOut: Bool
 
+    /// Whether a certificate was the problem (none presented, not verified, refused by the
+    /// peer): something an admin must fix, as against a peer that hung up mid-handshake.
+    /// OpenSSL says so in its reason strings ("certificate verify failed", "peer did not
+    /// return a certificate", "alert certificate required", "alert bad certificate").
+    public var concernsCertificate: Bool { description.lowercased().contains("certificate") }
+
     init(plain: String) {
         description = plain
         timedOut = false

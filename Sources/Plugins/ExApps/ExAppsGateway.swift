@@ -14,6 +14,14 @@ struct ExAppsGateway: RouteProvider {
     func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision? {
         let (decision, outcome) = await decide(&request, client: client, exchange: exchange)
         state.metrics.decided(outcome, app: state.metricsLabel(exchange.app))
+        if state.logger.logLevel <= .debug {
+            // Why, in one line: what an admin needs to see how harp decided a request.
+            state.logger.debug("decided", metadata: [
+                "outcome": "\(outcome)", "reason": "\(exchange.reason ?? "-")", "app": "\(exchange.app ?? "-")",
+                "route": "\(exchange.route ?? "-")", "user": "\(exchange.user.map { $0.isEmpty ? "(anonymous)" : $0 } ?? "-")",
+                "client": "\(exchange.client ?? client.address)", "path": "\(request.path)",
+            ])
+        }
         return decision
     }
 
@@ -118,6 +126,7 @@ struct ExAppsGateway: RouteProvider {
         }
         // 8. The first route that matches the path as the ExApp will read it decides.
         guard let route = entry.record.route(for: routePath) else { return fail("no_route", Self.notFound) }
+        exchange.route = route.url
         if route.access != .everyone {
             guard let user, user.level >= route.access else { return fail("forbidden", Self.forbidden) }
         }

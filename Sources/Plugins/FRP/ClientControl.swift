@@ -112,7 +112,8 @@ final class ClientControl: @unchecked Sendable {
         // use the name as sent, and echo it back.
         let name = request.proxyName ?? ""
         func refuse(_ reason: String) -> FRPMessage.NewProxyResponse {
-            logger.info("frp proxy refused", metadata: ["run_id": "\(runID)", "proxy": "\(name)", "reason": "\(reason)"])
+            // The ExApp behind it stays unreachable: a warning, not news.
+            logger.warning("frp proxy refused", metadata: ["run_id": "\(runID)", "proxy": "\(name)", "reason": "\(reason)"])
             return .init(proxyName: request.proxyName ?? "", remoteAddress: "", error: reason)
         }
         let configuration = server.configuration

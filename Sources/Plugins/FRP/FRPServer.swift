@@ -54,8 +54,14 @@ final class FRPServer: @unchecked Sendable {
         // The handshake and the first message together within this, however slowly the
         // client trickles them (a byte every few seconds must not hold the connection).
         let deadline = socket.loop.now + Self.firstMessageTimeout.nanoseconds
-        guard await socket.waitReadable(timeout: Self.firstMessageTimeout) > 0, let first = Self.peekByte(socket) else {
+        guard await socket.waitReadable(timeout: Self.firstMessageTimeout) > 0 else {
             logger.info("frp connection closed: nothing sent within 10 s", metadata: ["peer": "\(peer)"])
+            socket.abort()
+            return
+        }
+        guard let first = Self.peekByte(socket) else {
+            // Connected and closed without a byte: a port probe or a health check.
+            logger.debug("frp connection closed at once without sending anything", metadata: ["peer": "\(peer)"])
             socket.abort()
             return
         }
@@ -73,7 +79,13 @@ final class FRPServer: @unchecked Sendable {
                 try await secure.handshake(timeout: Self.firstMessageTimeout)
                 stream = secure
             } catch {
-                logger.info("frp TLS handshake failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                if error.concernsCertificate {
+                    // A client with the wrong certificate (or none) never gets in: the admin must see it.
+                    logger.warning("frp TLS handshake failed: the client's certificate is missing or not signed by cert_dir's ca.crt",
+                                   metadata: ["peer": "\(peer)", "error": "\(error)"])
+                } else {
+                    logger.info("frp TLS handshake failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                }
                 socket.abort()
                 return
             }
@@ -84,7 +96,7 @@ final class FRPServer: @unchecked Sendable {
         }
         let reader = FramedReader(stream: stream, capacity: 64 * 1024)
         guard await reader.fill(timeout: Self.firstMessageTimeout) > 0 else {
-            logger.info("frp connection closed before its first message", metadata: ["peer": "\(peer)"])
+            logger.debug("frp connection closed before its first message", metadata: ["peer": "\(peer)"])
             stream.abort()
             return
         }

@@ -28,6 +28,8 @@ public final class Exchange: @unchecked Sendable {
     public var app: String?
     public var user: String?
     public var reason: String?
+    /// The rule that decided (an ExApp route's pattern), for debug logs.
+    public var route: String?
     /// The per-request slot a route provider fills and response observers read (Pingora's
     /// per-request context): whatever the provider needs to judge the outcome.
     public var context: (any Sendable)?

@@ -17,19 +17,23 @@ struct TunnelCommand: ParsableCommand {
     var config: String
 
     func run() throws {
-        let text: String
-        do {
-            text = try String(contentsOfFile: config, encoding: .utf8)
-        } catch {
-            throw ValidationError("cannot read \(config): \(error.localizedDescription)")
+        // A well-formed command whose file is wrong: one line, no usage.
+        var configuration: TunnelConfiguration?
+        try CommandFailure.reporting(json: false) {
+            let text: String
+            do {
+                text = try String(contentsOfFile: config, encoding: .utf8)
+            } catch {
+                throw CommandFailure("cannot read \(config): \(error.localizedDescription)")
+            }
+            do {
+                configuration = try TunnelConfiguration(toml: text, source: config)
+            } catch {
+                throw CommandFailure("\(error)")
+            }
         }
-        let configuration: TunnelConfiguration
-        do {
-            configuration = try TunnelConfiguration(toml: text, source: config)
-        } catch {
-            throw ValidationError("\(error)")
-        }
-        LoggingSystem.bootstrap { LogWriter.Handler(label: $0, level: .info) }
+        guard let configuration else { return }
+        LoggingSystem.bootstrap { LogWriter.Handler(label: $0, level: configuration.logLevel) }
         let logger = Logger(label: "harp.tunnel")
         if !configuration.ignoredKeys.isEmpty {
             logger.warning("keys harp tunnel does not act on: \(configuration.ignoredKeys.joined(separator: ", "))")

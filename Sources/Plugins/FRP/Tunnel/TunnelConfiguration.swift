@@ -1,4 +1,5 @@
 import HarpKernel
+import Logging
 
 /// frpc's own TOML (the subset `harp tunnel` serves), read from the parsed tree by hand so
 /// that every key frpc knows but harp does not is reported by name instead of ignored.
@@ -31,7 +32,9 @@ struct TunnelConfiguration: Sendable {
     var tcpMux = true
     var poolCount = 1
     var proxies: [Proxy] = []
-    /// Keys present in the file that harp does not act on ("log.level", "webServer.port").
+    /// frpc's `log.level`: trace, debug, info, warn or error.
+    var logLevel: Logger.Level = .info
+    /// Keys present in the file that harp does not act on ("log.to", "webServer.port").
     var ignoredKeys: [String] = []
 
     /// Parses frpc TOML. Wrong types and missing proxy fields are errors naming the key.
@@ -55,6 +58,13 @@ struct TunnelConfiguration: Sendable {
         disableCustomTLSFirstByte = try reader.bool("transport.tls.disableCustomTLSFirstByte") ?? disableCustomTLSFirstByte
         tcpMux = try reader.bool("transport.tcpMux") ?? tcpMux
         poolCount = try reader.integer("transport.poolCount") ?? poolCount
+        if let level = try reader.string("log.level") {
+            let levels: [String: Logger.Level] = ["trace": .trace, "debug": .debug, "info": .info, "warn": .warning, "error": .error]
+            guard let known = levels[level.lowercased()] else {
+                throw .invalid(key: "log.level", value: "\"\(level)\"", reason: "frpc's levels are trace, debug, info, warn and error")
+            }
+            logLevel = known
+        }
         for (index, proxy) in reader.tables("proxies").enumerated() {
             var entry = TreeReader(root: proxy, prefix: "proxies[\(index)].")
             guard let name = try entry.string("name") else { throw .missingKey(key: "proxies[\(index)].name", expected: "a proxy name") }
