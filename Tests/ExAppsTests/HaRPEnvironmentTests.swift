@@ -127,6 +127,26 @@ struct HaRPEnvironmentTests {
         #expect(file.stdout.contains("cert_dir = \"/srv/harp-certs/frp\""), "\(file.stdout)")
     }
 
+    @Test("a cert.pem harp cannot read stops it (HaRP served no HTTPS without a word)",
+          .enabled(if: geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/runuser")))
+    func unreadableCertificate() throws {
+        let certs = NSTemporaryDirectory() + "harp-unreadable-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: certs) }
+        chmod(certs, 0o755)
+        try "not for nobody".write(toFile: certs + "/cert.pem", atomically: false, encoding: .utf8)
+        chmod(certs + "/cert.pem", 0o600)
+        // As root every file is readable: the check runs as nobody, with a copy of the binary
+        // nobody can reach (the checkout may sit in a directory only root enters).
+        try FileManager.default.copyItem(atPath: HarpProcess.binary, toPath: certs + "/harp")
+        let result = try shell("""
+            cd / && runuser -u nobody -- env HP_SHARED_KEY=k NC_INSTANCE_URL=http://127.0.0.1 HARP_CERTS_DIR=\(certs) \
+              \(certs)/harp config check 2>&1; echo "exit $?"
+            """).output
+        #expect(result.contains("environment variable HARP_CERTS_DIR: \(certs)/cert.pem exists but cannot be read"), "\(result)")
+        #expect(result.hasSuffix("exit 1"), "\(result)")
+    }
+
     @Test("the variables override a config file, and `harp config check` shows the result")
     func overridesFile() throws {
         let result = try HarpProcess.run(["config", "check"], config: """
