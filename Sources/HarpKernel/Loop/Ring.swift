@@ -48,18 +48,51 @@ final class Ring {
     /// When the submission queue is full, what is queued goes to the kernel first.
     func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
         if let sqe = io_uring_get_sqe(&ring) { return sqe }
-        _ = io_uring_submit(&ring)
-        guard let sqe = io_uring_get_sqe(&ring) else {
-            fatalError("io_uring: no submission entry free right after a submit")
+        // Full: hand the queue to the kernel. Up to a few rounds: the kernel may refuse while
+        // its completion queue is full (EBUSY/EAGAIN), and then takes more once completions
+        // have been moved out of its way (TigerBeetle's flush_submissions does the same).
+        for _ in 0..<16 {
+            let rc = io_uring_submit(&ring)
+            if let sqe = io_uring_get_sqe(&ring) { return sqe }
+            if rc < 0 { Self.check(rc, during: "io_uring_submit") }
+            stashCompletions()
         }
-        return sqe
+        fatalError("io_uring: the submission queue stays full; the kernel takes no entries")
     }
 
     /// Submits what is queued and, when `wait` is true, blocks until one completion arrives.
     func submit(wait: Bool) {
-        let rc = io_uring_submit_and_wait(&ring, wait ? 1 : 0)
-        // EINTR/EBUSY/EAGAIN: nothing lost, the next round submits and reaps again.
-        _ = rc
+        // Nothing to wait for while completions wait in the stash: the loop reaps them first.
+        let rc = io_uring_submit_and_wait(&ring, wait && stashed.isEmpty ? 1 : 0)
+        if rc < 0 { Self.check(rc, during: "io_uring_submit_and_wait") }
+    }
+
+    /// A failed submit: EINTR (a signal), EAGAIN (kernel memory short for a moment), EBUSY
+    /// (the completion queue is full until it is reaped) and ETIME lose nothing — the entries
+    /// stay queued and the loop reaps, then submits again. Anything else (EBADF, EFAULT,
+    /// EINVAL: a broken ring or a corrupt entry) would make every later I/O of this loop hang
+    /// silently, so it stops the process with the reason.
+    private static func check(_ rc: Int32, during call: String) {
+        switch -rc {
+        case EINTR, EAGAIN, EBUSY, ETIME: return
+        default: fatalError("\(call) failed: \(String(cString: strerror(-rc))) (errno \(-rc)); the event loop cannot go on")
+        }
+    }
+
+    /// Completions moved out of the kernel's queue by `sqe()` when the kernel refused new
+    /// entries; the loop's next reap hands them out first, in order.
+    private var stashed: [(UInt64, Int32, UInt32)] = []
+
+    private func stashCompletions() {
+        while true {
+            let count = Int(io_uring_peek_batch_cqe(&ring, cqes, UInt32(batchSize)))
+            guard count > 0 else { return }
+            for i in 0..<count {
+                let cqe = cqes[i]!.pointee
+                stashed.append((cqe.user_data, cqe.res, cqe.flags))
+            }
+            io_uring_cq_advance(&ring, UInt32(count))
+        }
     }
 
     /// Copies up to `batchSize` completions out, advances the queue, and calls `body` with
@@ -67,6 +100,12 @@ final class Ring {
     /// submit freely. Returns how many completions were handled.
     @inline(__always)
     func reap(into batch: inout [(UInt64, Int32, UInt32)]) -> Int {
+        if !stashed.isEmpty {
+            // Rare (a full submission queue met a full completion queue): the stash first.
+            batch.removeAll(keepingCapacity: true)
+            swap(&batch, &stashed)
+            return batch.count
+        }
         let count = Int(io_uring_peek_batch_cqe(&ring, cqes, UInt32(batchSize)))
         guard count > 0 else { return 0 }
         batch.removeAll(keepingCapacity: true)
