@@ -25,6 +25,7 @@ public final class FrameWriter: @unchecked Sendable {
 
     /// Runs `body` while no other writer may write: for a frame written in parts.
     public func exclusive<T>(_ body: () async -> T) async -> T {
+        stream.loop.assertInLoop()
         await gate.acquire()
         defer { gate.release() }
         return await body()

@@ -20,6 +20,7 @@ public final class PrefixedStream: ByteStream, @unchecked Sendable {
     public var peer: SocketAddress? { inner.peer }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int {
+        loop.assertInLoop()
         guard buffered.isEmpty else {
             let count = min(buffer.count, buffered.count)
             buffer.baseAddress!.copyMemory(from: buffered.readable.baseAddress!, byteCount: count)

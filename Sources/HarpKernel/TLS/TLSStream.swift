@@ -101,6 +101,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// Reads plaintext: a count, 0 when the peer closed (close_notify or end of stream), or
     /// `-errno` (`-ETIMEDOUT`, `-EPROTO` for a TLS failure, see `lastError`).
     public func read(into destination: UnsafeMutableRawBufferPointer, timeout: Duration? = nil, expectingWait: Bool = false) async -> Int {
+        loop.assertInLoop()
         let count = destination.count
         do {
             var total = Int(try await drive(timeout: timeout, during: "TLS read", flush: false, expectingWait: expectingWait) {
@@ -131,6 +132,7 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     /// Writes all of `source` as plaintext: 0, or `-errno` as for `read`.
     public func write(_ source: UnsafeRawBufferPointer, timeout: Duration? = nil) async -> Int32 {
+        loop.assertInLoop()
         var offset = 0
         do {
             // Encrypt every record first (the send buffer takes a copy round's worth), then

@@ -70,6 +70,7 @@ final class PeerSession: @unchecked Sendable {
 
     /// Serves the connection until it ends (or the node stops and aborts the stream).
     func run() async {
+        loop.assertInLoop()
         swarm.attach(self)
         let server = loop.spawn { await self.serve() }
         let pinger = loop.spawn { await self.ping() }

@@ -43,6 +43,7 @@ final class CipherStream: ByteStream, @unchecked Sendable {
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int {
+        loop.assertInLoop()
         if decryptor == nil {
             // The peer's IV comes first; it may arrive in pieces.
             while ivCount < 16 {
@@ -63,6 +64,7 @@ final class CipherStream: ByteStream, @unchecked Sendable {
     }
 
     func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32 {
+        loop.assertInLoop()
         var prefix = 0
         let scratch = loop.copyBuffers.take()
         defer { loop.copyBuffers.give(scratch) }

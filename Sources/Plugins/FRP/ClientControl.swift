@@ -46,6 +46,7 @@ final class ClientControl: @unchecked Sendable {
     var logger: Logger { server.logger }
 
     func run() async {
+        loop.assertInLoop()
         let answer = FRPMessage.loginResponse(.init(version: FRPServer.version, runID: runID, error: ""))
         guard await plain.write(answer.encoded(), timeout: .seconds(10)) == 0 else {
             return await end(reason: "could not send LoginResp")

@@ -50,6 +50,7 @@ final class FRPServer: @unchecked Sendable {
 
     /// One accepted connection: TLS or not, yamux or not, then its first message.
     func serve(_ socket: SocketStream) async {
+        loop.assertInLoop()
         let peer = socket.peer.map { "\($0)" } ?? "?"
         // The handshake and the first message together within this, however slowly the
         // client trickles them (a byte every few seconds must not hold the connection).

@@ -40,6 +40,7 @@ final class SnappyStream: ByteStream, @unchecked Sendable {
     // MARK: Reading
 
     func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration?, expectingWait: Bool) async -> Int {
+        loop.assertInLoop()
         while pendingOffset == pendingCount {
             let result = await nextChunk(timeout: timeout, expectingWait: expectingWait)
             if result <= 0 { return result }
@@ -120,6 +121,7 @@ final class SnappyStream: ByteStream, @unchecked Sendable {
     // MARK: Writing
 
     func write(_ bytes: UnsafeRawBufferPointer, timeout: Duration?) async -> Int32 {
+        loop.assertInLoop()
         let scratch = loop.copyBuffers.take()
         defer { loop.copyBuffers.give(scratch) }
         var used = 0

@@ -48,6 +48,7 @@ final class TCPProxy: @unchecked Sendable {
     }
 
     private func serve(_ user: SocketStream) async {
+        control.loop.assertInLoop()
         Socket.setNoDelay(user.fd)
         let metrics = control.server.metrics
         guard let work = await control.takeWorkConnection() else {

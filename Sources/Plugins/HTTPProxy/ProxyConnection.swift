@@ -45,6 +45,7 @@ final class ProxyConnection {
     var config: HTTPProxyConfiguration { shared.configuration }
 
     func run() async {
+        loop.assertInLoop()
         shared.metrics.connectionOpened()
         let roster = shared.roster(for: loop)
         while let (head, length) = await readRequestHead(roster) {
