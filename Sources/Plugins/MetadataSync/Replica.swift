@@ -145,7 +145,7 @@ public struct Replica: Sendable {
             guard !contains(logged) else { continue }
             operations[logged.origin, default: [:]][logged.sequence] = logged
             if logged.origin == node { highestOwn = max(highestOwn, logged.sequence) }
-            var contiguous = vector[logged.origin] ?? 0
+            var contiguous = vector[logged.origin] ?? 0  // only ever grows: a vector never decreases
             while operations[logged.origin]?[contiguous + 1] != nil { contiguous += 1 }
             vector[logged.origin] = contiguous
             clock.observe(logged.operation.timestamp)
@@ -158,7 +158,11 @@ public struct Replica: Sendable {
             }
         }
         tree.apply(moves)
+        assert(floorWithinVector, "a floor passed the vector after apply")
     }
+
+    /// The floor never passes the vector: what settled was held first.
+    private var floorWithinVector: Bool { floor.allSatisfy { $0.value <= vector[$0.key] ?? 0 } }
 
     /// What a peer whose vector is `theirs` lacks, oldest first per origin. (A peer below the
     /// floor lost its state: the settled moves it lacks are gone; it gets the rest.)
@@ -289,6 +293,7 @@ extension Replica {
         }
         settledMoves += dropped.count
         lastSettled = settlement.moves.last?.timestamp
+        assert(floorWithinVector, "a floor passed the vector after settle")
         return (settlement, dropped)
     }
 }

@@ -74,6 +74,7 @@ public struct ReplicatedTree: Sendable, Equatable {
             undo(last)
             undone.append(last.move)
         }
+        let kept = log.count
         // Merge the undone (descending, so reversed) with the fresh ones, in timestamp order.
         var redo = undone.reversed().makeIterator(), next = redo.next()
         for move in fresh {
@@ -87,6 +88,9 @@ public struct ReplicatedTree: Sendable, Equatable {
             perform(pending)
             next = redo.next()
         }
+        // The log stays in timestamp order: what was kept, then what was redone after it.
+        assert(zip(log[max(kept, 1) - 1..<log.count], log[max(kept, 1)...]).allSatisfy { $0.move.timestamp < $1.move.timestamp },
+               "the move log is out of order after apply")
     }
 
     private mutating func perform(_ move: TreeOperation.Move) {
@@ -181,6 +185,9 @@ public struct ReplicatedTree: Sendable, Equatable {
             settlement.deletions.updateValue(settledDeletions[move.item], forKey: move.item)
         }
         log.removeFirst(count)
+        // A prefix was cut: every move left is later than every settled one.
+        assert(settlement.moves.last.map { last in log.first.map { last.timestamp < $0.move.timestamp } ?? true } ?? true,
+               "settle cut something other than a prefix of the log")
         return settlement
     }
 
