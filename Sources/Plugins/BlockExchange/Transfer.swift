@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import HarpKernel
 import Synchronization
@@ -22,6 +23,8 @@ final class Transfer: Sendable {
     /// first, may still be landing when the last chunk completes the file), so a write never
     /// meets a closed — or worse, reused — descriptor number.
     private let io = Mutex<(writers: Int, closing: Bool, closed: Bool)>((0, false, false))
+    /// Signalled by the last write in flight once `quiesce` has closed the door.
+    private let drained = DispatchSemaphore(value: 0)
 
     struct Slot: Sendable {
         let id: ChunkID
@@ -101,14 +104,23 @@ final class Transfer: Sendable {
     }
 
     func endWrite() {
-        io.withLock { $0.writers -= 1 }
+        let last = io.withLock { io -> Bool in
+            io.writers -= 1
+            return io.closing && io.writers == 0
+        }
+        // The last write a `quiesce` waits for.
+        if last { drained.signal() }
     }
 
     /// Refuses new writes and waits for those in flight (a few milliseconds at most: each is
-    /// one chunk into the page cache). Blocks: for the disk worker, never a loop.
+    /// one chunk into the page cache). Blocks: for the disk worker, never a loop. Called by
+    /// one thread at a time (the disk worker), so each signal has exactly one waiter.
     func quiesce() {
-        io.withLock { $0.closing = true }
-        while io.withLock({ $0.writers }) > 0 { usleep(1000) }
+        let inFlight = io.withLock { io -> Bool in
+            io.closing = true
+            return io.writers > 0
+        }
+        if inFlight { drained.wait() }
     }
 
     /// Closes `fd` once, after the writes in flight (`quiesce`): 0 or `close`'s -1.

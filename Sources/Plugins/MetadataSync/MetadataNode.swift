@@ -37,6 +37,8 @@ actor MetadataNode {
     /// Peers sent this node's settled state (they lacked settled moves), once per connection.
     private var sentSettled: Set<NodeID> = []
     private var working = false
+    /// `stop()` waiting for the pass in progress to end.
+    private var passEndWaiters: [CheckedContinuation<Void, Never>] = []
     private var workAgain = false
     /// Remote operations stamped too far ahead of our clock, kept until time catches up.
     private var heldBack: [LoggedOperation] = []
@@ -140,8 +142,16 @@ actor MetadataNode {
         stopped = true
         finishFirstPass()
         watcher?.stop()
-        let deadline = ContinuousClock.now + .seconds(5)
-        while working, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        if working {
+            await withCheckedContinuation { continuation in
+                passEndWaiters.append(continuation)
+                // The limit: the waiter goes on after 5 s if the pass has not ended by then.
+                Task { [weak self] in
+                    try? await Task.sleep(for: .seconds(5))
+                    await self?.resumePassEndWaiters()
+                }
+            }
+        }
         await persist([:])
     }
 
@@ -181,6 +191,14 @@ actor MetadataNode {
             }
         } while workAgain && !stopped
         working = false
+        resumePassEndWaiters()
+    }
+
+    /// Resumes whoever waits for the pass to end (`stop`); each waiter once.
+    private func resumePassEndWaiters() {
+        let waiters = passEndWaiters
+        passEndWaiters.removeAll()
+        for waiter in waiters { waiter.resume() }
     }
 
     // MARK: Peers
