@@ -171,7 +171,7 @@ struct HTTPProxyIntegrationTests {
         #expect(try harp.stop() == 0)
     }
 
-    @Test("an idempotent request on a pooled connection the upstream dropped is retried on a fresh one")
+    @Test("a GET on a pooled connection the upstream dropped unanswered is sent again on a fresh one")
     func retryOnDeadPooledConnection() throws {
         let origin = try HTTPTestOrigin()
         defer { origin.stop() }

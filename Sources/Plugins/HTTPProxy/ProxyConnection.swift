@@ -200,9 +200,8 @@ final class ProxyConnection {
         let expectsContinue = request.headers.contains(.expect, token: "100-continue")
         var answerContinue = expectsContinue && framing != .none && inbound.isEmpty
         // A small body that did not all come with its head is read whole first (nginx buffers
-        // request bodies too): held, it can go again if a reused upstream connection turns out
-        // closed. Streamed, a POST racing the origin's keep-alive timeout failed with a 502
-        // whenever curl's body left in its own segment (2 of 60 in CI).
+        // request bodies too): held, a PUT's can go again if a reused upstream connection turns
+        // out closed (streamed, it could not: part of it would have left).
         if case .length(let count) = framing, count <= Self.heldBodyLimit, count <= inbound.capacity, inbound.count < count {
             if answerContinue {
                 guard await sendToClient(Self.continueBytes) else { return false }
@@ -229,8 +228,10 @@ final class ProxyConnection {
 
         // A reused connection may have been closed by the upstream just now (the pool's peek
         // catches a close that has arrived; one racing the request is seen here). If nothing
-        // came back, the request goes again on a fresh connection — whatever its method —
-        // when harp can replay it: no body, a held body, or a body none of which has left.
+        // came back, an idempotent request goes again on a fresh connection when harp can
+        // replay it: no body, a held body, or a body none of which has left. Other methods get
+        // 502, as from nginx: the upstream may have applied a POST before it closed, and a
+        // proxy must not send it twice (RFC 9110 §9.2.2). docs/architecture.md, "Retries".
         var attempt = 0
         while true {
             attempt += 1
@@ -247,7 +248,8 @@ final class ProxyConnection {
             switch outcome {
             case .done(let keepAlive):
                 return keepAlive
-            case .retry where attempt == 1 && connection.reused && !exchange.sawResponseHead && (bodyFraming == .none || !exchange.requestBodyStarted):
+            case .retry where attempt == 1 && connection.reused && request.isIdempotent && !exchange.sawResponseHead
+                    && (bodyFraming == .none || !exchange.requestBodyStarted):
                 shared.metrics.upstreamRetried()
                 shared.logger.debug("reused upstream connection was closed; retrying", metadata: ["upstream": "\(upstream)"])
                 continue
@@ -291,7 +293,7 @@ final class ProxyConnection {
 
     enum ExchangeOutcome: Equatable {
         case done(keepAlive: Bool)
-        /// The upstream closed before answering anything; safe to retry if idempotent.
+        /// The upstream closed before answering anything: an idempotent request may go again.
         case retry
         case upstreamFailed
         case upstreamTimedOut
