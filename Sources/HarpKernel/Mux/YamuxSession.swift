@@ -12,7 +12,7 @@ import Glibc
 /// cannot make harp buffer every stream's maximum (frps grants it all with the ACK).
 ///
 /// Loop-confined: create, run and use it on one loop.
-public final class YamuxSession: MultiplexedSession, @unchecked Sendable {
+public final class YamuxSession: @unchecked Sendable {
     // @unchecked Sendable: every member is touched only on `loop`'s thread.
     public struct Settings: Sendable {
         /// The receive window a stream grows to (frp raises yamux's 256 KiB to 6 MiB).

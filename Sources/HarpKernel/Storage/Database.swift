@@ -212,7 +212,6 @@ public final class Connection {
 
     /// Rows changed by the last statement.
     public var changes: Int { Int(sqlite3_changes(handle)) }
-    public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
     /// Runs `body` in a transaction on this connection (inside a `readNow` or `read` job).
     public func transactionNow<T>(_ body: () throws -> T) throws(DatabaseError) -> T {
