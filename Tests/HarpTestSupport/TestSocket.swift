@@ -89,8 +89,8 @@ public final class TestSocket {
 /// (32768–60999 by default): a port the kernel picks for "port 0" can be handed out again at
 /// once as the source port of another test's outgoing connection (the flood tests open
 /// thousands), and then harp's bind fails with EADDRINUSE. A port is handed out once per test
-/// process: two calls before either port is bound would otherwise return the same port now
-/// and then (CI once started a node whose admin and storage ports were both 20818).
+/// process: two calls before either port is bound could otherwise return the same port, and
+/// one harp would be given it twice (its admin and its storage listener).
 public func freePort() -> UInt16 {
     for _ in 0..<1000 {
         let port = UInt16.random(in: 20000...32000)

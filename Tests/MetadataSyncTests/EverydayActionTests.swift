@@ -100,8 +100,8 @@ struct EverydayActionTests {
         func store() -> [String: Any] { ((try? b.storage(["status"]))?["version_store"] as? [String: Any]) ?? [:] }
         try FolderSafetyTests.waitFor("big.bin's bytes pruned on B") { store()["pruned_files"] as? Int == 1 && store()["files"] as? Int == 0 }
         for step in 1...5 {
-            // Written over in place, never truncated: a scan that caught the file empty between
-            // a truncate and the write (once, on a loaded CI) recorded an empty version too.
+            // Written over in place, never truncated: a scan that catches the file empty between
+            // a truncate and the write records an empty version too.
             let fd = open(a.folder + "/f.txt", O_WRONLY | O_CREAT, 0o644)
             _ = Array("version \(step)\n".utf8).withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
             close(fd)

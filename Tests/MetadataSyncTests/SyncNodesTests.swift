@@ -70,9 +70,9 @@ struct SyncNodesTests {
         try eventually("A's change on B", seenOnB)
         // C's change must be later than A's by the clocks that stamp them: C's is stamped from
         // the file's mtime, which the kernel takes from its coarse clock (up to a jiffy, 10 ms,
-        // behind). Without the pause, a CI run once had C write 2-3 ms after A's delete was
-        // stamped, and the delete won. (Deciding "concurrently" causally instead of by time
-        // is the open item in docs/p2p-storage.md, "Not yet".)
+        // behind), so a write a few milliseconds after A's delete can look older than it.
+        // (Deciding "concurrently" causally instead of by time is the open item in
+        // docs/p2p-storage.md, "Not yet".)
         Thread.sleep(forTimeInterval: 0.02)
         try onC()
         try nodes[2].start()
@@ -245,7 +245,7 @@ extension SyncNodesTests {
             ((try? node.storage(["history", path]))?["versions"] as? [[String: Any]])?.count ?? -1
         }
         // 4 moves (docs, one, two, the move) settle; the versions stay: 3, or 4 when A's scan
-        // caught the non-atomic rewrite of one.txt between truncation and write (seen in CI).
+        // catches the non-atomic rewrite of one.txt between truncation and write.
         let oneVersions = versions(a, "docs/one.txt")
         for node in [a, b] {
             try eventually("moves settled on \(node.id)") { kept(node) == oneVersions + versions(node, "docs/two.txt") && oneVersions >= 2 }

@@ -34,8 +34,8 @@ public final class YamuxSession: @unchecked Sendable {
     /// arrives, so its buffer used to stay at `ReadBuffer`'s 4 KiB first allocation: a GiB
     /// crossed in 4 KiB reads, deliveries and relay writes (now the reader grows: see
     /// `FramedReader.growsWhenFull`). With that, payload delivered straight into a waiting
-    /// read and headers written in place (`YamuxStream`), TLS with tcpMux went from 2.3–2.5
-    /// to 1.8–1.9 CPU s/GB in `bench/frp.sh` (two runs each).
+    /// read and headers written in place (`YamuxStream`), TLS with tcpMux costs 1.8–1.9 CPU
+    /// s/GB in `bench/frp.sh` (2.3–2.5 with 4 KiB reads; two runs each).
     static let readChunk = 64 * 1024
 
     public let loop: EventLoop

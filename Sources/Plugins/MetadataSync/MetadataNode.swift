@@ -216,7 +216,7 @@ actor MetadataNode {
 
     /// Only when `link` is the session held: the end of a displaced one can arrive after its
     /// successor's `connected` (each comes in a task of its own), and forgetting the peer then
-    /// left a live session unused — no pushes, no reports (a CI run: "A's change on B" never came).
+    /// would leave a live session unused — no pushes, no reports, a peer's change never arriving.
     func disconnected(_ link: PeerLink) {
         guard let held = links[link.peer], held.isSame(as: link) else { return }
         links[link.peer] = nil
