@@ -1,0 +1,67 @@
+import Foundation
+@testable import HarpKernel
+import Testing
+
+/// The loop's small waiting pieces, each on its own: `LoopWait` (with the `DeadlineSweep`
+/// that ends its timeouts) and `WriteGate`.
+@Suite("loop primitives")
+struct LoopPrimitivesTests {
+    /// A loop-confined object handed to other tasks on the same loop.
+    final class OnLoop<T>: @unchecked Sendable {
+        // @unchecked Sendable: every task that touches `value` runs on the test's one loop.
+        let value: T
+        init(_ value: T) { self.value = value }
+    }
+
+    @Test("LoopWait: a signal wakes the waiter at once; without one the sweep ends the wait after its timeout, not before")
+    func loopWait() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let (signalled, timedOut, waited) = await loop.spawn { () -> (Bool, Bool, Duration) in
+            let wait = LoopWait(loop: loop)
+            let shared = OnLoop(wait)
+            let waker = loop.spawn {
+                while !shared.value.isWaiting { await Task.yield() }
+                shared.value.signal()
+            }
+            let signalled = await wait.wait(timeout: .seconds(30))
+            await waker.value
+            let clock = ContinuousClock(), start = clock.now
+            let timedOut = await wait.wait(timeout: .milliseconds(200))
+            return (signalled, timedOut, clock.now - start)
+        }.value
+        #expect(signalled)
+        #expect(!timedOut)
+        // The sweep runs every 50 ms: the wait ends between its timeout and one sweep later.
+        #expect(waited >= .milliseconds(199) && waited < .milliseconds(1000), "\(waited)")
+    }
+
+    @Test("WriteGate: holders take turns in arrival order; a frame in parts is never interleaved")
+    func writeGate() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let order = await loop.spawn { () -> [String] in
+            let gate = WriteGate()
+            let shared = OnLoop(gate)
+            final class Log: @unchecked Sendable {
+                // @unchecked Sendable: used by tasks on one loop.
+                var entries: [String] = []
+            }
+            let log = Log()
+            var writers: [Task<Void, Never>] = []
+            for writer in 0..<3 {
+                writers.append(loop.spawn {
+                    await shared.value.acquire()
+                    log.entries.append("\(writer) head")
+                    await Task.yield()  // another writer runs here and must wait
+                    log.entries.append("\(writer) body")
+                    shared.value.release()
+                })
+            }
+            for writer in writers { await writer.value }
+            #expect(!gate.isHeld)
+            return log.entries
+        }.value
+        #expect(order == ["0 head", "0 body", "1 head", "1 body", "2 head", "2 body"])
+    }
+}
