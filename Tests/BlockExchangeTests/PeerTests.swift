@@ -80,9 +80,7 @@ struct PeerTests {
         let harpImpostor = try HarpProcess.serve(wrongB.config(peers: [a]))
         // A dials B's address, finds the impostor's ID there, and does not connect.
         let refused = ["is \(impostor.id), not the configured \(b.id)"]
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline, !refused.contains(where: { harpA.stderr.contains($0) }) { usleep(100_000) }
-        #expect(refused.contains(where: { harpA.stderr.contains($0) }), "\(harpA.stderr)")
+        #expect(waitUntil(timeout: 30) { refused.contains { harpA.stderr.contains($0) } }, "\(harpA.stderr)")
         #expect(!harpA.stderr.contains("peer connected"))
         #expect(try harpImpostor.stop() == 0)
         #expect(try harpA.stop() == 0)

@@ -304,11 +304,7 @@ struct SwarmTests {
 
     /// Polls `condition` every 50 ms for up to `timeout` seconds.
     func waitUntil(timeout: Double = 60, _ condition: () -> Bool) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while !condition() {
-            guard Date() < deadline else { throw TestFailure("condition not met within \(timeout) s") }
-            usleep(50_000)
-        }
+        try eventually("the swarm's condition", timeout: timeout, condition)
     }
 }
 

@@ -92,15 +92,7 @@ public final class FRPClient: @unchecked Sendable {
 
 /// Polls until a TCP connection to `port` on loopback succeeds (a proxy is listening).
 public func waitForListener(port: UInt16, timeout: Double = 30) -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if let socket = try? TestSocket(connectingTo: loopback(port), timeoutSeconds: 1) {
-            _ = socket
-            return true
-        }
-        usleep(100_000)
-    }
-    return false
+    waitUntil(timeout: timeout, interval: 0.1) { (try? TestSocket(connectingTo: loopback(port), timeoutSeconds: 1)) != nil }
 }
 
 /// Whether process `pid` has a socket listening on TCP `port` (from /proc: unlike a connect,

@@ -25,12 +25,7 @@ struct FolderSafetyTests {
     }
 
     static func waitFor(_ what: String, timeout: Double = 20, _ condition: () -> Bool) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if condition() { return }
-            usleep(100_000)
-        }
-        throw TestFailure("not within \(timeout) s: \(what)")
+        try eventually(what, timeout: timeout, interval: 0.1, condition)
     }
 
     @Test("a symbolic link in the receiving folder is never written through, and never turned into a delete")

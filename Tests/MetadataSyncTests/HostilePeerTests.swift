@@ -113,9 +113,7 @@ struct HostilePeerTests {
         let peer = try HostilePeer(identity: hostile)
         try peer.connect(to: node)
         try peer.send(.operations(peer.sign([peer.move(1, counter: .max, name: "counter-at-its-limit")])))
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline, !FileManager.default.fileExists(atPath: node.folder + "/counter-at-its-limit") { usleep(100_000) }
-        #expect(FileManager.default.fileExists(atPath: node.folder + "/counter-at-its-limit"))
+        #expect(waitUntil(timeout: 10) { FileManager.default.fileExists(atPath: node.folder + "/counter-at-its-limit") })
         // The node's clock now stands at that counter: its own next operation moves time on.
         try Data("local".utf8).write(to: URL(fileURLWithPath: node.folder + "/local.txt"))
         try node.process!.waitForOutput("local changes: created local.txt", timeout: 20)

@@ -27,14 +27,9 @@ struct SyncNodesTests {
 
     /// Polls until `condition` holds (20 s at most).
     func eventually(_ what: String, _ condition: () -> Bool) throws {
-        let deadline = Date().addingTimeInterval(20)
-        while !condition() {
-            guard Date() < deadline else {
-                let logs = nodes.map { "\($0.id.prefix(9)) files \(files($0)):\n\($0.log.suffix(4000))" }.joined(separator: "\n---\n")
-                throw TestFailure("not within 20 s: \(what)\n\(logs)")
-            }
-            usleep(100_000)
-        }
+        try HarpTestSupport.eventually(what, interval: 0.1, context: {
+            nodes.map { "\($0.id.prefix(9)) files \(files($0)):\n\($0.log.suffix(4000))" }.joined(separator: "\n---\n")
+        }, condition)
     }
 
     func read(_ node: P2PNode, _ path: String) -> String? { try? String(contentsOfFile: node.folder + "/" + path, encoding: .utf8) }
@@ -341,17 +336,11 @@ struct CrashTests {
         usleep(400_000)
         try a.kill()
         try a.start()
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline, ((try? FileManager.default.contentsOfDirectory(atPath: b.folder + "/burst"))?.count ?? 0) < count / 3 {
-            usleep(20_000)
-        }
+        func arrived() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: b.folder + "/burst")) ?? []) }
+        _ = waitUntil(timeout: 60, interval: 0.02) { arrived().count >= count / 3 }
         try b.kill()
         try b.start()
-        while Date() < deadline {
-            let names = (try? FileManager.default.contentsOfDirectory(atPath: b.folder + "/burst")) ?? []
-            if names.filter({ !$0.hasPrefix(".") }).count == count { break }
-            usleep(100_000)
-        }
+        _ = waitUntil(timeout: 60) { arrived().filter { !$0.hasPrefix(".") }.count == count }
         let names = try FileManager.default.contentsOfDirectory(atPath: b.folder + "/burst")
         #expect(names.filter { !$0.hasPrefix(".") }.count == count, "\(names.count) files arrived")
         for number in [0, count / 2, count - 1] {
@@ -365,10 +354,7 @@ struct CrashTests {
             #expect(history.count == 1, "\(history)")
         }
         // Partial files are hidden while they fill and gone once renamed into place.
-        let deadlineQuiet = Date().addingTimeInterval(20)
-        while Date() < deadlineQuiet, try FileManager.default.contentsOfDirectory(atPath: b.folder + "/burst").contains(where: { $0.hasPrefix(".") }) {
-            usleep(100_000)
-        }
+        _ = waitUntil { !arrived().contains { $0.hasPrefix(".") } }
         #expect(try FileManager.default.contentsOfDirectory(atPath: b.folder + "/burst").allSatisfy { !$0.hasPrefix(".") })
     }
 
@@ -378,8 +364,7 @@ struct CrashTests {
         let (a, b) = try FolderSafetyTests.pair(downloadRate: 1 << 20)
         defer { for node in [a, b] { node.remove() } }
         try "old\n".write(toFile: a.folder + "/big.bin", atomically: false, encoding: .utf8)
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline, (try? String(contentsOfFile: b.folder + "/big.bin", encoding: .utf8)) != "old\n" { usleep(100_000) }
+        try eventually("the old big.bin on B") { (try? String(contentsOfFile: b.folder + "/big.bin", encoding: .utf8)) == "old\n" }
         let big = Data((0..<(12 << 20)).map { _ in UInt8.random(in: 0...255) })
         try big.write(to: URL(fileURLWithPath: a.folder + "/big.bin"))
         // Fetched files fill in the staging directory, under their content root (a name that
@@ -387,7 +372,7 @@ struct CrashTests {
         func partials() -> [String] {
             ((try? FileManager.default.contentsOfDirectory(atPath: b.folder + "/.harp-staging")) ?? []).filter { $0.hasSuffix(".harp-partial") }
         }
-        while Date() < deadline, partials().isEmpty { usleep(50_000) }
+        _ = waitUntil { !partials().isEmpty }
         try a.kill()
         // B gives the download up (10 s without a chunk) and tries again on later passes.
         do {

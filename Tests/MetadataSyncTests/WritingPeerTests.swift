@@ -26,9 +26,7 @@ struct WritingPeerTests {
             + peer.sign([peer.move(2, wall: now + 3_600_000, name: "from-the-future")])
         try peer.send(.operations(operations))
         try node.process!.waitForOutput("held back an operation from \(future.id)")
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline, !FileManager.default.fileExists(atPath: node.folder + "/slightly-ahead") { usleep(100_000) }
-        #expect(FileManager.default.fileExists(atPath: node.folder + "/slightly-ahead"))
+        #expect(waitUntil(timeout: 10) { FileManager.default.fileExists(atPath: node.folder + "/slightly-ahead") })
         #expect(!FileManager.default.fileExists(atPath: node.folder + "/from-the-future"))
         let names = (try node.storage(["ls"])["entries"] as? [[String: Any]] ?? []).map { $0["name"] as? String ?? "" }
         #expect(names == ["slightly-ahead"])
@@ -62,14 +60,12 @@ struct WritingPeerTests {
         func directories(_ node: P2PNode) -> [String] {
             ((try? FileManager.default.contentsOfDirectory(atPath: node.folder)) ?? []).filter { !$0.hasPrefix(".") }
         }
-        var deadline = Date().addingTimeInterval(120)
-        while Date() < deadline, directories(a).count < 5000 || directories(a).contains(where: { $0.hasPrefix("d") }) { usleep(200_000) }
+        _ = waitUntil(timeout: 120, interval: 0.2) { directories(a).count == 5000 && !directories(a).contains { $0.hasPrefix("d") } }
         #expect(directories(a).count == 5000)
         // C was never up during all that: it gets the 10,000 operations in batches (relayed by
         // A with the writer's proofs) and ends with the same 5,000 directories, renamed.
         try c.start()
-        deadline = Date().addingTimeInterval(120)
-        while Date() < deadline, directories(c).count < 5000 || directories(c).contains(where: { $0.hasPrefix("d") }) { usleep(200_000) }
+        _ = waitUntil(timeout: 120, interval: 0.2) { directories(c).count == 5000 && !directories(c).contains { $0.hasPrefix("d") } }
         #expect(Set(directories(c)) == Set((0..<5000).map { "e\($0)" }))
         let log = try c.storage(["log", "--count", "1000"])["operations"] as? [[String: Any]] ?? []
         #expect(log.count == 1000)
