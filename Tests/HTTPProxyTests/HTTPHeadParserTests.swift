@@ -1,4 +1,5 @@
 @testable import HTTPProxy
+import HarpTestSupport
 import Testing
 
 @Suite("HTTP head parsing and framing")
@@ -218,12 +219,8 @@ struct HTTPHeadParserTests {
 
     @Test("randomized input never crashes the parsers (seeded, bounded)")
     func fuzz() {
-        var seed = UInt64.random(in: 1...UInt64.max)
-        print("fuzz seed \(seed)")
-        func next() -> UInt64 {
-            seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17
-            return seed
-        }
+        var generator = SeededGenerator(seed: SeededGenerator.seed(for: "HTTP parser fuzz"))
+        func next() -> UInt64 { generator.next() }
         let seeds = ["GET / HTTP/1.1\r\nHost: a\r\n\r\n", "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
                      "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", "5;a=b\r\nhello\r\n0\r\nT: v\r\n\r\n"].map { Array($0.utf8) }
         let alphabet: [UInt8] = Array(" \r\n:;=\"\t0123456789abcdefABCDEF/HTTP.GETPOSTchunkedContent-LengthTransfer-Encoding".utf8) + [0, 0x7f, 0x80, 0xff]

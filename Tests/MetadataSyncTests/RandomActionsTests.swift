@@ -235,8 +235,7 @@ struct RandomActionsTests {
 
     @Test("250 random actions on 3 nodes stopped and started at random: one tree, the big directory whole, no version lost, latest edits shown, ignores kept")
     func randomActions() throws {
-        let seed = ProcessInfo.processInfo.environment["HARP_RANDOM_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...UInt64(UInt32.max))
-        print("random actions: seed \(seed) (HARP_RANDOM_SEED=\(seed) repeats the actions)")
+        let seed = SeededGenerator.seed(for: "random actions")
         let nodes = try (0..<3).map { _ in
             let node = try P2PNode()
             node.plugins = ["p2p", "crdt"]
