@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 /// The loop's small waiting pieces, each on its own: `LoopWait` (with the `DeadlineSweep`
-/// that ends its timeouts) and `WriteGate`.
+/// that ends its timeouts), `LoopTimer` and `WriteGate`.
 @Suite("loop primitives")
 struct LoopPrimitivesTests {
     /// A loop-confined object handed to other tasks on the same loop.
@@ -63,5 +63,33 @@ struct LoopPrimitivesTests {
             return log.entries
         }.value
         #expect(order == ["0 head", "0 body", "1 head", "1 body", "2 head", "2 body"])
+    }
+
+    @Test("LoopTimer: fires once after its delay; a cancelled one never fires; arming an armed timer changes nothing")
+    func loopTimer() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let (fired, cancelledFired, elapsed) = await loop.spawn { () -> (Int, Int, Duration) in
+            final class Count: @unchecked Sendable {
+                // @unchecked Sendable: touched only on the test's loop.
+                var value = 0
+            }
+            let fires = Count(), cancelled = Count()
+            let clock = ContinuousClock(), start = clock.now
+            let timer = LoopTimer(loop: loop) { fires.value += 1 }
+            timer.arm(after: .milliseconds(100))
+            timer.arm(after: .milliseconds(1))  // armed already: no second expiry, no earlier one
+            let other = LoopTimer(loop: loop) { cancelled.value += 1 }
+            other.arm(after: .milliseconds(50))
+            other.cancel()
+            let wait = AsyncCompletion()
+            while timer.armed { _ = await loop.sleep(for: .milliseconds(10), using: wait) }
+            let elapsed = clock.now - start
+            _ = await loop.sleep(for: .milliseconds(150), using: wait)
+            return (fires.value, cancelled.value, elapsed)
+        }.value
+        #expect(fired == 1)
+        #expect(cancelledFired == 0)
+        #expect(elapsed >= .milliseconds(99), "\(elapsed)")
     }
 }
