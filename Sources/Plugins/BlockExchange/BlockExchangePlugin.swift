@@ -1,3 +1,4 @@
+import CShims
 import ArgumentParser
 import Glibc
 import HarpKernel

@@ -1,3 +1,4 @@
+import CShims
 import BlockExchange
 import Glibc
 import HarpKernel

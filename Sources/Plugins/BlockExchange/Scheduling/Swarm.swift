@@ -1,3 +1,4 @@
+import CShims
 import CoreMetrics
 import Glibc
 import HarpKernel
