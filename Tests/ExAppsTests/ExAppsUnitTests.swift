@@ -1,5 +1,6 @@
 @testable import ExApps
 import Foundation
+import HTTPProxy
 import HarpKernel
 import Logging
 import Testing
@@ -67,6 +68,24 @@ struct ExAppsUnitTests {
         table.insert("k8", 8, until: 100, now: 50)  // full again: the expired three go, k4 stays
         #expect(table.count == 2 && table.value("k4", now: 50) == 4 && table.value("k8", now: 50) == 8)
         #expect(table.value("k4", now: 200) == nil, "expired on lookup")
+    }
+
+    @Test("the client address rules: first entry (HaRP's), rightmost untrusted, all trusted, garbage in the chain, untrusted peers")
+    func clientAddressRules() throws {
+        let proxy = ClientInfo(peer: .ipv4(host: UInt32(0x0A000005).bigEndian, port: 1), isTrustedProxy: true)
+        let stranger = ClientInfo(peer: .ipv4(host: UInt32(0xC6336407).bigEndian, port: 1), isTrustedProxy: false)
+        let trusted = [try IPRange(parsing: "10.0.0.0/8")]
+        func client(_ rule: ClientAddressRule, _ peer: ClientInfo, _ pairs: [(String, String)]) -> String {
+            rule.client(peer, headers: HTTPHeaders(pairs.map { (name: $0.0, value: $0.1) }), trusted: trusted)
+        }
+        let forged = [("X-Forwarded-For", "192.0.2.1, 203.0.113.9"), ("X-Forwarded-For", "10.0.0.7")]
+        #expect(client(.first, proxy, forged) == "192.0.2.1")
+        #expect(client(.rightmostUntrusted, proxy, forged) == "203.0.113.9", "past the trusted hop, the address the proxy saw")
+        #expect(client(.rightmostUntrusted, proxy, [("X-Forwarded-For", "10.1.1.1, 10.0.0.7")]) == "10.1.1.1", "all trusted: the leftmost")
+        #expect(client(.rightmostUntrusted, proxy, [("X-Forwarded-For", "203.0.113.9, nonsense"), ("X-Real-IP", "198.51.100.3")]) == "198.51.100.3",
+                "a chain broken by garbage falls back to X-Real-IP")
+        #expect(client(.rightmostUntrusted, proxy, [("X-Forwarded-For", "nonsense")]) == "10.0.0.5", "then to the peer")
+        #expect(client(.first, stranger, forged) == "198.51.100.7", "an untrusted peer's headers count for nothing")
     }
 
     @Test("the ban table forgets IPs that are not banned when a flood fills it, and keeps the bans")

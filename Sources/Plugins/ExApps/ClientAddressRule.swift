@@ -28,13 +28,17 @@ public enum ClientAddressRule: String, Codable, Sendable, CaseIterable {
         case .rightmostUntrusted:
             let entries = headers.values("x-forwarded-for").flatMap { $0.split(separator: ",") }
                 .map { $0.trimmingCharacters(in: .whitespaces) }
+            var leftmost: String?
             for entry in entries.reversed() {
-                guard let bytes = IPRange.bytes(of: entry) else { break }
+                guard let bytes = IPRange.bytes(of: entry) else {
+                    leftmost = nil  // not an address: the chain cannot be followed past it
+                    break
+                }
                 if !trusted.contains(where: { $0.contains(bytes) }) { return entry }
+                leftmost = entry
             }
             // Every entry a trusted proxy: the leftmost is where the request began.
-            if let first = entries.first, IPRange.bytes(of: first) != nil,
-               entries.allSatisfy({ IPRange.bytes(of: $0) != nil }) { return first }
+            if let leftmost { return leftmost }
         }
         if let real = headers["x-real-ip"]?.trimmingCharacters(in: .whitespaces), IPRange.bytes(of: real) != nil {
             return real
