@@ -126,4 +126,28 @@ struct EverydayActionTests {
         let content = try b.storage(["status"])["content"] as? [String: Any] ?? [:]
         #expect(content["pending_files"] as? Int == 0 && content["in_flight"] as? Int == 0, "nothing left to fetch: \(content)")
     }
+
+    @Test("a mode change from a peer meets an edit not yet scanned: the edit is kept and becomes a version everywhere")
+    func modeChangeMeetsUnscannedEdit() throws {
+        // stable_after 3 s: B's edit waits that long before a scan versions it, and A's chmod
+        // (published at once: same bytes, new mode) reaches B meanwhile.
+        let (a, b) = try FolderSafetyTests.pair(stableAfter: "3s")
+        defer { for node in [a, b] { node.remove() } }
+        try "v1\n".write(toFile: a.folder + "/f.txt", atomically: false, encoding: .utf8)
+        try FolderSafetyTests.waitFor("f.txt on B", timeout: 30) { Self.read(b, "f.txt") == "v1\n" }
+        let fd = open(b.folder + "/f.txt", O_WRONLY | O_TRUNC)
+        _ = Array("edited on B\n".utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        chmod(a.folder + "/f.txt", 0o600)
+        try a.process!.waitForOutput("changed the mode of f.txt")
+        try FolderSafetyTests.waitFor("A's mode version in B's history", timeout: 30) {
+            ((try? b.storage(["history", "f.txt"]))?["versions"] as? [[String: Any]])?.count == 2
+        }
+        // B's edit is versioned once stable, after A's mode version (a node stamps a change
+        // after the newest version it holds of that file), so it is the newest on both nodes.
+        // Before the fix B took the mode and recorded its edited file under v1's root: no
+        // later scan saw a change, and A never got the edit.
+        try FolderSafetyTests.waitFor("B's edit on A", timeout: 30) { Self.read(a, "f.txt") == "edited on B\n" }
+        #expect(Self.read(b, "f.txt") == "edited on B\n")
+    }
 }

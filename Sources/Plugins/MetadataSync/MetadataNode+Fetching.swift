@@ -195,9 +195,11 @@ extension MetadataNode {
     }
 
     /// A remote change of a file's mode alone (the same content): applied unless the user
-    /// changed the mode here since it was recorded.
+    /// changed the file here since it was recorded — its mode, or its bytes (an edit the scan
+    /// has not versioned yet: recording the file's new stat under the old root would hide the
+    /// edit from every later scan, and lose it).
     func applyMode(_ mode: UInt16, to path: String, recorded: PathState) {
-        guard let now = disk.lstat(path), now.st_mode & 0o777 == mode_t(recorded.mode) else { return }
+        guard unchanged(path, recorded), let now = disk.lstat(path), now.st_mode & 0o777 == mode_t(recorded.mode) else { return }
         expectOwn(path)
         guard disk.chmod(path, mode: mode_t(mode) & ~umaskBits) == 0, let state = state(path, item: recorded.item, root: recorded.root) else { return }
         paths[path] = state
