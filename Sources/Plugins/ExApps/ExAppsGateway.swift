@@ -13,7 +13,8 @@ struct ExAppsGateway: RouteProvider {
 
     func route(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> RouteDecision? {
         let (decision, outcome) = await decide(&request, client: client, exchange: exchange)
-        state.metrics.decided(outcome, app: state.metricsLabel(exchange.app))
+        let context = exchange.context as? ExAppsExchange
+        (context?.counters ?? state.metrics.unknownApp).decided(outcome)
         if state.logger.logLevel <= .debug {
             // Why, in one line: what an admin needs to see how harp decided a request.
             state.logger.debug("decided", metadata: [
@@ -58,7 +59,8 @@ struct ExAppsGateway: RouteProvider {
             if let hint = state.frontProxyHint(for: path) { return fail("prefix_stripped", counts: false, (hint, "404")) }
             return fail("no_app", counts: !trusted, Self.notFound)
         }
-        exchange.app = appID.lowercased()
+        let lowerID = appID.lowercased()
+        exchange.app = lowerID
         let query = request.target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(request.target[$0...]) } ?? ""
         // 4. The control plane.
         if appID == "app_api" {
@@ -68,7 +70,6 @@ struct ExAppsGateway: RouteProvider {
             }
             return await state.control.handle(&request, targetPath: targetPath, query: query, exchange: exchange)
         }
-        let lowerID = appID.lowercased()
         let loop = exchange.loop
         let headers = request.headers
         // 5. AppAPI calling its ExApp: all six headers.
@@ -85,6 +86,7 @@ struct ExAppsGateway: RouteProvider {
             switch await state.directory.lookup(lowerID, fetch: { await state.nextcloud.record(lowerID, on: loop) }) {
             case .found(let found):
                 entry = found
+                exchange.context = ExAppsExchange(counters: state.metrics.app(lowerID))
             case .unknown, .refused, .failed:
                 // Not in Nextcloud yet (its /init runs before the app is enabled): the
                 // headers say where it is.
@@ -105,6 +107,8 @@ struct ExAppsGateway: RouteProvider {
         case .failed:
             return fail("nextcloud_unavailable", counts: false, Self.unavailable)
         }
+        var context = ExAppsExchange(counters: state.metrics.app(lowerID))
+        exchange.context = context
         let routePath = RoutePath.normalized(targetPath)
         if routePath == "/heartbeat" || routePath == "/init" || routePath == "/enabled" {
             return fail("internal_route", Self.dropped)
@@ -131,7 +135,8 @@ struct ExAppsGateway: RouteProvider {
             guard let user, user.level >= route.access else { return fail("forbidden", Self.forbidden) }
         }
         if !route.bruteforceStatuses.isEmpty {
-            exchange.context = BruteforceWatch(ip: ip, statuses: route.bruteforceStatuses)
+            context.bruteforce = BruteforceWatch(ip: ip, statuses: route.bruteforceStatuses)
+            exchange.context = context
         }
         // 9. AppAPI's signature: base64("<user id>:<app secret>"), the user empty when anonymous.
         let authorization = user.map { Data("\($0.id):\(entry.record.token)".utf8).base64EncodedString() } ?? entry.anonymousAuthorization
@@ -193,8 +198,16 @@ struct ExAppsGateway: RouteProvider {
     }
 }
 
+/// What the gateway decided that the observer needs after the exchange: the app's counters
+/// (a known app's, found with its record: one lookup per request), and its route's
+/// `bruteforce_protection`.
+struct ExAppsExchange: Sendable {
+    let counters: ExAppsMetrics.AppCounters
+    var bruteforce: BruteforceWatch?
+}
+
 /// A route with `bruteforce_protection`: the statuses that count as a failure for `ip` when
-/// the ExApp answers with them (read by `ExAppsObserver`).
+/// the ExApp answers with them.
 struct BruteforceWatch: Sendable {
     let ip: String
     let statuses: [Int]
@@ -206,8 +219,9 @@ struct ExAppsObserver: ResponseObserver {
     let state: ExAppsState
 
     func observe(_ exchange: Exchange, client: ClientInfo) {
-        state.metrics.traffic(app: state.metricsLabel(exchange.app), fromClient: exchange.requestBytes, toClient: exchange.responseBytes)
-        guard let watch = exchange.context as? BruteforceWatch, watch.statuses.contains(exchange.status) else { return }
+        let context = exchange.context as? ExAppsExchange
+        (context?.counters ?? state.metrics.unknownApp).traffic(fromClient: exchange.requestBytes, toClient: exchange.responseBytes)
+        guard let watch = context?.bruteforce, watch.statuses.contains(exchange.status) else { return }
         state.bans.fail(watch.ip, reason: "bruteforce_status")
     }
 }

@@ -27,11 +27,23 @@ final class ExAppsMetrics: Sendable {
             bytesFromClient = Counter(label: "harp_exapps_bytes_total", dimensions: [("direction", "from_client"), ("app", app)])
             bytesToClient = Counter(label: "harp_exapps_bytes_total", dimensions: [("direction", "to_client"), ("app", app)])
         }
+
+        /// How a request was decided (one of `outcomes`).
+        func decided(_ outcome: String) { decisions[outcome]?.increment() }
+
+        /// An exchange's bytes, spliced ones and upgraded connections' included.
+        func traffic(fromClient: Int, toClient: Int) {
+            if fromClient > 0 { bytesFromClient.increment(by: fromClient) }
+            if toClient > 0 { bytesToClient.increment(by: toClient) }
+        }
     }
+
+    /// Requests for no app harp knows (and those dropped before the app is read).
+    let unknownApp = AppCounters(app: "")
 
     private let apps = Mutex<[String: AppCounters]>([:])
 
-    /// The counters of `app` (a known app's id, or "").
+    /// The counters of a known app's id (looked up once per request, when its record is found).
     func app(_ app: String) -> AppCounters {
         apps.withLock { apps in
             if let counters = apps[app] { return counters }
@@ -39,18 +51,6 @@ final class ExAppsMetrics: Sendable {
             apps[app] = counters
             return counters
         }
-    }
-
-    /// How a request for `app` was decided (one of `outcomes`).
-    func decided(_ outcome: String, app: String) {
-        self.app(app).decisions[outcome]?.increment()
-    }
-
-    /// An exchange's bytes, spliced ones and upgraded connections' included.
-    func traffic(app: String, fromClient: Int, toClient: Int) {
-        let counters = self.app(app)
-        if fromClient > 0 { counters.bytesFromClient.increment(by: fromClient) }
-        if toClient > 0 { counters.bytesToClient.increment(by: toClient) }
     }
 
     func recordCache(hit: Bool) { (hit ? recordHits : recordMisses).increment() }

@@ -54,13 +54,6 @@ final class ExAppsState: Sendable {
         return configuration.clientAddress.client(client, headers: headers, trusted: configuration.trustedProxies)
     }
 
-    /// The `app` label for metrics: the id when harp knows the app, else "" (ids in URLs
-    /// are the client's choice; labels must stay few).
-    func metricsLabel(_ app: String?) -> String {
-        guard let app, directory.known(app) else { return "" }
-        return app
-    }
-
     /// A path whose first segment is a known app id, without `/exapps/`: the front proxy
     /// most likely strips the prefix (HaRP's issues #38, #42, #57, #63). A 404 that says so
     /// and how to fix it, logged once per app; no failure is counted (the client did nothing
