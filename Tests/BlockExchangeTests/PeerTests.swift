@@ -117,16 +117,50 @@ struct PeerTests {
             }
         }
         #expect(frames > 0 && invalid > 0 && chunks > 0, "\(frames) frames, \(invalid) invalid, \(chunks) chunks")
-        let hello = PeerFrameHeader.encode(.hello, body: PeerHello(capabilities: 5).body)
+        let hello = PeerMessage.hello(PeerHello(capabilities: 5)).frame
         hello.withUnsafeBytes { raw -> Void in
             guard case .frame(let header, 5, let length) = PeerFrameDecoder().decode(raw) else {
                 Issue.record("not a frame")
                 return
             }
             #expect(header.type == .hello && length == 14)
-            #expect(PeerHello(body: UnsafeRawBufferPointer(rebasing: raw[5...])) == PeerHello(capabilities: 5))
         }
-        #expect(PeerHello(body: UnsafeRawBufferPointer(start: nil, count: 0)) == nil)
+    }
+
+    @Test("every message encodes and decodes back; a body cut short or lengthened is the peer's violation, named")
+    func messages() throws {
+        var generator = SeededGenerator(seed: 7)
+        func id() -> ChunkID { ChunkID(bytes: (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }) }
+        let manifest = Manifest(entries: (0..<300).map { _ in Manifest.Entry(id: id(), length: FastCDC.minimumSize) })
+        var half = Bitfield(count: 4_000)
+        for index in 0..<2_000 { half[index] = true }
+        let messages: [PeerMessage] = [
+            .hello(PeerHello(capabilities: 5)), .getManifest(id()), .manifest(manifest), .noManifest(id()), .haveQuery(id()),
+            .have(id(), .all), .have(id(), .entries(half.bytes)), .have(id(), .entries([0x5A, 0xC3])),
+            .haveUpdate(id(), entries: [0, 7, 1_000_000]), .fetching(id(), entries: []), .request(id()), .dontHave(id()),
+            .cancel(id()), .ping(0x0102_0304_0506_0708), .pong(42),
+        ]
+        for message in messages {
+            let frame = message.frame
+            let body = Array(frame[PeerFrameHeader.size...])
+            #expect(frame[0] == message.type.rawValue && body.count <= message.type.maximumBody)
+            #expect(try PeerMessage(type: message.type, body: body) == message, "\(message.type)")
+            // Cut short by one byte, or one byte more: refused. (A Hello may be longer; a
+            // bitfield takes any length — the download checks it against the manifest.)
+            guard message.type != .hello else { continue }
+            if case .have(_, .entries) = message { continue }
+            #expect(throws: PeerViolation.self, "\(message.type) cut short") { try PeerMessage(type: message.type, body: Array(body.dropLast())) }
+            #expect(throws: PeerViolation.self, "\(message.type) lengthened") { try PeerMessage(type: message.type, body: body + [0]) }
+        }
+        #expect(throws: PeerViolation.malformed(.request, bytes: 5)) { try PeerMessage(type: .request, body: [1, 2, 3, 4, 5]) }
+        #expect(throws: PeerViolation.notHello) { try PeerMessage(type: .hello, body: Array("http-p2p".utf8) + [0, 1, 0, 0, 0, 0]) }
+        #expect(throws: PeerViolation.malformed(.hello, bytes: 0)) { try PeerMessage(type: .hello, body: []) }
+        // A later version's longer Hello is read as far as ours goes.
+        #expect(try PeerMessage(type: .hello, body: Array(PeerMessage.hello(PeerHello(version: 2)).frame[5...]) + [9, 9]) == .hello(PeerHello(version: 2)))
+        let other = id()
+        let lying = Array(PeerMessage.manifest(manifest).frame[5...])
+        #expect(throws: PeerViolation.manifestNotOfRoot(other)) { try PeerMessage(type: .manifest, body: other.bytes + lying[32...]) }
+        #expect(throws: PeerViolation.doesNotInflate(.manifest)) { try PeerMessage(type: .manifest, body: other.bytes + [PeerFrameFlags.deflated, 1, 2, 3]) }
     }
 
     @Test("manifests and have-lists round-trip; deflate only when smaller, refused past its limit")

@@ -316,10 +316,10 @@ struct HostilePeerTests {
         ("unknown-type", "unknown frame type 99"),
         ("oversize", "a chunk frame of 2147483647 bytes"),
         ("bad-manifest", "a manifest that does not match its root"),
-        ("bad-deflate", "a manifest that does not inflate"),
-        ("short-request", "a request of 5 bytes"),
+        ("bad-deflate", "a manifest frame that does not inflate"),
+        ("short-request", "a request frame of 5 bytes that is not one"),
         ("request-flood", "more than 1024 requests queued"),
-        ("truncated-chunk", "connection closed inside a chunk"),
+        ("truncated-chunk", "inside a chunk"),
     ])
     func hostile(mode: String, expected: String) throws {
         let node = try P2PNode(), friend = try P2PNode(), hostile = try P2PNode()

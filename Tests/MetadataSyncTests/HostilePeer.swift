@@ -44,7 +44,7 @@ final class HostilePeer: @unchecked Sendable {
             let stream = try await Dialer(connectTimeout: .seconds(5)).dial(address, on: self.loop, tls: context)
             // A node that refuses this peer closes right after the handshake: the Hello may
             // not get out, which `closedByNode` then tells.
-            _ = await stream.write(PeerFrameHeader.encode(.hello, body: PeerHello().body), timeout: .seconds(5))
+            _ = await stream.write(PeerMessage.hello(PeerHello()).frame, timeout: .seconds(5))
             return stream
         }
     }

@@ -111,18 +111,45 @@ public struct FramedReader {
     public func nextWhole<D: FrameDecoder>(_ decoder: inout D, timeout: Duration?, until: UInt64? = nil) async -> FramedRead<D.Frame, D.Failure> {
         let read = await next(&decoder, timeout: timeout, until: until)
         guard case .frame(_, let headerLength, let payloadLength) = read else { return read }
-        while buffer.count < headerLength + payloadLength {
+        let held = await hold(headerLength + payloadLength, timeout: timeout, until: until)
+        if held == -Int(ENOBUFS) { return .full }
+        return held > 0 ? read : .ended(held)
+    }
+
+    /// Reads until the buffer holds `count` bytes (a frame whose header `next` decoded, and
+    /// its payload): 1, or what ended the stream first — 0, `-errno`, `-ETIMEDOUT` past
+    /// `until` (the loop clock, ns), `-ENOBUFS` when `count` exceeds the buffer's capacity.
+    public func hold(_ count: Int, timeout: Duration?, until: UInt64? = nil) async -> Int {
+        while buffer.count < count {
             var wait = timeout
             if let until {
                 let now = stream.loop.now
-                guard now < until else { return .ended(-Int(ETIMEDOUT)) }
+                guard now < until else { return -Int(ETIMEDOUT) }
                 let left = Duration.nanoseconds(Int64(until - now))
                 wait = timeout.map { min($0, left) } ?? left
             }
             let received = await fill(timeout: wait)
-            if received == -Int(ENOBUFS) { return .full }
-            if received <= 0 { return .ended(received) }
+            if received <= 0 { return received }
         }
-        return read
+        return 1
+    }
+
+    /// Hands the next `count` bytes of the stream to `body` as they arrive, buffered ones
+    /// first, and consumes them: a payload streamed through the buffer rather than held whole
+    /// (yamux data, a frame being skipped). 1 when all `count` passed, else what ended the
+    /// stream first (0 or `-errno`).
+    public func pass(_ count: Int, timeout: Duration?, to body: (UnsafeRawBufferPointer) -> Void) async -> Int {
+        var remaining = count
+        while remaining > 0 {
+            if buffer.isEmpty {
+                let received = await fill(timeout: timeout)
+                if received <= 0 { return received }
+            }
+            let take = min(remaining, buffer.count)
+            body(UnsafeRawBufferPointer(rebasing: buffer.readable[0..<take]))
+            buffer.consume(take)
+            remaining -= take
+        }
+        return 1
     }
 }

@@ -137,17 +137,8 @@ public final class YamuxSession: @unchecked Sendable {
                 return "stream \(header.streamID) sent \(header.length) bytes with a window of \(stream.receiveWindow)"
             }
             stream.expect(header.length)
-            var remaining = Int(header.length)
-            while remaining > 0 {
-                if reader.buffer.isEmpty {
-                    let received = await reader.fill(timeout: nil)
-                    if received <= 0 { return nil }  // the next read reports the end
-                }
-                let take = min(remaining, reader.buffer.count)
-                stream.deliver(UnsafeRawBufferPointer(rebasing: reader.buffer.readable[0..<take]))
-                reader.buffer.consume(take)
-                remaining -= take
-            }
+            // An end here is reported by the next read.
+            guard await reader.pass(Int(header.length), timeout: nil, to: { stream.deliver($0) }) > 0 else { return nil }
         }
         if header.flags.contains(.rst) {
             stream.peerReset()
@@ -160,16 +151,7 @@ public final class YamuxSession: @unchecked Sendable {
     /// Skips a data frame's payload (a stream that is gone or refused).
     private func discard(_ header: YamuxHeader, _ reader: FramedReader) async -> String? {
         guard header.kind == .data else { return nil }
-        var remaining = Int(header.length)
-        while remaining > 0 {
-            if reader.buffer.isEmpty {
-                let received = await reader.fill(timeout: nil)
-                if received <= 0 { return nil }
-            }
-            let take = min(remaining, reader.buffer.count)
-            reader.buffer.consume(take)
-            remaining -= take
-        }
+        _ = await reader.pass(Int(header.length), timeout: nil) { _ in }
         return nil
     }
 

@@ -57,10 +57,8 @@ final class SnappyStream: ByteStream, @unchecked Sendable {
         var decoder = SnappyChunkDecoder()
         switch await reader.next(&decoder, timeout: timeout, expectingWait: expectingWait) {
         case .frame(let type, let headerLength, let length):
-            while reader.buffer.count < headerLength + length {
-                let got = await reader.fill(timeout: timeout)
-                if got <= 0 { return got == 0 ? -Int(EPROTO) : got }
-            }
+            let held = await reader.hold(headerLength + length, timeout: timeout)
+            if held <= 0 { return held == 0 ? -Int(EPROTO) : held }  // ended inside a chunk: broken
             defer { reader.buffer.consume(headerLength + length) }
             let body = UnsafeRawBufferPointer(rebasing: reader.buffer.readable[headerLength..<headerLength + length])
             return decode(type: type, body)

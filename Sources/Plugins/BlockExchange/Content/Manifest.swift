@@ -51,13 +51,13 @@ public struct Manifest: Sendable, Equatable {
     static let tag = Array("harp-manifest-1\n".utf8)
 
     public var encoded: [UInt8] {
-        var out = Self.tag
-        out.reserveCapacity(Self.tag.count + entries.count * 40)
+        var out = ByteWriter(capacity: Self.tag.count + entries.count * 40)
+        out.raw(Self.tag)
         for entry in entries {
-            out += entry.id.bytes
-            out += (0..<8).reversed().map { UInt8(truncatingIfNeeded: UInt64(entry.length) >> ($0 * 8)) }
+            out.raw(entry.id.bytes)
+            out.u64(UInt64(entry.length))
         }
-        return out
+        return out.bytes
     }
 
     public init(entries: [Entry]) {
@@ -67,17 +67,20 @@ public struct Manifest: Sendable, Equatable {
     /// Decodes a canonical encoding; nil when it is not one (wrong tag, a partial entry, a
     /// chunk length outside the profile).
     public init?(encoded bytes: [UInt8]) {
-        guard bytes.count >= Self.tag.count, Array(bytes[0..<Self.tag.count]) == Self.tag,
-              (bytes.count - Self.tag.count) % 40 == 0 else { return nil }
+        guard bytes.count >= Self.tag.count, (bytes.count - Self.tag.count) % 40 == 0 else { return nil }
+        var reader = ByteReader(bytes)
         var entries: [Entry] = []
         entries.reserveCapacity((bytes.count - Self.tag.count) / 40)
-        var offset = Self.tag.count
-        while offset < bytes.count {
-            let id = ChunkID(bytes: Array(bytes[offset..<offset + 32]))
-            let length = bytes[offset + 32..<offset + 40].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-            guard length > 0, length <= UInt64(FastCDC.maximumSize) else { return nil }
-            entries.append(Entry(id: id, length: Int(length)))
-            offset += 40
+        do {
+            guard try reader.take(Self.tag.count) == Self.tag else { return nil }
+            while !reader.atEnd {
+                let id = ChunkID(bytes: try reader.take(32))
+                let length = try reader.u64()
+                guard length > 0, length <= UInt64(FastCDC.maximumSize) else { return nil }
+                entries.append(Entry(id: id, length: Int(length)))
+            }
+        } catch {
+            return nil  // unreachable: the length was checked to hold whole entries
         }
         self.entries = entries
     }

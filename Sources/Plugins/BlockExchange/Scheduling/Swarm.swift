@@ -85,7 +85,7 @@ final class Swarm: Sendable {
 
     func command(_ name: String) -> NodeCommand? { extensions.withLock { $0.commands[name] } }
 
-    func detach(_ session: PeerSession, reason: String) {
+    func detach(_ session: PeerSession, reason: SessionEnd) {
         let removed = sessions.withLock { sessions -> Bool in
             guard sessions[session.peer] === session else { return false }
             sessions[session.peer] = nil
@@ -108,35 +108,23 @@ final class Swarm: Sendable {
 
     // MARK: Serving
 
-    /// A manifest frame for `root`, or no-manifest when neither a download nor the folder
-    /// knows it.
-    func manifestFrame(for root: ChunkID) async -> [UInt8] {
+    /// The manifest of `root`, or no-manifest when neither a download nor the folder knows it.
+    func manifestMessage(for root: ChunkID) async -> PeerMessage {
         var manifest = transfer(root)?.manifest
         if manifest == nil {
             let index = self.index
             manifest = await indexer.run { try? index.manifest(of: root) }
         }
-        guard let manifest else { return PeerFrameHeader.encode(.noManifest, body: root.bytes) }
-        let encoded = manifest.encoded
-        if let deflated = Deflate.compressIfSmaller(encoded) {
-            return PeerFrameHeader.encode(.manifest, body: root.bytes + [PeerFrameFlags.deflated] + deflated)
-        }
-        return PeerFrameHeader.encode(.manifest, body: root.bytes + [0] + encoded)
+        return manifest.map { .manifest($0) } ?? .noManifest(root)
     }
 
-    /// A have frame for `root`: every chunk for content in the folder, the verified ones of a
+    /// What we hold of `root`: every chunk for content in the folder, the verified ones of a
     /// download, or no-manifest when we hold none of it.
-    func haveFrame(for root: ChunkID) async -> [UInt8] {
-        if let transfer = transfer(root), let entries = transfer.haveEntries() {
-            if let deflated = Deflate.compressIfSmaller(entries.bytes) {
-                return PeerFrameHeader.encode(.have, body: root.bytes + [PeerFrameFlags.deflated] + deflated)
-            }
-            return PeerFrameHeader.encode(.have, body: root.bytes + [0] + entries.bytes)
-        }
+    func haveMessage(for root: ChunkID) async -> PeerMessage {
+        if let transfer = transfer(root), let entries = transfer.haveEntries() { return .have(root, .entries(entries.bytes)) }
         let index = self.index
         let known = await indexer.run { (try? index.manifest(of: root)) != nil }
-        return known ? PeerFrameHeader.encode(.have, body: root.bytes + [PeerFrameFlags.complete])
-            : PeerFrameHeader.encode(.noManifest, body: root.bytes)
+        return known ? .have(root, .all) : .noManifest(root)
     }
 
     /// Where a chunk can be read: a verified chunk of a download, else a file of the folder
@@ -346,7 +334,7 @@ final class Swarm: Sendable {
             transfer.finishLocalScan()
             for session in self.connected.values {
                 for start in stride(from: 0, to: found.count, by: PeerLimits.updateIndices) {
-                    session.announce(.haveUpdate, root: transfer.root, entries: Array(found[start..<min(start + PeerLimits.updateIndices, found.count)]))
+                    session.announce(.haveUpdate(transfer.root, entries: Array(found[start..<min(start + PeerLimits.updateIndices, found.count)])), root: transfer.root)
                 }
             }
             if last.complete { self.flush(transfer, complete: true) }
@@ -361,7 +349,7 @@ final class Swarm: Sendable {
         let all = connected
         for peer in result.cancels { all[peer]?.cancel(id) }
         if let entry = result.entry {
-            for (peer, other) in all where peer != session.peer { other.announce(.haveUpdate, root: transfer.root, entries: [entry]) }
+            for (peer, other) in all where peer != session.peer { other.announce(.haveUpdate(transfer.root, entries: [entry]), root: transfer.root) }
         }
         if result.flush { flush(transfer, complete: result.complete) }
     }
@@ -369,7 +357,7 @@ final class Swarm: Sendable {
     /// Tells the other peers what we just requested from `peer` (see `PeerFrameType.fetching`).
     func announceFetching(_ transfer: Transfer, entries: [Int], except peer: NodeID) {
         for (other, session) in connected where other != peer {
-            session.announce(.fetching, root: transfer.root, entries: entries)
+            session.announce(.fetching(transfer.root, entries: entries), root: transfer.root)
         }
     }
 

@@ -90,8 +90,10 @@ struct PeerFrameHeader: Sendable, Equatable {
     }
 
     static func header(raw type: UInt8, length: Int) -> [UInt8] {
-        let length = UInt32(length)
-        return [type, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
+        var header = ByteWriter(capacity: size)
+        header.u8(type)
+        header.u32(UInt32(length))
+        return header.bytes
     }
 }
 
@@ -101,49 +103,21 @@ struct PeerFrameHeader: Sendable, Equatable {
 struct PeerFrameDecoder: FrameDecoder {
     var channels: [UInt8: Int] = [:]
 
-    func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<PeerFrameHeader, String> {
+    func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<PeerFrameHeader, PeerViolation> {
         guard bytes.count >= PeerFrameHeader.size else { return .needMore }
         let length = Int(UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 1, as: UInt32.self)))
         if let limit = channels[bytes[0]] {
-            guard length <= limit else { return .invalid("a channel frame of type \(bytes[0]) with \(length) bytes (at most \(limit))") }
+            guard length <= limit else { return .invalid(.oversize(code: bytes[0], bytes: length, limit: limit)) }
             return .frame(PeerFrameHeader(type: .channel, length: length, code: bytes[0]), headerLength: PeerFrameHeader.size, payloadLength: length)
         }
-        guard let type = PeerFrameType(rawValue: bytes[0]), type != .channel else { return .invalid("unknown frame type \(bytes[0])") }
-        guard length <= type.maximumBody else {
-            return .invalid("a \(type) frame of \(length) bytes (at most \(type.maximumBody))")
-        }
+        guard let type = PeerFrameType(rawValue: bytes[0]), type != .channel else { return .invalid(.unknownType(bytes[0])) }
+        guard length <= type.maximumBody else { return .invalid(.oversize(code: bytes[0], bytes: length, limit: type.maximumBody)) }
         if type == .chunk {
-            guard length > 32 else { return .invalid("a chunk frame of \(length) bytes (an ID and at least one byte)") }
+            // An ID and at least one byte.
+            guard length > 32 else { return .invalid(.malformed(.chunk, bytes: length)) }
             guard bytes.count >= PeerFrameHeader.size + 32 else { return .needMore }
             return .frame(PeerFrameHeader(type: type, length: length), headerLength: PeerFrameHeader.size + 32, payloadLength: length - 32)
         }
         return .frame(PeerFrameHeader(type: type, length: length), headerLength: PeerFrameHeader.size, payloadLength: length)
-    }
-}
-
-/// The Hello: `harp-p2p` (8 bytes), the protocol version (u16 BE) and capability bits (u32
-/// BE). A peer with another major version is refused with a log line naming both.
-struct PeerHello: Sendable, Equatable {
-    static let magic = Array("harp-p2p".utf8)
-    static let currentVersion: UInt16 = 1
-
-    let version: UInt16
-    let capabilities: UInt32
-
-    var body: [UInt8] {
-        Self.magic + [UInt8(version >> 8), UInt8(version & 0xFF)]
-            + [UInt8(capabilities >> 24), UInt8(capabilities >> 16 & 0xFF), UInt8(capabilities >> 8 & 0xFF), UInt8(capabilities & 0xFF)]
-    }
-
-    init(version: UInt16 = currentVersion, capabilities: UInt32 = 0) {
-        self.version = version
-        self.capabilities = capabilities
-    }
-
-    /// nil when the body is not a Hello.
-    init?(body: UnsafeRawBufferPointer) {
-        guard body.count >= 14, Array(body.prefix(8)) == Self.magic else { return nil }
-        version = UInt16(body[8]) << 8 | UInt16(body[9])
-        capabilities = UInt32(body[10]) << 24 | UInt32(body[11]) << 16 | UInt32(body[12]) << 8 | UInt32(body[13])
     }
 }

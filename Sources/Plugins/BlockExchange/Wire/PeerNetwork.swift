@@ -124,7 +124,7 @@ final class PeerNetwork: Sendable {
     private func run(_ stream: TLSStream, peer id: NodeID, outbound: Bool) async -> Bool {
         // Room for the largest metadata frame; the buffer grows only as far as frames need.
         let reader = FramedReader(stream: stream, capacity: PeerFrameHeader.size + PeerFrameType.manifest.maximumBody)
-        guard await stream.write(PeerFrameHeader.encode(.hello, body: PeerHello().body), timeout: Self.handshakeTimeout) == 0 else {
+        guard await stream.write(PeerMessage.hello(PeerHello()).frame, timeout: Self.handshakeTimeout) == 0 else {
             stream.abort()
             return false
         }
@@ -132,11 +132,11 @@ final class PeerNetwork: Sendable {
         // The whole Hello within the limit, however slowly it trickles in.
         switch await reader.nextWhole(&decoder, timeout: Self.handshakeTimeout, until: stream.loop.now + Self.handshakeTimeout.nanoseconds) {
         case .frame(let header, let headerLength, let payloadLength) where header.type == .hello:
-            let hello = PeerHello(body: UnsafeRawBufferPointer(rebasing: reader.buffer.readable[headerLength..<headerLength + payloadLength]))
+            let message = try? PeerMessage(type: .hello, body: Array(reader.buffer.readable[headerLength..<headerLength + payloadLength]))
             reader.buffer.consume(headerLength + payloadLength)
-            guard let hello, hello.version == PeerHello.currentVersion else {
-                logger.warning("peer \(id) speaks another protocol version",
-                               metadata: ["theirs": "\(hello.map { "\($0.version)" } ?? "none")", "ours": "\(PeerHello.currentVersion)"])
+            guard case .hello(let hello) = message, hello.version == PeerHello.currentVersion else {
+                let theirs = if case .hello(let hello) = message { "\(hello.version)" } else { "none" }
+                logger.warning("peer \(id) speaks another protocol version", metadata: ["theirs": "\(theirs)", "ours": "\(PeerHello.currentVersion)"])
                 stream.abort()
                 return false
             }

@@ -74,7 +74,7 @@ final class PeerSession: @unchecked Sendable {
         swarm.attach(self)
         let server = loop.spawn { await self.serve() }
         let pinger = loop.spawn { await self.ping() }
-        let reason = await read()
+        let end = await read()
         closed = true
         serveWait.signal()
         if pingTimer.isPending { loop.cancel(pingTimer) }
@@ -85,13 +85,13 @@ final class PeerSession: @unchecked Sendable {
         for (id, transfer) in outstanding { transfer.cancelled(id, at: peer) }
         if !outstanding.isEmpty { swarm.wakeAll() }
         outstanding = [:]
-        swarm.detach(self, reason: reason)
+        swarm.detach(self, reason: end)
     }
 
     // MARK: Reading
 
     /// Reads frames until the connection ends; returns why it ended.
-    private func read() async -> String {
+    private func read() async -> SessionEnd {
         var decoder = PeerFrameDecoder(channels: swarm.channelTypes)
         while true {
             switch await reader.next(&decoder, timeout: Self.silence) {
@@ -99,13 +99,11 @@ final class PeerSession: @unchecked Sendable {
                 if header.type == .chunk {
                     let id = ChunkID(bytes: Array(reader.buffer.readable[PeerFrameHeader.size..<headerLength]))
                     reader.buffer.consume(headerLength)
-                    if let failure = await receiveChunk(id, length: payloadLength) { return failure }
+                    if let end = await receiveChunk(id, length: payloadLength) { return end }
                     continue
                 }
-                while reader.buffer.count < headerLength + payloadLength {
-                    let got = await reader.fill(timeout: Self.silence)
-                    if got <= 0 { return got == -Int(ETIMEDOUT) ? "silent for \(Self.silence)" : "connection closed" }
-                }
+                let held = await reader.hold(headerLength + payloadLength, timeout: Self.silence)
+                if held <= 0 { return SessionEnd(read: held) }
                 let body = Array(reader.buffer.readable[headerLength..<headerLength + payloadLength])
                 reader.buffer.consume(headerLength + payloadLength)
                 if body.count > 64 * 1024 { reader.buffer.shrinkIfIdle() }
@@ -113,113 +111,68 @@ final class PeerSession: @unchecked Sendable {
                     swarm.channel(for: header.code)?.received(type: header.code, body: body, from: PeerLink(peer: peer, session: self))
                     continue
                 }
-                if let failure = handle(header.type, body) {
-                    logger.warning("peer \(peer) broke the protocol: \(failure); disconnected")
-                    return failure
+                do throws(PeerViolation) {
+                    try dispatch(PeerMessage(type: header.type, body: body))
+                } catch {
+                    logger.warning("peer \(peer) broke the protocol: \(error); disconnected")
+                    return .violation(error)
                 }
-            case .invalid(let reason):
-                logger.warning("peer \(peer) broke the protocol: \(reason); disconnected")
-                return reason
+            case .invalid(let violation):
+                logger.warning("peer \(peer) broke the protocol: \(violation); disconnected")
+                return .violation(violation)
             case .full:
-                return "a frame larger than the read buffer"
+                // Unreachable: the buffer holds the largest body a type allows.
+                return .violation(.oversize(code: 0, bytes: reader.buffer.count, limit: reader.buffer.capacity))
             case .ended(let code):
-                return code == -Int(ETIMEDOUT) ? "silent for \(Self.silence)" : code == 0 ? "connection closed" : "connection failed (\(code))"
+                return SessionEnd(read: code)
             }
         }
     }
 
-    /// One metadata or control frame; a message that breaks the protocol returns why.
-    private func handle(_ type: PeerFrameType, _ body: [UInt8]) -> String? {
-        switch type {
+    /// Acts on one checked message; a message the session's state does not allow throws.
+    private func dispatch(_ message: PeerMessage) throws(PeerViolation) {
+        switch message {
         case .hello:
-            return "a second Hello"
-        case .getManifest:
-            guard body.count == 32 else { return "a manifest request of \(body.count) bytes" }
-            let root = ChunkID(bytes: body)
-            reply { session in await session.swarm.manifestFrame(for: root) }
-        case .manifest:
-            guard body.count >= 33 else { return "a manifest frame of \(body.count) bytes" }
-            let root = ChunkID(bytes: Array(body[0..<32]))
-            var encoded = Array(body[33...])
-            if body[32] & PeerFrameFlags.deflated != 0 {
-                guard let inflated = encoded.withUnsafeBytes({ Deflate.decompress($0, limit: PeerLimits.manifestBytes) }) else {
-                    return "a manifest that does not inflate"
-                }
-                encoded = inflated
-            }
-            guard let manifest = Manifest(encoded: encoded), manifest.root == root else {
-                return "a manifest that does not match its root \(root)"
-            }
+            throw .secondHello
+        case .getManifest(let root):
+            reply { session in await session.swarm.manifestMessage(for: root).frame }
+        case .manifest(let manifest):
             swarm.received(manifest, from: self)
-        case .noManifest:
-            guard body.count == 32 else { return "a no-manifest frame of \(body.count) bytes" }
-            swarm.transfer(ChunkID(bytes: body))?.peerLacksManifest(peer)
-        case .haveQuery:
-            guard body.count == 32 else { return "a have query of \(body.count) bytes" }
-            let root = ChunkID(bytes: body)
+        case .noManifest(let root):
+            swarm.transfer(root)?.peerLacksManifest(peer)
+        case .haveQuery(let root):
             interested.insert(root)
-            reply { session in await session.swarm.haveFrame(for: root) }
-        case .have:
-            guard body.count >= 33 else { return "a have frame of \(body.count) bytes" }
-            let root = ChunkID(bytes: Array(body[0..<32]))
-            let flags = body[32]
-            var entries: [UInt8]? = Array(body[33...])
-            if flags & PeerFrameFlags.complete != 0 {
-                entries = nil
-            } else if flags & PeerFrameFlags.deflated != 0 {
-                guard let inflated = body[33...].withUnsafeBytes({ Deflate.decompress($0, limit: PeerLimits.manifestEntries / 8 + 1) }) else {
-                    return "a have-list that does not inflate"
-                }
-                entries = inflated
-            }
-            guard let transfer = swarm.transfer(root) else { return nil }
-            transfer.peerHas(peer, entries: entries)
+            reply { session in await session.swarm.haveMessage(for: root).frame }
+        case .have(let root, let holds):
+            guard let transfer = swarm.transfer(root) else { return }
+            if case .entries(let bits) = holds { transfer.peerHas(peer, entries: bits) } else { transfer.peerHas(peer, entries: nil) }
             fillSoon()
-        case .haveUpdate, .fetching:
-            guard body.count >= 32, (body.count - 32) % 4 == 0 else { return "a \(type) frame of \(body.count) bytes" }
-            guard let transfer = swarm.transfer(ChunkID(bytes: Array(body[0..<32]))) else { return nil }
-            var indices: [Int] = []
-            for offset in stride(from: 32, to: body.count, by: 4) {
-                let value = body[offset..<offset + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-                indices.append(Int(value))
-            }
-            if type == .fetching {
-                transfer.peerFetching(peer, entries: indices)
-            } else {
-                transfer.peerGained(peer, entries: indices)
-                fillSoon()
-            }
-        case .request:
-            guard body.count == 32 else { return "a request of \(body.count) bytes" }
-            guard queue.count - queueHead < Self.maximumQueue else { return "more than \(Self.maximumQueue) requests queued" }
-            queue.append(ChunkID(bytes: body))
+        case .haveUpdate(let root, let entries):
+            guard let transfer = swarm.transfer(root) else { return }
+            transfer.peerGained(peer, entries: entries)
+            fillSoon()
+        case .fetching(let root, let entries):
+            swarm.transfer(root)?.peerFetching(peer, entries: entries)
+        case .request(let id):
+            guard queue.count - queueHead < Self.maximumQueue else { throw .requestFlood(limit: Self.maximumQueue) }
+            queue.append(id)
             serveWait.signal()
-        case .cancel:
-            guard body.count == 32 else { return "a cancel of \(body.count) bytes" }
-            let id = ChunkID(bytes: body)
+        case .cancel(let id):
             if servingNow == id { cancelledNow = true }
             if let index = queue[queueHead...].firstIndex(of: id) { queue.remove(at: index) }
-        case .dontHave:
-            guard body.count == 32 else { return "a don't-have of \(body.count) bytes" }
-            let id = ChunkID(bytes: body)
+        case .dontHave(let id):
             if let transfer = outstanding.removeValue(forKey: id) {
                 transfer.refused(id, by: peer)
                 swarm.wakeAll()
             }
-        case .ping:
-            guard body.count == 8 else { return "a ping of \(body.count) bytes" }
-            reply { _ in PeerFrameHeader.encode(.pong, body: body) }
-        case .pong:
-            guard body.count == 8 else { return "a pong of \(body.count) bytes" }
-            let sent = body.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        case .ping(let nanos):
+            reply { _ in PeerMessage.pong(nanos).frame }
+        case .pong(let sent):
             if sent == pingSentAt, sent != 0 {
                 roundTrip = .nanoseconds(Int64(EventLoop.preciseNanos() &- sent))
                 pingSentAt = 0
             }
-        case .chunk, .channel:
-            break  // read in `receiveChunk`, handed to the channel in `read`
         }
-        return nil
     }
 
     /// Sends what `make` returns from a task of its own (see the type's comment on why the
@@ -227,7 +180,7 @@ final class PeerSession: @unchecked Sendable {
     private func reply(_ make: @escaping @Sendable (PeerSession) async -> [UInt8]?) {
         pendingReplies += 1
         if pendingReplies > Self.maximumPendingReplies {
-            logger.warning("peer \(peer) floods queries faster than it reads the answers; disconnected")
+            logger.warning("peer \(peer) broke the protocol: \(PeerViolation.replyFlood(limit: Self.maximumPendingReplies)); disconnected")
             stream.abort()
             return
         }
@@ -253,7 +206,7 @@ final class PeerSession: @unchecked Sendable {
 
     /// A chunk's bytes: read whole into the receive buffer, hashed, written into the download
     /// it belongs to. A chunk nobody wants any more (an endgame loser) is read and dropped.
-    private func receiveChunk(_ id: ChunkID, length: Int) async -> String? {
+    private func receiveChunk(_ id: ChunkID, length: Int) async -> SessionEnd? {
         let buffer = receiveBuffer ?? .allocate(byteCount: FastCDC.maximumSize, alignment: 64)
         receiveBuffer = buffer
         let transfer = outstanding.removeValue(forKey: id) ?? swarm.transferWanting(id)
@@ -266,7 +219,7 @@ final class PeerSession: @unchecked Sendable {
         digest?.update(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
         while got < length {
             let count = await stream.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[got..<length]), timeout: Self.silence)
-            if count <= 0 { return count == -Int(ETIMEDOUT) ? "silent for \(Self.silence) inside a chunk" : "connection closed inside a chunk" }
+            if count <= 0 { return .insideChunk(StreamError(result: count)) }
             digest?.update(UnsafeRawBufferPointer(rebasing: buffer[got..<got + count]))
             got += count
         }
@@ -287,7 +240,7 @@ final class PeerSession: @unchecked Sendable {
                 swarm.statistics.badChunk(from: peer)
                 if strikes >= Transfer.maximumStrikes {
                     logger.error("peer \(peer) sent \(strikes) chunks that do not match their IDs: disconnected")
-                    return "bad chunks"
+                    return .violation(.badChunks(strikes))
                 }
                 logger.warning("peer \(peer) sent chunk \(id) with other bytes: discarded, fetched elsewhere (strike \(strikes))")
                 swarm.wakeAll()
@@ -358,7 +311,7 @@ final class PeerSession: @unchecked Sendable {
                 frames.reserveCapacity(picked.count * (PeerFrameHeader.size + 32))
                 for (id, _) in picked {
                     outstanding[id] = transfer
-                    frames += PeerFrameHeader.encode(.request, body: id.bytes)
+                    frames += PeerMessage.request(id).frame
                 }
                 swarm.announceFetching(transfer, entries: picked.map(\.entry), except: peer)
                 _ = await writer.write(frames, timeout: Self.silence)
@@ -369,8 +322,8 @@ final class PeerSession: @unchecked Sendable {
     /// Asks the peer about a download (its manifest first if we lack it).
     func query(_ transfer: Transfer) {
         var frames: [UInt8] = []
-        if transfer.manifest == nil { frames += PeerFrameHeader.encode(.getManifest, body: transfer.root.bytes) }
-        frames += PeerFrameHeader.encode(.haveQuery, body: transfer.root.bytes)
+        if transfer.manifest == nil { frames += PeerMessage.getManifest(transfer.root).frame }
+        frames += PeerMessage.haveQuery(transfer.root).frame
         send(frames)
     }
 
@@ -378,7 +331,7 @@ final class PeerSession: @unchecked Sendable {
     func cancel(_ id: ChunkID) {
         loop.spawn {
             guard !self.closed, self.outstanding.removeValue(forKey: id) != nil else { return }
-            _ = await self.writer.write(PeerFrameHeader.encode(.cancel, body: id.bytes), timeout: Self.silence)
+            _ = await self.writer.write(PeerMessage.cancel(id).frame, timeout: Self.silence)
         }
     }
 
@@ -401,7 +354,7 @@ final class PeerSession: @unchecked Sendable {
             let fd = location.map { $0.length <= FastCDC.maximumSize } == true
                 ? await loop.open(location!.path, flags: O_RDONLY | O_CLOEXEC, using: fileRecord) : -ENOENT
             guard let location, fd >= 0 else {
-                _ = await writer.write(PeerFrameHeader.encode(.dontHave, body: id.bytes), timeout: Self.silence)
+                _ = await writer.write(PeerMessage.dontHave(id).frame, timeout: Self.silence)
                 continue
             }
             defer { Glibc.close(fd) }
@@ -412,7 +365,7 @@ final class PeerSession: @unchecked Sendable {
             case .sent:
                 swarm.statistics.sent(location.length, to: peer)
             case .unreadable:
-                _ = await writer.write(PeerFrameHeader.encode(.dontHave, body: id.bytes), timeout: Self.silence)
+                _ = await writer.write(PeerMessage.dontHave(id).frame, timeout: Self.silence)
             case .broken(let reason):
                 logger.warning("sending chunk \(id) to peer \(peer) failed: \(reason); disconnected")
                 stream.abort()
@@ -465,23 +418,18 @@ final class PeerSession: @unchecked Sendable {
         while !closed {
             let now = EventLoop.preciseNanos()
             pingSentAt = now
-            let body = (0..<8).reversed().map { UInt8(truncatingIfNeeded: now >> ($0 * 8)) }
-            _ = await writer.write(PeerFrameHeader.encode(.ping, body: body), timeout: Self.silence)
+            _ = await writer.write(PeerMessage.ping(now).frame, timeout: Self.silence)
             if closed { break }
             _ = await loop.sleep(for: Self.pingInterval, using: pingTimer)
         }
     }
 
-    /// Tells the peer, if it asked about `root`, of entries we verified (`.haveUpdate`) or
-    /// just requested elsewhere (`.fetching`).
-    func announce(_ type: PeerFrameType, root: ChunkID, entries: [Int]) {
+    /// Tells the peer, if it asked about its root, what `message` says (entries we verified,
+    /// or just requested elsewhere).
+    func announce(_ message: PeerMessage, root: ChunkID) {
         loop.spawn {
             guard !self.closed, self.interested.contains(root) else { return }
-            var body = root.bytes
-            for entry in entries.prefix(PeerLimits.updateIndices) {
-                body += [UInt8(entry >> 24 & 0xFF), UInt8(entry >> 16 & 0xFF), UInt8(entry >> 8 & 0xFF), UInt8(entry & 0xFF)]
-            }
-            _ = await self.writer.write(PeerFrameHeader.encode(type, body: body), timeout: Self.silence)
+            _ = await self.writer.write(message.frame, timeout: Self.silence)
         }
     }
 }
