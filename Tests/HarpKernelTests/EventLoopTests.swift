@@ -149,6 +149,29 @@ struct EventLoopTests {
         #expect(spliced == Array("ring".utf8))
     }
 
+    @Test("sync on the ring: 0 for a written file (both kinds), the errno fsync gives otherwise")
+    func syncResults() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        let path = NSTemporaryDirectory() + "harp-sync-\(getpid())"
+        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+        defer { close(fd); unlink(path) }
+        var pipeFDs: [Int32] = [0, 0]
+        pipe(&pipeFDs)
+        defer { close(pipeFDs[0]); close(pipeFDs[1]) }
+        let reader = pipeFDs[0]
+        let results = await loop.spawn { () -> [Int32] in
+            let record = AsyncCompletion()
+            let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 1)
+            defer { bytes.deallocate() }
+            bytes.initializeMemory(as: UInt8.self, repeating: 7)
+            _ = await loop.write(fd, UnsafeRawBufferPointer(bytes), at: 0, using: record)
+            return [await loop.sync(fd, using: record), await loop.sync(fd, dataOnly: true, using: record),
+                    await loop.sync(reader, using: record), await loop.sync(-1, using: record)]
+        }.value
+        #expect(results == [0, 0, -EINVAL, -EBADF])
+    }
+
     @Test("connect to a closed port fails with ECONNREFUSED; connect with a timeout to a live one succeeds")
     func connectResults() async throws {
         let loop = try EventLoop(index: 0)

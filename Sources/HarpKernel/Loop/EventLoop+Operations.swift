@@ -94,6 +94,14 @@ extension EventLoop {
         return await perform(record) { io_uring_prep_openat($0, AT_FDCWD, cPath, flags, mode) }
     }
 
+    /// fsync(2) — fdatasync with `dataOnly` — on the ring: the kernel runs it in its own
+    /// workers, so several files sync at once and ext4 commits them in one journal
+    /// transaction. (Synced one after another on a worker thread, each small file was a
+    /// commit of its own: 20,000 files of 1–16 KiB landed at ~800 a second.)
+    public func sync(_ fd: Int32, dataOnly: Bool = false, using record: AsyncCompletion) async -> Int32 {
+        await perform(record) { io_uring_prep_fsync($0, fd, dataOnly ? UInt32(IORING_FSYNC_DATASYNC) : 0) }
+    }
+
     public func close(_ fd: Int32, using record: AsyncCompletion) async -> Int32 {
         await perform(record) { io_uring_prep_close($0, fd) }
     }

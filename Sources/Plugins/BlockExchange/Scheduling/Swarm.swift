@@ -351,7 +351,17 @@ final class Swarm: Sendable {
         if let entry = result.entry {
             for (peer, other) in all where peer != session.peer { other.announce(.haveUpdate(transfer.root, entries: [entry]), root: transfer.root) }
         }
-        if result.flush { flush(transfer, complete: result.complete) }
+        guard result.flush else { return }
+        guard result.complete else { return flush(transfer, complete: false) }
+        // The last chunk: the file is synced on the ring, beside the other downloads landing
+        // now, before the disk worker renames it into place.
+        let loop = session.loop
+        loop.spawn {
+            guard transfer.beginWrite() else { return }  // failed or finished meanwhile
+            let synced = await loop.sync(transfer.fd, using: AsyncCompletion()) == 0
+            transfer.endWrite()
+            self.flush(transfer, complete: true, synced: synced)
+        }
     }
 
     /// Tells the other peers what we just requested from `peer` (see `PeerFrameType.fetching`).
@@ -362,8 +372,9 @@ final class Swarm: Sendable {
     }
 
     /// Syncs the partial file, then records what it holds (so a kill loses at most what came
-    /// since); when the download is complete, also renames it into place.
-    func flush(_ transfer: Transfer, complete: Bool) {
+    /// since); when the download is complete, also renames it into place (`synced`: its bytes
+    /// are on disk already).
+    func flush(_ transfer: Transfer, complete: Bool, synced: Bool = false) {
         let store = self.store, index = self.index
         disk.enqueue {
             guard transfer.outcome == nil else { return }
@@ -384,7 +395,7 @@ final class Swarm: Sendable {
             transfer.quiesce()
             var info = stat()
             if fstat(transfer.fd, &info) == 0 { transfer.landedInode.store(Int64(info.st_ino), ordering: .relaxed) }
-            guard fsync(transfer.fd) == 0, transfer.closeFile() == 0 else {
+            guard synced || fsync(transfer.fd) == 0, transfer.closeFile() == 0 else {
                 return self.fail(transfer, "cannot sync \(transfer.partialPath): \(String(cString: strerror(errno)))")
             }
             guard rename(transfer.partialPath, transfer.output) == 0 else {
