@@ -24,6 +24,8 @@ public final class Pump: @unchecked Sendable {
     public private(set) var outcome: RelayResult.Outcome?
 
     private let meter: RelayMeter?
+    /// Where the direction that finished first waits, keeping the half-closed limit.
+    private lazy var halfClosedWait = LoopWait(loop: loop)
 
     public init(loop: EventLoop, _ first: any ByteStream, _ second: any ByteStream, idleTimeout: Duration,
                 halfClosedTimeout: Duration?, meter: RelayMeter? = nil) {
@@ -54,6 +56,21 @@ public final class Pump: @unchecked Sendable {
         assert(!finished[side], "a direction ends once")
         finished[side] = true
         await streams[1 - side].finishWriting()
+        if finished[1 - side] { return halfClosedWait.signal() }
+        await keepHalfClosedLimit()
+    }
+
+    /// The other direction's read was armed with the idle limit before this one ended, so a
+    /// shorter half-closed limit is kept here: the pump ends once nothing has moved for it.
+    /// (Without this, a client that half-closed in front of a silent upstream held the relay
+    /// for the whole idle limit: the pump test measured 30 s against a 300 ms limit.)
+    private func keepHalfClosedLimit() async {
+        guard halfClosedLimit < idleLimit else { return }
+        while outcome == nil && !(finished[0] && finished[1]) {
+            let limit = halfClosedLimit.nanoseconds
+            if idleFor >= limit { return end(.idleTimeout) }
+            _ = await halfClosedWait.wait(timeout: .nanoseconds(Int64(limit - idleFor)))
+        }
     }
 
     /// True once either direction has met end of stream.
@@ -88,6 +105,7 @@ public final class Pump: @unchecked Sendable {
         guard outcome == nil else { return }
         outcome = reason
         for stream in streams { stream.abort() }
+        halfClosedWait.signal()
     }
 
     /// The plain copy direction: read what arrives, write it on, until end of stream.
