@@ -142,7 +142,7 @@ struct FolderSafetyTests {
     func emptyFilesAndModificationTimes() throws {
         let (a, b) = try Self.pair()
         defer { for node in [a, b] { node.remove() } }
-        FileManager.default.createFile(atPath: a.folder + "/empty.txt", contents: Data())
+        _ = FileManager.default.createFile(atPath: a.folder + "/empty.txt", contents: Data())
         try "old\n".write(toFile: a.folder + "/old.txt", atomically: false, encoding: .utf8)
         let y2020 = Date(timeIntervalSince1970: 1_580_000_000)
         try FileManager.default.setAttributes([.modificationDate: y2020], ofItemAtPath: a.folder + "/old.txt")
