@@ -109,6 +109,16 @@ let package = Package(
             path: "Sources/Plugins/BlockExchange",
             swiftSettings: strictSettings
         ),
+        // `harp bench transfer`: a fixture that starts its own nodes, kept out of the plugin.
+        .target(
+            name: "HarpBench",
+            dependencies: [
+                "HarpKernel", "BlockExchange", "CShims",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/Plugins/HarpBench",
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "MetadataSync",
             dependencies: [
@@ -130,6 +140,7 @@ let package = Package(
                 "ExApps",
                 "BlockExchange",
                 "MetadataSync",
+                "HarpBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -177,7 +188,7 @@ let package = Package(
         ),
         .testTarget(
             name: "BlockExchangeTests",
-            dependencies: ["BlockExchange", "HarpTestSupport"],
+            dependencies: ["BlockExchange", "HarpBench", "HarpTestSupport"],
             exclude: ["fastcdc_reference.py", "hostile_peer.py"],
             swiftSettings: strictSettings
         ),

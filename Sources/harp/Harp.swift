@@ -2,13 +2,15 @@ import ArgumentParser
 import Glibc
 import HarpKernel
 import Logging
+import HarpBench
 
 @main
 struct Harp: ParsableCommand {
     static let version = "0.1.0"
 
-    /// harp's own commands; plugins add theirs through the plugin list (`Plugin.commands`).
-    static let builtIn: [any ParsableCommand.Type] = [Serve.self, Plugins.self, Config.self]
+    /// harp's own commands (and `harp bench`, the transfer fixture); plugins add theirs
+    /// through the plugin list (`Plugin.commands`).
+    static let builtIn: [any ParsableCommand.Type] = [Serve.self, Plugins.self, Config.self] + HarpBenchCommands.all
 
     static let configuration = CommandConfiguration(
         commandName: "harp",

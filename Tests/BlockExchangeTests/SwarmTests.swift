@@ -1,4 +1,5 @@
 @testable import BlockExchange
+@testable import HarpBench
 import Foundation
 import HarpKernel
 import HarpTestSupport

@@ -14,7 +14,7 @@ public final class BlockExchangePlugin: Plugin {
     public static let section = "storage"
     public static let summary = "P2P storage node: verified multi-peer chunk transfer between authenticated peers, folder content index"
     public static var defaultConfiguration: StorageConfiguration { StorageConfiguration() }
-    public static let commands: [any ParsableCommand.Type] = [StorageCommand.self, BenchCommand.self]
+    public static let commands: [any ParsableCommand.Type] = [StorageCommand.self]
 
     let configuration: StorageConfiguration
     let context: PluginContext

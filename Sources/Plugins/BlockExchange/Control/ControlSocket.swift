@@ -6,7 +6,7 @@ import Logging
 /// The node's commands on its `CommandSocket` (`[storage] dir/harp.sock`, mode 0600):
 /// `harp storage add`, `get` and `status`, and what other plugins register (`swarm.command`).
 /// Progress lines while a download runs, then a last line with `"done": true` or an `"error"`.
-final class ControlSocket: Sendable {
+public final class ControlSocket: Sendable {
     let path: String
     private let socket: CommandSocket
     let swarm: Swarm
@@ -28,7 +28,7 @@ final class ControlSocket: Sendable {
     }
 
     /// The CLI's client for the node whose state directory is `dir`.
-    static func client(dir: String) -> CommandClient {
+    public static func client(dir: String) -> CommandClient {
         CommandClient(path: dir + "/" + fileName, notRunning: "the node is not running; start it with `harp serve --config FILE`")
     }
 

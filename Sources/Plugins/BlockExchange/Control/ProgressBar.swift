@@ -2,10 +2,12 @@ import Foundation
 import Glibc
 
 /// A one-line progress bar on a terminal: bytes, rate, peers, ETA.
-struct ProgressBar {
+public struct ProgressBar {
     private var drawn = false
 
-    mutating func draw(bytes: Int, size: Int, rate: Int, peers: Int) {
+    public init() {}
+
+    public mutating func draw(bytes: Int, size: Int, rate: Int, peers: Int) {
         guard size > 0 else { return }
         let fraction = min(1, Double(bytes) / Double(size))
         let width = 30
@@ -17,7 +19,7 @@ struct ProgressBar {
         drawn = true
     }
 
-    func finish() {
+    public func finish() {
         if drawn { Self.standardError("\n") }
     }
 
@@ -26,7 +28,7 @@ struct ProgressBar {
         _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
 
-    static func bytes(_ count: Int) -> String {
+    public static func bytes(_ count: Int) -> String {
         let units = ["B", "KiB", "MiB", "GiB", "TiB"]
         var value = Double(count), unit = 0
         while value >= 1024 && unit < units.count - 1 {

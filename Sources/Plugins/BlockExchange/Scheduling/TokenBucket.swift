@@ -8,13 +8,13 @@ import Synchronization
 /// the burst — one maximum chunk — is what an idle bucket lets through at once (a larger one
 /// let a short capped benchmark beat its ideal: three seeders with a quarter second of burst
 /// each moved 256 MiB 3.09× faster than one, ideal 3.00×). Shared across loops.
-final class TokenBucket: Sendable {
-    let rate: Int
+public final class TokenBucket: Sendable {
+    public let rate: Int
     private let burst: Double
     private let state: Mutex<(tokens: Double, at: UInt64)>
 
     /// nil for 0: no limit.
-    init?(bytesPerSecond rate: Int) {
+    public init?(bytesPerSecond rate: Int) {
         guard rate > 0 else { return nil }
         self.rate = rate
         burst = Double(FastCDC.maximumSize)
@@ -22,30 +22,12 @@ final class TokenBucket: Sendable {
     }
 
     /// Takes `bytes`; returns how long to wait before sending them (zero when they fit).
-    func reserve(_ bytes: Int, now: UInt64 = EventLoop.preciseNanos()) -> Duration {
+    public func reserve(_ bytes: Int, now: UInt64 = EventLoop.preciseNanos()) -> Duration {
         state.withLock { state in
             let elapsed = Double(now &- state.at) / 1e9
             state.tokens = min(burst, state.tokens + elapsed * Double(rate)) - Double(bytes)
             state.at = now
             return state.tokens >= 0 ? .zero : .nanoseconds(Int64(-state.tokens / Double(rate) * 1e9))
         }
-    }
-}
-
-/// Bytes per second, averaged with exponential decay over about a second: what a peer moves
-/// now, for pipeline sizing and `harp storage status`.
-struct RateMeter: Sendable {
-    private var rate: Double = 0
-    private var at: UInt64 = 0
-    static let window = 1.0
-
-    mutating func add(_ bytes: Int, now: UInt64 = EventLoop.preciseNanos()) {
-        rate = current(now: now) + Double(bytes) / Self.window
-        at = now
-    }
-
-    func current(now: UInt64 = EventLoop.preciseNanos()) -> Double {
-        guard at != 0 else { return 0 }
-        return rate * exp(-Double(now &- at) / 1e9 / Self.window)
     }
 }

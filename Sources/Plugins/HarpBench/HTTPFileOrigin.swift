@@ -1,3 +1,4 @@
+import BlockExchange
 import CShims
 import Foundation
 import Glibc

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BlockExchange
 import Foundation
 import Glibc
 import HarpKernel
@@ -9,6 +10,11 @@ import HarpKernel
 /// harp's proxy from an origin capped at the same rate — a Nextcloud WebDAV download — and
 /// (b) the swarm download. Both write the file to disk and sync it; the swarm verifies every
 /// chunk, the HTTP download hashes the whole.
+/// The commands this target adds to harp's own.
+public enum HarpBenchCommands {
+    public static let all: [any ParsableCommand.Type] = [BenchCommand.self]
+}
+
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench", abstract: "Benchmarks that start their own nodes on loopback.",
                                                     subcommands: [BenchTransfer.self])
