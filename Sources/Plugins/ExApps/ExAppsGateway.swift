@@ -34,105 +34,127 @@ struct ExAppsGateway: RouteProvider {
     static let unavailable: Decided = (.respond(status: 503, body: "503 Service Unavailable (HaRP)"), "503")
     static let dropped: Decided = (.drop, "drop")
 
+    /// Where a request under `/exapps/` goes: the app id as sent and lowercased, the path
+    /// after it, and the query.
+    struct AppTarget {
+        let appID: String
+        let id: String
+        let path: String
+        let query: String
+    }
+
+    /// HaRP's steps, in its order: who asks and whether they are banned, `..` in any
+    /// spelling, the app id, the control plane, then AppAPI calling its ExApp (`appAPICall`)
+    /// or anyone else (`userRequest`).
     private func decide(_ request: inout HTTPRequestHead, client: ClientInfo, exchange: Exchange) async -> Decided {
-        let bans = state.bans
         // 1. Who is asking, and are they banned?
         let ip = state.clientIP(client, headers: request.headers)
         if ip != client.address { exchange.client = ip }
-        /// A failure toward `ip`'s ban (unless the request carried the key), and why the
-        /// request was refused, for the access log.
-        func fail(_ reason: String, counts: Bool = true, _ decided: Decided) -> Decided {
-            exchange.reason = reason
-            if counts { bans.fail(ip, reason: reason) }
-            return decided
-        }
-        if bans.isBanned(ip) { return fail("ban", counts: false, Self.dropped) }
+        if state.bans.isBanned(ip) { return refuse("ban", ip: ip, counts: false, Self.dropped, exchange) }
         // Trusted only with exactly one copy of the right key: with two, harp and a front proxy
         // could disagree on which one counts.
         let trusted = request.headers.count(of: "harp-shared-key") == 1
             && request.headers["harp-shared-key"].map { SecretComparison.equal($0, state.sharedKey) } ?? false
         let path = request.path
         // 2. `..` in any spelling.
-        if PathTraversal.found(in: path) { return fail("traversal", counts: !trusted, Self.dropped) }
+        if PathTraversal.found(in: path) { return refuse("traversal", ip: ip, counts: !trusted, Self.dropped, exchange) }
         // 3. The app id.
         guard let (appID, targetPath) = Self.appID(in: path) else {
-            if let hint = state.frontProxyHint(for: path) { return fail("prefix_stripped", counts: false, (hint, "404")) }
-            return fail("no_app", counts: !trusted, Self.notFound)
+            if let hint = state.frontProxyHint(for: path) { return refuse("prefix_stripped", ip: ip, counts: false, (hint, "404"), exchange) }
+            return refuse("no_app", ip: ip, counts: !trusted, Self.notFound, exchange)
         }
-        let lowerID = appID.lowercased()
-        exchange.app = lowerID
-        let query = request.target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(request.target[$0...]) } ?? ""
+        let target = AppTarget(appID: appID, id: appID.lowercased(), path: targetPath,
+                               query: request.target.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(request.target[$0...]) } ?? "")
+        exchange.app = target.id
         // 4. The control plane.
         if appID == "app_api" {
             guard trusted else {
                 state.refusedKeys.refused(from: ip, path: path.description)
-                return fail("control_key", Self.unauthorized)
+                return refuse("control_key", ip: ip, Self.unauthorized, exchange)
             }
-            return await state.control.handle(&request, targetPath: targetPath, query: query, exchange: exchange)
+            return await state.control.handle(&request, targetPath: targetPath, query: target.query, exchange: exchange)
         }
-        let loop = exchange.loop
-        let headers = request.headers
-        // 5. AppAPI calling its ExApp: all six headers.
-        if let version = headers["ex-app-version"], headers["ex-app-id"] != nil, let host = headers["ex-app-host"],
-           let portText = headers["ex-app-port"], headers["authorization-app-api"] != nil, headers["harp-shared-key"] != nil {
-            guard trusted else {
-                // Counted against the peer: AppAPI calls come straight from Nextcloud.
-                exchange.reason = "appapi_key"
-                state.refusedKeys.refused(from: client.address, path: path.description)
-                bans.fail(client.address, reason: "appapi_key")
-                return Self.dropped
-            }
-            let entry: ExAppEntry
-            switch await state.directory.lookup(lowerID, fetch: { await state.nextcloud.record(lowerID, on: loop) }) {
-            case .found(let found):
-                entry = found
-                exchange.context = ExAppsExchange(counters: state.metrics.app(lowerID))
-            case .unknown, .refused, .failed:
-                // Not in Nextcloud yet (its /init runs before the app is enabled): the
-                // headers say where it is.
-                guard let port = Int(portText) else { return Self.unavailable }
-                let record = ExAppRecord(token: "", version: version, host: host, port: port, routes: [])
-                entry = await ExAppEntry.resolving(record)
-            }
-            return forward(&request, entry, appID: appID, targetPath: targetPath, query: query, authorization: nil)
+        if Self.isAppAPICall(request.headers) { return await appAPICall(&request, target, client: client, trusted: trusted, exchange) }
+        return await userRequest(&request, target, ip: ip, trusted: trusted, exchange)
+    }
+
+    /// A failure toward `ip`'s ban (unless `counts` is false: the request carried the key, or
+    /// the fault is not the client's), and why the request was refused, for the access log.
+    private func refuse(_ reason: String, ip: String, counts: Bool = true, _ decided: Decided, _ exchange: Exchange) -> Decided {
+        exchange.reason = reason
+        if counts { state.bans.fail(ip, reason: reason) }
+        return decided
+    }
+
+    /// AppAPI's calls to an ExApp carry all six of these headers.
+    static func isAppAPICall(_ headers: HTTPHeaders) -> Bool {
+        headers["ex-app-version"] != nil && headers["ex-app-id"] != nil && headers["ex-app-host"] != nil && headers["ex-app-port"] != nil
+            && headers["authorization-app-api"] != nil && headers["harp-shared-key"] != nil
+    }
+
+    /// 5. AppAPI calling its ExApp: with the key, forwarded as it is (AppAPI signed it), to
+    /// the app's record — or, before Nextcloud knows the app (its /init runs before the app
+    /// is enabled), to where the headers say it is.
+    private func appAPICall(_ request: inout HTTPRequestHead, _ target: AppTarget, client: ClientInfo, trusted: Bool,
+                            _ exchange: Exchange) async -> Decided {
+        guard trusted else {
+            // Counted against the peer: AppAPI calls come straight from Nextcloud.
+            state.refusedKeys.refused(from: client.address, path: request.path.description)
+            return refuse("appapi_key", ip: client.address, Self.dropped, exchange)
         }
-        // 6. Everyone else: the app must be known.
+        let loop = exchange.loop, id = target.id, headers = request.headers
         let entry: ExAppEntry
-        switch await state.directory.lookup(lowerID, fetch: { await state.nextcloud.record(lowerID, on: loop) }) {
-        case .found(let found): entry = found
-        case .unknown:
-            return fail("unknown_app", counts: !trusted, Self.notFound)
-        case .refused:
-            return fail("nextcloud_refused_key", counts: false, Self.notFound)
-        case .failed:
-            return fail("nextcloud_unavailable", counts: false, Self.unavailable)
+        switch await state.directory.lookup(id, fetch: { await self.state.nextcloud.record(id, on: loop) }) {
+        case .found(let found):
+            entry = found
+            exchange.context = ExAppsExchange(counters: state.metrics.app(id))
+        case .unknown, .refused, .failed:
+            guard let version = headers["ex-app-version"], let host = headers["ex-app-host"], let port = headers["ex-app-port"].flatMap({ Int($0) })
+            else { return Self.unavailable }
+            entry = await ExAppEntry.resolving(ExAppRecord(token: "", version: version, host: host, port: port, routes: []))
         }
-        var context = ExAppsExchange(counters: state.metrics.app(lowerID))
+        return forward(&request, entry, target, authorization: nil)
+    }
+
+    /// 6–9. Anyone else: the app must be known, the path must match one of its routes, the
+    /// user (when the request names one) must have the route's level; then the request goes
+    /// with AppAPI's signature for that user.
+    private func userRequest(_ request: inout HTTPRequestHead, _ target: AppTarget, ip: String, trusted: Bool, _ exchange: Exchange) async -> Decided {
+        let loop = exchange.loop, id = target.id, headers = request.headers
+        // 6. The app must be known.
+        let entry: ExAppEntry
+        switch await state.directory.lookup(id, fetch: { await self.state.nextcloud.record(id, on: loop) }) {
+        case .found(let found): entry = found
+        case .unknown: return refuse("unknown_app", ip: ip, counts: !trusted, Self.notFound, exchange)
+        case .refused: return refuse("nextcloud_refused_key", ip: ip, counts: false, Self.notFound, exchange)
+        case .failed: return refuse("nextcloud_unavailable", ip: ip, counts: false, Self.unavailable, exchange)
+        }
+        var context = ExAppsExchange(counters: state.metrics.app(id))
         exchange.context = context
-        let routePath = RoutePath.normalized(targetPath)
+        let routePath = RoutePath.normalized(target.path)
         if routePath == "/heartbeat" || routePath == "/init" || routePath == "/enabled" {
-            return fail("internal_route", Self.dropped)
+            return refuse("internal_route", ip: ip, Self.dropped, exchange)
         }
         // 7. Who the user is, when the request says.
         var user: NextcloudUser?
         let cookie = Self.cookie("oc_sessionPassphrase", in: headers)
         if cookie != nil || headers["authorization"] != nil {
             let answer = await state.sessions.answer(cookie: cookie) {
-                await state.nextcloud.user(appID: lowerID, clientHeaders: headers, on: loop)
+                await self.state.nextcloud.user(appID: id, clientHeaders: headers, on: loop)
             }
             switch answer {
             case .user(let found):
                 user = found
                 exchange.user = found.id
             case .anonymous: break
-            case .failed: return fail("user_info_failed", counts: false, Self.unauthorized)
+            case .failed: return refuse("user_info_failed", ip: ip, counts: false, Self.unauthorized, exchange)
             }
         }
         // 8. The first route that matches the path as the ExApp will read it decides.
-        guard let route = entry.record.route(for: routePath) else { return fail("no_route", Self.notFound) }
+        guard let route = entry.record.route(for: routePath) else { return refuse("no_route", ip: ip, Self.notFound, exchange) }
         exchange.route = route.url
         if route.access != .everyone {
-            guard let user, user.level >= route.access else { return fail("forbidden", Self.forbidden) }
+            guard let user, user.level >= route.access else { return refuse("forbidden", ip: ip, Self.forbidden, exchange) }
         }
         if !route.bruteforceStatuses.isEmpty {
             context.bruteforce = BruteforceWatch(ip: ip, statuses: route.bruteforceStatuses)
@@ -140,19 +162,18 @@ struct ExAppsGateway: RouteProvider {
         }
         // 9. AppAPI's signature: base64("<user id>:<app secret>"), the user empty when anonymous.
         let authorization = user.map { Data("\($0.id):\(entry.record.token)".utf8).base64EncodedString() } ?? entry.anonymousAuthorization
-        return forward(&request, entry, appID: appID, targetPath: targetPath, query: query, authorization: authorization)
+        return forward(&request, entry, target, authorization: authorization)
     }
 
     /// The request rewritten for the ExApp: its path without `/exapps/<appid>`, AppAPI's
     /// headers set over whatever the client sent (`authorization` nil: AppAPI's own passes).
-    private func forward(_ request: inout HTTPRequestHead, _ entry: ExAppEntry, appID: String, targetPath: String, query: String,
-                         authorization: String?) -> Decided {
+    private func forward(_ request: inout HTTPRequestHead, _ entry: ExAppEntry, _ target: AppTarget, authorization: String?) -> Decided {
         guard let upstream = entry.upstream else { return Self.notFound }
-        request.target = (targetPath.isEmpty ? "/" : targetPath) + query
+        request.target = (target.path.isEmpty ? "/" : target.path) + target.query
         // The gateway's key is Nextcloud's and harp's alone: an ExApp never sees it (HaRP
         // passed AppAPI's copy on; a compromised app could then call the control plane).
         request.headers.remove("harp-shared-key")
-        request.headers.set("EX-APP-ID", appID)
+        request.headers.set("EX-APP-ID", target.appID)
         request.headers.set("EX-APP-VERSION", entry.record.version)
         request.headers.set("AA-VERSION", "32")
         if let authorization { request.headers.set("AUTHORIZATION-APP-API", authorization) }

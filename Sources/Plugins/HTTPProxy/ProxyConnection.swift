@@ -300,8 +300,11 @@ final class ProxyConnection {
         case clientGone
     }
 
-    /// `heldBody`: body bytes at the front of the client buffer that `headBytes` already
-    /// carries; they are consumed once the upstream has started to answer.
+    /// One try of an exchange on one upstream connection, in its three steps: the request
+    /// goes up (`sendRequest`), the final response head comes back (`finalResponseHead`, which
+    /// passes 1xx on), the response goes down (`relayResponse`) — or the connection becomes a
+    /// tunnel (101). `heldBody`: body bytes at the front of the client buffer that `headBytes`
+    /// already carries; they are consumed once the upstream has started to answer.
     private func exchangeOnce(_ request: HTTPRequestHead, headBytes: [UInt8], framing: BodyFraming, heldBody: Int,
                               connection: UpstreamConnection, answerContinue: Bool, _ exchange: Exchange) async -> ExchangeOutcome {
         let upstream = connection.stream
@@ -318,14 +321,30 @@ final class ProxyConnection {
             responseBuffer.consume(responseBuffer.count)
             responseBuffer.release()
         }
-        let sent = await upstream.write(headBytes, timeout: config.serverTimeout.duration)
-        guard sent == 0 else { return connection.reused ? .retry : .upstreamFailed }
+        if let ended = await sendRequest(headBytes, framing, on: connection, answerContinue: answerContinue, exchange) { return ended }
+        let response = responseBuffer
+        let head: HTTPResponseHead
+        switch await finalResponseHead(for: request, from: upstream, into: response, heldBody: &heldBody, exchange) {
+        case .head(let final): head = final
+        case .ended(let outcome): return outcome
+        }
+        if head.status == 101 { return await tunnel(request, head, upstream: upstream, buffered: response, exchange) }
+        return await relayResponse(head, to: request, from: upstream, buffered: response, reusable: &reusable, exchange)
+    }
 
+    /// Sends the request head and body upstream (and the 100 Continue the client waits for).
+    /// nil when all of it went; otherwise how the exchange ends.
+    private func sendRequest(_ headBytes: [UInt8], _ framing: BodyFraming, on connection: UpstreamConnection, answerContinue: Bool,
+                             _ exchange: Exchange) async -> ExchangeOutcome? {
+        let sent = await connection.stream.write(headBytes, timeout: config.serverTimeout.duration)
+        guard sent == 0 else { return connection.reused ? .retry : .upstreamFailed }
         if answerContinue {
             guard await sendToClient(Self.continueBytes) else { return .clientGone }
         }
-        switch await forwardRequestBody(framing, to: upstream, exchange) {
-        case .ok: exchange.requestBodyDone = true
+        switch await forwardRequestBody(framing, to: connection.stream, exchange) {
+        case .ok:
+            exchange.requestBodyDone = true
+            return nil
         case .clientFailed: return .clientGone
         case .upstreamFailed: return .upstreamFailed
         case .tooLarge:
@@ -337,8 +356,18 @@ final class ProxyConnection {
             await respond(status: error.status, keepAlive: false)
             return .clientGone
         }
+    }
 
-        let response = responseBuffer
+    private enum FinalHead {
+        case head(HTTPResponseHead)
+        case ended(ExchangeOutcome)
+    }
+
+    /// Reads response heads until the final one or a 101, passing 1xx interim responses (103
+    /// Early Hints, a 100 we did not answer) to the client. Once the upstream has answered,
+    /// the request body held in the client buffer is released.
+    private func finalResponseHead(for request: HTTPRequestHead, from upstream: any ByteStream, into response: ReadBuffer, heldBody: inout Int,
+                                   _ exchange: Exchange) async -> FinalHead {
         while true {
             let head: HTTPResponseHead
             switch await readResponseHead(from: upstream, into: response) {
@@ -351,77 +380,78 @@ final class ProxyConnection {
                     heldBody = 0
                 }
             // Only a connection that answered nothing may be retried (a 1xx counts as an answer).
-            case .closedEarly: return response.isEmpty && !exchange.sawResponseHead ? .retry : .upstreamFailed
-            case .timedOut: return .upstreamTimedOut
+            case .closedEarly: return .ended(response.isEmpty && !exchange.sawResponseHead ? .retry : .upstreamFailed)
+            case .timedOut: return .ended(.upstreamTimedOut)
             case .invalid(let error):
                 shared.logger.warning("invalid upstream response", metadata: ["upstream": "\(exchange.upstream!)", "error": "\(error)"])
-                return .upstreamFailed
+                return .ended(.upstreamFailed)
             }
             exchange.status = head.status
-            if head.status == 101 {
-                return await tunnel(request, head, upstream: upstream, buffered: response, exchange)
+            if head.status == 101 { return .head(head) }
+            if head.status >= 200 {
+                shared.upgradeHandler(for: request)?.upgradeEnded(refused: false)
+                return .head(head)
             }
-            if head.status >= 200 { shared.upgradeHandler(for: request)?.upgradeEnded(refused: false) }
-            if head.status < 200 {
-                // 1xx interim responses (103 Early Hints, a 100 we did not answer) pass through.
-                var bytes: [UInt8] = []
-                HeadWriter.response(HeaderRewrite.clientResponse(head, framing: .none, keepAlive: true,
-                                                                 clientMinorVersion: request.minorVersion), into: &bytes)
-                if request.minorVersion >= 1 { guard await sendToClient(bytes) else { return .clientGone } }
-                continue
-            }
-            let responseFraming: BodyFraming
-            do {
-                responseFraming = try MessageFraming.response(head, requestMethod: request.method)
-            } catch {
-                return .upstreamFailed
-            }
-            let chunkedToOldClient = responseFraming == .chunked && request.minorVersion == 0
-            let clientKeepAlive = request.wantsKeepAlive && responseFraming != .untilClose && !chunkedToOldClient
-                && shared.acceptingNewRequests
             var bytes: [UInt8] = []
-            if case .length(let count) = responseFraming, count <= Self.coalescedResponseLimit {
-                bytes.reserveCapacity(1024 + count)
-            } else {
-                bytes.reserveCapacity(1024)
-            }
-            HeadWriter.response(HeaderRewrite.clientResponse(head, framing: responseFraming, keepAlive: clientKeepAlive,
-                                                             clientMinorVersion: request.minorVersion), into: &bytes)
-            // A small body goes out in the same send as the head: one syscall, one ring
-            // round trip and, over TLS, one record less per small response. If it did not
-            // all come with the head, wait for it (it fits the buffer) before sending.
-            var bodyFraming = responseFraming
-            if case .length(let count) = responseFraming, bytes.count + count <= Self.coalescedResponseLimit {
-                while response.count < count {
-                    let space = response.writable
-                    guard !space.isEmpty else { break }
-                    let received = await upstream.read(into: UnsafeMutableRawBufferPointer(rebasing: space.prefix(count - response.count)),
-                                                       timeout: config.serverTimeout.duration)
-                    // Nothing has reached the client yet: it gets a clean 504 or 502.
-                    if received == -Int(ETIMEDOUT) { return .upstreamTimedOut }
-                    guard received > 0 else { return .upstreamFailed }
-                    response.didWrite(received)
-                }
-            }
-            if case .length(let count) = responseFraming, !response.isEmpty, bytes.count + min(count, response.count) <= Self.coalescedWriteLimit {
-                let take = min(count, response.count)
-                bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: response.readable[0..<take]))
-                response.consume(take)
-                exchange.responseBytes += take
-                bodyFraming = take == count ? .none : .length(count - take)
-            }
-            guard await sendToClient(bytes) else { return .clientGone }
-            switch await forwardResponseBody(bodyFraming, from: upstream, buffered: response,
-                                             rechunk: !chunkedToOldClient, exchange) {
-            case .ok: break
-            case .clientFailed: return .clientGone
-            case .upstreamFailed, .invalid, .tooLarge: return .clientGone  // head already sent: cut the client off
-            }
-            let upstreamKeepAlive = head.minorVersion >= 1 && !head.headers.contains(.connection, token: "close")
-                && responseFraming != .untilClose && response.isEmpty
-            reusable = upstreamKeepAlive
-            return .done(keepAlive: clientKeepAlive)
+            HeadWriter.response(HeaderRewrite.clientResponse(head, framing: .none, keepAlive: true, clientMinorVersion: request.minorVersion),
+                                into: &bytes)
+            if request.minorVersion >= 1 { guard await sendToClient(bytes) else { return .ended(.clientGone) } }
         }
+    }
+
+    /// Sends the final response to the client: its head, with a small body in the same send
+    /// (one syscall, one ring round trip and, over TLS, one record less per small response),
+    /// then the rest of the body. `reusable`: whether the upstream connection may serve another
+    /// request.
+    private func relayResponse(_ head: HTTPResponseHead, to request: HTTPRequestHead, from upstream: any ByteStream, buffered response: ReadBuffer,
+                               reusable: inout Bool, _ exchange: Exchange) async -> ExchangeOutcome {
+        let responseFraming: BodyFraming
+        do {
+            responseFraming = try MessageFraming.response(head, requestMethod: request.method)
+        } catch {
+            return .upstreamFailed
+        }
+        let chunkedToOldClient = responseFraming == .chunked && request.minorVersion == 0
+        let clientKeepAlive = request.wantsKeepAlive && responseFraming != .untilClose && !chunkedToOldClient
+            && shared.acceptingNewRequests
+        var bytes: [UInt8] = []
+        if case .length(let count) = responseFraming, count <= Self.coalescedResponseLimit {
+            bytes.reserveCapacity(1024 + count)
+        } else {
+            bytes.reserveCapacity(1024)
+        }
+        HeadWriter.response(HeaderRewrite.clientResponse(head, framing: responseFraming, keepAlive: clientKeepAlive,
+                                                         clientMinorVersion: request.minorVersion), into: &bytes)
+        // A small body that did not all come with the head is waited for (it fits the buffer).
+        var bodyFraming = responseFraming
+        if case .length(let count) = responseFraming, bytes.count + count <= Self.coalescedResponseLimit {
+            while response.count < count {
+                let space = response.writable
+                guard !space.isEmpty else { break }
+                let received = await upstream.read(into: UnsafeMutableRawBufferPointer(rebasing: space.prefix(count - response.count)),
+                                                   timeout: config.serverTimeout.duration)
+                // Nothing has reached the client yet: it gets a clean 504 or 502.
+                if received == -Int(ETIMEDOUT) { return .upstreamTimedOut }
+                guard received > 0 else { return .upstreamFailed }
+                response.didWrite(received)
+            }
+        }
+        if case .length(let count) = responseFraming, !response.isEmpty, bytes.count + min(count, response.count) <= Self.coalescedWriteLimit {
+            let take = min(count, response.count)
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: response.readable[0..<take]))
+            response.consume(take)
+            exchange.responseBytes += take
+            bodyFraming = take == count ? .none : .length(count - take)
+        }
+        guard await sendToClient(bytes) else { return .clientGone }
+        switch await forwardResponseBody(bodyFraming, from: upstream, buffered: response, rechunk: !chunkedToOldClient, exchange) {
+        case .ok: break
+        case .clientFailed: return .clientGone
+        case .upstreamFailed, .invalid, .tooLarge: return .clientGone  // head already sent: cut the client off
+        }
+        reusable = head.minorVersion >= 1 && !head.headers.contains(.connection, token: "close") && responseFraming != .untilClose
+            && response.isEmpty
+        return .done(keepAlive: clientKeepAlive)
     }
 
     static let continueBytes = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)

@@ -13,10 +13,10 @@ final class InspectingTunnel: @unchecked Sendable {
     let connection: UpgradedConnection
     let settings: WebSocketConfiguration
     let compressed: Bool
-    private let pump: Pump
+    fileprivate let pump: Pump
     /// Writers of `[client, upstream]`: harp's own pings and closes never land inside a
     /// forwarded frame.
-    private let writers: [FrameWriter]
+    fileprivate let writers: [FrameWriter]
     private var failure: CloseReason?
 
     init(_ connection: UpgradedConnection, settings: WebSocketConfiguration, meter: RelayMeter?) {
@@ -34,7 +34,7 @@ final class InspectingTunnel: @unchecked Sendable {
     }
 
     /// Message state of one direction.
-    private struct MessageState {
+    fileprivate struct MessageState {
         var inMessage = false
         var isText = false
         var isCompressed = false
@@ -42,118 +42,155 @@ final class InspectingTunnel: @unchecked Sendable {
         var utf8 = UTF8Validator()
     }
 
-    /// One direction: frames are read into a buffer, checked, and sent on. Frames that are
-    /// whole in the buffer go out together (`pending` bytes at its front: one send for a burst
-    /// of small messages); a frame that is not whole streams through on its own (its payload
-    /// may be far larger than the buffer), holding the writer so nothing lands inside it.
+    /// One direction: frames are read into a buffer, checked, and sent on (`Direction`).
     private func inspect(fromClient: Bool) async {
-        let side = fromClient ? 0 : 1
-        let writer = writers[fromClient ? 1 : 0]
-        let reader = FramedReader(stream: pump.streams[side], capacity: 64 * 1024, growsWhenFull: true)
-        let buffer = reader.buffer
-        let decoder = FrameHeaderDecoder()
-        var message = MessageState()
+        await Direction(self, fromClient: fromClient).run()
+    }
+
+    /// One direction's reading, checking and sending. Frames that are whole in the buffer go
+    /// out together (`pending` bytes at its front: one send for a burst of small messages); a
+    /// frame that is not whole streams through on its own (`stream`: its payload may be far
+    /// larger than the buffer), holding the writer so nothing lands inside it. Loop-confined:
+    /// it runs as one of the pump's two tasks.
+    private final class Direction {
+        unowned let tunnel: InspectingTunnel
+        let fromClient: Bool
+        let side: Int
+        let writer: FrameWriter
+        let reader: FramedReader
+        var buffer: ReadBuffer { reader.buffer }
+        var pump: Pump { tunnel.pump }
+        /// Checked bytes at the front of the buffer, not sent yet.
         var pending = 0
+        var message = MessageState()
+
+        init(_ tunnel: InspectingTunnel, fromClient: Bool) {
+            self.tunnel = tunnel
+            self.fromClient = fromClient
+            side = fromClient ? 0 : 1
+            writer = tunnel.writers[fromClient ? 1 : 0]
+            reader = FramedReader(stream: tunnel.pump.streams[side], capacity: 64 * 1024, growsWhenFull: true)
+        }
+
+        func run() async {
+            let decoder = FrameHeaderDecoder()
+            frames: while pump.outcome == nil {
+                let header: FrameHeader
+                switch decoder.decode(UnsafeRawBufferPointer(rebasing: buffer.readable[pending...])) {
+                case .frame(let parsed, _, _):
+                    header = parsed
+                case .invalid(let broken):
+                    return await tunnel.fail(broken.code, broken.reason)
+                case .needMore:
+                    guard await flush(), await fill() else { break frames }
+                    continue
+                }
+                let frameEnd = pending + header.length + header.payloadLength
+                if header.isControl && header.payloadLength <= 125 && frameEnd > buffer.count {
+                    // Control frames are judged whole (their payload is at most 125 bytes).
+                    guard await flush(), await fill() else { break frames }
+                    continue
+                }
+                if let problem = tunnel.check(header, fromClient: fromClient, &message) {
+                    return await tunnel.fail(problem.0, problem.1)
+                }
+                if header.opcode == 0x8, let problem = InspectingTunnel.checkClose(header, UnsafeRawBufferPointer(rebasing: buffer.readable[pending...])) {
+                    return await tunnel.fail(problem.0, problem.1)
+                }
+                let checksText = message.isText && !message.isCompressed && !header.isControl
+                if frameEnd <= buffer.count {
+                    let payload = pending + header.length..<frameEnd
+                    if checksText && !InspectingTunnel.validateText(header, UnsafeRawBufferPointer(rebasing: buffer.readable[payload]), maskOffset: 0,
+                                                                    &message.utf8) {
+                        return await tunnel.fail(1007, "invalid UTF-8 in a text message")
+                    }
+                    pending = frameEnd
+                } else {
+                    guard await flush() else { break frames }
+                    switch await stream(header, checksText: checksText) {
+                    case .sent: break
+                    case .invalidText: return await tunnel.fail(1007, "invalid UTF-8 in a text message")
+                    case .ended: break frames
+                    }
+                }
+                if !header.isControl && header.fin {
+                    if message.isText && !message.isCompressed && !message.utf8.isComplete {
+                        return await tunnel.fail(1007, "text message ends inside a UTF-8 sequence")
+                    }
+                    message = MessageState()
+                }
+            }
+            // EOF or error on this side: what was checked goes on; the pump passes the FIN on.
+            _ = await flush()
+        }
 
         /// Receives more bytes after the buffered ones; false at EOF, error or the pump's end.
         func fill() async -> Bool {
             while pump.outcome == nil {
-                let received = await reader.fill(timeout: waitLimit(fromClient: fromClient))
+                let received = await reader.fill(timeout: tunnel.waitLimit(fromClient: fromClient))
                 if received > 0 {
                     pump.touch()
                     return true
                 }
                 guard received == -Int(ETIMEDOUT) else { return false }
-                if await idleExpired(fromClient: fromClient) { return false }
+                if await tunnel.idleExpired(fromClient: fromClient) { return false }
             }
             return false
         }
 
         /// Sends the first `count` buffered bytes on and consumes them.
         func send(_ count: Int) async -> Bool {
-            let result = await writer.stream.write(UnsafeRawBufferPointer(rebasing: buffer.readable[0..<count]),
-                                                   timeout: connection.idleTimeout)
+            let result = await writer.stream.write(UnsafeRawBufferPointer(rebasing: buffer.readable[0..<count]), timeout: tunnel.connection.idleTimeout)
             buffer.consume(count)
             pump.moved(count, side: side)
             return result == 0
         }
 
+        /// Sends the checked frames waiting at the front of the buffer.
         func flush() async -> Bool {
             guard pending > 0 else { return true }
             let count = pending
             pending = 0
-            return await writer.exclusive { await send(count) }
+            return await writer.exclusive { await self.send(count) }
         }
 
-        frames: while pump.outcome == nil {
-            let header: FrameHeader
-            switch decoder.decode(UnsafeRawBufferPointer(rebasing: buffer.readable[pending...])) {
-            case .frame(let parsed, _, _):
-                header = parsed
-            case .invalid(let broken):
-                return await fail(broken.code, broken.reason)
-            case .needMore:
-                guard await flush(), await fill() else { break frames }
-                continue
-            }
-            let frameEnd = pending + header.length + header.payloadLength
-            if header.isControl && header.payloadLength <= 125 && frameEnd > buffer.count {
-                // Control frames are judged whole (their payload is at most 125 bytes).
-                guard await flush(), await fill() else { break frames }
-                continue
-            }
-            if let problem = check(header, fromClient: fromClient, &message) {
-                return await fail(problem.0, problem.1)
-            }
-            if header.opcode == 0x8, let problem = Self.checkClose(header, UnsafeRawBufferPointer(rebasing: buffer.readable[pending...])) {
-                return await fail(problem.0, problem.1)
-            }
-            let checksText = message.isText && !message.isCompressed && !header.isControl
-            if frameEnd <= buffer.count {
-                let payload = pending + header.length..<frameEnd
-                if checksText && !Self.validateText(header, UnsafeRawBufferPointer(rebasing: buffer.readable[payload]), maskOffset: 0, &message.utf8) {
-                    return await fail(1007, "invalid UTF-8 in a text message")
-                }
-                pending = frameEnd
-            } else {
-                guard await flush() else { break frames }
-                var invalidText = false
-                let streamed = await writer.exclusive { () async -> Bool in
-                    guard await send(header.length) else { return false }
-                    var remaining = header.payloadLength
-                    var offset = 0
-                    while remaining > 0 {
-                        if buffer.isEmpty {
-                            guard await fill() else { return false }
-                        }
-                        let take = min(remaining, buffer.count)
-                        if checksText && !Self.validateText(header, UnsafeRawBufferPointer(rebasing: buffer.readable[0..<take]),
-                                                            maskOffset: offset, &message.utf8) {
-                            invalidText = true
-                            return false
-                        }
-                        guard await send(take) else { return false }
-                        offset += take
-                        remaining -= take
-                    }
-                    return true
-                }
-                if invalidText { return await fail(1007, "invalid UTF-8 in a text message") }
-                guard streamed else { break frames }
-            }
-            if !header.isControl && header.fin {
-                if message.isText && !message.isCompressed && !message.utf8.isComplete {
-                    return await fail(1007, "text message ends inside a UTF-8 sequence")
-                }
-                message = MessageState()
-            }
+        enum Streamed {
+            case sent
+            case invalidText
+            /// The stream ended or failed (or the pump did) inside the frame.
+            case ended
         }
-        // EOF or error on this side: what was checked goes on; the pump passes the FIN on.
-        _ = await flush()
+
+        /// A frame larger than what is buffered: its header, then its payload as it arrives,
+        /// checked piece by piece when it is text, with the writer held throughout.
+        func stream(_ header: FrameHeader, checksText: Bool) async -> Streamed {
+            var invalidText = false
+            let streamed = await writer.exclusive { () async -> Bool in
+                guard await self.send(header.length) else { return false }
+                var remaining = header.payloadLength
+                var offset = 0
+                while remaining > 0 {
+                    if self.buffer.isEmpty {
+                        guard await self.fill() else { return false }
+                    }
+                    let take = min(remaining, self.buffer.count)
+                    if checksText && !InspectingTunnel.validateText(header, UnsafeRawBufferPointer(rebasing: self.buffer.readable[0..<take]),
+                                                                    maskOffset: offset, &self.message.utf8) {
+                        invalidText = true
+                        return false
+                    }
+                    guard await self.send(take) else { return false }
+                    offset += take
+                    remaining -= take
+                }
+                return true
+            }
+            return invalidText ? .invalidText : streamed ? .sent : .ended
+        }
     }
 
     /// Returns a close code and reason when the frame breaks a rule; updates message state.
-    private func check(_ header: FrameHeader, fromClient: Bool, _ message: inout MessageState) -> (UInt16, String)? {
+    fileprivate func check(_ header: FrameHeader, fromClient: Bool, _ message: inout MessageState) -> (UInt16, String)? {
         if fromClient && !header.masked { return (1002, "client frame not masked") }
         if !fromClient && header.masked { return (1002, "server frame masked") }
         switch header.opcode {
@@ -210,7 +247,7 @@ final class InspectingTunnel: @unchecked Sendable {
     }
 
     /// How long a read may wait: the pump's limit, or the ping interval on the client side.
-    private func waitLimit(fromClient: Bool) -> Duration {
+    fileprivate func waitLimit(fromClient: Bool) -> Duration {
         let ping = settings.pingInterval.duration
         if fromClient && !pump.isHalfClosed && ping > .zero { return min(ping, pump.readLimit) }
         return pump.readLimit
@@ -218,7 +255,7 @@ final class InspectingTunnel: @unchecked Sendable {
 
     /// After a receive timed out: true when the tunnel has been idle too long (and is being
     /// closed); otherwise pings the client if that side has been quiet.
-    private func idleExpired(fromClient: Bool) async -> Bool {
+    fileprivate func idleExpired(fromClient: Bool) async -> Bool {
         if pump.idleExpired() { return true }
         if fromClient && !pump.isHalfClosed && settings.pingInterval.duration > .zero {
             _ = await writers[0].write(FrameHeader.serverFrame(opcode: 0x9, payload: Array("harp".utf8)), timeout: .seconds(5))
@@ -228,7 +265,7 @@ final class InspectingTunnel: @unchecked Sendable {
 
     /// A rule was broken: the offending side gets a close frame with the code, the other
     /// side a 1001 (going away), and the connection ends.
-    private func fail(_ code: UInt16, _ reason: String) async {
+    fileprivate func fail(_ code: UInt16, _ reason: String) async {
         guard failure == nil, pump.outcome == nil else { return }
         failure = CloseReason(code: code, reason: reason)
         _ = await writers[0].write(FrameHeader.serverFrame(opcode: 0x8, payload: FrameHeader.closePayload(code, reason)), timeout: .seconds(5))
