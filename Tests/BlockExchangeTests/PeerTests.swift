@@ -135,7 +135,7 @@ struct PeerTests {
         var half = Bitfield(count: 4_000)
         for index in 0..<2_000 { half[index] = true }
         let messages: [PeerMessage] = [
-            .hello(PeerHello(capabilities: 5)), .getManifest(id()), .manifest(manifest), .noManifest(id()), .haveQuery(id()),
+            .hello(PeerHello(capabilities: 5)), .getManifest(id()), .manifest(manifest.root, manifest), .noManifest(id()), .haveQuery(id()),
             .have(id(), .all), .have(id(), .entries(half.bytes)), .have(id(), .entries([0x5A, 0xC3])),
             .haveUpdate(id(), entries: [0, 7, 1_000_000]), .fetching(id(), entries: []), .request(id()), .dontHave(id()),
             .cancel(id()), .ping(0x0102_0304_0506_0708), .pong(42),
@@ -158,7 +158,7 @@ struct PeerTests {
         // A later version's longer Hello is read as far as ours goes.
         #expect(try PeerMessage(type: .hello, body: Array(PeerMessage.hello(PeerHello(version: 2)).frame[5...]) + [9, 9]) == .hello(PeerHello(version: 2)))
         let other = id()
-        let lying = Array(PeerMessage.manifest(manifest).frame[5...])
+        let lying = Array(PeerMessage.manifest(manifest.root, manifest).frame[5...])
         #expect(throws: PeerViolation.manifestNotOfRoot(other)) { try PeerMessage(type: .manifest, body: other.bytes + lying[32...]) }
         #expect(throws: PeerViolation.doesNotInflate(.manifest)) { try PeerMessage(type: .manifest, body: other.bytes + [PeerFrameFlags.deflated, 1, 2, 3]) }
     }

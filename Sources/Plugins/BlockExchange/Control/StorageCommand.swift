@@ -111,7 +111,7 @@ struct StorageCommand: ParsableCommand {
             let client = try client()
             do {
                 return try client.call(request)
-            } catch let failure as CommandClient.Failure {
+            } catch let failure {
                 guard failure.nodeNotRunning, let name = request["cmd"], let handler = StoppedNodeCommands.handler(name) else {
                     throw CommandFailure(failure.description)
                 }

@@ -115,7 +115,7 @@ final class Swarm: Sendable {
             let index = self.index
             manifest = await indexer.run { try? index.manifest(of: root) }
         }
-        return manifest.map { .manifest($0) } ?? .noManifest(root)
+        return manifest.map { .manifest(root, $0) } ?? .noManifest(root)
     }
 
     /// What we hold of `root`: every chunk for content in the folder, the verified ones of a
@@ -252,8 +252,8 @@ final class Swarm: Sendable {
     /// it fails the download now, not at 99%), and every peer asked for chunks. No space is
     /// reserved ahead: a peer's manifest claiming a huge file must not take the disk; the
     /// file grows only as verified chunks land.
-    func received(_ manifest: Manifest, from session: PeerSession) {
-        guard let transfer = transfer(manifest.root), transfer.setManifest(manifest) else { return }
+    func received(_ manifest: Manifest, of root: ChunkID, from session: PeerSession) {
+        guard let transfer = transfer(root), transfer.setManifest(manifest) else { return }
         if let shortage = shortage(for: transfer, size: manifest.size) {
             // A full disk fails every fetch until there is room: one log line a minute.
             let now = EventLoop.preciseNanos()

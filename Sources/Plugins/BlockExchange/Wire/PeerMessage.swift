@@ -7,8 +7,9 @@ import HarpKernel
 enum PeerMessage: Sendable, Equatable {
     case hello(PeerHello)
     case getManifest(ChunkID)
-    /// A manifest, checked against the root it was sent for (its root is that root).
-    case manifest(Manifest)
+    /// The manifest of a root, checked against it (the root is carried so that no side hashes
+    /// a large manifest twice: the sender looked it up by root, the receiver checked it).
+    case manifest(ChunkID, Manifest)
     case noManifest(ChunkID)
     case haveQuery(ChunkID)
     case have(ChunkID, HaveList)
@@ -60,8 +61,8 @@ enum PeerMessage: Sendable, Equatable {
             hello.write(into: &body)
         case .getManifest(let id), .noManifest(let id), .haveQuery(let id), .request(let id), .dontHave(let id), .cancel(let id):
             body.raw(id.bytes)
-        case .manifest(let manifest):
-            body.raw(manifest.root.bytes)
+        case .manifest(let root, let manifest):
+            body.raw(root.bytes)
             Self.writeMaybeDeflated(manifest.encoded, into: &body)
         case .have(let root, .all):
             body.raw(root.bytes)
@@ -112,7 +113,7 @@ enum PeerMessage: Sendable, Equatable {
                 let root = try reader.chunkID()
                 let encoded = try Self.readMaybeDeflated(&reader, type: type, limit: PeerLimits.manifestBytes)
                 guard let manifest = Manifest(encoded: encoded), manifest.root == root else { throw PeerViolation.manifestNotOfRoot(root) }
-                self = .manifest(manifest)
+                self = .manifest(root, manifest)
             case .have:
                 let root = try reader.chunkID()
                 let flags = try reader.u8()

@@ -136,8 +136,8 @@ final class PeerSession: @unchecked Sendable {
             throw .secondHello
         case .getManifest(let root):
             reply { session in await session.swarm.manifestMessage(for: root).frame }
-        case .manifest(let manifest):
-            swarm.received(manifest, from: self)
+        case .manifest(let root, let manifest):
+            swarm.received(manifest, of: root, from: self)
         case .noManifest(let root):
             swarm.transfer(root)?.peerLacksManifest(peer)
         case .haveQuery(let root):
