@@ -163,6 +163,29 @@ struct PeerTests {
         #expect(throws: PeerViolation.doesNotInflate(.manifest)) { try PeerMessage(type: .manifest, body: other.bytes + [PeerFrameFlags.deflated, 1, 2, 3]) }
     }
 
+    @Test("20,000 random bodies of every message type: refused with a named violation or decoded to a value that encodes back to itself")
+    func messageFuzz() throws {
+        var generator = SeededGenerator(seed: SeededGenerator.seed(for: "peer message fuzz"))
+        let types = PeerFrameType.allCases.filter { $0 != .chunk && $0 != .channel }
+        var decoded = 0, refused = 0
+        for _ in 0..<20_000 {
+            let type = types[Int.random(in: 0..<types.count, using: &generator)]
+            // Mostly the shapes a type expects (a root, flags, whole u32s), so that decoding goes deep.
+            var body = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            body += (0..<Int.random(in: 0...12, using: &generator)).map { _ in UInt8.random(in: 0...3, using: &generator) }
+            if Bool.random(using: &generator) { body = Array(body.prefix(Int.random(in: 0...body.count, using: &generator))) }
+            do {
+                let message = try PeerMessage(type: type, body: body)
+                decoded += 1
+                #expect(try PeerMessage(type: type, body: Array(message.frame[PeerFrameHeader.size...])) == message, "\(type) \(body)")
+            } catch {
+                refused += 1
+                #expect(!error.description.isEmpty)
+            }
+        }
+        #expect(decoded > 1_000 && refused > 1_000, "\(decoded) decoded, \(refused) refused")
+    }
+
     @Test("manifests and have-lists round-trip; deflate only when smaller, refused past its limit")
     func metadataEncoding() throws {
         var generator = SeededGenerator(seed: 99)
