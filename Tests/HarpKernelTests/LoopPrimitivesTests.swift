@@ -1,5 +1,7 @@
 import Foundation
+import Glibc
 @testable import HarpKernel
+import HarpTestSupport
 import Testing
 
 /// The loop's small waiting pieces, each on its own: `LoopWait` (with the `DeadlineSweep`
@@ -34,6 +36,54 @@ struct LoopPrimitivesTests {
         #expect(!timedOut)
         // The sweep runs every 50 ms: the wait ends between its timeout and one sweep later.
         #expect(waited >= .milliseconds(199) && waited < .milliseconds(1000), "\(waited)")
+    }
+
+    @Test("DeadlineSweep: 100 receives with timeouts from 100 to 298 ms each end between their deadline (on the loop's coarse clock) and one sweep later; one that gets its bytes in time is not ended; with nothing watched the sweep disarms")
+    func deadlineSweep() async throws {
+        let loop = try EventLoop(index: 0)
+        defer { loop.shutdown() }
+        var pairs: [(Int32, Int32)] = []
+        for _ in 0..<101 { pairs.append(socketPair()) }
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        let fds = pairs.map(\.0), feeder = pairs[100].1
+        let (lateness, answered, idle) = await loop.spawn { () -> ([Duration], Int32, Bool) in
+            final class Results: @unchecked Sendable {
+                // @unchecked Sendable: written by tasks on the test's one loop.
+                var lateness: [Duration] = []
+                var answered: Int32 = 0
+            }
+            let results = Results()
+            var tasks: [Task<Void, Never>] = []
+            for index in 0..<100 {
+                let fd = fds[index], timeout = Duration.milliseconds(100 + 2 * index)
+                tasks.append(loop.spawn {
+                    let record = AsyncCompletion()
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
+                    defer { buffer.deallocate() }
+                    let clock = ContinuousClock(), start = clock.now
+                    let result = await loop.recv(fd, into: buffer, timeout: timeout, using: record)
+                    results.lateness.append(result == -ETIMEDOUT ? clock.now - start - timeout : .seconds(-1000))
+                })
+            }
+            tasks.append(loop.spawn {
+                let record = AsyncCompletion()
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
+                defer { buffer.deallocate() }
+                results.answered = await loop.recv(fds[100], into: buffer, timeout: .seconds(5), using: record)
+            })
+            _ = "ping".withCString { Glibc.write(feeder, $0, 4) }
+            for task in tasks { await task.value }
+            // The sweep after the last completion finds nothing left and does not re-arm.
+            let sleeper = AsyncCompletion()
+            _ = await loop.sleep(for: .milliseconds(120), using: sleeper)
+            return (results.lateness, results.answered, loop.deadlines.isIdle)
+        }.value
+        #expect(lateness.count == 100)
+        // Early by at most the loop clock's granularity (CLOCK_MONOTONIC_COARSE, read once per
+        // round: a few ms); late by at most one resolution (50 ms) and a busy machine's slack.
+        #expect(lateness.allSatisfy { $0 >= .milliseconds(-10) && $0 < .milliseconds(400) }, "\(lateness.sorted().prefix(3)) … \(lateness.sorted().suffix(3))")
+        #expect(answered == 4)
+        #expect(idle)
     }
 
     @Test("WriteGate: holders take turns in arrival order; a frame in parts is never interleaved")

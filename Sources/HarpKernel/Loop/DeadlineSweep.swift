@@ -46,6 +46,9 @@ public final class DeadlineSweep: IOCompletion, @unchecked Sendable {
         if !armed { arm() }
     }
 
+    /// Nothing watched and no timeout armed: an idle loop costs no wakeups.
+    var isIdle: Bool { !armed && watched.isEmpty && waits.isEmpty }
+
     private func arm() {
         armed = true
         loop.submit(self) { io_uring_prep_timeout($0, timespec, 0, 0) }
