@@ -28,8 +28,9 @@ import Synchronization
 public final class HTTPTestOrigin: @unchecked Sendable {
     // @unchecked Sendable: counters are atomics; the rest is immutable after init.
     public let address: SocketAddress
-    private let listener: Int32
-    public let connections = Atomic<Int>(0)
+    private let listener: TestListener
+    /// Connections accepted so far.
+    public var connections: Int { listener.accepted.load(ordering: .relaxed) }
     /// Connections open now (the peer has not closed them, nor has the origin).
     public let open = Atomic<Int>(0)
     public let requests = Atomic<Int>(0)
@@ -42,24 +43,14 @@ public final class HTTPTestOrigin: @unchecked Sendable {
     public init(keepAliveTimeout: Double? = nil, jitter: Double = 0) throws {
         self.keepAliveTimeout = keepAliveTimeout
         self.jitter = jitter
-        listener = try Socket.listen(on: loopback(0), reusePort: false, blocking: true)
-        address = SocketAddress.local(of: listener)!
-        Thread { [self] in
-            while true {
-                let client = accept(listener, nil, nil)
-                guard client >= 0 else { return }
-                connections.add(1, ordering: .relaxed)
-                Thread { self.serve(client) }.start()
-            }
-        }.start()
+        listener = try TestListener()
+        address = listener.address
+        listener.start { [self] in serve($0) }
     }
 
     public var heads: [String] { lastHeads.withLock { $0 } }
 
-    public func stop() {
-        shutdown(listener, Int32(SHUT_RDWR))
-        close(listener)
-    }
+    public func stop() { listener.stop() }
 
     private func serve(_ fd: Int32) {
         open.add(1, ordering: .relaxed)

@@ -5,30 +5,17 @@ import Synchronization
 
 /// Upstream servers for tests, each on its own thread with blocking sockets, independent of
 /// harp's kernel so that a kernel bug cannot hide on both ends.
-public final class EchoServer: @unchecked Sendable {
-    // @unchecked Sendable: `listener` is immutable; counters are atomics.
+public final class EchoServer: Sendable {
     public let address: SocketAddress
-    private let listener: Int32
-    public let accepted = Atomic<Int>(0)
-    private let stopping = Atomic<Bool>(false)
+    private let listener: TestListener
+    /// Connections accepted so far.
+    public var accepted: Int { listener.accepted.load(ordering: .relaxed) }
 
     /// Echoes every byte back and closes after the client's FIN. `unixPath` serves on a Unix socket.
     public init(unixPath: String? = nil) throws {
-        let bindTo: SocketAddress = unixPath.map { .unix(path: $0) } ?? loopback(0)
-        if let unixPath { unlink(unixPath) }
-        listener = try Socket.listen(on: bindTo, reusePort: false, blocking: true)
-        address = SocketAddress.local(of: listener) ?? bindTo
-        let thread = Thread { [self] in acceptLoop() }
-        thread.start()
-    }
-
-    private func acceptLoop() {
-        while !stopping.load(ordering: .relaxed) {
-            let client = Glibc.accept(listener, nil, nil)
-            guard client >= 0 else { if errno == EINTR { continue } else { return } }
-            accepted.add(1, ordering: .relaxed)
-            Thread { Self.echo(client) }.start()
-        }
+        listener = try TestListener(on: unixPath.map { .unix(path: $0) } ?? loopback(0))
+        address = listener.address
+        listener.start(serve: Self.echo)
     }
 
     private static func echo(_ fd: Int32) {
@@ -46,30 +33,19 @@ public final class EchoServer: @unchecked Sendable {
         close(fd)
     }
 
-    public func stop() {
-        stopping.store(true, ordering: .relaxed)
-        Glibc.shutdown(listener, Int32(SHUT_RDWR))
-        close(listener)
-    }
+    public func stop() { listener.stop() }
 }
 
 /// Reads everything a client sends, hashes it, and answers with the hex SHA-256 and the
 /// byte count after the client's FIN.
-public final class HashingSink: @unchecked Sendable {
-    // @unchecked Sendable: immutable after init; work happens on its own threads.
+public final class HashingSink: Sendable {
     public let address: SocketAddress
-    private let listener: Int32
+    private let listener: TestListener
 
     public init() throws {
-        listener = try Socket.listen(on: loopback(0), reusePort: false, blocking: true)
-        address = SocketAddress.local(of: listener)!
-        Thread { [listener] in
-            while true {
-                let client = Glibc.accept(listener, nil, nil)
-                guard client >= 0 else { return }
-                Thread { Self.serve(client) }.start()
-            }
-        }.start()
+        listener = try TestListener()
+        address = listener.address
+        listener.start(serve: Self.serve)
     }
 
     private static func serve(_ fd: Int32) {
@@ -88,36 +64,23 @@ public final class HashingSink: @unchecked Sendable {
         close(fd)
     }
 
-    public func stop() {
-        Glibc.shutdown(listener, Int32(SHUT_RDWR))
-        close(listener)
-    }
+    public func stop() { listener.stop() }
 }
 
 /// Sends a steady stream of bytes to whoever connects until the peer goes away.
-public final class StreamingSource: @unchecked Sendable {
-    // @unchecked Sendable: immutable after init; work happens on its own threads.
+public final class StreamingSource: Sendable {
     public let address: SocketAddress
-    private let listener: Int32
+    private let listener: TestListener
 
     public init() throws {
-        listener = try Socket.listen(on: loopback(0), reusePort: false, blocking: true)
-        address = SocketAddress.local(of: listener)!
-        Thread { [listener] in
-            while true {
-                let client = Glibc.accept(listener, nil, nil)
-                guard client >= 0 else { return }
-                Thread {
-                    let chunk = [UInt8](repeating: 0x5a, count: 65536)
-                    while chunk.withUnsafeBytes({ Glibc.send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) > 0 {}
-                    close(client)
-                }.start()
-            }
-        }.start()
+        listener = try TestListener()
+        address = listener.address
+        listener.start { client in
+            let chunk = [UInt8](repeating: 0x5a, count: 65536)
+            while chunk.withUnsafeBytes({ Glibc.send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) > 0 {}
+            close(client)
+        }
     }
 
-    public func stop() {
-        Glibc.shutdown(listener, Int32(SHUT_RDWR))
-        close(listener)
-    }
+    public func stop() { listener.stop() }
 }

@@ -41,7 +41,7 @@ public final class TinyHTTPServer: @unchecked Sendable {
     }
 
     public let address: SocketAddress
-    private let listener: Int32
+    private let listener: TestListener
     private let handler: @Sendable (Request) -> Response?
     /// While set, requests are read and their connections closed without an answer, and new
     /// connections are refused (the listener is closed): a server that went away.
@@ -51,30 +51,14 @@ public final class TinyHTTPServer: @unchecked Sendable {
     /// `handler` returning nil closes the connection without an answer.
     public init(unixPath: String? = nil, handler: @escaping @Sendable (Request) -> Response?) throws {
         self.handler = handler
-        let bindTo: SocketAddress = unixPath.map { .unix(path: $0) } ?? loopback(0)
-        if let unixPath { unlink(unixPath) }
-        listener = try Socket.listen(on: bindTo, reusePort: false, blocking: true)
-        address = SocketAddress.local(of: listener) ?? bindTo
-        Thread { [self] in
-            while true {
-                let client = accept(listener, nil, nil)
-                guard client >= 0 else {
-                    if errno == EINTR { continue }
-                    return
-                }
-                if down.load(ordering: .relaxed) || stopped.load(ordering: .relaxed) {
-                    close(client)
-                    continue
-                }
-                Thread { self.serve(client) }.start()
-            }
-        }.start()
+        listener = try TestListener(on: unixPath.map { .unix(path: $0) } ?? loopback(0))
+        address = listener.address
+        listener.start(admit: { [self] in !down.load(ordering: .relaxed) }, serve: { [self] in serve($0) })
     }
 
     public func stop() {
         stopped.store(true, ordering: .relaxed)
-        shutdown(listener, Int32(SHUT_RDWR))
-        close(listener)
+        listener.stop()
     }
 
     private func serve(_ fd: Int32) {
