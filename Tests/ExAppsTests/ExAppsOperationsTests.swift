@@ -208,12 +208,10 @@ struct ExAppsOperationsTests {
             return value >= Double(sent) && value <= Double(sent) * 1.01
         }
         // The WebSocket's counters settle when its relay ends, a moment after the client closed.
-        let deadline = Date().addingTimeInterval(5)
-        repeat {
+        _ = try waitUntil(timeout: 5, interval: 0.1) {
             values = try metrics()
-            if within(#"harp_websocket_bytes_total{direction="to_upstream"}"#, size) { break }
-            Thread.sleep(forTimeInterval: 0.1)
-        } while Date() < deadline
+            return within(#"harp_websocket_bytes_total{direction="to_upstream"}"#, size)
+        }
         #expect(within(#"harp_websocket_bytes_total{direction="to_upstream"}"#, size), "\(values.filter { $0.key.contains("bytes") })")
         #expect(within(#"harp_websocket_bytes_total{direction="to_client"}"#, size))
         #expect(within(#"harp_exapps_bytes_total{direction="from_client",app="wsapp"}"#, size))

@@ -59,19 +59,13 @@ public final class FRPClient: @unchecked Sendable {
     /// Waits until frpc's log contains `text` (or it exits, or `timeout` passes).
     @discardableResult
     public func waitForLog(_ text: String, timeout: Double = 30) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if log.contains(text) { return true }
-            if !process.isRunning { return log.contains(text) }
-            usleep(50_000)
-        }
-        return false
+        _ = waitUntil(timeout: timeout) { log.contains(text) || !process.isRunning }
+        return log.contains(text)
     }
 
     /// Waits until frpc exits; its status, or nil after `timeout`.
     public func waitForExit(timeout: Double = 30) -> Int32? {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(50_000) }
+        _ = waitUntil(timeout: timeout) { !process.isRunning }
         return process.isRunning ? nil : process.terminationStatus
     }
 

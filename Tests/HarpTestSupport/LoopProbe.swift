@@ -28,8 +28,7 @@ public final class StalledPeer: @unchecked Sendable {
             line.set(String(decoding: data, as: UTF8.self))
         }
         reader.start()
-        let deadline = Date().addingTimeInterval(timeout)
-        while line.get() == nil && Date() < deadline && process.isRunning { usleep(10_000) }
+        _ = waitUntil(timeout: timeout, interval: 0.01) { line.get() != nil || !process.isRunning }
         guard line.get()?.contains("ready") == true else {
             stop()
             throw TestFailure("stalled_peer.py \(arguments.joined(separator: " ")) did not get ready")

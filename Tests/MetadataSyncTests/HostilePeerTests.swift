@@ -250,11 +250,11 @@ struct HostilePeerTests {
             return out
         }
         var expected: Set<String> = []
-        let deadline = Date().addingTimeInterval(30)
-        repeat {
-            usleep(1_000_000)
-            expected = try shown("")
-        } while Date() < deadline && expected != onDisk()
+        // `ls` fails until the node has taken the peer's operations in: asked again.
+        _ = waitUntil(timeout: 30, interval: 0.5) {
+            expected = (try? shown("")) ?? []
+            return !expected.isEmpty && expected == onDisk()
+        }
         #expect(!expected.isEmpty, "seed \(seed)")
         #expect(expected == onDisk(), "seed \(seed): the folder differs from the tree: \(expected.symmetricDifference(onDisk()).prefix(10))")
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: outside)) ?? ["?"]).isEmpty, "seed \(seed): nothing outside")

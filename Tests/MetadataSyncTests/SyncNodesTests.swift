@@ -385,8 +385,7 @@ struct CrashTests {
         #expect(!b.log.contains("deleted big.bin"), "\(b.log.suffix(1500))")
         #expect((try b.storage(["history", "big.bin"])["versions"] as? [[String: Any]])?.count == 2)
         try a.start()
-        let arrived = Date().addingTimeInterval(60)
-        while Date() < arrived, (try? Data(contentsOf: URL(fileURLWithPath: b.folder + "/big.bin"))) != big { usleep(200_000) }
+        _ = waitUntil(timeout: 60, interval: 0.2) { (try? Data(contentsOf: URL(fileURLWithPath: b.folder + "/big.bin"))) == big }
         #expect((try? Data(contentsOf: URL(fileURLWithPath: b.folder + "/big.bin"))) == big)
         // The old bytes are in the version store, and only there.
         let store = b.folder + "/.harp-versions/"
