@@ -24,7 +24,9 @@ struct YamuxTests {
         #expect(second == YamuxHeader(.data, streamID: 1, length: 190))
         #expect(first.bytes == syn && second.bytes == data)
         let badVersion: [UInt8] = [0x01] + syn.dropFirst()
-        if case .invalid = badVersion.withUnsafeBytes({ decoder.decode($0) }) {} else { Issue.record("version 1 accepted") }
+        if case .invalid(.version(1)) = badVersion.withUnsafeBytes({ decoder.decode($0) }) {} else { Issue.record("version 1 accepted") }
+        let badFlags: [UInt8] = Array(syn.prefix(2)) + [0x00, 0x10] + syn.dropFirst(4)
+        if case .invalid(.flags(0x10)) = badFlags.withUnsafeBytes({ decoder.decode($0) }) {} else { Issue.record("flag 0x10 accepted") }
         let short = Array(syn.prefix(11))
         if case .needMore = short.withUnsafeBytes({ decoder.decode($0) }) {} else { Issue.record("11 bytes decided") }
     }

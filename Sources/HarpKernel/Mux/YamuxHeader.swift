@@ -66,12 +66,12 @@ public struct YamuxHeader: Equatable, Sendable {
 public struct YamuxHeaderDecoder: FrameDecoder {
     public init() {}
 
-    public func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<YamuxHeader, String> {
+    public func decode(_ bytes: UnsafeRawBufferPointer) -> FrameDecision<YamuxHeader, YamuxViolation> {
         guard bytes.count >= YamuxHeader.size else { return .needMore }
-        guard bytes[0] == 0 else { return .invalid("yamux version \(bytes[0]) (expected 0)") }
-        guard let kind = YamuxHeader.Kind(rawValue: bytes[1]) else { return .invalid("unknown yamux frame type \(bytes[1])") }
+        guard bytes[0] == 0 else { return .invalid(.version(bytes[0])) }
+        guard let kind = YamuxHeader.Kind(rawValue: bytes[1]) else { return .invalid(.frameType(bytes[1])) }
         let flags = UInt16(bytes[2]) << 8 | UInt16(bytes[3])
-        guard flags & ~0x0F == 0 else { return .invalid("unknown yamux flags 0x\(String(flags, radix: 16))") }
+        guard flags & ~0x0F == 0 else { return .invalid(.flags(flags)) }
         let streamID = UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
         let length = UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
         let header = YamuxHeader(kind, flags: YamuxHeader.Flags(rawValue: flags), streamID: streamID, length: length)

@@ -82,24 +82,24 @@ public final class YamuxSession: @unchecked Sendable {
             case .frame(let header, let headerLength, _):
                 reader.buffer.consume(headerLength)
                 lastHeard = loop.now
-                if let problem = await handle(header, reader) {
+                if let violation = await handle(header, reader) {
                     await goAway(.protocolError)
-                    end(problem)
+                    end("\(violation)")
                 }
-            case .invalid(let reason):
+            case .invalid(let violation):
                 await goAway(.protocolError)
-                end(reason)
+                end("\(violation)")
             case .full:
                 end("yamux reader buffer full")
             case .ended(let result):
-                end(result == 0 ? "connection closed" : "connection failed: \(String(cString: strerror(Int32(-result))))")
+                end("\(StreamError(result: result))")
             }
         }
         keepAlive.cancel()
     }
 
     /// One frame; returns a protocol violation, if any (the session then ends).
-    private func handle(_ header: YamuxHeader, _ reader: FramedReader) async -> String? {
+    private func handle(_ header: YamuxHeader, _ reader: FramedReader) async -> YamuxViolation? {
         switch header.kind {
         case .ping:
             if header.flags.contains(.syn) {
@@ -116,7 +116,7 @@ public final class YamuxSession: @unchecked Sendable {
         if header.flags.contains(.syn) {
             let peerParity: UInt32 = isClient ? 0 : 1
             guard stream == nil, header.streamID != 0, header.streamID % 2 == peerParity else {
-                return "SYN for stream \(header.streamID), which is in use or not the peer's to open"
+                return .synForStream(header.streamID)
             }
             if streams.count >= settings.maxStreams || backlog.count >= settings.acceptBacklog {
                 _ = await send(YamuxHeader(.windowUpdate, flags: .rst, streamID: header.streamID, length: 0))
@@ -134,7 +134,7 @@ public final class YamuxSession: @unchecked Sendable {
             stream.grantSend(header.length)
         } else if header.length > 0 {
             guard header.length <= stream.receiveWindow else {
-                return "stream \(header.streamID) sent \(header.length) bytes with a window of \(stream.receiveWindow)"
+                return .overrun(stream: header.streamID, bytes: header.length, window: stream.receiveWindow)
             }
             stream.expect(header.length)
             // An end here is reported by the next read.
@@ -149,9 +149,8 @@ public final class YamuxSession: @unchecked Sendable {
     }
 
     /// Skips a data frame's payload (a stream that is gone or refused).
-    private func discard(_ header: YamuxHeader, _ reader: FramedReader) async -> String? {
-        guard header.kind == .data else { return nil }
-        _ = await reader.pass(Int(header.length), timeout: nil) { _ in }
+    private func discard(_ header: YamuxHeader, _ reader: FramedReader) async -> YamuxViolation? {
+        if header.kind == .data { _ = await reader.pass(Int(header.length), timeout: nil) { _ in } }
         return nil
     }
 
