@@ -57,6 +57,8 @@ struct NodeTests {
         let index = FolderIndex(folder: folder, database: database)
         #expect(try index.indexAll() == 2)
         let manifest = try FileChunker.chunk(path: folder + "/sub/a.bin").manifest
+        #expect(try index.holds(manifest.root) && index.manifest(of: manifest.root) == manifest)
+        #expect(try !index.holds(ChunkID(bytes: [UInt8](repeating: 7, count: 32))))
         let first = manifest.entries[0]
         let location = try index.locate(first.id)
         #expect(location?.path == folder + "/sub/a.bin" && location?.offset == 0 && location?.length == first.length)

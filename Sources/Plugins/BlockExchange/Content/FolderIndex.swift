@@ -147,6 +147,16 @@ public final class FolderIndex: Sendable {
         return nil
     }
 
+    /// Whether the folder holds a file with content `root` (as last indexed): one indexed
+    /// lookup, not the manifest's rows.
+    public func holds(_ root: ChunkID) throws(Failure) -> Bool {
+        try wrapped {
+            try database.readNow { connection in
+                try !connection.query("SELECT 1 FROM files WHERE root = ? LIMIT 1", [.blob(root.bytes)]) { $0.integer(0) }.isEmpty
+            }
+        }
+    }
+
     /// The manifest of content the folder holds (any file with that root), or nil.
     public func manifest(of root: ChunkID) throws(Failure) -> Manifest? {
         try wrapped {

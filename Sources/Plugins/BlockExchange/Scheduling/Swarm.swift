@@ -123,7 +123,7 @@ final class Swarm: Sendable {
     func haveMessage(for root: ChunkID) async -> PeerMessage {
         if let transfer = transfer(root), let entries = transfer.haveEntries() { return .have(root, .entries(entries.bytes)) }
         let index = self.index
-        let known = await indexer.run { (try? index.manifest(of: root)) != nil }
+        let known = await indexer.run { (try? index.holds(root)) == true }
         return known ? .have(root, .all) : .noManifest(root)
     }
 
