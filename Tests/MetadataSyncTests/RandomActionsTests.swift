@@ -32,6 +32,8 @@ struct RandomActionsTests {
         var running: [Bool]
         var generator: SeededGenerator
         var writes: [Write] = []
+        /// Stops, starts and writes, in order: printed around a lost version.
+        var events: [(time: Date, node: Int, text: String)] = []
         /// Per node, the names it ignores (`.harpignore`), and the files it made there.
         var ignored: [[String]]
         var ignoredFiles: [(node: Int, path: String, content: String)] = []
@@ -98,6 +100,7 @@ struct RandomActionsTests {
             guard let inode else { return }
             touched(node, [inode])
             writes.append(Write(node: node, path: path, inode: inode, content: text, time: Date()))
+            events.append((Date(), node, "step \(step): wrote \(path) (inode \(inode), \(text.utf8.count) bytes)"))
         }
 
         /// Earlier writes on `node` of these files that were replaced or removed before a scan
@@ -215,9 +218,11 @@ struct RandomActionsTests {
             if let node = pick(stopped), stopped.count > 1 || Bool.random(using: &generator) {
                 try nodes[node].start()
                 running[node] = true
+                events.append((Date(), node, "step \(step): started"))
             } else if let node = pick(running.indices.filter { running[$0] }), running.filter({ $0 }).count > 1 {
                 try nodes[node].stop()
                 running[node] = false
+                events.append((Date(), node, "step \(step): stopped"))
             }
         }
 
@@ -348,6 +353,12 @@ struct RandomActionsTests {
                     let other = try OperationLog(readingOnly: node.dir + "/metadata.sqlite").load()
                     let has = other.operations.contains { if case .version(let v) = $0.operation { return v.root == root } else { return false } }
                     print("LOST \(root.description.prefix(12)) in node \(index)'s log: \(has); vector \(other.operations.count) ops, written at \(write.time.timeIntervalSince1970)")
+                }
+                // What happened on that node from 2 s before the write to 10 s after: a later
+                // write of the same file, a stop, or no pass at all tells a test limit from a loss.
+                for event in run.events where event.node == write.node
+                    && event.time.timeIntervalSince(write.time) > -2 && event.time.timeIntervalSince(write.time) < 10 {
+                    print("LOST context node \(event.node) at \(event.time.timeIntervalSince1970): \(event.text)")
                 }
                 let name = String(write.path.split(separator: "/").last!)
                 for (index, node) in nodes.enumerated() {
