@@ -111,7 +111,7 @@ enum PeerMessage: Sendable, Equatable {
             case .cancel: self = .cancel(try reader.chunkID())
             case .manifest:
                 let root = try reader.chunkID()
-                let encoded = try Self.readMaybeDeflated(&reader, type: type, limit: PeerLimits.manifestBytes)
+                let encoded = try Self.readMaybeDeflated(flags: try reader.u8(), &reader, type: type, limit: PeerLimits.manifestBytes)
                 guard let manifest = Manifest(encoded: encoded), manifest.root == root else { throw PeerViolation.manifestNotOfRoot(root) }
                 self = .manifest(root, manifest)
             case .have:
@@ -142,10 +142,7 @@ enum PeerMessage: Sendable, Equatable {
         guard reader.atEnd else { throw PeerViolation.malformed(type, bytes: body.count) }
     }
 
-    private static func readMaybeDeflated(_ reader: inout ByteReader, type: PeerFrameType, limit: Int) throws -> [UInt8] {
-        try readMaybeDeflated(flags: try reader.u8(), &reader, type: type, limit: limit)
-    }
-
+    /// The rest of the body, inflated (within `limit`) when `flags` say it was deflated.
     private static func readMaybeDeflated(flags: UInt8, _ reader: inout ByteReader, type: PeerFrameType, limit: Int) throws -> [UInt8] {
         let bytes = reader.rest()
         guard flags & PeerFrameFlags.deflated != 0 else { return bytes }
