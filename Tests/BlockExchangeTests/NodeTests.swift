@@ -91,6 +91,29 @@ struct NodeTests {
         #expect(paths == ["proj0.txt", "project/b.txt", "project/deep/a.bin"])
     }
 
+    @Test("indexing at start meets a rename the metadata sync made after the walk passed: the file is still served from its new path")
+    func indexAllKeepsARenameAfterTheWalk() throws {
+        let dir = Self.temporaryDirectory(), folder = dir + "/folder"
+        try FileManager.default.createDirectory(atPath: folder + "/deep", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data("only copy\n".utf8).write(to: URL(fileURLWithPath: folder + "/old.txt"))
+        try Data("removed\n".utf8).write(to: URL(fileURLWithPath: folder + "/gone.txt"))
+        let database = try Database(path: dir + "/index.sqlite", migrations: [FolderIndex.migrations])
+        let index = FolderIndex(folder: folder, database: database)
+        #expect(try index.indexAll() == 2)
+        let chunk = try FileChunker.chunk(path: folder + "/old.txt").manifest.entries[0].id
+        // The walk passes first (it saw old.txt), then the file is renamed and the index told,
+        // and gone.txt is removed: only gone.txt's row may go.
+        let walked = FolderIndex.files(under: folder)
+        try FileManager.default.moveItem(atPath: folder + "/old.txt", toPath: folder + "/deep/new.txt")
+        try index.moved(from: "old.txt", to: "deep/new.txt")
+        try FileManager.default.removeItem(atPath: folder + "/gone.txt")
+        #expect(try index.indexAll(walked: walked) == 0)
+        #expect(try index.locate(chunk)?.path == folder + "/deep/new.txt")
+        let paths = try database.readNow { try $0.query("SELECT path FROM files ORDER BY path", []) { $0.text(0) } }
+        #expect(paths == ["deep/new.txt"])
+    }
+
     @Test("harp serve with [storage]: the node's ID in the banner and the folder indexed at start")
     func serveIndexes() throws {
         let dir = Self.temporaryDirectory(), folder = dir + "/folder"

@@ -32,7 +32,7 @@ struct RandomActionsTests {
         var running: [Bool]
         var generator: SeededGenerator
         var writes: [Write] = []
-        /// Stops, starts and writes, in order: printed around a lost version.
+        /// Every action, in order: printed around a lost version, and kept with the logs.
         var events: [(time: Date, node: Int, text: String)] = []
         /// Per node, the names it ignores (`.harpignore`), and the files it made there.
         var ignored: [[String]]
@@ -92,6 +92,17 @@ struct RandomActionsTests {
                 if let number = inode(node, path + "/" + child) { out.insert(number) }
             }
             return out
+        }
+
+        /// Every node's whole log and the run's actions, kept for a failed run (a CI log holds
+        /// only what the test prints).
+        func keepLogs(seed: UInt64) {
+            let directory = NSTemporaryDirectory() + "random-actions-\(seed)-\(Int(Date().timeIntervalSince1970))"
+            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            for (index, node) in nodes.enumerated() { try? node.log.write(toFile: directory + "/node\(index).log", atomically: false, encoding: .utf8) }
+            let actions = events.map { "\($0.time.timeIntervalSince1970) node \($0.node): \($0.text)" }.joined(separator: "\n")
+            try? actions.write(toFile: directory + "/actions.txt", atomically: false, encoding: .utf8)
+            print("random actions: the nodes' logs and the actions are in \(directory)")
         }
 
         /// A write (or append, or truncation) of the file `inode` on `node`: what a scan must
@@ -167,6 +178,7 @@ struct RandomActionsTests {
                 guard let path = pick(files), let directory = pick(outsideBig) else { return }
                 let target = join(directory, "r\(step).txt")
                 try FileManager.default.moveItem(atPath: full(path), toPath: full(target))
+                events.append((Date(), node, "step \(step): moved \(path) to \(target)"))
             case 61..<68:  // a new directory
                 guard let directory = pick(outsideBig) else { return }
                 try FileManager.default.createDirectory(atPath: full(join(directory, "d\(step)")), withIntermediateDirectories: false)
@@ -180,11 +192,13 @@ struct RandomActionsTests {
                 try FileManager.default.createDirectory(atPath: full(holder), withIntermediateDirectories: false)
                 let target = holder + "/" + String(source.split(separator: "/").last!)
                 try FileManager.default.moveItem(atPath: full(source), toPath: full(target))
+                events.append((Date(), node, "step \(step): moved directory \(source) to \(target)"))
                 if movesBig { lastBigMove = Date() }
             case 80..<90:  // delete a file
                 guard let path = pick(files) else { return }
                 let gone = inodes(node, under: path)
                 try FileManager.default.removeItem(atPath: full(path))
+                events.append((Date(), node, "step \(step): deleted \(path)"))
                 touched(node, gone)
             case 90..<95:  // delete a directory (never one the big directory is in, on any node)
                 let holders = Set((0..<nodes.count).compactMap { bigDirectory($0) }.flatMap { path in
@@ -194,6 +208,7 @@ struct RandomActionsTests {
                       Date().timeIntervalSince(lastBigMove) >= RandomActionsTests.seenAfter else { return }
                 let gone = inodes(node, under: path)
                 try FileManager.default.removeItem(atPath: full(path))
+                events.append((Date(), node, "step \(step): deleted directory \(path)"))
                 touched(node, gone)
                 lastDelete = Date()
             default:  // ignore a new name on this node; another node writes there
@@ -308,6 +323,7 @@ struct RandomActionsTests {
             }
         }
         guard let convergedAt else {
+            run.keepLogs(seed: seed)
             let trees = (0..<3).map { node in run.tree(node).keys.sorted().joined(separator: " ") }
             Issue.record("seed \(seed): not one tree within 180 s of the last action\n\(trees.joined(separator: "\n---\n"))")
             return
@@ -368,6 +384,7 @@ struct RandomActionsTests {
                 }
             }
         }
+        if !lost.isEmpty { run.keepLogs(seed: seed) }
         #expect(lost.isEmpty, "seed \(seed): \(lost.count) versions missing from the histories: \(lost.prefix(10))")
         let view = FolderView(tree: replica.tree, histories: replica.histories)
         for entry in view.entries.values where !entry.isDirectory {
