@@ -95,3 +95,9 @@ int harp_openat_beneath(int dirfd, const char *path, int flags, unsigned int mod
 int harp_renameat_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath) {
     return renameat2(olddirfd, oldpath, newdirfd, newpath, RENAME_NOREPLACE);
 }
+
+int harp_set_thread_name(pthread_t thread, const char *name) {
+    char cut[16];
+    snprintf(cut, sizeof cut, "%s", name);
+    return pthread_setname_np(thread, cut);
+}

@@ -82,4 +82,7 @@ BIO *harp_bio_new_buffers(harp_tls_buffers *buffers);
 // CPU quota (v2 cpu.max, v1 cpu.cfs_quota_us), rounded up. At least 1.
 int harp_usable_cpus(void);
 
+// pthread_setname_np (a GNU extension): names a thread for top -H and /proc (15 bytes kept).
+int harp_set_thread_name(pthread_t thread, const char *name);
+
 #endif

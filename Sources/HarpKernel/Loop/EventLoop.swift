@@ -67,6 +67,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         }, unmanaged.toOpaque())
         pthread_attr_destroy(&attributes)
         precondition(rc == 0, "pthread_create failed: \(rc)")
+        DetachedThread.name(tid, "harp-loop-\(index)")
         pthread_detach(tid)
         start.started.wait()
         if let error = start.error {

@@ -28,7 +28,7 @@ public final class LogWriter: Sendable {
 
     private init(fd: Int32) {
         self.fd = fd
-        DetachedThread.start { [self] in run() }
+        DetachedThread.start(name: "harp-log") { [self] in run() }
     }
 
     /// Queues one line (with its newline); never blocks on the output.

@@ -178,7 +178,7 @@ struct ShutdownDeadline: Sendable {
     let logger: Logger
 
     func start() {
-        DetachedThread.start { [self] in run() }
+        DetachedThread.start(name: "harp-shutdown") { [self] in run() }
     }
 
     private func run() {

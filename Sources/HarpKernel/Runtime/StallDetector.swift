@@ -47,7 +47,7 @@ public final class StallDetector: Sendable {
 
     /// Starts the detector's thread.
     public func start() {
-        DetachedThread.start { [self] in run() }
+        DetachedThread.start(name: "harp-stalls") { [self] in run() }
     }
 
     public func stop() { stopping.store(true, ordering: .relaxed) }

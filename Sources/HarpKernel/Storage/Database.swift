@@ -106,7 +106,7 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
 final class DatabaseWorker: @unchecked Sendable {
     // @unchecked Sendable: `connection` is set once before any job but the opening one runs,
     // and then used only on the worker thread.
-    private let thread = WorkerThread()
+    private let thread = WorkerThread(name: "harp-sqlite")
     var connection: Connection?
 
     func stop() {

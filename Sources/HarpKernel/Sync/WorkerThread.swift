@@ -9,8 +9,9 @@ public final class WorkerThread: Sendable {
     private let jobs = Mutex<(queue: [@Sendable () -> Void], stopping: Bool)>(([], false))
     private let pending = DispatchSemaphore(value: 0)
 
-    public init() {
-        DetachedThread.start { [self] in loop() }
+    /// `name`: the thread's, as `top -H` shows it (15 bytes at most).
+    public init(name: String) {
+        DetachedThread.start(name: name) { [self] in loop() }
     }
 
     private func loop() {
@@ -72,7 +73,7 @@ public final class WorkerThread: Sendable {
 /// Short blocking calls (getaddrinfo, reading a small file) off the loops, on two threads
 /// taken in turn: one lookup that hangs does not hold the next.
 public enum BlockingWork {
-    private static let threads = [WorkerThread(), WorkerThread()]
+    private static let threads = [WorkerThread(name: "harp-blocking"), WorkerThread(name: "harp-blocking")]
     private static let turn = Atomic<Int>(0)
 
     public static func run<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {

@@ -25,7 +25,7 @@ public final class BlockExchangePlugin: Plugin {
     private let control: ControlSocket
     private let listeners: ListenerSet
     /// Indexing runs here: a large folder takes a while, and it is all file reads.
-    private let indexer = WorkerThread()
+    private let indexer = WorkerThread(name: "harp-p2p-index")
 
     public init(configuration: StorageConfiguration, context: PluginContext) throws {
         self.configuration = configuration
@@ -112,9 +112,15 @@ public final class BlockExchangePlugin: Plugin {
     /// The folder's content index (another plugin indexes the files it versions through it).
     public var folderIndex: FolderIndex { index }
 
+    /// The partial files of the recorded downloads, which resume after a restart (only those
+    /// of several chunks are recorded; see `Transfer.recorded`); nil when that cannot be read.
+    public func resumablePartialFiles() -> Set<String>? { swarm.resumablePartialFiles() }
+
     public enum FetchOutcome: Sendable {
         /// In place; the file's inode as it landed.
         case done(inode: Int64)
+        /// The file system lacks room (every fetch fails so until there is room).
+        case noRoom(DiskShortage)
         case failed(String)
     }
 
@@ -126,6 +132,8 @@ public final class BlockExchangePlugin: Plugin {
         let transfer: Transfer
         do {
             transfer = try swarm.start(root, output: output, syncDirectory: syncDirectory)
+        } catch .noRoom(let shortage) {
+            return .noRoom(shortage)
         } catch {
             return .failed(error.description)
         }
@@ -134,6 +142,7 @@ public final class BlockExchangePlugin: Plugin {
             group.addTask {
                 switch await transfer.ended() {
                 case .complete: .done(inode: transfer.landedInode.load(ordering: .relaxed))
+                case .noRoom(let shortage): .noRoom(shortage)
                 case .failed(let reason): .failed(reason)
                 }
             }

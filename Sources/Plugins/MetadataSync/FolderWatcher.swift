@@ -18,7 +18,7 @@ final class FolderWatcher: Sendable {
     /// Paths (absolute) the node is about to change itself: how many events each still
     /// expects, until when.
     private let expected = Mutex<[String: (count: Int, until: UInt64)]>([:])
-    private let thread = WorkerThread()
+    private let thread = WorkerThread(name: "harp-watcher")
     private let stopping = Atomic<Bool>(false)
 
     /// nil when inotify is not available (the periodic rescan still runs).
