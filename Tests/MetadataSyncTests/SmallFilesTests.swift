@@ -126,10 +126,17 @@ struct SmallFilesTests {
         for path in landed {
             #expect(FileManager.default.contents(atPath: b.folder + "/" + path) == written[path], "\(path) is whole or absent, never partial")
         }
+        // A partial file no download resumes (as an older run could leave).
+        try Data("stray".utf8).write(to: URL(fileURLWithPath: b.folder + "/.harp-staging/.stray.harp-partial"))
         try b.start()
         try FolderSafetyTests.waitFor("the 2,000 files on B after the restart", timeout: 120) { Self.files(b).count == 2_000 }
         for (path, bytes) in written {
             #expect(FileManager.default.contents(atPath: b.folder + "/" + path) == bytes, "\(path) arrived whole")
+        }
+        // What the kill left half-fetched was swept at the restart (a one-chunk download has no
+        // record to resume from), and everything fetched since was renamed out.
+        try FolderSafetyTests.waitFor("an empty staging directory on B") {
+            ((try? FileManager.default.contentsOfDirectory(atPath: b.folder + "/.harp-staging")) ?? []).isEmpty
         }
         for node in [a, b] {
             let deleted = try node.storage(["ls", "--deleted"])["entries"] as? [[String: Any]] ?? []

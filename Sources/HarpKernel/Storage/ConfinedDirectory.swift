@@ -90,6 +90,26 @@ public final class ConfinedDirectory: Sendable {
         return result == 0 ? info : nil
     }
 
+    /// The entries of the directory at `relative` (`.` and `..` left out), each with what it
+    /// is itself (links described, not followed); nil when it cannot be opened (or is a link).
+    public func entries(_ relative: String) -> [(name: String, info: stat)]? {
+        let fd = open(relative, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        guard let directory = fdopendir(fd) else {
+            Glibc.close(fd)
+            return nil
+        }
+        defer { closedir(directory) }
+        var found: [(name: String, info: stat)] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            var info = stat()
+            guard name != ".", name != "..", fstatat(dirfd(directory), name, &info, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
+            found.append((name, info))
+        }
+        return found
+    }
+
     /// Sets the modification time of the file at `relative` (ns since the epoch; the access
     /// time is left alone), never through a link.
     public func setModificationTime(_ relative: String, nanoseconds: Int64) -> Int32 {

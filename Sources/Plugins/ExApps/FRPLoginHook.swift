@@ -10,16 +10,16 @@ import HarpKernel
 struct FRPLoginHook: FRPLoginCheck {
     let state: ExAppsState
 
-    func check(_ attempt: FRPLoginAttempt) async -> String? {
+    func check(_ attempt: FRPLoginAttempt) async -> FRPLoginRefusal? {
         decide(ip: attempt.clientAddress?.hostText ?? "", token: attempt.metas["token"] ?? "")
     }
 
-    /// nil admits; otherwise the reason.
-    func decide(ip: String, token: String) -> String? {
-        if state.bans.isBanned(ip) { return "banned" }
+    /// nil admits.
+    func decide(ip: String, token: String) -> FRPLoginRefusal? {
+        if state.bans.isBanned(ip) { return .banned }
         if SecretComparison.equal(token, state.sharedKey) { return nil }
         state.bans.fail(ip, reason: "frp_key")
-        return "invalid shared key"
+        return .invalidSharedKey
     }
 
     /// `POST /frp_handler` with frps' plugin body
@@ -34,10 +34,10 @@ struct FRPLoginHook: FRPLoginCheck {
         switch decide(ip: Self.host(of: address), token: token) {
         case nil:
             return Reply(status: 200, body: ControlPlane.jsonBytes(["reject": false, "unchange": true]), contentType: "application/json; charset=utf-8")
-        case "banned":
+        case .banned:
             return Reply(status: 200, body: ControlPlane.jsonBytes(["reject": true, "reject_reason": "banned"]),
                          contentType: "application/json; charset=utf-8")
-        default:
+        case .invalidSharedKey:
             return Reply(status: 400, body: Array("400: Bad Request".utf8))
         }
     }

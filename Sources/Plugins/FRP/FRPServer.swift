@@ -198,7 +198,7 @@ final class FRPServer: @unchecked Sendable {
         }
         let attempt = FRPLoginAttempt(clientAddress: peer, user: login.user ?? "", hostname: login.hostname ?? "", metas: login.metas ?? [:])
         for check in loginChecks {
-            if let reason = await check.check(attempt) { return (reason, check is SharedKeyCheck ? "shared_key" : "check") }
+            if let refusal = await check.check(attempt) { return (refusal.description, check is SharedKeyCheck ? "shared_key" : "check") }
         }
         return nil
     }

@@ -30,9 +30,10 @@ extension MetadataNode {
         inFlight.remove(head.root)
         defer { startFetches() }
         let staged = stagingPath(head.root)
-        if case .failed(let failure) = outcome {
-            fetchFailed(head, at: path, failure)
-            return
+        switch outcome {
+        case .done: break
+        case .noRoom(let shortage): return fetchFailed(head, at: path, noRoom: shortage)
+        case .failed(let failure): return fetchFailed(head, at: path, failure)
         }
         // Still wanted, by the path that waits for it now (a pass may have moved it: the
         // moves of a new node's catch-up often come after the creates), over what was there
@@ -44,6 +45,8 @@ extension MetadataNode {
             return
         }
         switch put(still.head, at: still.path) {
+        case .noRoom(let shortage):
+            fetchFailed(still.head, at: still.path, noRoom: shortage)
         case .failed(let failure):
             fetchFailed(still.head, at: still.path, failure)
         case .done(let inode):
@@ -68,19 +71,20 @@ extension MetadataNode {
         }
     }
 
-    func fetchFailed(_ head: TreeOperation.Version, at path: String, _ failure: String) {
+    /// Tries `head` again later, waiting twice as long each time (up to a minute).
+    func fetchFailed(_ head: TreeOperation.Version, at path: String, _ failure: String, quietly: Bool = false) {
         let wait = min((failedFetches[head.root]?.wait ?? .milliseconds(500)) * 2, .seconds(60))
         failedFetches[head.root] = (ContinuousClock.now + wait, wait, path, failure)
-        // A full disk fails every fetch: one line a minute says so.
-        if failure.hasPrefix("no room") {
-            let now = ContinuousClock.now
-            if lastNoRoom.map({ now - $0 >= .seconds(60) }) ?? true {
-                lastNoRoom = now
-                logger.warning("cannot fetch \(path) (\(head.root)): \(failure); fetches wait until there is room")
-            }
-            return
-        }
-        logger.warning("cannot fetch \(path) (\(head.root)): \(failure); tried again in \(wait)")
+        if !quietly { logger.warning("cannot fetch \(path) (\(head.root)): \(failure); tried again in \(wait)") }
+    }
+
+    /// A full disk fails every fetch: one line a minute says so.
+    func fetchFailed(_ head: TreeOperation.Version, at path: String, noRoom shortage: DiskShortage) {
+        fetchFailed(head, at: path, shortage.description, quietly: true)
+        let now = ContinuousClock.now
+        guard lastNoRoom.map({ now - $0 >= .seconds(60) }) ?? true else { return }
+        lastNoRoom = now
+        logger.warning("cannot fetch \(path) (\(head.root)): \(shortage); fetches wait until there is room")
     }
 
     /// A peer came: what failed may come from it.
@@ -204,6 +208,16 @@ extension MetadataNode {
         guard disk.chmod(path, mode: mode_t(mode) & ~umaskBits) == 0, let state = state(path, item: recorded.item, root: recorded.root) else { return }
         paths[path] = state
         persistSoon(path, state)
+    }
+
+    /// Empties the staging directory at start, but for the partial files of the downloads
+    /// that resume (`BlockExchangePlugin.resumablePartialFiles`): what a kill left there is
+    /// fetched or copied again anyway, and a one-chunk download has no record to resume from.
+    func sweepStaging() {
+        guard let kept = p2p.resumablePartialFiles(), let entries = disk.entries(Self.staging) else { return }
+        for entry in entries where entry.info.st_mode & S_IFMT == S_IFREG && !kept.contains(folder + "/" + Self.staging + "/" + entry.name) {
+            _ = disk.unlink(Self.staging + "/" + entry.name)
+        }
     }
 
     /// Where the bytes of `root` wait before they are renamed into place (relative).

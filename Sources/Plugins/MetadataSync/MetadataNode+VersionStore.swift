@@ -41,22 +41,15 @@ extension MetadataNode {
         let now = ContinuousClock.now
         guard lastPrune.map({ now - $0 >= configuration.rescanInterval.duration }) ?? true else { return }
         lastPrune = now
-        var stored: [VersionRetention.Stored] = []
-        let fd = disk.open(FolderIndex.versionStore, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-        guard fd >= 0, let directory = fdopendir(fd) else {
-            if fd >= 0 { close(fd) }
+        guard let entries = disk.entries(FolderIndex.versionStore) else {
             versionStore.files = 0
             versionStore.bytes = 0
             return
         }
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            var info = stat()
-            guard let root = ChunkID(hex: name), fstatat(dirfd(directory), name, &info, AT_SYMLINK_NOFOLLOW) == 0,
-                  info.st_mode & S_IFMT == S_IFREG else { continue }
-            stored.append(.init(root: root, bytes: Int64(info.st_size), storedAt: Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec)))
+        let stored = entries.compactMap { name, info -> VersionRetention.Stored? in
+            guard let root = ChunkID(hex: name), info.st_mode & S_IFMT == S_IFREG else { return nil }
+            return .init(root: root, bytes: Int64(info.st_size), storedAt: Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec))
         }
-        closedir(directory)
         var volume = statvfs()
         let total = statvfs(folder, &volume) == 0 ? Int64(volume.f_blocks) * Int64(volume.f_frsize) : Int64.max
         let retention = VersionRetention(keep: configuration.keepVersions, keepFor: Int64(configuration.keepVersionsFor.duration.nanoseconds),
@@ -81,7 +74,12 @@ extension MetadataNode {
         if root == Self.emptyRoot || paths.values.contains(where: { $0.root == root }) || disk.lstat(versionPath(root)) != nil { return nil }
         let staged = stagingPath(root)
         _ = disk.mkdir(Self.staging, mode: 0o700)
-        if case .failed(let failure) = await p2p.fetch(root, into: folder + "/" + staged) {
+        switch await p2p.fetch(root, into: folder + "/" + staged) {
+        case .done:
+            break
+        case .noRoom(let shortage):
+            return "its bytes are not kept here, and fetching them failed: \(shortage)"
+        case .failed(let failure):
             return "its bytes are not kept here and no connected peer sent them (\(failure)); the version stores' retention ([crdt] keep_versions) may have removed them everywhere"
         }
         _ = disk.mkdir(FolderIndex.versionStore, mode: 0o700)

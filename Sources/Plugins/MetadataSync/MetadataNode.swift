@@ -114,6 +114,7 @@ actor MetadataNode {
     // MARK: Running
 
     func start() {
+        sweepStaging()
         watcher = FolderWatcher { [weak self] in
             guard let self else { return }
             Task { await self.requestWork() }

@@ -126,6 +126,8 @@ public final class ControlSocket: Sendable {
                                    "local_bytes": snapshot.localBytes], to: socket)
             case .failed(let reason):
                 return await send(["error": reason], to: socket)
+            case .noRoom(let shortage):
+                return await send(["error": shortage.description + Swarm.partialKept], to: socket)
             case nil:
                 break
             }

@@ -16,7 +16,7 @@ final class Swarm: Sendable {
     let logger: Logger
     let statistics = PeerStatistics()
     private let indexer: WorkerThread
-    private let disk = WorkerThread()
+    private let disk = WorkerThread(name: "harp-p2p-disk")
     private let sessions = Mutex<[NodeID: PeerSession]>([:])
     private let transfers = Mutex<[ChunkID: Transfer]>([:])
     private let uploadLimit: TokenBucket?
@@ -157,11 +157,13 @@ final class Swarm: Sendable {
     enum StartError: Error, CustomStringConvertible {
         case busy(String)
         case file(String)
+        case noRoom(DiskShortage)
         case database(DatabaseError)
 
         var description: String {
             switch self {
             case .busy(let message), .file(let message): message
+            case .noRoom(let shortage): shortage.description
             case .database(let error): "the node's database: \(error)"
             }
         }
@@ -192,19 +194,20 @@ final class Swarm: Sendable {
         let fd = open(partial, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (resumable ? 0 : O_CREAT | O_EXCL), 0o600)
         guard fd >= 0 else { throw .file("cannot create \(partial): \(String(cString: strerror(errno)))") }
         let transfer = Transfer(root: root, output: output, fd: fd, syncsDirectory: syncDirectory)
+        // Recorded once its manifest shows several chunks (`received`); a saved one already is.
         do {
-            if !resumable { try store.forget(root) }
-            try store.begin(root, output: output)
+            if saved != nil && !resumable { try store.forget(root) }
         } catch {
             Glibc.close(fd)
             throw .database(error)
         }
+        transfer.recorded.store(resumable, ordering: .relaxed)
         if resumable, let manifest = saved?.manifest {
             transfer.setManifest(manifest, verified: saved!.verified)
             // A resumed download is checked for room like a new one.
             if let shortage = shortage(for: transfer, size: manifest.size) {
                 Glibc.close(fd)
-                throw .file(shortage)
+                throw .noRoom(shortage)
             }
             scanLocally(transfer)
         }
@@ -261,14 +264,18 @@ final class Swarm: Sendable {
                 defer { if now &- last >= 60_000_000_000 { last = now } }
                 return last != 0 && now &- last < 60_000_000_000
             }
-            return fail(transfer, shortage, quietly: quiet)
+            return fail(transfer, .noRoom(shortage), quietly: quiet)
         }
-        let store = self.store
-        disk.enqueue {
-            do {
-                try store.saveManifest(manifest, for: transfer.root)
-            } catch {
-                self.logger.error("cannot record the manifest of \(transfer.root): \(error)")
+        if manifest.entries.count > 1 {
+            let store = self.store
+            transfer.recorded.store(true, ordering: .relaxed)
+            disk.enqueue {
+                do {
+                    try store.begin(transfer.root, output: transfer.output)
+                    try store.saveManifest(manifest, for: transfer.root)
+                } catch {
+                    self.logger.error("cannot record the download of \(transfer.root): \(error)")
+                }
             }
         }
         scanLocally(transfer)
@@ -276,7 +283,7 @@ final class Swarm: Sendable {
 
     /// Why `transfer` (a file of `size` bytes) does not fit: what it still needs plus
     /// `[storage] min_free` against what the file system has; nil when it fits.
-    func shortage(for transfer: Transfer, size: Int) -> String? {
+    func shortage(for transfer: Transfer, size: Int) -> DiskShortage? {
         var info = statvfs()
         guard fstatvfs(transfer.fd, &info) == 0 else { return nil }
         let available = Int64(info.f_bavail) * Int64(info.f_frsize), total = Int64(info.f_blocks) * Int64(info.f_frsize)
@@ -284,7 +291,12 @@ final class Swarm: Sendable {
         let held = fstat(transfer.fd, &allocated) == 0 ? Int64(allocated.st_blocks) * 512 : 0
         let needed = max(0, Int64(size) - held), keep = minFree.bytes(of: total)
         guard needed + keep > available else { return nil }
-        return "no room: \(needed) more bytes needed and \(keep) kept free ([storage] min_free), \(available) available"
+        return DiskShortage(needed: needed, keptFree: keep, available: available)
+    }
+
+    /// The partial files of the recorded downloads; nil when the records cannot be read.
+    func resumablePartialFiles() -> Set<String>? {
+        (try? store.all()).map { Set($0.map { Transfer.partialPath(for: $0.output) }) }
     }
 
     /// Partial downloads nobody resumed within `[storage] partial_ttl`: their files and records
@@ -405,7 +417,7 @@ final class Swarm: Sendable {
             if let relative = index.relative(transfer.output) {
                 do { try index.record(relative, manifest: manifest) } catch { self.logger.error("cannot index \(transfer.output): \(error)") }
             }
-            try? store.forget(transfer.root)
+            if transfer.recorded.load(ordering: .relaxed) { try? store.forget(transfer.root) }
             transfer.finish(.complete)
             self.remove(transfer)
             let snapshot = transfer.snapshot()
@@ -419,10 +431,17 @@ final class Swarm: Sendable {
     /// Ends a download that cannot go on; its partial file and records stay for a retry.
     /// `quietly`: already said (a full disk fails every fetch of a pass; once a minute is enough).
     func fail(_ transfer: Transfer, _ reason: String, quietly: Bool = false) {
+        fail(transfer, .failed(reason + Self.partialKept), quietly: quietly)
+    }
+
+    /// What every failed download says last (the CLI's `get` resumes it).
+    static let partialKept = "; the partial file is kept: run the same get again to resume"
+
+    func fail(_ transfer: Transfer, _ outcome: Transfer.Outcome, quietly: Bool = false) {
         guard transfer.outcome == nil else { return }
-        transfer.finish(.failed(reason + "; the partial file is kept: run the same get again to resume"))
+        transfer.finish(outcome)
         remove(transfer)
-        if !quietly { logger.error("fetching \(transfer.root) failed: \(reason)") }
+        if !quietly { logger.error("fetching \(transfer.root) failed: \(outcome.description)") }
         disk.enqueue { _ = transfer.closeFile() }
     }
 

@@ -38,7 +38,17 @@ final class Transfer: Sendable {
 
     enum Outcome: Sendable, Equatable {
         case complete
+        /// The file system lacks room for the rest: every download fails so until there is room.
+        case noRoom(DiskShortage)
         case failed(String)
+
+        var description: String {
+            switch self {
+            case .complete: "complete"
+            case .noRoom(let shortage): shortage.description
+            case .failed(let reason): reason
+            }
+        }
     }
 
     struct State: Sendable {
@@ -146,6 +156,10 @@ final class Transfer: Sendable {
     /// The finished file's inode (set just before it is renamed into place): the metadata
     /// sync knows the file by it even if the user moves it the moment it lands.
     let landedInode = Atomic<Int64>(0)
+    /// Whether the download has a row in `TransferStore` (to resume it after a kill): only
+    /// one of several chunks does. A one-chunk file lands whole or not at all, so a record
+    /// would only cost it three transactions (begin, manifest, forget) and resume nothing.
+    let recorded = Atomic<Bool>(false)
     var outcome: Outcome? { state.withLock { $0.outcome } }
 
     /// Installs the manifest (its root already checked) and the slots verified before a
