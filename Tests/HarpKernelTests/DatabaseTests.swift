@@ -66,6 +66,45 @@ struct DatabaseTests {
         #expect(mode == ["wal"])
     }
 
+    @Test("blocking calls from four threads meet queued writes: each runs alone (no torn transaction), and sees every write queued before it")
+    func blockingCallsBesideQueuedJobs() async throws {
+        let path = NSTemporaryDirectory() + "harp-db-\(UUID().uuidString).sqlite"
+        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+        let database = try Database(path: path, migrations: [Self.migrations])
+        let threads = (0..<4).map { WorkerThread(name: "test-\($0)") }
+        defer { threads.forEach { $0.stop() } }
+        await withTaskGroup(of: Void.self) { group in
+            for (number, thread) in threads.enumerated() {
+                group.addTask {
+                    await thread.run {
+                        for step in 0..<200 {
+                            // A two-row transaction: another user of the connection between its
+                            // statements would see (or break) half of it.
+                            try? database.readNow { connection in
+                                try connection.transactionNow {
+                                    try connection.run("INSERT INTO items (name, size) VALUES (?, ?)", [.text("t\(number)-\(step)-a"), .integer(1)])
+                                    try connection.run("INSERT INTO items (name, size) VALUES (?, ?)", [.text("t\(number)-\(step)-b"), .integer(2)])
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            group.addTask {
+                for step in 0..<200 {
+                    try? await database.write { try $0.run("INSERT INTO items (name, size) VALUES (?, ?)", [.text("queued-\(step)"), .integer(3)]) }
+                    // A blocking read right after an awaited write sees it.
+                    let seen = try? database.readNow { try $0.query("SELECT COUNT(*) FROM items WHERE name = ?", [.text("queued-\(step)")]) { $0.integer(0) } }
+                    if seen != [1] { Issue.record("write \(step) not seen: \(String(describing: seen))") }
+                }
+            }
+        }
+        let total = try database.readNow { connection in
+            try connection.query("SELECT COUNT(*), SUM(size) FROM items", []) { "\($0.integer(0)) \($0.integer(1))" }
+        }
+        #expect(total == ["1800 3000"])
+    }
+
     @Test("a database that cannot be opened is an error naming the path")
     func unopenable() {
         #expect(throws: DatabaseError.self) { try Database(path: "/nonexistent/dir/x.sqlite", migrations: []) }

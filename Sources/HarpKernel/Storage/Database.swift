@@ -101,26 +101,45 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// The connection and the thread that owns it (`WorkerThread`): every use of the connection
-/// is a job on that thread, and the connection is closed there too.
+/// The connection and the thread that runs its queued jobs (`WorkerThread`). A blocking call
+/// (`runSync`) that finds no job queued uses the connection on the caller's thread instead,
+/// under the same lock: handing each one to the worker and back cost two context switches,
+/// and a small file received made about ten such calls (with the thread hops of the block
+/// exchange, context switching was a fifth of a receiving node's CPU in `bench/sync.sh`).
+/// Order holds: a job queued before the call has finished before it runs inline.
 final class DatabaseWorker: @unchecked Sendable {
     // @unchecked Sendable: `connection` is set once before any job but the opening one runs,
-    // and then used only on the worker thread.
+    // and then used only while `use` is held.
     private let thread = WorkerThread(name: "harp-sqlite")
     var connection: Connection?
+    /// Held while the connection is in use; counts the jobs queued or running on the thread.
+    private let use = Mutex<Int>(0)
+    private let queued = Atomic<Int>(0)
 
     func stop() {
-        thread.enqueue { [self] in connection = nil }  // closes the database on its own thread
+        thread.enqueue { [self] in use.withLock { _ in connection = nil } }  // closes the database on its own thread
         thread.stop()
     }
 
     func run<T: Sendable>(_ body: @escaping @Sendable (Connection) throws(DatabaseError) -> T) async -> Result<T, DatabaseError> {
-        await thread.run { [self] in Result { () throws(DatabaseError) -> T in try body(connection!) } }
+        queued.add(1, ordering: .sequentiallyConsistent)
+        return await thread.run { [self] in
+            defer { queued.subtract(1, ordering: .sequentiallyConsistent) }
+            return locked { Result { () throws(DatabaseError) -> T in try body(connection!) } }
+        }
     }
 
-    /// Runs `body` on the worker and waits for it (the caller is not a loop).
+    /// Runs `body` with the connection and waits for it (the caller is not a loop): on the
+    /// caller's thread when no job is queued, else on the worker after them.
     func runSync<T>(_ body: () -> T) -> T {
-        thread.runSync(body)
+        if queued.load(ordering: .sequentiallyConsistent) == 0 { return locked(body) }
+        return thread.runSync { locked(body) }
+    }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        var result: T?
+        use.withLock { _ in result = body() }
+        return result!
     }
 }
 
