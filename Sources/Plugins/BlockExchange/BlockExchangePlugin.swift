@@ -137,32 +137,11 @@ public final class BlockExchangePlugin: Plugin {
         } catch {
             return .failed(error.description)
         }
-        let swarm = self.swarm
-        return await withTaskGroup(of: FetchOutcome?.self) { group in
-            group.addTask {
-                switch await transfer.ended() {
-                case .complete: .done(inode: transfer.landedInode.load(ordering: .relaxed))
-                case .noRoom(let shortage): .noRoom(shortage)
-                case .failed(let reason): .failed(reason)
-                }
-            }
-            group.addTask {
-                // Progress is looked at twice a second; the group's cancellation ends the sleep.
-                var watch = StallWatch(patience: patience)
-                while transfer.outcome == nil, !Task.isCancelled {
-                    if watch.stalled(transfer.snapshot()) {
-                        swarm.abandon(transfer, "no connected peer sent any of \(root) for \(patience)")
-                    }
-                    try? await Task.sleep(for: .milliseconds(500))
-                }
-                return nil
-            }
-            for await outcome in group {
-                guard let outcome else { continue }
-                group.cancelAll()
-                return outcome
-            }
-            return .failed("the fetch of \(root) was cancelled")
+        swarm.giveUpWhenStalled(transfer, patience: patience)
+        switch await transfer.ended() {
+        case .complete: return .done(inode: transfer.landedInode.load(ordering: .relaxed))
+        case .noRoom(let shortage): return .noRoom(shortage)
+        case .failed(let reason): return .failed(reason)
         }
     }
 

@@ -29,6 +29,9 @@ final class Swarm: Sendable {
     /// Other plugins' channels and commands (registered before `start`, read-only after).
     private let extensions = Mutex<(channels: [any PeerChannel], commands: [String: NodeCommand])>(([], [:]))
 
+    /// Downloads that give up when they stall, and whether the task that checks them runs.
+    private let stallWatches = Mutex<(watches: [ObjectIdentifier: (transfer: Transfer, watch: StallWatch)], sweeping: Bool)>(([:], false))
+
     /// When a fetch last failed for want of room (ns; logged once a minute).
     private let lastNoRoom = Mutex<UInt64>(0)
     /// Room every fetch leaves free, and how long an abandoned partial file is kept.
@@ -279,6 +282,44 @@ final class Swarm: Sendable {
             }
         }
         scanLocally(transfer)
+    }
+
+    /// Abandons `transfer` once it has stalled for `patience` (`StallWatch`). One task checks
+    /// every watched download twice a second while any is watched: a task and a timer per
+    /// download cost each small file received two task switches and a timer's cancellation.
+    func giveUpWhenStalled(_ transfer: Transfer, patience: Duration) {
+        let start = stallWatches.withLock { state -> Bool in
+            state.watches[ObjectIdentifier(transfer)] = (transfer, StallWatch(patience: patience))
+            defer { state.sweeping = true }
+            return !state.sweeping
+        }
+        if start { Task { await self.sweepStalls() } }
+    }
+
+    private func sweepStalls() async {
+        var more = true
+        while more {
+            try? await Task.sleep(for: .milliseconds(500))
+            let stalled = stallWatches.withLock { state -> [(transfer: Transfer, patience: Duration)] in
+                var stalled: [(transfer: Transfer, patience: Duration)] = []
+                for (key, var entry) in state.watches {
+                    if entry.transfer.outcome != nil {
+                        state.watches[key] = nil
+                    } else if entry.watch.stalled(entry.transfer.snapshot()) {
+                        state.watches[key] = nil
+                        stalled.append((entry.transfer, entry.watch.patience))
+                    } else {
+                        state.watches[key] = entry
+                    }
+                }
+                more = !state.watches.isEmpty
+                state.sweeping = more
+                return stalled
+            }
+            for (transfer, patience) in stalled {
+                abandon(transfer, "no connected peer sent any of \(transfer.root) for \(patience)")
+            }
+        }
     }
 
     /// Why `transfer` (a file of `size` bytes) does not fit: what it still needs plus
