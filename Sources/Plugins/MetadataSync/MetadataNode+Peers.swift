@@ -180,7 +180,7 @@ extension MetadataNode {
     /// every item whose moves it would drop here — a state that leaves out an item this node
     /// knows would delete it from the folder.
     func check(_ settled: Replica.Settled, clock: HLCTimestamp) throws(SyncRefusal) {
-        if let problem = ReplicatedTree.problem(in: settled.placements) { throw .settled(problem) }
+        if let problem = ReplicatedTree.problem(in: settled.placements) { throw .settled(problem.description) }
         if tooFarAhead(LoggedOperation(origin: clock.node, sequence: 1, operation: .move(.init(timestamp: clock, item: .root, parent: .root, name: "x", isDirectory: true))),
                        now: Self.nowMilliseconds) {
             throw .settled("its clock is \(clock.wall - Self.nowMilliseconds) ms ahead of this node's (max_clock_skew \(configuration.maxClockSkew))")

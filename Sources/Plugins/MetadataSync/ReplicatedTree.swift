@@ -129,23 +129,37 @@ public struct ReplicatedTree: Sendable, Equatable {
     /// Why `placements` (a peer's settled state) are not a tree, or nil: a placement of the
     /// root or the trash, or one whose parents never reach the root or the trash (a cycle, or
     /// a parent nobody placed).
-    public static func problem(in placements: [ItemID: Placement]) -> String? {
+    public static func problem(in placements: [ItemID: Placement]) -> TreeProblem? {
         var reaches: [ItemID: Bool] = [.root: true, .trash: true]
         for start in placements.keys {
-            if start == .root || start == .trash { return "it places the \(start) item" }
+            if start == .root || start == .trash { return .placesReserved(start) }
             var path: [ItemID] = []
             var current = start
             while reaches[current] == nil {
-                guard let placement = placements[current], path.count <= placements.count else {
-                    return "\(start) does not reach the root (a cycle, or a parent it never places)"
-                }
+                guard let placement = placements[current], path.count <= placements.count else { return .unrooted(start) }
                 path.append(current)
                 current = placement.parent
             }
-            guard reaches[current] == true else { return "\(start) does not reach the root" }
+            guard reaches[current] == true else { return .unrooted(start) }
             for item in path { reaches[item] = true }
         }
         return nil
+    }
+
+    /// Why placements are not a tree.
+    public enum TreeProblem: Sendable, Equatable, CustomStringConvertible {
+        /// A placement of the root or the trash (they are never moved).
+        case placesReserved(ItemID)
+        /// An item whose parents never reach the root or the trash: a cycle, or a parent
+        /// nobody placed.
+        case unrooted(ItemID)
+
+        public var description: String {
+            switch self {
+            case .placesReserved(let item): "it places the \(item) item"
+            case .unrooted(let item): "\(item) does not reach the root (a cycle, or a parent it never places)"
+            }
+        }
     }
 
     /// Every deleted item's last place outside the trash and when it was deleted (for the
