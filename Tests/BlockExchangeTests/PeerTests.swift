@@ -135,7 +135,7 @@ struct PeerTests {
         var half = Bitfield(count: 4_000)
         for index in 0..<2_000 { half[index] = true }
         let messages: [PeerMessage] = [
-            .hello(PeerHello(capabilities: 5)), .getManifest(id()), .manifest(manifest.root, manifest), .noManifest(id()), .haveQuery(id()),
+            .hello(PeerHello(capabilities: 5)), .getManifest(id()), .getWhole(id()), .manifest(manifest.root, manifest), .noManifest(id()), .haveQuery(id()),
             .have(id(), .all), .have(id(), .entries(half.bytes)), .have(id(), .entries([0x5A, 0xC3])),
             .haveUpdate(id(), entries: [0, 7, 1_000_000]), .fetching(id(), entries: []), .request(id()), .dontHave(id()),
             .cancel(id()), .ping(0x0102_0304_0506_0708), .pong(42),

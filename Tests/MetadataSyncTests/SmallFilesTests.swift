@@ -15,13 +15,14 @@ struct SmallFilesTests {
         try FolderSafetyTests.pair(downloadRate: downloadRate, rescanInterval: "1h", stableAfter: "1s")
     }
 
-    /// `count` files of 1–`maxSize` bytes (random, seeded) in directories of 100, on `node`.
-    static func write(_ count: Int, maxSize: Int, on node: P2PNode) throws -> [String: Data] {
-        var generator = SeededGenerator(seed: 24)
+    /// `count` files of 1–`maxSize` bytes (random, seeded) in directories of 100, on `node`,
+    /// numbered from `first`.
+    static func write(_ count: Int, maxSize: Int, on node: P2PNode, first: Int = 0) throws -> [String: Data] {
+        var generator = SeededGenerator(seed: 24 + UInt64(first))
         var written: [String: Data] = [:]
-        for number in 0..<count {
+        for number in first..<first + count {
             let directory = String(format: "d%03d", number / 100)
-            if number % 100 == 0 { try FileManager.default.createDirectory(atPath: node.folder + "/" + directory, withIntermediateDirectories: false) }
+            try FileManager.default.createDirectory(atPath: node.folder + "/" + directory, withIntermediateDirectories: true)
             let size = Int.random(in: 1024...maxSize, using: &generator)
             let bytes = Data((0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) })
             let path = directory + String(format: "/f%05d", number)
@@ -112,6 +113,47 @@ struct SmallFilesTests {
         let content = try node.storage(["status"])["content"] as? [String: Any] ?? [:]
         #expect(content["pending_files"] as? Int == 12 && content["pending_bytes"] as? Int == 12 * 4096, "status: \(content)")
         peer.close()
+    }
+
+    @Test("small files two peers hold reach a third node once: from the node that wrote them while it is connected, else from the other (get-whole, no byte twice)")
+    func smallFilesFromTwoHolders() throws {
+        let nodes = try (0..<3).map { _ in try P2PNode() }
+        defer { for node in nodes { node.remove() } }
+        for node in nodes {
+            node.plugins = ["p2p", "crdt"]
+            node.extraConfig = "[crdt]\nrescan_interval = \"1h\"\nstable_after = \"200ms\"\n"
+        }
+        try P2PNode.mesh(nodes)
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        /// What C received from each peer (chunk bytes), by node ID.
+        func received() throws -> [String: Int] {
+            let peers = try c.storage(["status"])["peers"] as? [[String: Any]] ?? []
+            return Dictionary(uniqueKeysWithValues: peers.map { ($0["id"] as? String ?? "", $0["bytes_received"] as? Int ?? 0) })
+        }
+        func arrived(_ files: [String: Data], on node: P2PNode) -> Bool {
+            files.allSatisfy { FileManager.default.contents(atPath: node.folder + "/" + $0.key) == $0.value }
+        }
+        for node in nodes { try node.start() }
+        try c.waitConnected(to: [a, b])
+        try b.waitConnected(to: [a])
+        // A writes 150 files while B and C run: C takes each from A, the writer, once.
+        let first = try Self.write(150, maxSize: 16384, on: a)
+        try FolderSafetyTests.waitFor("the first 150 files on B and C", timeout: 60) { arrived(first, on: b) && arrived(first, on: c) }
+        let fromA = try received()
+        #expect(fromA["\(a.id)"] == first.values.reduce(0) { $0 + $1.count } && fromA["\(b.id)"] == 0, "\(fromA) for \(first.values.reduce(0) { $0 + $1.count }) bytes")
+        // 150 more while C is stopped; then A stops and C starts: all from B, once each.
+        try c.stop()
+        let second = try Self.write(150, maxSize: 16384, on: a, first: 150)
+        try FolderSafetyTests.waitFor("the next 150 files on B", timeout: 60) { arrived(second, on: b) }
+        try a.stop()
+        try c.start()
+        do {
+            try FolderSafetyTests.waitFor("the next 150 files on C, from B", timeout: 60) { arrived(second, on: c) }
+        } catch {
+            throw TestFailure("\(error)\nC's log: \(c.log.suffix(4000))\nB's log: \(b.log.suffix(3000))")
+        }
+        let fromB = try received()
+        #expect(fromB["\(b.id)"] == second.values.reduce(0) { $0 + $1.count } && fromB["\(a.id)"] == 0, "\(fromB)")
     }
 
     @Test("kill -9 while 2,000 small files land: every file at its path is whole, and after a restart all arrive, each once, nothing deleted")

@@ -128,10 +128,13 @@ public final class BlockExchangePlugin: Plugin {
     /// Fails also when for `patience` nothing arrived and nothing was asked for (no
     /// connected peer has it now; the partial file is kept). The file is synced; its
     /// directory too unless `syncDirectory` is false (the caller moves it on and syncs there).
-    public func fetch(_ root: ChunkID, into output: String, patience: Duration = .seconds(10), syncDirectory: Bool = true) async -> FetchOutcome {
+    /// `size`, when known, lets a small file come whole from one peer in one round trip —
+    /// `holder` when it is connected (the node that wrote the version has its bytes).
+    public func fetch(_ root: ChunkID, into output: String, size: Int? = nil, holder: NodeID? = nil, patience: Duration = .seconds(10),
+                      syncDirectory: Bool = true) async -> FetchOutcome {
         let transfer: Transfer
         do {
-            transfer = try swarm.start(root, output: output, syncDirectory: syncDirectory)
+            transfer = try swarm.start(root, output: output, syncDirectory: syncDirectory, size: size, holder: holder)
         } catch .noRoom(let shortage) {
             return .noRoom(shortage)
         } catch {

@@ -231,6 +231,23 @@ public final class FolderIndex: Sendable {
         }
     }
 
+    /// A file fetched into `staged` (indexed there as it completed) and then put in place at
+    /// `relative` — renamed, its mode and modification time set by the node: its rows follow
+    /// it, with the file's stamp as it is now, when it is still the file that landed (`inode`,
+    /// `size`, the `mtime` the node gave it). It is then served from there without being read
+    /// again; otherwise its first request reads it. (Left under the staging name, a received
+    /// file was never served on: a node passed on only what it wrote itself.)
+    public func landed(_ staged: String, at relative: String, inode: Int64, size: Int64, mtime: Int64) throws(Failure) {
+        try moved(from: staged, to: relative)
+        guard let stamp = Stamp(path: folder + "/" + relative), stamp.inode == inode, stamp.size == size, stamp.mtime == mtime else { return }
+        try wrapped {
+            try database.readNow {
+                try $0.run("UPDATE files SET size = ?, mtime_ns = ?, inode = ? WHERE path = ?",
+                           [.integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode), .text(relative)])
+            }
+        }
+    }
+
     /// Forgets a file that was removed: its chunks are no longer offered from it.
     public func forget(_ relative: String) throws(Failure) {
         try wrapped { try database.readNow { try $0.run("DELETE FROM files WHERE path = ?", [.text(relative)]) } }

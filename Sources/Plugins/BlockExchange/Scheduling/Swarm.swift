@@ -29,6 +29,11 @@ final class Swarm: Sendable {
     /// Other plugins' channels and commands (registered before `start`, read-only after).
     private let extensions = Mutex<(channels: [any PeerChannel], commands: [String: NodeCommand])>(([], [:]))
 
+    /// Where a chunk can be read: a file, the chunk's offset in it, its length.
+    typealias ChunkLocation = (path: String, offset: Int, length: Int)
+
+    /// Which connected peer the next get-whole goes to.
+    private let wholeTurn = Atomic<Int>(0)
     /// Downloads that give up when they stall, and whether the task that checks them runs.
     private let stallWatches = Mutex<(watches: [ObjectIdentifier: (transfer: Transfer, watch: StallWatch)], sweeping: Bool)>(([:], false))
 
@@ -95,7 +100,10 @@ final class Swarm: Sendable {
             return true
         }
         if removed {
-            for transfer in activeTransfers() { transfer.peerGone(session.peer) }
+            for transfer in activeTransfers() {
+                transfer.peerGone(session.peer)
+                if transfer.dropWhole(from: session.peer) { widen(transfer, except: session.peer) }
+            }
             wakeAll()
             for channel in extensions.withLock({ $0.channels }) { channel.peerDisconnected(PeerLink(peer: session.peer, session: session)) }
         }
@@ -119,6 +127,22 @@ final class Swarm: Sendable {
             manifest = await indexer.run { try? index.manifest(of: root) }
         }
         return manifest.map { .manifest(root, $0) } ?? .noManifest(root)
+    }
+
+    /// A get-whole's answer: the manifest (or no-manifest) and, for content of one chunk, that
+    /// chunk to push after it, with where it can be read when known — one trip to the index
+    /// thread for what took three (manifest, have, locate).
+    func wholeAnswer(for root: ChunkID) async -> (message: PeerMessage, push: ChunkID?, at: ChunkLocation?) {
+        if let transfer = transfer(root), let manifest = transfer.manifest {
+            let single = manifest.entries.count == 1 ? manifest.entries[0].id : nil
+            return (.manifest(root, manifest), single, single.flatMap { transfer.location(of: $0) })
+        }
+        let index = self.index
+        return await indexer.run {
+            guard let manifest = try? index.manifest(of: root) else { return (.noManifest(root), nil, nil) }
+            guard manifest.entries.count == 1 else { return (.manifest(root, manifest), nil, nil) }
+            return (.manifest(root, manifest), manifest.entries[0].id, (try? index.locate(manifest.entries[0].id)) ?? nil)
+        }
     }
 
     /// What we hold of `root`: every chunk for content in the folder, the verified ones of a
@@ -173,7 +197,10 @@ final class Swarm: Sendable {
     }
 
     /// Starts (or joins, or resumes) the download of `root` into `output`.
-    func start(_ root: ChunkID, output: String, syncDirectory: Bool = true) throws(StartError) -> Transfer {
+    /// `size`, when known (the metadata sync knows each version's), lets a file that may be
+    /// one chunk be asked of one peer whole (get-whole): one round trip, no have exchange —
+    /// `holder` if connected, else the peers in turn.
+    func start(_ root: ChunkID, output: String, syncDirectory: Bool = true, size: Int? = nil, holder: NodeID? = nil) throws(StartError) -> Transfer {
         if let running = transfer(root) {
             guard running.output == output else { throw .busy("\(root) is already being fetched into \(running.output)") }
             return running
@@ -184,10 +211,11 @@ final class Swarm: Sendable {
         } catch {
             throw .database(error)
         }
-        return try begin(root, output: output, saved: saved, syncDirectory: syncDirectory)
+        return try begin(root, output: output, saved: saved, syncDirectory: syncDirectory, size: size, holder: holder)
     }
 
-    private func begin(_ root: ChunkID, output: String, saved: TransferStore.Saved?, syncDirectory: Bool = true) throws(StartError) -> Transfer {
+    private func begin(_ root: ChunkID, output: String, saved: TransferStore.Saved?, syncDirectory: Bool = true,
+                       size: Int? = nil, holder: NodeID? = nil) throws(StartError) -> Transfer {
         let partial = Transfer.partialPath(for: output)
         // A saved download whose partial file vanished starts over.
         let resumable = saved != nil && access(partial, F_OK) == 0
@@ -230,10 +258,24 @@ final class Swarm: Sendable {
         if transfer.isComplete {
             flush(transfer, complete: true)
         } else {
-            for session in connected.values { session.query(transfer) }
-            wakeAll()
+            let connected = self.connected, sessions = Array(connected.values)
+            if let size, size <= FastCDC.maximumSize, !sessions.isEmpty {
+                // Taken in turn when the holder is away: small files spread over the peers.
+                let whole = holder.flatMap { connected[$0] } ?? sessions[wholeTurn.wrappingAdd(1, ordering: .relaxed).oldValue % sessions.count]
+                transfer.askWhole(from: whole.peer)
+                whole.query(transfer, whole: true)
+            } else {
+                for session in sessions { session.query(transfer) }
+                wakeAll()
+            }
         }
         return transfer
+    }
+
+    /// The peer asked for the whole content could not send it: every other peer is asked.
+    func widen(_ transfer: Transfer, except peer: NodeID) {
+        for (other, session) in connected where other != peer { session.query(transfer) }
+        wakeAll()
     }
 
     /// Downloads left unfinished by the last run go on (those abandoned too long are removed).

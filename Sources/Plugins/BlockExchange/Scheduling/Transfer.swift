@@ -85,6 +85,9 @@ final class Transfer: Sendable {
         var localBytes = 0
         /// While the folder is searched for chunks we already hold, nothing is requested.
         var scanningLocally = false
+        /// The one peer asked for the whole content (get-whole); the others are asked only if
+        /// it cannot send it.
+        var wholeFrom: NodeID?
     }
 
     /// A peer that sent this many chunks that did not hash to their IDs is disconnected and
@@ -255,6 +258,34 @@ final class Transfer: Sendable {
             for entry in entries where entry >= 0 && entry < state.entrySlot.count {
                 state.fetching[peer, default: []].insert(state.entrySlot[entry])
             }
+        }
+    }
+
+    /// Asks `peer` alone for the whole content (a file that may be one chunk).
+    func askWhole(from peer: NodeID) {
+        state.withLock { $0.wholeFrom = peer }
+    }
+
+    /// `peer` answered the get-whole with a one-chunk manifest: the chunk follows unasked.
+    /// It counts as held by the peer and requested from it; the chunk's ID, unless verified.
+    func expectPushed(from peer: NodeID) -> ChunkID? {
+        state.withLock { state in
+            guard state.manifest != nil, state.slots.count == 1, state.status[0] != .verified, state.outcome == nil else { return nil }
+            Self.addHolder(&state, peer, entries: nil)
+            state.status[0] = .requested
+            state.requesters[0, default: []].append(peer)
+            state.inFlight[peer, default: 0] += state.slots[0].length
+            return state.slots[0].id
+        }
+    }
+
+    /// Whether `peer` was the one asked for the whole content — it could not send it (no
+    /// manifest, don't-have, a bad chunk, gone): the other peers are asked now.
+    func dropWhole(from peer: NodeID) -> Bool {
+        state.withLock { state in
+            guard state.wholeFrom == peer, state.outcome == nil else { return false }
+            state.wholeFrom = nil
+            return true
         }
     }
 

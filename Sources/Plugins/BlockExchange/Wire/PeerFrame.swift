@@ -35,6 +35,9 @@ enum PeerFrameType: UInt8, Sendable, CaseIterable {
     /// downloader that hears it picks other chunks first, so two downloaders of one origin
     /// rarely fetch the same chunk from it (they trade it instead once it lands).
     case fetching = 14
+    /// root: "send me this content's manifest, and when it is one chunk, that chunk right
+    /// after it" (as if requested). A small file then costs one round trip, not two.
+    case getWhole = 15
     /// A frame of another plugin's channel (`PeerChannel`): its own type code, 64–127.
     case channel = 64
 
@@ -42,7 +45,7 @@ enum PeerFrameType: UInt8, Sendable, CaseIterable {
     var maximumBody: Int {
         switch self {
         case .hello: 64
-        case .getManifest, .noManifest, .haveQuery, .request, .dontHave, .cancel: 32
+        case .getManifest, .getWhole, .noManifest, .haveQuery, .request, .dontHave, .cancel: 32
         case .manifest: 33 + PeerLimits.manifestBytes
         case .have: 33 + PeerLimits.manifestEntries / 8 + 1
         case .haveUpdate, .fetching: 32 + 4 * PeerLimits.updateIndices

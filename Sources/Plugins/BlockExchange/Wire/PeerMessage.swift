@@ -7,6 +7,7 @@ import HarpKernel
 enum PeerMessage: Sendable, Equatable {
     case hello(PeerHello)
     case getManifest(ChunkID)
+    case getWhole(ChunkID)
     /// The manifest of a root, checked against it (the root is carried so that no side hashes
     /// a large manifest twice: the sender looked it up by root, the receiver checked it).
     case manifest(ChunkID, Manifest)
@@ -35,6 +36,7 @@ enum PeerMessage: Sendable, Equatable {
         switch self {
         case .hello: .hello
         case .getManifest: .getManifest
+        case .getWhole: .getWhole
         case .manifest: .manifest
         case .noManifest: .noManifest
         case .haveQuery: .haveQuery
@@ -59,7 +61,7 @@ enum PeerMessage: Sendable, Equatable {
         switch self {
         case .hello(let hello):
             hello.write(into: &body)
-        case .getManifest(let id), .noManifest(let id), .haveQuery(let id), .request(let id), .dontHave(let id), .cancel(let id):
+        case .getManifest(let id), .getWhole(let id), .noManifest(let id), .haveQuery(let id), .request(let id), .dontHave(let id), .cancel(let id):
             body.raw(id.bytes)
         case .manifest(let root, let manifest):
             body.raw(root.bytes)
@@ -104,6 +106,7 @@ enum PeerMessage: Sendable, Equatable {
                 self = .hello(hello)
                 return
             case .getManifest: self = .getManifest(try reader.chunkID())
+            case .getWhole: self = .getWhole(try reader.chunkID())
             case .noManifest: self = .noManifest(try reader.chunkID())
             case .haveQuery: self = .haveQuery(try reader.chunkID())
             case .request: self = .request(try reader.chunkID())

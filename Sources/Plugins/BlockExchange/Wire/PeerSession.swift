@@ -24,7 +24,9 @@ final class PeerSession: @unchecked Sendable {
     private let reader: FramedReader
     private let writer: FrameWriter
 
-    private var queue: [ChunkID] = []
+    /// Chunks to send, in order: requested, or pushed after a get-whole's manifest (with
+    /// where it is read, looked up already).
+    private var queue: [(id: ChunkID, at: Swarm.ChunkLocation?)] = []
     private var queueHead = 0
     private var servingNow: ChunkID?
     private var cancelledNow = false
@@ -40,6 +42,8 @@ final class PeerSession: @unchecked Sendable {
     private(set) var interested: Set<ChunkID> = []
     /// What we asked this peer for, and for which download.
     private var outstanding: [ChunkID: Transfer] = [:]
+    /// Roots we asked this peer for whole (get-whole), until its manifest or no-manifest.
+    private var wholeAsked: Set<ChunkID> = []
     private var receiving = RateMeter()
     private var pingSentAt: UInt64 = 0
     private(set) var roundTrip: Duration = .milliseconds(1)
@@ -136,10 +140,15 @@ final class PeerSession: @unchecked Sendable {
             throw .secondHello
         case .getManifest(let root):
             reply { session in await session.swarm.manifestMessage(for: root).frame }
+        case .getWhole(let root):
+            answerWhole(root)
         case .manifest(let root, let manifest):
             swarm.received(manifest, of: root, from: self)
+            if wholeAsked.remove(root) != nil { expectWhole(root, manifest) }
         case .noManifest(let root):
-            swarm.transfer(root)?.peerLacksManifest(peer)
+            let transfer = swarm.transfer(root)
+            transfer?.peerLacksManifest(peer)
+            if wholeAsked.remove(root) != nil, let transfer, transfer.dropWhole(from: peer) { swarm.widen(transfer, except: peer) }
         case .haveQuery(let root):
             interested.insert(root)
             reply { session in await session.swarm.haveMessage(for: root).frame }
@@ -154,15 +163,14 @@ final class PeerSession: @unchecked Sendable {
         case .fetching(let root, let entries):
             swarm.transfer(root)?.peerFetching(peer, entries: entries)
         case .request(let id):
-            guard queue.count - queueHead < Self.maximumQueue else { throw .requestFlood(limit: Self.maximumQueue) }
-            queue.append(id)
-            serveWait.signal()
+            try serveLater(id)
         case .cancel(let id):
             if servingNow == id { cancelledNow = true }
-            if let index = queue[queueHead...].firstIndex(of: id) { queue.remove(at: index) }
+            if let index = queue[queueHead...].firstIndex(where: { $0.id == id }) { queue.remove(at: index) }
         case .dontHave(let id):
             if let transfer = outstanding.removeValue(forKey: id) {
                 transfer.refused(id, by: peer)
+                if transfer.dropWhole(from: peer) { swarm.widen(transfer, except: peer) }
                 swarm.wakeAll()
             }
         case .ping(let nanos):
@@ -176,8 +184,17 @@ final class PeerSession: @unchecked Sendable {
     }
 
     /// Sends what `make` returns from a task of its own (see the type's comment on why the
-    /// reader never writes). A peer that keeps us answering faster than it reads is flooding.
+    /// reader never writes).
     private func reply(_ make: @escaping @Sendable (PeerSession) async -> [UInt8]?) {
+        answer { session in
+            guard let frame = await make(session), !session.closed else { return }
+            _ = await session.writer.write(frame, timeout: Self.silence)
+        }
+    }
+
+    /// Runs `answer` (which writes) from a task of its own. A peer that keeps us answering
+    /// faster than it reads is flooding.
+    private func answer(_ answer: @escaping @Sendable (PeerSession) async -> Void) {
         pendingReplies += 1
         if pendingReplies > Self.maximumPendingReplies {
             logger.warning("peer \(peer) broke the protocol: \(PeerViolation.replyFlood(limit: Self.maximumPendingReplies)); disconnected")
@@ -186,8 +203,40 @@ final class PeerSession: @unchecked Sendable {
         }
         loop.spawn {
             defer { self.pendingReplies -= 1 }
-            guard let frame = await make(self), !self.closed else { return }
-            _ = await self.writer.write(frame, timeout: Self.silence)
+            await answer(self)
+        }
+    }
+
+    /// A get-whole: the manifest, then — for content of one chunk — that chunk, queued like a
+    /// request once the manifest is written (so it arrives after it).
+    private func answerWhole(_ root: ChunkID) {
+        answer { session in
+            let whole = await session.swarm.wholeAnswer(for: root)
+            guard !session.closed, await session.writer.write(whole.message.frame, timeout: Self.silence) == 0, let push = whole.push else { return }
+            do {
+                try session.serveLater(push, at: whole.at)
+            } catch {
+                session.logger.warning("peer \(session.peer) broke the protocol: \(error); disconnected")
+                session.stream.abort()
+            }
+        }
+    }
+
+    /// Queues a chunk to send (a request, or the push after a get-whole's manifest).
+    private func serveLater(_ id: ChunkID, at location: Swarm.ChunkLocation? = nil) throws(PeerViolation) {
+        guard queue.count - queueHead < Self.maximumQueue else { throw .requestFlood(limit: Self.maximumQueue) }
+        queue.append((id, location))
+        serveWait.signal()
+    }
+
+    /// This peer answered our get-whole with `manifest`: one chunk follows unasked (it counts
+    /// as requested from the peer); content of several chunks is queried like any other.
+    private func expectWhole(_ root: ChunkID, _ manifest: Manifest) {
+        guard let transfer = swarm.transfer(root) else { return }
+        if manifest.entries.count == 1 {
+            if let id = transfer.expectPushed(from: peer) { outstanding[id] = transfer }
+        } else {
+            send(PeerMessage.haveQuery(root).frame)
         }
     }
 
@@ -237,6 +286,7 @@ final class PeerSession: @unchecked Sendable {
                 }
             } else {
                 let strikes = transfer.rejected(id, from: peer)
+                if transfer.dropWhole(from: peer) { swarm.widen(transfer, except: peer) }
                 swarm.statistics.badChunk(from: peer)
                 if strikes >= Transfer.maximumStrikes {
                     logger.error("peer \(peer) sent \(strikes) chunks that do not match their IDs: disconnected")
@@ -319,12 +369,22 @@ final class PeerSession: @unchecked Sendable {
         } while fillAgain && !closed
     }
 
-    /// Asks the peer about a download (its manifest first if we lack it).
-    func query(_ transfer: Transfer) {
-        var frames: [UInt8] = []
-        if transfer.manifest == nil { frames += PeerMessage.getManifest(transfer.root).frame }
-        frames += PeerMessage.haveQuery(transfer.root).frame
-        send(frames)
+    /// Asks the peer about a download: its manifest first if we lack it, then what it holds —
+    /// or, `whole`, the manifest and (for one chunk) the chunk itself (get-whole).
+    func query(_ transfer: Transfer, whole: Bool = false) {
+        let root = transfer.root
+        loop.spawn {
+            guard !self.closed else { return }
+            var frames: [UInt8] = []
+            if transfer.manifest == nil, whole {
+                self.wholeAsked.insert(root)
+                frames = PeerMessage.getWhole(root).frame
+            } else {
+                if transfer.manifest == nil { frames += PeerMessage.getManifest(root).frame }
+                frames += PeerMessage.haveQuery(root).frame
+            }
+            _ = await self.writer.write(frames, timeout: Self.silence)
+        }
     }
 
     /// Tells the peer we no longer want a chunk it may still be sending.
@@ -345,12 +405,12 @@ final class PeerSession: @unchecked Sendable {
                 _ = await serveWait.wait(timeout: nil)
                 continue
             }
-            let id = queue[queueHead]
+            let (id, known) = queue[queueHead]
             queueHead += 1
             servingNow = id
             cancelledNow = false
             defer { servingNow = nil }
-            let location = await swarm.locate(id)
+            let location = if let known { known } else { await swarm.locate(id) }
             let fd = location.map { $0.length <= FastCDC.maximumSize } == true
                 ? await loop.open(location!.path, flags: O_RDONLY | O_CLOEXEC, using: fileRecord) : -ENOENT
             guard let location, fd >= 0 else {
