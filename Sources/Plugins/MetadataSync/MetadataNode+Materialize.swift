@@ -101,6 +101,7 @@ extension MetadataNode {
         wanted = Dictionary(fetches.map { ($0.head.root, ($0.path, $0.head, paths[$0.path])) }, uniquingKeysWith: { first, _ in first })
         queued = fetches
         next = 0
+        wantedGeneration = replica.generation
         await persist(changes)
         startFetches()
     }

@@ -103,6 +103,8 @@ actor MetadataNode {
     /// The last pass's fetches in order, and the first not started yet.
     var queued: [(path: String, head: TreeOperation.Version)] = []
     var next = 0
+    /// The replica's generation when the last pass set `wanted`.
+    var wantedGeneration = 0
     /// Roots whose fetch failed: not tried again before `until` (the wait doubles, to a minute).
     var failedFetches: [ChunkID: (until: ContinuousClock.Instant, wait: Duration, path: String, reason: String)] = [:]
     /// Files put in place in the last 10 s, and their sizes (the rate `harp storage status` shows).
