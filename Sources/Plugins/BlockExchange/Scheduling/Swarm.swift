@@ -102,7 +102,7 @@ final class Swarm: Sendable {
         if removed {
             for transfer in activeTransfers() {
                 transfer.peerGone(session.peer)
-                if transfer.dropWhole(from: session.peer) { widen(transfer, except: session.peer) }
+                wholeFailed(transfer, at: session.peer)
             }
             wakeAll()
             for channel in extensions.withLock({ $0.channels }) { channel.peerDisconnected(PeerLink(peer: session.peer, session: session)) }
@@ -272,8 +272,10 @@ final class Swarm: Sendable {
         return transfer
     }
 
-    /// The peer asked for the whole content could not send it: every other peer is asked.
-    func widen(_ transfer: Transfer, except peer: NodeID) {
+    /// `peer` cannot send `transfer` (no manifest, don't-have, a bad chunk, gone): if it was
+    /// the one asked for the whole content, every other peer is asked now.
+    func wholeFailed(_ transfer: Transfer, at peer: NodeID) {
+        guard transfer.dropWhole(from: peer) else { return }
         for (other, session) in connected where other != peer { session.query(transfer) }
         wakeAll()
     }

@@ -148,7 +148,7 @@ final class PeerSession: @unchecked Sendable {
         case .noManifest(let root):
             let transfer = swarm.transfer(root)
             transfer?.peerLacksManifest(peer)
-            if wholeAsked.remove(root) != nil, let transfer, transfer.dropWhole(from: peer) { swarm.widen(transfer, except: peer) }
+            if wholeAsked.remove(root) != nil, let transfer { swarm.wholeFailed(transfer, at: peer) }
         case .haveQuery(let root):
             interested.insert(root)
             reply { session in await session.swarm.haveMessage(for: root).frame }
@@ -170,7 +170,7 @@ final class PeerSession: @unchecked Sendable {
         case .dontHave(let id):
             if let transfer = outstanding.removeValue(forKey: id) {
                 transfer.refused(id, by: peer)
-                if transfer.dropWhole(from: peer) { swarm.widen(transfer, except: peer) }
+                swarm.wholeFailed(transfer, at: peer)
                 swarm.wakeAll()
             }
         case .ping(let nanos):
@@ -286,7 +286,7 @@ final class PeerSession: @unchecked Sendable {
                 }
             } else {
                 let strikes = transfer.rejected(id, from: peer)
-                if transfer.dropWhole(from: peer) { swarm.widen(transfer, except: peer) }
+                swarm.wholeFailed(transfer, at: peer)
                 swarm.statistics.badChunk(from: peer)
                 if strikes >= Transfer.maximumStrikes {
                     logger.error("peer \(peer) sent \(strikes) chunks that do not match their IDs: disconnected")
