@@ -62,6 +62,32 @@ final class HostilePeer: @unchecked Sendable {
         try send(type: type, body: body)
     }
 
+    /// The body of the first frame of `type` the node sends within `seconds` (those before it
+    /// are read and dropped); nil when none came.
+    func frame(of type: UInt8, within seconds: Double = 10) throws -> [UInt8]? {
+        guard let stream else { throw TestFailure("not connected") }
+        return try run {
+            var pending: [UInt8] = []
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 8)
+            defer { buffer.deallocate() }
+            let deadline = EventLoop.preciseNanos() + UInt64(seconds * 1e9)
+            while EventLoop.preciseNanos() < deadline {
+                while pending.count >= PeerFrameHeader.size {
+                    let length = Int(pending[1]) << 24 | Int(pending[2]) << 16 | Int(pending[3]) << 8 | Int(pending[4])
+                    guard pending.count >= PeerFrameHeader.size + length else { break }
+                    let body = Array(pending[PeerFrameHeader.size..<PeerFrameHeader.size + length])
+                    let found = pending[0] == type
+                    pending.removeFirst(PeerFrameHeader.size + length)
+                    if found { return body }
+                }
+                let got = await stream.read(into: buffer, timeout: .milliseconds(200), expectingWait: false)
+                if got == 0 || (got < 0 && got != -Int(ETIMEDOUT)) { return nil }
+                if got > 0 { pending += UnsafeRawBufferPointer(rebasing: buffer[0..<got]) }
+            }
+            return nil
+        }
+    }
+
     /// Whether the node ends the connection within `seconds` (reading and dropping what it sends).
     func closedByNode(within seconds: Double = 10) throws -> Bool {
         guard let stream else { return true }

@@ -1,5 +1,6 @@
 import Foundation
 @testable import BlockExchange
+import HarpKernel
 import HarpTestSupport
 @testable import MetadataSync
 import Testing
@@ -154,6 +155,48 @@ struct SmallFilesTests {
         }
         let fromB = try received()
         #expect(fromB["\(b.id)"] == second.values.reduce(0) { $0 + $1.count } && fromB["\(a.id)"] == 0, "\(fromB)")
+    }
+
+    @Test("the writer of a small file, asked for it whole, sends other bytes: the node takes it from another peer at once, and the liar gets a strike")
+    func wholeFileFromALiar() throws {
+        let (node, liar, friend, _) = try HostilePeerTests.victim()
+        defer { for peer in [node, liar, friend] { peer.remove() } }
+        // The friend holds the bytes where it does not sync them (its own ignored directory):
+        // the node can only get them by asking it.
+        let bytes = (0..<4096).map { _ in UInt8.random(in: 0...255) }
+        try FileManager.default.createDirectory(atPath: friend.folder + "/private", withIntermediateDirectories: true)
+        try Data(bytes).write(to: URL(fileURLWithPath: friend.folder + "/private/c.bin"))
+        try "private/\n".write(toFile: friend.folder + "/.harpignore", atomically: true, encoding: .utf8)
+        friend.plugins = ["p2p", "crdt"]
+        try friend.configure(peers: [node])
+        try friend.start()
+        try node.waitConnected(to: [friend])
+        let digest = SHA256()
+        digest.update(bytes)
+        let chunk = ChunkID(bytes: digest.finalize())
+        let manifest = Manifest(entries: [Manifest.Entry(id: chunk, length: bytes.count)])
+        // The liar writes a file of that content (so it is asked for it whole) ...
+        let peer = try HostilePeer(identity: liar)
+        try peer.connect(to: node)
+        let create = peer.move(1, name: "lie.bin", directory: false)
+        guard case .move(let move) = create.operation else { return }
+        let version = LoggedOperation(origin: peer.id, sequence: 2, operation: .version(
+            .init(timestamp: HLCTimestamp(wall: HostilePeer.now, counter: 1, node: peer.id), item: move.item, root: manifest.root,
+                  size: bytes.count, mtime: 0, base: nil)))
+        try peer.send(.operations(peer.sign([create, version])))
+        // ... and answers the get-whole with the right manifest and other bytes.
+        let asked = try peer.frame(of: PeerFrameType.getWhole.rawValue)
+        #expect(asked == manifest.root.bytes, "the node asked the file's writer for it whole")
+        try peer.send(type: PeerFrameType.manifest.rawValue, body: Array(PeerMessage.manifest(manifest.root, manifest).frame.dropFirst(PeerFrameHeader.size)))
+        try peer.send(type: PeerFrameType.chunk.rawValue, body: chunk.bytes + [UInt8](repeating: 0x41, count: bytes.count))
+        // The friend is asked at once (not after the 10 s a stalled download waits).
+        let sent = Date()
+        try FolderSafetyTests.waitFor("lie.bin with the right bytes on the node", timeout: 8) {
+            FileManager.default.contents(atPath: node.folder + "/lie.bin") == Data(bytes)
+        }
+        print("small files: a lying writer's file came from another peer \(String(format: "%.2f", Date().timeIntervalSince(sent))) s after the bad chunk")
+        #expect(node.log.contains("with other bytes: discarded"), "\(node.log.suffix(1500))")
+        peer.close()
     }
 
     @Test("kill -9 while 2,000 small files land: every file at its path is whole, and after a restart all arrive, each once, nothing deleted")

@@ -199,6 +199,7 @@ actor MetadataNode {
             releaseHeldBack()
             let began = ContinuousClock.now
             let unstable = await scan()
+            let scanned = ContinuousClock.now
             // What the node found after a stop is all recorded once a scan finds nothing in
             // flight, or one ran `stable_after` after the first (a path found missing waits
             // that long before it is a delete) — 10 s at most: a file written all the time must
@@ -206,6 +207,7 @@ actor MetadataNode {
             if firstScanBegan == nil { firstScanBegan = began }
             if !unstable || began - firstScanBegan! >= min(configuration.stableAfter.duration, .seconds(10)) { finishFirstPass() }
             await materialize()
+            logger.debug("pass: scan \((scanned - began).nanoseconds / 1_000_000) ms, materialize \((ContinuousClock.now - scanned).nanoseconds / 1_000_000) ms")
             pruneVersions()
             if unstable {
                 // Something is still being written: look again once it may have settled.
