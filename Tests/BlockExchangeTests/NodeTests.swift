@@ -114,6 +114,22 @@ struct NodeTests {
         #expect(paths == ["deep/new.txt"])
     }
 
+    @Test("many files indexed at once: each gets its rows (a vanished one is left out) and is then current")
+    func indexMany() throws {
+        let dir = Self.temporaryDirectory(), folder = dir + "/folder"
+        try FileManager.default.createDirectory(atPath: folder + "/d", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for number in 0..<50 { try Data("file \(number)\n".utf8).write(to: URL(fileURLWithPath: folder + "/d/\(number).txt")) }
+        let database = try Database(path: dir + "/index.sqlite", migrations: [FolderIndex.migrations])
+        let index = FolderIndex(folder: folder, database: database)
+        index.index(["d/missing.txt"] + (0..<50).map { "d/\($0).txt" })
+        #expect(try index.counts().files == 50)
+        let root = try FileChunker.chunk(path: folder + "/d/7.txt").manifest.root
+        #expect(try index.holds(root) && index.manifest(of: root)?.root == root)
+        let current = try database.readNow { try $0.query("SELECT COUNT(*) FROM files WHERE path = 'd/7.txt' AND root = ?", [.blob(root.bytes)]) { $0.integer(0) } }
+        #expect(current == [1])
+    }
+
     @Test("harp serve with [storage]: the node's ID in the banner and the folder indexed at start")
     func serveIndexes() throws {
         let dir = Self.temporaryDirectory(), folder = dir + "/folder"

@@ -34,6 +34,7 @@ extension MetadataNode {
         watcher?.watch([folder] + disk.filter(\.value.isDirectory).map { folder + "/" + $0.key })
         var pass = ScanPass(disk: disk, foreign: foreign, view: view(), paths: paths, now: Int64(Date().timeIntervalSince1970 * 1e9),
                             stable: Int64(configuration.stableAfter.duration.nanoseconds), foundAfterStop: !firstPassDone)
+        indexAhead(disk, pass)
         for path in disk.keys.sorted() where !pass.isRaced(path) {
             let entry = disk[path]!
             if versionIfEdited(path, entry, &pass) || moveIfRenamed(path, entry, &pass) || claimIfShown(path, entry, &pass) { continue }
@@ -48,6 +49,22 @@ extension MetadataNode {
         await commit(pass.makes)
         await persist(pass.changes)
         return pass.unstable
+    }
+
+    /// Indexes the new and edited files the rules will version, in one transaction: the rules
+    /// then find each current (`index`). New means a path and an inode nobody recorded (a moved
+    /// file is not read again); settled means not young. (One commit per file was a third of
+    /// a writer's scan of 20,000 new files.)
+    func indexAhead(_ disk: [String: DiskEntry], _ pass: ScanPass) {
+        let recorded = Set(paths.values.map(\.inode))
+        let candidates = disk.compactMap { path, entry -> String? in
+            guard !entry.isDirectory, !pass.isYoung(entry) else { return nil }
+            if let state = paths[path] {
+                return state.inode == entry.inode && (state.size != entry.size || state.mtime != entry.mtime) ? path : nil
+            }
+            return recorded.contains(entry.inode) ? nil : path
+        }
+        if !candidates.isEmpty { p2p.folderIndex.index(candidates) }
     }
 
     // MARK: The rules

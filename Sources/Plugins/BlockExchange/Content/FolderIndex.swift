@@ -52,6 +52,40 @@ public final class FolderIndex: Sendable {
     }
 
     private func index(_ relative: String, attempts: Int) throws(Failure) -> ChunkID {
+        switch try chunkUnlessCurrent(relative, attempts: attempts) {
+        case .current(let root):
+            return root
+        case .chunked(let stamp, let manifest):
+            try wrapped { try database.readNow { connection in try connection.transactionNow { try Self.insert(relative, stamp, manifest, into: connection) } } }
+            return manifest.root
+        }
+    }
+
+    /// Indexes many files as `index` does each, their rows written in one transaction (a
+    /// scan's new files: one commit per file was most of what indexing a small file cost).
+    /// A file that vanished or kept changing is left out (`index` says why, later).
+    public func index(_ relatives: [String]) {
+        var fresh: [(relative: String, stamp: Stamp, manifest: Manifest)] = []
+        for relative in relatives {
+            guard case .chunked(let stamp, let manifest)? = try? chunkUnlessCurrent(relative, attempts: 1) else { continue }
+            fresh.append((relative, stamp, manifest))
+        }
+        guard !fresh.isEmpty else { return }
+        _ = try? database.readNow { connection in
+            try connection.transactionNow {
+                for file in fresh { try Self.insert(file.relative, file.stamp, file.manifest, into: connection) }
+            }
+        }
+    }
+
+    private enum Chunked {
+        /// The row matches the file: its root.
+        case current(ChunkID)
+        /// Read and chunked now, with the stamp that held while it was read.
+        case chunked(Stamp, Manifest)
+    }
+
+    private func chunkUnlessCurrent(_ relative: String, attempts: Int) throws(Failure) -> Chunked {
         let path = folder + "/" + relative
         guard let stamp = Stamp(path: path) else { throw Failure(description: "\(relative) is not a regular file in \(folder)") }
         let current: [UInt8]? = try wrapped {
@@ -60,10 +94,10 @@ public final class FolderIndex: Sendable {
                                      [.text(relative), .integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode)]) { $0.blob(0) }.first
             }
         }
-        if let current { return ChunkID(bytes: current) }
-        let chunked: (manifest: Manifest, offsets: [Int])
+        if let current { return .current(ChunkID(bytes: current)) }
+        let manifest: Manifest
         do {
-            chunked = try FileChunker.chunk(path: path)
+            manifest = try FileChunker.chunk(path: path).manifest
         } catch {
             throw Failure(description: error.description)
         }
@@ -71,23 +105,22 @@ public final class FolderIndex: Sendable {
         // file written all the time (a log) is left for a later pass after a few tries.
         guard Stamp(path: path) == stamp else {
             guard attempts > 1 else { throw Failure(description: "\(relative) kept changing while it was read; not indexed now") }
-            return try index(relative, attempts: attempts - 1)
+            return try chunkUnlessCurrent(relative, attempts: attempts - 1)
         }
-        let root = chunked.manifest.root
-        try wrapped {
-            try database.readNow { connection in
-                try connection.transactionNow {
-                    try connection.run("DELETE FROM files WHERE path = ?", [.text(relative)])
-                    try connection.run("INSERT INTO files (path, size, mtime_ns, inode, root) VALUES (?, ?, ?, ?, ?)",
-                                       [.text(relative), .integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode), .blob(root.bytes)])
-                    for (entry, offset) in zip(chunked.manifest.entries, chunked.offsets) {
-                        try connection.run("INSERT INTO chunks (path, offset, id, length) VALUES (?, ?, ?, ?)",
-                                           [.text(relative), .integer(Int64(offset)), .blob(entry.id.bytes), .integer(Int64(entry.length))])
-                    }
-                }
-            }
+        return .chunked(stamp, manifest)
+    }
+
+    /// The rows of `relative` (its old ones replaced), inside the caller's transaction.
+    private static func insert(_ relative: String, _ stamp: Stamp, _ manifest: Manifest, into connection: Connection) throws {
+        try connection.run("DELETE FROM files WHERE path = ?", [.text(relative)])
+        try connection.run("INSERT INTO files (path, size, mtime_ns, inode, root) VALUES (?, ?, ?, ?, ?)",
+                           [.text(relative), .integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode), .blob(manifest.root.bytes)])
+        var offset = 0
+        for entry in manifest.entries {
+            try connection.run("INSERT INTO chunks (path, offset, id, length) VALUES (?, ?, ?, ?)",
+                               [.text(relative), .integer(Int64(offset)), .blob(entry.id.bytes), .integer(Int64(entry.length))])
+            offset += entry.length
         }
-        return root
     }
 
     /// Indexes every regular file under the folder (hidden files and the state directory
@@ -189,21 +222,7 @@ public final class FolderIndex: Sendable {
     /// download): no need to read it again.
     public func record(_ relative: String, manifest: Manifest) throws(Failure) {
         guard let stamp = Stamp(path: folder + "/" + relative) else { throw Failure(description: "\(relative) is not a regular file in \(folder)") }
-        try wrapped {
-            try database.readNow { connection in
-                try connection.transactionNow {
-                    try connection.run("DELETE FROM files WHERE path = ?", [.text(relative)])
-                    try connection.run("INSERT INTO files (path, size, mtime_ns, inode, root) VALUES (?, ?, ?, ?, ?)",
-                                       [.text(relative), .integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode), .blob(manifest.root.bytes)])
-                    var offset = 0
-                    for entry in manifest.entries {
-                        try connection.run("INSERT INTO chunks (path, offset, id, length) VALUES (?, ?, ?, ?)",
-                                           [.text(relative), .integer(Int64(offset)), .blob(entry.id.bytes), .integer(Int64(entry.length))])
-                        offset += entry.length
-                    }
-                }
-            }
-        }
+        try wrapped { try database.readNow { connection in try connection.transactionNow { try Self.insert(relative, stamp, manifest, into: connection) } } }
     }
 
     /// Follows a rename of a file or a directory (every file under it) done by the caller: a
