@@ -19,15 +19,15 @@ extension MetadataNode {
         let mode: UInt16
     }
 
-    /// Turns what changed on disk since the last pass into operations. Returns whether a file
-    /// was still being written (not versioned yet).
+    /// Turns what changed on disk since the last pass into operations. Returns when to look
+    /// again for a file still being written (not versioned yet), or nil.
     ///
     /// Each path the walk found meets the rules in order, and the first that decides it wins:
     /// the same file (`versionIfEdited`), a recorded inode under a new name (`moveIfRenamed`),
     /// a file the tree shows whose record was lost (`claimIfShown`), a rename the walk caught
     /// halfway (`isRenamedMidWalk`), and otherwise a new file or directory (`create`). Then
     /// what is gone is deleted (`deleteVanished`).
-    func scan() async -> Bool {
+    func scan() async -> Duration? {
         let ignore = Ignore(folder: folder)
         let (disk, foreign) = walk(ignore)
         lastWalk = disk
@@ -38,7 +38,8 @@ extension MetadataNode {
         for path in disk.keys.sorted() where !pass.isRaced(path) {
             let entry = disk[path]!
             if versionIfEdited(path, entry, &pass) || moveIfRenamed(path, entry, &pass) || claimIfShown(path, entry, &pass) { continue }
-            if !entry.isDirectory && pass.isYoung(entry) || isRenamedMidWalk(path, entry, pass) {
+            if !entry.isDirectory && pass.waitsToSettle(entry) { continue }
+            if isRenamedMidWalk(path, entry, pass) {
                 pass.unstable = true
                 continue
             }
@@ -48,7 +49,7 @@ extension MetadataNode {
         if !pass.seen.isEmpty { logger.info("local changes: \(pass.seen.joined(separator: ", "))") }
         await commit(pass.makes)
         await persist(pass.changes)
-        return pass.unstable
+        return pass.nextLook(now: Int64(Date().timeIntervalSince1970 * 1e9))
     }
 
     /// Indexes the new and edited files the rules will version, in one transaction: the rules
@@ -56,13 +57,12 @@ extension MetadataNode {
     /// file is not read again); settled means not young. (One commit per file was a third of
     /// a writer's scan of 20,000 new files.)
     func indexAhead(_ disk: [String: DiskEntry], _ pass: ScanPass) {
-        let recorded = Set(paths.values.map(\.inode))
         let candidates = disk.compactMap { path, entry -> String? in
             guard !entry.isDirectory, !pass.isYoung(entry) else { return nil }
             if let state = paths[path] {
                 return state.inode == entry.inode && (state.size != entry.size || state.mtime != entry.mtime) ? path : nil
             }
-            return recorded.contains(entry.inode) ? nil : path
+            return pass.recordedInodes[entry.inode] == nil ? path : nil
         }
         if !candidates.isEmpty { p2p.folderIndex.index(candidates) }
     }
@@ -91,10 +91,7 @@ extension MetadataNode {
             }
             return true
         }
-        guard !pass.isYoung(entry) else {
-            pass.unstable = true
-            return true
-        }
+        guard !pass.waitsToSettle(entry) else { return true }
         guard let root = index(path) else { return true }
         let item = state.item, base = state.root, size = Int(entry.size), mtime = entry.mtime, mode = entry.mode
         if root != base || mode != state.mode {

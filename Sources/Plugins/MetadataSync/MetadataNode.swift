@@ -198,7 +198,8 @@ actor MetadataNode {
             workAgain = false
             releaseHeldBack()
             let began = ContinuousClock.now
-            let unstable = await scan()
+            let nextLook = await scan()
+            let unstable = nextLook != nil
             let scanned = ContinuousClock.now
             // What the node found after a stop is all recorded once a scan finds nothing in
             // flight, or one ran `stable_after` after the first (a path found missing waits
@@ -209,9 +210,8 @@ actor MetadataNode {
             await materialize()
             logger.debug("pass: scan \((scanned - began).nanoseconds / 1_000_000) ms, materialize \((ContinuousClock.now - scanned).nanoseconds / 1_000_000) ms")
             pruneVersions()
-            if unstable {
-                // Something is still being written: look again once it may have settled.
-                let wait = configuration.stableAfter.duration + .milliseconds(100)
+            if let wait = nextLook {
+                // Something is still being written: look again once it has settled.
                 Task { [weak self] in
                     try? await Task.sleep(for: wait)
                     await self?.requestWork()

@@ -23,6 +23,9 @@ struct ScanPass {
 
     /// A file was still being written, or something waits for a later look.
     var unstable = false
+    /// When the youngest file seen still being written becomes settled (ns, the pass's clock;
+    /// 0 when none was): the next look is due then, not a whole `stable_after` later.
+    var settlesAt: Int64 = 0
     var makes: [MetadataNode.LocalChange] = []
     /// What the log line says the pass found.
     var seen: [String] = []
@@ -51,4 +54,22 @@ struct ScanPass {
 
     /// Written less than `stable_after` ago: not taken as settled yet.
     func isYoung(_ entry: MetadataNode.DiskEntry) -> Bool { now - entry.mtime < stable }
+
+    /// Whether `entry` is young; if so the pass is unstable until it settles.
+    mutating func waitsToSettle(_ entry: MetadataNode.DiskEntry) -> Bool {
+        guard isYoung(entry) else { return false }
+        unstable = true
+        settlesAt = max(settlesAt, entry.mtime + stable)
+        return true
+    }
+
+    /// How long until the next look: until the youngest file settles (and a little: file
+    /// times come from a clock up to 10 ms coarse), else `stable_after` and a little. nil when
+    /// nothing waits.
+    func nextLook(now: Int64) -> Duration? {
+        guard unstable else { return nil }
+        let margin: Int64 = 20_000_000
+        guard settlesAt > 0 else { return .nanoseconds(stable + 5 * margin) }
+        return .nanoseconds(min(max(settlesAt - now, 0), stable) + margin)
+    }
 }
