@@ -229,24 +229,24 @@ public final class FolderIndex: Sendable {
     /// rename keeps size, mtime and inode, so the entries stay current under the new path and
     /// the content is served without being read again.
     public func moved(from: String, to: String) throws(Failure) {
-        try wrapped {
-            try database.readNow { connection in
-                try connection.transactionNow {
-                    // "from/" ≤ path < "from0" (byte order; '0' follows '/') is everything under it.
-                    let rows = try connection.query("SELECT path FROM files WHERE path = ? OR (path >= ? AND path < ?)",
-                                                    [.text(from), .text(from + "/"), .text(from + "0")]) { $0.text(0) }
-                    for old in rows {
-                        let new = to + String(decoding: old.utf8.dropFirst(from.utf8.count), as: UTF8.self)
-                        // The new row first, then its chunks, then the old row (the chunks'
-                        // foreign key holds at every step).
-                        try connection.run("DELETE FROM files WHERE path = ?", [.text(new)])
-                        try connection.run("INSERT INTO files (path, size, mtime_ns, inode, root) SELECT ?, size, mtime_ns, inode, root FROM files WHERE path = ?",
-                                           [.text(new), .text(old)])
-                        try connection.run("UPDATE chunks SET path = ? WHERE path = ?", [.text(new), .text(old)])
-                        try connection.run("DELETE FROM files WHERE path = ?", [.text(old)])
-                    }
-                }
-            }
+        try wrapped { try database.readNow { connection in try connection.transactionNow { try Self.moveRows(from: from, to: to, in: connection) } } }
+    }
+
+    /// The rows of `from` and of everything under it, renamed to `to`, inside the caller's
+    /// transaction.
+    private static func moveRows(from: String, to: String, in connection: Connection) throws {
+        // "from/" ≤ path < "from0" (byte order; '0' follows '/') is everything under it.
+        let rows = try connection.query("SELECT path FROM files WHERE path = ? OR (path >= ? AND path < ?)",
+                                        [.text(from), .text(from + "/"), .text(from + "0")]) { $0.text(0) }
+        for old in rows {
+            let new = to + String(decoding: old.utf8.dropFirst(from.utf8.count), as: UTF8.self)
+            // The new row first, then its chunks, then the old row (the chunks' foreign key
+            // holds at every step).
+            try connection.run("DELETE FROM files WHERE path = ?", [.text(new)])
+            try connection.run("INSERT INTO files (path, size, mtime_ns, inode, root) SELECT ?, size, mtime_ns, inode, root FROM files WHERE path = ?",
+                               [.text(new), .text(old)])
+            try connection.run("UPDATE chunks SET path = ? WHERE path = ?", [.text(new), .text(old)])
+            try connection.run("DELETE FROM files WHERE path = ?", [.text(old)])
         }
     }
 
@@ -257,12 +257,16 @@ public final class FolderIndex: Sendable {
     /// again; otherwise its first request reads it. (Left under the staging name, a received
     /// file was never served on: a node passed on only what it wrote itself.)
     public func landed(_ staged: String, at relative: String, inode: Int64, size: Int64, mtime: Int64) throws(Failure) {
-        try moved(from: staged, to: relative)
-        guard let stamp = Stamp(path: folder + "/" + relative), stamp.inode == inode, stamp.size == size, stamp.mtime == mtime else { return }
+        let stamp = Stamp(path: folder + "/" + relative).flatMap { $0.inode == inode && $0.size == size && $0.mtime == mtime ? $0 : nil }
+        // One commit for both: this runs for every file received.
         try wrapped {
-            try database.readNow {
-                try $0.run("UPDATE files SET size = ?, mtime_ns = ?, inode = ? WHERE path = ?",
-                           [.integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode), .text(relative)])
+            try database.readNow { connection in
+                try connection.transactionNow {
+                    try Self.moveRows(from: staged, to: relative, in: connection)
+                    guard let stamp else { return }
+                    try connection.run("UPDATE files SET size = ?, mtime_ns = ?, inode = ? WHERE path = ?",
+                                       [.integer(stamp.size), .integer(stamp.mtime), .integer(stamp.inode), .text(relative)])
+                }
             }
         }
     }

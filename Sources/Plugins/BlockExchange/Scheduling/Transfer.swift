@@ -272,9 +272,7 @@ final class Transfer: Sendable {
         state.withLock { state in
             guard state.manifest != nil, state.slots.count == 1, state.status[0] != .verified, state.outcome == nil else { return nil }
             Self.addHolder(&state, peer, entries: nil)
-            state.status[0] = .requested
-            state.requesters[0, default: []].append(peer)
-            state.inFlight[peer, default: 0] += state.slots[0].length
+            Self.request(&state, slot: 0, from: peer)
             return state.slots[0].id
         }
     }
@@ -358,11 +356,7 @@ final class Transfer: Sendable {
                     room -= state.slots[slot].length
                 }
             }
-            for slot in picked {
-                state.status[slot] = .requested
-                state.requesters[slot, default: []].append(peer)
-                state.inFlight[peer, default: 0] += state.slots[slot].length
-            }
+            for slot in picked { Self.request(&state, slot: slot, from: peer) }
             return picked.map { (state.slots[$0].id, state.slots[$0].entry) }
         }
     }
@@ -374,6 +368,13 @@ final class Transfer: Sendable {
             guard let slot = state.slotOf[id], state.status[slot] != .verified, state.outcome == nil else { return nil }
             return state.slots[slot]
         }
+    }
+
+    /// The slot is requested from `peer` (asked for, or pushed after a get-whole).
+    private static func request(_ state: inout State, slot: Int, from peer: NodeID) {
+        state.status[slot] = .requested
+        state.requesters[slot, default: []].append(peer)
+        state.inFlight[peer, default: 0] += state.slots[slot].length
     }
 
     /// The peer no longer owes this chunk (it arrived, was refused, or was cancelled).
